@@ -1,0 +1,109 @@
+//! Opening one Raft group: its log store, state machine and openraft instance, with every
+//! openraft option set explicitly.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use gavel_storage::{StateTree, Store};
+use openraft::{Config, SnapshotPolicy};
+
+use crate::flusher::Flusher;
+use crate::log_store::LogStore;
+use crate::network::Network;
+use crate::state_machine::{GroupObserver, StateMachine};
+use crate::types::{NodeId, Raft};
+
+/// Raft timing and log-retention settings shared by every group of a node.
+#[derive(Clone, Debug)]
+pub struct RaftSettings {
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Build a snapshot after this many entries since the last one.
+    pub snapshot_after_entries: u64,
+    /// Entries kept in the log behind the snapshot, so briefly lagging followers catch up by log.
+    pub log_entries_kept_after_snapshot: u64,
+    /// Most entries in one AppendEntries message.
+    pub append_entries_max: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        RaftSettings {
+            heartbeat_interval_ms: 150,
+            election_timeout_min_ms: 600,
+            election_timeout_max_ms: 1200,
+            snapshot_after_entries: 20_000,
+            log_entries_kept_after_snapshot: 2_000,
+            append_entries_max: 500,
+        }
+    }
+}
+
+impl RaftSettings {
+    fn openraft_config(&self, group: u32) -> Result<Config, openraft::ConfigError> {
+        Config {
+            cluster_name: format!("gavel-group-{group}"),
+            heartbeat_interval: self.heartbeat_interval_ms,
+            election_timeout_min: self.election_timeout_min_ms,
+            election_timeout_max: self.election_timeout_max_ms,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_after_entries),
+            max_in_snapshot_log_to_keep: self.log_entries_kept_after_snapshot,
+            max_payload_entries: self.append_entries_max,
+            purge_batch_size: 256,
+            enable_tick: true,
+            enable_heartbeat: true,
+            enable_elect: true,
+            ..Config::default()
+        }
+        .validate()
+    }
+}
+
+/// One group as this node hosts it.
+pub struct Group {
+    pub id: u32,
+    pub raft: Raft,
+    /// Read side of the state machine: applied state, for queries.
+    pub state: StateTree,
+    pub observer: Arc<GroupObserver>,
+    /// The committed index the log store last saved.
+    pub committed_index: Arc<AtomicU64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    #[error("storage: {0}")]
+    Storage(#[from] gavel_storage::StorageError),
+    #[error("raft config: {0}")]
+    Config(#[from] openraft::ConfigError),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+impl Group {
+    pub async fn open(
+        id: u32,
+        node_id: NodeId,
+        store: &Store,
+        flusher: &Flusher,
+        settings: &RaftSettings,
+    ) -> Result<Group, GroupError> {
+        let config = Arc::new(settings.openraft_config(id)?);
+        let log_store = LogStore::new(store.clone(), store.log(id)?, flusher.clone());
+        let committed_index = log_store.committed_index();
+        let state = store.state(id)?;
+        let observer = Arc::new(GroupObserver::default());
+        let state_machine = StateMachine::new(id, store.clone(), state.clone(), observer.clone());
+        let raft = Raft::new(node_id, config, Network, log_store, state_machine)
+            .await
+            .map_err(|e| GroupError::Raft(e.to_string()))?;
+        Ok(Group {
+            id,
+            raft,
+            state,
+            observer,
+            committed_index,
+        })
+    }
+}

@@ -1,0 +1,26 @@
+//! Gavel's Raft layer: one openraft instance per group, all sharing a node's sled database and
+//! log flusher.
+//!
+//! - `types`: the type configuration (entries carry a leader-stamped `Proposal`);
+//! - `log_store`: the durable Raft log per group;
+//! - `state_machine`: applies entries with the auction rules; snapshots;
+//! - `flusher`: group commit of appends across all groups;
+//! - `network`: outbound RPCs;
+//! - `group`: opening a group with explicit settings.
+//!
+//! Architecture invariant: this crate and `cluster/` are the only ones that know openraft; it
+//! knows nothing of HTTP.
+
+mod flusher;
+mod group;
+mod log_store;
+mod network;
+mod state_machine;
+mod types;
+
+pub use flusher::{Flusher, PENDING_FLUSHES_MAX};
+pub use group::{Group, GroupError, RaftSettings};
+pub use log_store::LogStore;
+pub use network::Network;
+pub use state_machine::{GroupObserver, SnapshotBuilder, StateMachine};
+pub use types::*;

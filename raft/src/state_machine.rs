@@ -1,0 +1,217 @@
+//! One group's replicated state machine (openraft storage-v2 `RaftStateMachine`).
+//!
+//! `apply` decodes a batch of committed entries, lets the storage crate decide each command
+//! with the auction rules, and writes all of it, with the applied log id and membership, as one
+//! atomic sled batch. Snapshots are the whole state tree as key/value pairs: built in the state
+//! machine task (so the copy is consistent), installed atomically, kept in `snap/{group}`.
+
+use std::io::Cursor;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use gavel_rules::StampMs;
+use gavel_storage::{decode, encode, SnapshotBlob, StateTree, Store};
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
+use tokio::sync::Notify;
+
+use crate::types::{
+    Entry, LogId, RaftStorageError, Response, Snapshot, SnapshotMeta, StoredMembership, TypeConfig,
+};
+
+/// `Option<LogId>`: the last applied entry.
+const APPLIED: &str = "applied";
+/// `StoredMembership`: the last applied membership.
+const MEMBERSHIP: &str = "membership";
+
+/// What the rest of the node hears from a group's apply path.
+#[derive(Default)]
+pub struct GroupObserver {
+    /// Signalled after any applied command changed an auction, so the leader's deadline timer
+    /// looks at the deadline index again.
+    pub deadlines_changed: Notify,
+}
+
+pub struct StateMachine {
+    group: u32,
+    store: Store,
+    state: StateTree,
+    observer: Arc<GroupObserver>,
+}
+
+impl StateMachine {
+    pub fn new(group: u32, store: Store, state: StateTree, observer: Arc<GroupObserver>) -> StateMachine {
+        StateMachine {
+            group,
+            store,
+            state,
+            observer,
+        }
+    }
+
+    fn stored<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Option<T>, gavel_storage::StorageError> {
+        self.state.meta(name)?.map(|bytes| decode(&bytes)).transpose()
+    }
+
+    fn record_lateness(&self, deadline_ms: StampMs) {
+        let lateness_ms = wall_clock_ms().saturating_sub(deadline_ms).max(0);
+        metrics::histogram!("gavel_end_event_lateness_seconds").record(lateness_ms as f64 / 1000.0);
+        tracing::debug!(group = self.group, lateness_ms, "auction ended at its deadline");
+    }
+}
+
+fn wall_clock_ms() -> StampMs {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), RaftStorageError> {
+        let applied: Option<Option<LogId>> =
+            self.stored(APPLIED).map_err(|e| StorageIOError::read_state_machine(&e))?;
+        let applied = applied.flatten();
+        let membership = self.stored(MEMBERSHIP).map_err(|e| StorageIOError::read_state_machine(&e))?;
+        Ok((applied, membership.unwrap_or_default()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, RaftStorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let sm_error = |e: gavel_storage::StorageError| StorageIOError::write_state_machine(&e);
+        let mut writer = self.state.writer().map_err(sm_error)?;
+        let mut responses = Vec::new();
+        let mut ended_at_deadlines = Vec::new();
+        let mut auctions_changed = false;
+        let mut last_applied = None;
+        for entry in entries {
+            last_applied = Some(entry.log_id);
+            let response = match entry.payload {
+                EntryPayload::Blank => Response(None),
+                EntryPayload::Normal(proposal) => {
+                    let applied = writer.apply(proposal.stamp_ms, &proposal.command).map_err(sm_error)?;
+                    auctions_changed |= applied.effects.auction_changed;
+                    ended_at_deadlines.extend(applied.effects.ended_at_deadline_ms);
+                    Response(Some(applied.effects.reply))
+                }
+                EntryPayload::Membership(membership) => {
+                    let stored = StoredMembership::new(Some(entry.log_id), membership);
+                    writer.set_meta(MEMBERSHIP, encode(&stored).map_err(sm_error)?);
+                    Response(None)
+                }
+            };
+            responses.push(response);
+        }
+        if let Some(applied) = last_applied {
+            writer.set_meta(APPLIED, encode(&Some(applied)).map_err(sm_error)?);
+        }
+        writer.commit().map_err(sm_error)?;
+        for deadline_ms in ended_at_deadlines {
+            self.record_lateness(deadline_ms);
+        }
+        if auctions_changed {
+            self.observer.deadlines_changed.notify_one();
+        }
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        // Copy the state here, in the state machine task, so no apply runs during the copy.
+        let copy = (|| {
+            let blob = self.state.export()?;
+            let applied: Option<Option<LogId>> = self.stored(APPLIED)?;
+            let applied = applied.flatten();
+            let membership: Option<StoredMembership> = self.stored(MEMBERSHIP)?;
+            Ok((blob, applied, membership.unwrap_or_default()))
+        })();
+        SnapshotBuilder {
+            store: self.store.clone(),
+            state: self.state.clone(),
+            copy,
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, RaftStorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), RaftStorageError> {
+        let signature = Some(meta.signature());
+        let error = |e: gavel_storage::StorageError| StorageIOError::write_snapshot(signature.clone(), &e);
+        let data = snapshot.into_inner();
+        let mut blob: SnapshotBlob = decode(&data).map_err(error)?;
+        // The snapshot's own metadata is the authority on what it covers.
+        set_pair(&mut blob, APPLIED, encode(&meta.last_log_id).map_err(error)?);
+        set_pair(&mut blob, MEMBERSHIP, encode(&meta.last_membership).map_err(error)?);
+        self.state.import(&blob).map_err(error)?;
+        let stored = encode(&(meta, encode(&blob).map_err(error)?)).map_err(error)?;
+        self.state.save_snapshot(&stored).map_err(error)?;
+        self.store.flush().await.map_err(error)?;
+        self.observer.deadlines_changed.notify_one();
+        tracing::info!(group = self.group, snapshot = %meta.snapshot_id, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, RaftStorageError> {
+        let error = |e: gavel_storage::StorageError| StorageIOError::read_snapshot(None, &e);
+        let Some(stored) = self.state.load_snapshot().map_err(error)? else {
+            return Ok(None);
+        };
+        let (meta, data): (SnapshotMeta, Vec<u8>) = decode(&stored).map_err(error)?;
+        Ok(Some(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}
+
+/// Replaces (or adds) the meta pair `name` in a snapshot blob.
+fn set_pair(blob: &mut SnapshotBlob, name: &str, value: Vec<u8>) {
+    let key = gavel_storage::meta_key(name);
+    match blob.pairs.binary_search_by(|(k, _)| k.as_slice().cmp(&key)) {
+        Ok(i) => blob.pairs[i].1 = value,
+        Err(i) => blob.pairs.insert(i, (key, value)),
+    }
+}
+
+/// Turns a state copy taken in the state machine task into a stored snapshot.
+pub struct SnapshotBuilder {
+    store: Store,
+    state: StateTree,
+    copy: Result<(SnapshotBlob, Option<LogId>, StoredMembership), gavel_storage::StorageError>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, RaftStorageError> {
+        let (blob, applied, membership) = match &self.copy {
+            Ok(copy) => copy.clone(),
+            Err(e) => return Err(StorageIOError::read_state_machine(e).into()),
+        };
+        let error = |e: gavel_storage::StorageError| StorageIOError::write_snapshot(None, &e);
+        let snapshot_id = match applied {
+            Some(id) => format!("{}-{}", id.leader_id.term, id.index),
+            None => "empty".to_string(),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: applied,
+            last_membership: membership,
+            snapshot_id,
+        };
+        let data = encode(&blob).map_err(error)?;
+        let stored = encode(&(&meta, &data)).map_err(error)?;
+        self.state.save_snapshot(&stored).map_err(error)?;
+        self.store.flush().await.map_err(error)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}

@@ -1,0 +1,112 @@
+//! Gavel's storage: one sled database per node holding, for every Raft group, its log, its vote
+//! and its state machine.
+//!
+//! Layout (all keys big-endian so sled's byte order is numeric order):
+//! - `log/{group}`: log index -> encoded Raft entry (opaque bytes to this crate);
+//! - `raft/{group}`: vote, committed and purged log ids (opaque bytes);
+//! - `sm/{group}`: the state machine (auctions, decision logs, idempotency keys, indexes, the
+//!   applied log id), see `state.rs`;
+//! - `snap/{group}`: the latest built snapshot.
+//!
+//! Architecture invariant: this is the only crate that knows sled. It knows the auction rules'
+//! types (it persists them) but nothing of openraft: Raft records arrive as bytes.
+
+mod codec;
+mod keys;
+mod log;
+mod state;
+
+use std::path::Path;
+
+pub use codec::{decode, encode, FORMAT_VERSION};
+pub use log::LogTree;
+pub use state::{
+    Applied, AuctionCursor, AuctionFilter, AuctionPage, BidFilter, BidPage, SnapshotBlob, StateTree,
+    StateWriter, LIST_SCAN_ROWS_MAX,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("storage engine: {0}")]
+    Engine(#[from] sled::Error),
+    #[error("cannot encode a record: {0}")]
+    Encode(String),
+    #[error("cannot decode a record: {0}")]
+    Decode(String),
+    #[error("record has unknown format version {0}")]
+    UnknownFormat(u8),
+    #[error("storage invariant broken: {0}")]
+    Corrupt(String),
+}
+
+/// How the database is opened; every sled option we rely on is set explicitly.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// sled's page cache, in bytes.
+    pub cache_capacity_bytes: u64,
+    /// sled's background flush interval. Durability never depends on it: appends flush
+    /// explicitly before they are reported done.
+    pub background_flush_ms: Option<u64>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            cache_capacity_bytes: 256 * 1024 * 1024,
+            background_flush_ms: Some(500),
+        }
+    }
+}
+
+/// A node's database. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+}
+
+impl Store {
+    pub fn open(dir: &Path, config: &StoreConfig) -> Result<Store, StorageError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(config.cache_capacity_bytes)
+            .flush_every_ms(config.background_flush_ms)
+            .mode(sled::Mode::HighThroughput)
+            .use_compression(false)
+            .open()?;
+        Ok(Store { db })
+    }
+
+    pub fn log(&self, group: u32) -> Result<LogTree, StorageError> {
+        LogTree::open(&self.db, group)
+    }
+
+    pub fn state(&self, group: u32) -> Result<StateTree, StorageError> {
+        StateTree::open(&self.db, group)
+    }
+
+    /// Makes every write so far durable (fsync). Appends await this before they report done.
+    pub async fn flush(&self) -> Result<(), StorageError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Node-level settings (node id, group count) that must survive restarts.
+    pub fn node_meta<T: serde::de::DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<T>, StorageError> {
+        let tree = self.db.open_tree("node")?;
+        tree.get(key)?.map(|bytes| decode(&bytes)).transpose()
+    }
+
+    pub fn set_node_meta<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<(), StorageError> {
+        let tree = self.db.open_tree("node")?;
+        tree.insert(key, encode(value)?)?;
+        Ok(())
+    }
+}
+
+/// The state machine key of a meta record, as it appears in a `SnapshotBlob`.
+pub fn meta_key(name: &str) -> Vec<u8> {
+    keys::meta(name)
+}

@@ -1,0 +1,127 @@
+//! One group's Raft log and its small Raft records (vote, committed, purged).
+//!
+//! Entries are opaque bytes keyed by their log index. Writes here are not durable until
+//! `Store::flush` returns; the raft layer awaits that before it reports an append done.
+
+use std::ops::{Bound, RangeBounds};
+
+use crate::StorageError;
+
+#[derive(Clone)]
+pub struct LogTree {
+    entries: sled::Tree,
+    records: sled::Tree,
+}
+
+impl LogTree {
+    pub(crate) fn open(db: &sled::Db, group: u32) -> Result<LogTree, StorageError> {
+        Ok(LogTree {
+            entries: db.open_tree(format!("log/{group}"))?,
+            records: db.open_tree(format!("raft/{group}"))?,
+        })
+    }
+
+    /// Writes entries atomically (all or none after a crash).
+    pub fn append(&self, entries: impl IntoIterator<Item = (u64, Vec<u8>)>) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for (index, bytes) in entries {
+            batch.insert(&index.to_be_bytes(), bytes);
+        }
+        self.entries.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Entries with indexes in `range`, in order.
+    pub fn range(&self, range: impl RangeBounds<u64>) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => Bound::Included(i.to_be_bytes()),
+            Bound::Excluded(i) => Bound::Excluded(i.to_be_bytes()),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => Bound::Included(i.to_be_bytes()),
+            Bound::Excluded(i) => Bound::Excluded(i.to_be_bytes()),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        self.entries
+            .range::<[u8; 8], _>((start, end))
+            .map(|item| {
+                let (key, value) = item?;
+                Ok((index_of(&key)?, value.to_vec()))
+            })
+            .collect()
+    }
+
+    /// The entry with the highest index, if any.
+    pub fn last(&self) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
+        match self.entries.last()? {
+            Some((key, value)) => Ok(Some((index_of(&key)?, value.to_vec()))),
+            None => Ok(None),
+        }
+    }
+
+    /// Removes every entry with index >= `index` (conflicting entries from an old leader).
+    pub fn truncate_from(&self, index: u64) -> Result<(), StorageError> {
+        self.remove_range(index.., true)
+    }
+
+    /// Removes every entry with index <= `index` (covered by a snapshot).
+    pub fn purge_through(&self, index: u64) -> Result<(), StorageError> {
+        self.remove_range(..=index, false)
+    }
+
+    fn remove_range(&self, range: impl RangeBounds<u64>, newest_first: bool) -> Result<(), StorageError> {
+        let keys = self.range(range)?.into_iter().map(|(index, _)| index);
+        let mut batch = sled::Batch::default();
+        // Truncation removes from the end so that a crash midway never leaves a hole.
+        let keys: Vec<u64> = if newest_first {
+            keys.rev().collect()
+        } else {
+            keys.collect()
+        };
+        for index in keys {
+            batch.remove(&index.to_be_bytes());
+        }
+        self.entries.apply_batch(batch)?;
+        Ok(())
+    }
+
+    pub fn record(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.records.get(name)?.map(|bytes| bytes.to_vec()))
+    }
+
+    pub fn set_record(&self, name: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
+        self.records.insert(name, bytes)?;
+        Ok(())
+    }
+}
+
+fn index_of(key: &[u8]) -> Result<u64, StorageError> {
+    let array: [u8; 8] = key
+        .try_into()
+        .map_err(|_| StorageError::Corrupt(format!("log key of {} bytes", key.len())))?;
+    Ok(u64::from_be_bytes(array))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Store, StoreConfig};
+
+    #[test]
+    fn append_range_truncate_purge() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &StoreConfig::default()).unwrap();
+        let log = store.log(3).unwrap();
+        log.append((1..=10).map(|i| (i, vec![i as u8]))).unwrap();
+        assert_eq!(log.range(3..5).unwrap(), vec![(3, vec![3]), (4, vec![4])]);
+        assert_eq!(log.last().unwrap(), Some((10, vec![10])));
+        log.truncate_from(8).unwrap();
+        assert_eq!(log.last().unwrap().map(|(i, _)| i), Some(7));
+        log.purge_through(2).unwrap();
+        let left: Vec<u64> = log.range(..).unwrap().into_iter().map(|(i, _)| i).collect();
+        assert_eq!(left, (3..=7).collect::<Vec<_>>());
+        // Groups do not see each other's entries.
+        assert!(store.log(4).unwrap().last().unwrap().is_none());
+    }
+}

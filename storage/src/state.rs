@@ -1,0 +1,417 @@
+//! One group's state machine on sled: auctions, each auction's decision log, idempotency keys,
+//! listing and deadline indexes, the applied Raft position, and the latest snapshot.
+//!
+//! All of it lives in one tree (`sm/{group}`) so that applying a batch of log entries is one
+//! atomic sled batch: bids, auction state, idempotency records and the applied log id land
+//! together or not at all. `StateWriter` reads through its own pending writes, so later entries
+//! of a batch see what earlier ones did.
+//!
+//! The tree never decides anything: `gavel_rules::apply` does, this file persists its effects.
+
+use std::collections::BTreeMap;
+
+use gavel_rules::{next_deadline_ms, Auction, BidDecision, BidStatus, Command, Effects, StampMs, Status};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{decode, encode};
+use crate::keys;
+use crate::StorageError;
+
+/// The most index rows one listing call reads before it answers with what it has and a cursor,
+/// so a filter that matches rarely cannot make one request scan everything.
+pub const LIST_SCAN_ROWS_MAX: usize = 10_000;
+
+const META_STAMP: &str = "stamp";
+
+#[derive(Clone)]
+pub struct StateTree {
+    tree: sled::Tree,
+    snapshots: sled::Tree,
+}
+
+/// A position in the newest-first auction listing: continue strictly below it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AuctionCursor {
+    pub created_at_ms: StampMs,
+    pub id: String,
+}
+
+impl AuctionCursor {
+    pub fn of(auction: &Auction) -> AuctionCursor {
+        AuctionCursor {
+            created_at_ms: auction.created_at_ms,
+            id: auction.id.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct AuctionFilter {
+    pub status: Option<Status>,
+    pub creator_id: Option<String>,
+    pub limit: usize,
+    pub before: Option<AuctionCursor>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct AuctionPage {
+    /// Matches, newest first, at most `limit`.
+    pub auctions: Vec<Auction>,
+    /// Where scanning stopped when it did not reach the end: everything newer was scanned.
+    pub frontier: Option<AuctionCursor>,
+}
+
+#[derive(Clone, Debug)]
+pub struct BidFilter {
+    pub accepted_only: bool,
+    pub limit: usize,
+    /// Continue after this `seq` (0 = from the start).
+    pub after_seq: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct BidPage {
+    pub bids: Vec<BidDecision>,
+    /// The `seq` to continue after, when more decisions may follow.
+    pub next_after_seq: Option<u64>,
+}
+
+/// A whole state machine as key/value pairs, the payload of a Raft snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotBlob {
+    pub pairs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl StateTree {
+    pub(crate) fn open(db: &sled::Db, group: u32) -> Result<StateTree, StorageError> {
+        Ok(StateTree {
+            tree: db.open_tree(format!("sm/{group}"))?,
+            snapshots: db.open_tree(format!("snap/{group}"))?,
+        })
+    }
+
+    pub fn auction(&self, id: &str) -> Result<Option<Auction>, StorageError> {
+        self.tree.get(keys::auction(id))?.map(|b| decode(&b)).transpose()
+    }
+
+    pub fn decision_by_key(
+        &self,
+        auction_id: &str,
+        bidder_id: &str,
+        key: &str,
+    ) -> Result<Option<BidDecision>, StorageError> {
+        let Some(seq) = self.tree.get(keys::idempotency(auction_id, bidder_id, key))? else {
+            return Ok(None);
+        };
+        let seq: u64 = decode(&seq)?;
+        let decision = self.tree.get(keys::decision(auction_id, seq))?;
+        match decision {
+            Some(bytes) => Ok(Some(decode(&bytes)?)),
+            None => Err(StorageError::Corrupt(format!(
+                "idempotency key of auction {auction_id} points at missing decision {seq}"
+            ))),
+        }
+    }
+
+    /// A page of the auction's decision log in decision order.
+    pub fn bids(&self, auction_id: &str, filter: &BidFilter) -> Result<BidPage, StorageError> {
+        let prefix = keys::decision_prefix(auction_id);
+        let start = keys::decision(auction_id, filter.after_seq.saturating_add(1));
+        let mut page = BidPage::default();
+        let mut last_seq = filter.after_seq;
+        for (scanned, item) in self.tree.range(start..).enumerate() {
+            let (key, value) = item?;
+            if !key.starts_with(&prefix) {
+                return Ok(page);
+            }
+            if page.bids.len() == filter.limit || scanned == LIST_SCAN_ROWS_MAX {
+                page.next_after_seq = Some(last_seq);
+                return Ok(page);
+            }
+            let decision: BidDecision = decode(&value)?;
+            last_seq = decision.seq;
+            if !filter.accepted_only || decision.status == BidStatus::Accepted {
+                page.bids.push(decision);
+            }
+        }
+        Ok(page)
+    }
+
+    /// Auctions of this group, newest first, matching `filter`.
+    pub fn list_auctions(&self, filter: &AuctionFilter) -> Result<AuctionPage, StorageError> {
+        let prefix = match &filter.creator_id {
+            Some(creator) => keys::by_creator_prefix(creator),
+            None => vec![keys::BY_CREATED],
+        };
+        let end = match &filter.before {
+            Some(cursor) => {
+                let mut key = prefix.clone();
+                key.extend_from_slice(&keys::stamp_bytes(cursor.created_at_ms));
+                key.extend_from_slice(cursor.id.as_bytes());
+                key
+            }
+            None => prefix_end(&prefix),
+        };
+        let mut page = AuctionPage::default();
+        for (scanned, item) in self.tree.range(prefix.clone()..end).rev().enumerate() {
+            let (key, _) = item?;
+            let Some(stamp) = keys::stamp_from(&key[prefix.len()..]) else {
+                return Err(StorageError::Corrupt("short listing key".into()));
+            };
+            let id = String::from_utf8_lossy(&key[prefix.len() + 8..]).into_owned();
+            if scanned == LIST_SCAN_ROWS_MAX {
+                page.frontier = Some(AuctionCursor {
+                    created_at_ms: stamp,
+                    id,
+                });
+                return Ok(page);
+            }
+            let Some(auction) = self.auction(&id)? else {
+                return Err(StorageError::Corrupt(format!("listing names missing auction {id}")));
+            };
+            if filter.status.is_none_or(|status| status == auction.status) {
+                page.auctions.push(auction);
+                if page.auctions.len() == filter.limit {
+                    page.frontier = Some(AuctionCursor {
+                        created_at_ms: stamp,
+                        id,
+                    });
+                    return Ok(page);
+                }
+            }
+        }
+        Ok(page)
+    }
+
+    /// The earliest pending start/end deadline in this group.
+    pub fn next_deadline(&self) -> Result<Option<StampMs>, StorageError> {
+        let prefix = [keys::DEADLINE];
+        match self.tree.scan_prefix(prefix).next() {
+            Some(item) => Ok(keys::stamp_from(&item?.0[1..])),
+            None => Ok(None),
+        }
+    }
+
+    /// Ids of auctions whose deadline is at or before `now_ms`, earliest first, at most `max`.
+    pub fn due_deadlines(&self, now_ms: StampMs, max: usize) -> Result<Vec<String>, StorageError> {
+        let end = keys::deadline(now_ms.saturating_add(1), "");
+        let mut ids = Vec::new();
+        for item in self.tree.range(vec![keys::DEADLINE]..end).take(max) {
+            let (key, _) = item?;
+            ids.push(String::from_utf8_lossy(&key[9..]).into_owned());
+        }
+        Ok(ids)
+    }
+
+    /// A small record the raft layer keeps beside the state (applied log id, membership).
+    pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.tree.get(keys::meta(name))?.map(|b| b.to_vec()))
+    }
+
+    /// The stamp of the newest applied entry: stamps given to `apply` never go below it.
+    pub fn last_stamp(&self) -> Result<StampMs, StorageError> {
+        match self.tree.get(keys::meta(META_STAMP))? {
+            Some(bytes) => decode(&bytes),
+            None => Ok(StampMs::MIN),
+        }
+    }
+
+    pub fn writer(&self) -> Result<StateWriter<'_>, StorageError> {
+        Ok(StateWriter {
+            state: self,
+            batch: sled::Batch::default(),
+            auctions: BTreeMap::new(),
+            decisions: BTreeMap::new(),
+            last_stamp: self.last_stamp()?,
+        })
+    }
+
+    /// Every key/value pair of the state machine, for a snapshot. Call it where no apply runs
+    /// concurrently (openraft's state machine task) so the copy is consistent.
+    pub fn export(&self) -> Result<SnapshotBlob, StorageError> {
+        let pairs = self
+            .tree
+            .iter()
+            .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())))
+            .collect::<Result<_, _>>()?;
+        Ok(SnapshotBlob { pairs })
+    }
+
+    /// Replaces the whole state machine with `blob` in one atomic batch.
+    pub fn import(&self, blob: &SnapshotBlob) -> Result<(), StorageError> {
+        let mut batch = sled::Batch::default();
+        for key in self.tree.iter().keys() {
+            batch.remove(key?);
+        }
+        for (key, value) in &blob.pairs {
+            batch.insert(key.as_slice(), value.as_slice());
+        }
+        self.tree.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// A digest of the state machine's contents: equal on replicas with equal applied state.
+    pub fn digest(&self) -> Result<u64, StorageError> {
+        let mut hash = Fnv64::default();
+        for item in self.tree.iter() {
+            let (key, value) = item?;
+            hash.write(&(key.len() as u64).to_be_bytes());
+            hash.write(&key);
+            hash.write(&(value.len() as u64).to_be_bytes());
+            hash.write(&value);
+        }
+        Ok(hash.0)
+    }
+
+    pub fn save_snapshot(&self, bytes: &[u8]) -> Result<(), StorageError> {
+        self.snapshots.insert("current", bytes)?;
+        Ok(())
+    }
+
+    pub fn load_snapshot(&self) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.snapshots.get("current")?.map(|b| b.to_vec()))
+    }
+}
+
+/// The smallest key greater than every key that starts with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![u8::MAX; prefix.len() + 1]
+}
+
+/// FNV-1a, 64-bit: stable across versions and platforms, unlike std's hashers.
+struct Fnv64(u64);
+
+impl Default for Fnv64 {
+    fn default() -> Self {
+        Fnv64(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv64 {
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 ^= u64::from(*byte);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+/// Applies commands into one pending sled batch; `commit` writes it atomically.
+pub struct StateWriter<'a> {
+    state: &'a StateTree,
+    batch: sled::Batch,
+    /// Auctions written by this batch (read-through cache).
+    auctions: BTreeMap<String, Auction>,
+    /// Decisions written by this batch, by idempotency key bytes.
+    decisions: BTreeMap<Vec<u8>, BidDecision>,
+    last_stamp: StampMs,
+}
+
+/// What one applied command did, with the stamp it was decided at.
+pub struct Applied {
+    pub effects: Effects,
+    pub stamp: StampMs,
+}
+
+impl StateWriter<'_> {
+    /// Decides `command` with the rules and stages its effects. The stamp is clamped so it never
+    /// goes below the previous entry's: time is monotonic per group, across leader changes too.
+    pub fn apply(&mut self, stamp: StampMs, command: &Command) -> Result<Applied, StorageError> {
+        let stamp = stamp.max(self.last_stamp);
+        self.last_stamp = stamp;
+        let auction_id = command.auction_id();
+        let current = self.auction(auction_id)?;
+        let prior = match command {
+            Command::Bid {
+                bidder_id,
+                idempotency_key,
+                ..
+            } => self.decision_by_key(auction_id, bidder_id, idempotency_key)?,
+            _ => None,
+        };
+        let effects = gavel_rules::apply(current.as_ref(), prior.as_ref(), command, stamp);
+        if let Some(decision) = &effects.decision {
+            self.stage_decision(decision)?;
+        }
+        if effects.auction_changed {
+            if let Some(auction) = &effects.auction {
+                self.stage_auction(current.as_ref(), auction)?;
+            }
+        }
+        Ok(Applied { effects, stamp })
+    }
+
+    pub fn set_meta(&mut self, name: &str, bytes: Vec<u8>) {
+        self.batch.insert(keys::meta(name), bytes);
+    }
+
+    /// Writes everything staged, and the newest stamp, in one atomic batch.
+    pub fn commit(mut self) -> Result<(), StorageError> {
+        if self.last_stamp != StampMs::MIN {
+            self.batch.insert(keys::meta(META_STAMP), encode(&self.last_stamp)?);
+        }
+        self.state.tree.apply_batch(self.batch)?;
+        Ok(())
+    }
+
+    fn auction(&self, id: &str) -> Result<Option<Auction>, StorageError> {
+        match self.auctions.get(id) {
+            Some(auction) => Ok(Some(auction.clone())),
+            None => self.state.auction(id),
+        }
+    }
+
+    fn decision_by_key(
+        &self,
+        auction_id: &str,
+        bidder_id: &str,
+        key: &str,
+    ) -> Result<Option<BidDecision>, StorageError> {
+        let idempotency = keys::idempotency(auction_id, bidder_id, key);
+        match self.decisions.get(&idempotency) {
+            Some(decision) => Ok(Some(decision.clone())),
+            None => self.state.decision_by_key(auction_id, bidder_id, key),
+        }
+    }
+
+    fn stage_decision(&mut self, decision: &BidDecision) -> Result<(), StorageError> {
+        let idempotency = keys::idempotency(
+            &decision.auction_id,
+            &decision.bidder_id,
+            &decision.idempotency_key,
+        );
+        self.batch
+            .insert(keys::decision(&decision.auction_id, decision.seq), encode(decision)?);
+        self.batch.insert(idempotency.clone(), encode(&decision.seq)?);
+        self.decisions.insert(idempotency, decision.clone());
+        Ok(())
+    }
+
+    fn stage_auction(&mut self, before: Option<&Auction>, after: &Auction) -> Result<(), StorageError> {
+        match before {
+            None => {
+                self.batch.insert(keys::by_created(after.created_at_ms, &after.id), &[]);
+                let by_creator = keys::by_creator(&after.creator_id, after.created_at_ms, &after.id);
+                self.batch.insert(by_creator, &[]);
+            }
+            Some(before) => {
+                if let Some(due) = next_deadline_ms(before) {
+                    self.batch.remove(keys::deadline(due, &before.id));
+                }
+            }
+        }
+        if let Some(due) = next_deadline_ms(after) {
+            self.batch.insert(keys::deadline(due, &after.id), &[]);
+        }
+        self.batch.insert(keys::auction(&after.id), encode(after)?);
+        self.auctions.insert(after.id.clone(), after.clone());
+        Ok(())
+    }
+}
