@@ -44,8 +44,14 @@ impl LogStore {
         self.committed_index.clone()
     }
 
-    fn record<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Option<T>, gavel_storage::StorageError> {
-        self.log.record(name)?.map(|bytes| decode(&bytes)).transpose()
+    fn record<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Option<T>, gavel_storage::StorageError> {
+        self.log
+            .record(name)?
+            .map(|bytes| decode(&bytes))
+            .transpose()
     }
 }
 
@@ -54,9 +60,14 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, RaftStorageError> {
-        let rows = self.log.range(range).map_err(|e| StorageIOError::read_logs(&e))?;
+        let rows = self
+            .log
+            .range(range)
+            .map_err(|e| StorageIOError::read_logs(&e))?;
         rows.into_iter()
-            .map(|(_, bytes)| decode::<Entry>(&bytes).map_err(|e| StorageIOError::read_logs(&e).into()))
+            .map(|(_, bytes)| {
+                decode::<Entry>(&bytes).map_err(|e| StorageIOError::read_logs(&e).into())
+            })
             .collect()
     }
 }
@@ -65,7 +76,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, RaftStorageError> {
-        let purged: Option<LogId> = self.record(PURGED).map_err(|e| StorageIOError::read_logs(&e))?;
+        let purged: Option<LogId> = self
+            .record(PURGED)
+            .map_err(|e| StorageIOError::read_logs(&e))?;
         let last = match self.log.last().map_err(|e| StorageIOError::read_logs(&e))? {
             Some((_, bytes)) => {
                 let entry: Entry = decode(&bytes).map_err(|e| StorageIOError::read_logs(&e))?;
@@ -85,31 +98,47 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), RaftStorageError> {
         let bytes = encode(vote).map_err(|e| StorageIOError::write_vote(&e))?;
-        self.log.set_record(VOTE, bytes).map_err(|e| StorageIOError::write_vote(&e))?;
-        self.store.flush().await.map_err(|e| StorageIOError::write_vote(&e))?;
+        self.log
+            .set_record(VOTE, bytes)
+            .map_err(|e| StorageIOError::write_vote(&e))?;
+        self.store
+            .flush()
+            .await
+            .map_err(|e| StorageIOError::write_vote(&e))?;
         Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, RaftStorageError> {
-        Ok(self.record(VOTE).map_err(|e| StorageIOError::read_vote(&e))?)
+        Ok(self
+            .record(VOTE)
+            .map_err(|e| StorageIOError::read_vote(&e))?)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), RaftStorageError> {
         let bytes = encode(&committed).map_err(|e| StorageIOError::write(&e))?;
-        self.log.set_record(COMMITTED, bytes).map_err(|e| StorageIOError::write(&e))?;
+        self.log
+            .set_record(COMMITTED, bytes)
+            .map_err(|e| StorageIOError::write(&e))?;
         let index = committed.map_or(0, |id| id.index);
         self.committed_index.store(index, Ordering::Relaxed);
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, RaftStorageError> {
-        let committed: Option<Option<LogId>> = self.record(COMMITTED).map_err(|e| StorageIOError::read(&e))?;
+        let committed: Option<Option<LogId>> = self
+            .record(COMMITTED)
+            .map_err(|e| StorageIOError::read(&e))?;
         let committed = committed.flatten();
-        self.committed_index.store(committed.map_or(0, |id| id.index), Ordering::Relaxed);
+        self.committed_index
+            .store(committed.map_or(0, |id| id.index), Ordering::Relaxed);
         Ok(committed)
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), RaftStorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), RaftStorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -119,13 +148,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map(|entry| Ok((entry.log_id.index, encode(&entry)?)))
             .collect::<Result<Vec<_>, gavel_storage::StorageError>>()
             .map_err(|e| StorageIOError::write_logs(&e))?;
-        self.log.append(rows).map_err(|e| StorageIOError::write_logs(&e))?;
-        self.flusher.submit(callback).await.map_err(|e| StorageIOError::write_logs(&e))?;
+        self.log
+            .append(rows)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.flusher
+            .submit(callback)
+            .await
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
-        self.log.truncate_from(log_id.index).map_err(|e| StorageIOError::write_logs(&e))?;
+        self.log
+            .truncate_from(log_id.index)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
 
@@ -133,8 +169,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Record the purge point first: a crash between the two steps leaves entries that are
         // already covered, never a gap that nothing accounts for.
         let bytes = encode(&log_id).map_err(|e| StorageIOError::write_logs(&e))?;
-        self.log.set_record(PURGED, bytes).map_err(|e| StorageIOError::write_logs(&e))?;
-        self.log.purge_through(log_id.index).map_err(|e| StorageIOError::write_logs(&e))?;
+        self.log
+            .set_record(PURGED, bytes)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.log
+            .purge_through(log_id.index)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
 }

@@ -40,7 +40,12 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    pub fn new(group: u32, store: Store, state: StateTree, observer: Arc<GroupObserver>) -> StateMachine {
+    pub fn new(
+        group: u32,
+        store: Store,
+        state: StateTree,
+        observer: Arc<GroupObserver>,
+    ) -> StateMachine {
         StateMachine {
             group,
             store,
@@ -49,14 +54,24 @@ impl StateMachine {
         }
     }
 
-    fn stored<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Option<T>, gavel_storage::StorageError> {
-        self.state.meta(name)?.map(|bytes| decode(&bytes)).transpose()
+    fn stored<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Option<T>, gavel_storage::StorageError> {
+        self.state
+            .meta(name)?
+            .map(|bytes| decode(&bytes))
+            .transpose()
     }
 
     fn record_lateness(&self, deadline_ms: StampMs) {
         let lateness_ms = wall_clock_ms().saturating_sub(deadline_ms).max(0);
         metrics::histogram!("gavel_end_event_lateness_seconds").record(lateness_ms as f64 / 1000.0);
-        tracing::debug!(group = self.group, lateness_ms, "auction ended at its deadline");
+        tracing::debug!(
+            group = self.group,
+            lateness_ms,
+            "auction ended at its deadline"
+        );
     }
 }
 
@@ -69,11 +84,16 @@ fn wall_clock_ms() -> StampMs {
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = SnapshotBuilder;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), RaftStorageError> {
-        let applied: Option<Option<LogId>> =
-            self.stored(APPLIED).map_err(|e| StorageIOError::read_state_machine(&e))?;
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId>, StoredMembership), RaftStorageError> {
+        let applied: Option<Option<LogId>> = self
+            .stored(APPLIED)
+            .map_err(|e| StorageIOError::read_state_machine(&e))?;
         let applied = applied.flatten();
-        let membership = self.stored(MEMBERSHIP).map_err(|e| StorageIOError::read_state_machine(&e))?;
+        let membership = self
+            .stored(MEMBERSHIP)
+            .map_err(|e| StorageIOError::read_state_machine(&e))?;
         Ok((applied, membership.unwrap_or_default()))
     }
 
@@ -93,7 +113,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let response = match entry.payload {
                 EntryPayload::Blank => Response(None),
                 EntryPayload::Normal(proposal) => {
-                    let applied = writer.apply(proposal.stamp_ms, &proposal.command).map_err(sm_error)?;
+                    let applied = writer
+                        .apply(proposal.stamp_ms, &proposal.command)
+                        .map_err(sm_error)?;
                     auctions_changed |= applied.effects.auction_changed;
                     ended_at_deadlines.extend(applied.effects.ended_at_deadline_ms);
                     Response(Some(applied.effects.reply))
@@ -145,12 +167,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), RaftStorageError> {
         let signature = Some(meta.signature());
-        let error = |e: gavel_storage::StorageError| StorageIOError::write_snapshot(signature.clone(), &e);
+        let error =
+            |e: gavel_storage::StorageError| StorageIOError::write_snapshot(signature.clone(), &e);
         let data = snapshot.into_inner();
         let mut blob: SnapshotBlob = decode(&data).map_err(error)?;
         // The snapshot's own metadata is the authority on what it covers.
-        set_pair(&mut blob, APPLIED, encode(&meta.last_log_id).map_err(error)?);
-        set_pair(&mut blob, MEMBERSHIP, encode(&meta.last_membership).map_err(error)?);
+        set_pair(
+            &mut blob,
+            APPLIED,
+            encode(&meta.last_log_id).map_err(error)?,
+        );
+        set_pair(
+            &mut blob,
+            MEMBERSHIP,
+            encode(&meta.last_membership).map_err(error)?,
+        );
         self.state.import(&blob).map_err(error)?;
         let stored = encode(&(meta, encode(&blob).map_err(error)?)).map_err(error)?;
         self.state.save_snapshot(&stored).map_err(error)?;

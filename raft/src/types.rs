@@ -16,7 +16,12 @@ pub struct Proposal {
 
 impl fmt::Display for Proposal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "proposal@{} for {}", self.stamp_ms, self.command.auction_id())
+        write!(
+            f,
+            "proposal@{} for {}",
+            self.stamp_ms,
+            self.command.auction_id()
+        )
     }
 }
 

@@ -21,8 +21,8 @@ use std::path::Path;
 pub use codec::{decode, encode, FORMAT_VERSION};
 pub use log::LogTree;
 pub use state::{
-    Applied, AuctionCursor, AuctionFilter, AuctionPage, BidFilter, BidPage, SnapshotBlob, StateTree,
-    StateWriter, LIST_SCAN_ROWS_MAX,
+    Applied, AuctionCursor, AuctionFilter, AuctionPage, BidFilter, BidPage, SnapshotBlob,
+    StateTree, StateWriter, LIST_SCAN_ROWS_MAX,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +99,11 @@ impl Store {
         tree.get(key)?.map(|bytes| decode(&bytes)).transpose()
     }
 
-    pub fn set_node_meta<T: serde::Serialize>(&self, key: &str, value: &T) -> Result<(), StorageError> {
+    pub fn set_node_meta<T: serde::Serialize>(
+        &self,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StorageError> {
         let tree = self.db.open_tree("node")?;
         tree.insert(key, encode(value)?)?;
         Ok(())

@@ -22,7 +22,10 @@ impl LogTree {
     }
 
     /// Writes entries atomically (all or none after a crash).
-    pub fn append(&self, entries: impl IntoIterator<Item = (u64, Vec<u8>)>) -> Result<(), StorageError> {
+    pub fn append(
+        &self,
+        entries: impl IntoIterator<Item = (u64, Vec<u8>)>,
+    ) -> Result<(), StorageError> {
         let mut batch = sled::Batch::default();
         for (index, bytes) in entries {
             batch.insert(&index.to_be_bytes(), bytes);
@@ -70,7 +73,11 @@ impl LogTree {
         self.remove_range(..=index, false)
     }
 
-    fn remove_range(&self, range: impl RangeBounds<u64>, newest_first: bool) -> Result<(), StorageError> {
+    fn remove_range(
+        &self,
+        range: impl RangeBounds<u64>,
+        newest_first: bool,
+    ) -> Result<(), StorageError> {
         let keys = self.range(range)?.into_iter().map(|(index, _)| index);
         let mut batch = sled::Batch::default();
         // Truncation removes from the end so that a crash midway never leaves a hole.
@@ -105,7 +112,6 @@ fn index_of(key: &[u8]) -> Result<u64, StorageError> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::{Store, StoreConfig};
 
     #[test]

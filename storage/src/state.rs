@@ -10,7 +10,9 @@
 
 use std::collections::BTreeMap;
 
-use gavel_rules::{next_deadline_ms, Auction, BidDecision, BidStatus, Command, Effects, StampMs, Status};
+use gavel_rules::{
+    next_deadline_ms, Auction, BidDecision, BidStatus, Command, Effects, StampMs, Status,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, encode};
@@ -91,7 +93,10 @@ impl StateTree {
     }
 
     pub fn auction(&self, id: &str) -> Result<Option<Auction>, StorageError> {
-        self.tree.get(keys::auction(id))?.map(|b| decode(&b)).transpose()
+        self.tree
+            .get(keys::auction(id))?
+            .map(|b| decode(&b))
+            .transpose()
     }
 
     pub fn decision_by_key(
@@ -100,7 +105,10 @@ impl StateTree {
         bidder_id: &str,
         key: &str,
     ) -> Result<Option<BidDecision>, StorageError> {
-        let Some(seq) = self.tree.get(keys::idempotency(auction_id, bidder_id, key))? else {
+        let Some(seq) = self
+            .tree
+            .get(keys::idempotency(auction_id, bidder_id, key))?
+        else {
             return Ok(None);
         };
         let seq: u64 = decode(&seq)?;
@@ -167,7 +175,9 @@ impl StateTree {
                 return Ok(page);
             }
             let Some(auction) = self.auction(&id)? else {
-                return Err(StorageError::Corrupt(format!("listing names missing auction {id}")));
+                return Err(StorageError::Corrupt(format!(
+                    "listing names missing auction {id}"
+                )));
             };
             if filter.status.is_none_or(|status| status == auction.status) {
                 page.auctions.push(auction);
@@ -355,7 +365,8 @@ impl StateWriter<'_> {
     /// Writes everything staged, and the newest stamp, in one atomic batch.
     pub fn commit(mut self) -> Result<(), StorageError> {
         if self.last_stamp != StampMs::MIN {
-            self.batch.insert(keys::meta(META_STAMP), encode(&self.last_stamp)?);
+            self.batch
+                .insert(keys::meta(META_STAMP), encode(&self.last_stamp)?);
         }
         self.state.tree.apply_batch(self.batch)?;
         Ok(())
@@ -387,18 +398,27 @@ impl StateWriter<'_> {
             &decision.bidder_id,
             &decision.idempotency_key,
         );
+        self.batch.insert(
+            keys::decision(&decision.auction_id, decision.seq),
+            encode(decision)?,
+        );
         self.batch
-            .insert(keys::decision(&decision.auction_id, decision.seq), encode(decision)?);
-        self.batch.insert(idempotency.clone(), encode(&decision.seq)?);
+            .insert(idempotency.clone(), encode(&decision.seq)?);
         self.decisions.insert(idempotency, decision.clone());
         Ok(())
     }
 
-    fn stage_auction(&mut self, before: Option<&Auction>, after: &Auction) -> Result<(), StorageError> {
+    fn stage_auction(
+        &mut self,
+        before: Option<&Auction>,
+        after: &Auction,
+    ) -> Result<(), StorageError> {
         match before {
             None => {
-                self.batch.insert(keys::by_created(after.created_at_ms, &after.id), &[]);
-                let by_creator = keys::by_creator(&after.creator_id, after.created_at_ms, &after.id);
+                self.batch
+                    .insert(keys::by_created(after.created_at_ms, &after.id), &[]);
+                let by_creator =
+                    keys::by_creator(&after.creator_id, after.created_at_ms, &after.id);
                 self.batch.insert(by_creator, &[]);
             }
             Some(before) => {

@@ -1,0 +1,105 @@
+//! Deadline timers: while this node leads a group, it proposes a `Deadline` entry for every
+//! auction whose start or end is due.
+//!
+//! The timer reads the state machine's deadline index rather than keeping its own list, so a
+//! new leader needs no hand-over: its first pass proposes everything already overdue (the
+//! guard), and no end is missed, only delayed by a failover. A bid stamped after the end is
+//! refused by the rules even before the entry lands, so a late timer never lets one through.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gavel_raft::{Group, Proposal};
+use gavel_rules::Command;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::clock::wall_clock_ms;
+use crate::node::{is_leader, propose_to};
+
+/// Most deadline entries proposed concurrently by one group.
+const DEADLINE_PROPOSALS_IN_FLIGHT_MAX: usize = 256;
+/// Longest sleep between looks at the deadline index when nothing is due sooner.
+const IDLE_SLEEP_MS: i64 = 1_000;
+/// Pause after a failed proposal or read before trying again.
+const RETRY_BACKOFF_MS: u64 = 100;
+
+pub async fn run_deadlines(
+    group: Arc<Group>,
+    node_id: u64,
+    propose_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut metrics = group.raft.metrics();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        if !is_leader(&group, node_id) {
+            tokio::select! {
+                changed = metrics.changed() => if changed.is_err() { return },
+                _ = stop.changed() => return,
+            }
+            continue;
+        }
+        let now_ms = wall_clock_ms();
+        let due = match group
+            .state
+            .due_deadlines(now_ms, DEADLINE_PROPOSALS_IN_FLIGHT_MAX)
+        {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::error!(group = group.id, error = %e, "cannot read the deadline index");
+                tokio::time::sleep(Duration::from_millis(RETRY_BACKOFF_MS)).await;
+                continue;
+            }
+        };
+        if !due.is_empty() {
+            propose_deadlines(&group, due, propose_timeout).await;
+            continue;
+        }
+        let next_ms = group.state.next_deadline().ok().flatten();
+        let sleep_ms = next_ms.map_or(IDLE_SLEEP_MS, |next| {
+            (next - now_ms).clamp(0, IDLE_SLEEP_MS)
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(sleep_ms as u64)) => {}
+            _ = group.observer.deadlines_changed.notified() => {}
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+async fn propose_deadlines(
+    group: &Arc<Group>,
+    auction_ids: Vec<String>,
+    propose_timeout: Duration,
+) {
+    let mut proposals = JoinSet::new();
+    for auction_id in auction_ids {
+        let group = group.clone();
+        proposals.spawn(async move {
+            let proposal = Proposal {
+                stamp_ms: wall_clock_ms(),
+                command: Command::Deadline {
+                    auction_id: auction_id.clone(),
+                },
+            };
+            (
+                auction_id,
+                propose_to(&group, proposal, propose_timeout).await,
+            )
+        });
+    }
+    let mut failed = false;
+    while let Some(done) = proposals.join_next().await {
+        if let Ok((auction_id, Err(e))) = done {
+            tracing::warn!(group = group.id, auction_id, error = %e, "deadline proposal failed");
+            failed = true;
+        }
+    }
+    if failed {
+        tokio::time::sleep(Duration::from_millis(RETRY_BACKOFF_MS)).await;
+    }
+}

@@ -1,0 +1,28 @@
+//! A Gavel node: it hosts one replica of every Raft group, routes each auction to its group,
+//! proposes commands, serves reads at the requested consistency and runs each led group's
+//! deadline timers.
+//!
+//! - `node`: start/bootstrap, propose, reads, readiness, shutdown;
+//! - `routing`: auction id -> group;
+//! - `deadlines`: the leader's start/end timers;
+//! - `listing`: merging per-group listing pages;
+//! - `observe`: Raft lag gauges.
+//!
+//! Architecture invariant: this crate knows openraft (through `gavel-raft`) but nothing of HTTP
+//! or JSON; `src/` turns its results into responses.
+
+// openraft's error types are large by design and its traits dictate our signatures.
+#![allow(clippy::result_large_err)]
+
+mod api;
+mod clock;
+mod deadlines;
+mod listing;
+mod node;
+mod observe;
+mod routing;
+
+pub use api::*;
+pub use clock::wall_clock_ms;
+pub use node::{Node, GROUPS_MAX};
+pub use routing::group_of;

@@ -1,0 +1,110 @@
+//! A real single-node `Node` on a temp dir: proposals, reads, deadlines by timer, and a restart
+//! that resumes exactly where it stopped.
+
+#![allow(clippy::result_large_err)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gavel_cluster::{wall_clock_ms, BidFilter, Consistency, Node, NodeConfig};
+use gavel_rules::{BidStatus, Command, CreateAuction, Decimal, Reply, Status};
+
+fn config(dir: &Path) -> NodeConfig {
+    NodeConfig {
+        node_id: 1,
+        data_dir: dir.to_path_buf(),
+        groups: 4,
+        client_addr: "127.0.0.1:0".into(),
+        peer_addr: "127.0.0.1:0".into(),
+        initial_cluster: vec![],
+        join: false,
+        propose_timeout_ms: 5_000,
+    }
+}
+
+fn create(id: &str, start_offset_ms: i64, end_offset_ms: i64) -> Command {
+    let now = wall_clock_ms();
+    Command::Create {
+        auction_id: id.into(),
+        creator_id: "carol".into(),
+        idempotency_key: None,
+        request: CreateAuction {
+            post_id: "post-1".into(),
+            start_at_ms: now + start_offset_ms,
+            end_at_ms: now + end_offset_ms,
+            start_price: Decimal::new(10, 0),
+            min_increment: Decimal::ONE,
+            anti_sniping_seconds: 0,
+        },
+    }
+}
+
+fn bid(auction: &str, bidder: &str, key: &str, amount: i64) -> Command {
+    Command::Bid {
+        auction_id: auction.into(),
+        bid_id: format!("{bidder}-{key}"),
+        bidder_id: bidder.into(),
+        idempotency_key: key.into(),
+        amount: Decimal::new(amount, 0),
+    }
+}
+
+async fn wait_for_status(node: &Arc<Node>, id: &str, status: Status) {
+    for _ in 0..100 {
+        let auction = node.auction(id, Consistency::Local).await.unwrap().unwrap();
+        if auction.status == status {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("auction {id} never reached {status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decides_reads_times_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(config(dir.path())).await.unwrap();
+
+    let reply = node.propose(create("a1", 300, 60_000)).await.unwrap();
+    assert!(matches!(reply, Reply::Created { replayed: false, .. }), "{reply:?}");
+    let early = node.propose(bid("a1", "bob", "k0", 10)).await.unwrap();
+    let Reply::Bid { decision, .. } = early else { panic!("{early:?}") };
+    assert_eq!(decision.reason, Some(gavel_rules::RejectReason::NotStarted));
+
+    // The start deadline fires by timer.
+    wait_for_status(&node, "a1", Status::Active).await;
+    let Reply::Bid { decision, .. } = node.propose(bid("a1", "bob", "k1", 10)).await.unwrap() else { panic!() };
+    assert_eq!(decision.status, BidStatus::Accepted);
+    let Reply::Bid { decision: replay, replayed } = node.propose(bid("a1", "bob", "k1", 10)).await.unwrap() else {
+        panic!()
+    };
+    assert!(replayed);
+    assert_eq!(replay, decision);
+
+    // The end deadline fires by timer too.
+    node.propose(create("a2", -1_000, 400)).await.unwrap();
+    wait_for_status(&node, "a2", Status::Ended).await;
+
+    let listing = node
+        .list_auctions(gavel_cluster::AuctionFilter { limit: 10, ..Default::default() }, Consistency::Linearizable)
+        .await
+        .unwrap();
+    assert_eq!(listing.auctions.len(), 2);
+    assert_eq!(listing.auctions[0].id, "a2", "newest first");
+
+    node.shutdown().await;
+    drop(node);
+
+    let node = Node::start(config(dir.path())).await.unwrap();
+    let auction = node.auction("a1", Consistency::Linearizable).await.unwrap().unwrap();
+    assert_eq!(auction.current_winner_id.as_deref(), Some("bob"));
+    let page = node
+        .bids("a1", BidFilter { accepted_only: false, limit: 10, after_seq: 0 }, Consistency::Linearizable)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(page.bids.len(), 2);
+    assert!(node.readiness().is_ok(), "{:?}", node.readiness());
+    node.shutdown().await;
+}
