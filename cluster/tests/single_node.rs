@@ -67,16 +67,34 @@ async fn decides_reads_times_and_restarts() {
     let node = Node::start(config(dir.path())).await.unwrap();
 
     let reply = node.propose(create("a1", 300, 60_000)).await.unwrap();
-    assert!(matches!(reply, Reply::Created { replayed: false, .. }), "{reply:?}");
+    assert!(
+        matches!(
+            reply,
+            Reply::Created {
+                replayed: false,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
     let early = node.propose(bid("a1", "bob", "k0", 10)).await.unwrap();
-    let Reply::Bid { decision, .. } = early else { panic!("{early:?}") };
+    let Reply::Bid { decision, .. } = early else {
+        panic!("{early:?}")
+    };
     assert_eq!(decision.reason, Some(gavel_rules::RejectReason::NotStarted));
 
     // The start deadline fires by timer.
     wait_for_status(&node, "a1", Status::Active).await;
-    let Reply::Bid { decision, .. } = node.propose(bid("a1", "bob", "k1", 10)).await.unwrap() else { panic!() };
+    let Reply::Bid { decision, .. } = node.propose(bid("a1", "bob", "k1", 10)).await.unwrap()
+    else {
+        panic!()
+    };
     assert_eq!(decision.status, BidStatus::Accepted);
-    let Reply::Bid { decision: replay, replayed } = node.propose(bid("a1", "bob", "k1", 10)).await.unwrap() else {
+    let Reply::Bid {
+        decision: replay,
+        replayed,
+    } = node.propose(bid("a1", "bob", "k1", 10)).await.unwrap()
+    else {
         panic!()
     };
     assert!(replayed);
@@ -87,7 +105,13 @@ async fn decides_reads_times_and_restarts() {
     wait_for_status(&node, "a2", Status::Ended).await;
 
     let listing = node
-        .list_auctions(gavel_cluster::AuctionFilter { limit: 10, ..Default::default() }, Consistency::Linearizable)
+        .list_auctions(
+            gavel_cluster::AuctionFilter {
+                limit: 10,
+                ..Default::default()
+            },
+            Consistency::Linearizable,
+        )
         .await
         .unwrap();
     assert_eq!(listing.auctions.len(), 2);
@@ -97,10 +121,22 @@ async fn decides_reads_times_and_restarts() {
     drop(node);
 
     let node = Node::start(config(dir.path())).await.unwrap();
-    let auction = node.auction("a1", Consistency::Linearizable).await.unwrap().unwrap();
+    let auction = node
+        .auction("a1", Consistency::Linearizable)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(auction.current_winner_id.as_deref(), Some("bob"));
     let page = node
-        .bids("a1", BidFilter { accepted_only: false, limit: 10, after_seq: 0 }, Consistency::Linearizable)
+        .bids(
+            "a1",
+            BidFilter {
+                accepted_only: false,
+                limit: 10,
+                after_seq: 0,
+            },
+            Consistency::Linearizable,
+        )
         .await
         .unwrap()
         .unwrap();

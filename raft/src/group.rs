@@ -25,6 +25,8 @@ pub struct RaftSettings {
     pub log_entries_kept_after_snapshot: u64,
     /// Most entries in one AppendEntries message.
     pub append_entries_max: u64,
+    /// The log is purged only once at least this many entries can go at once.
+    pub purge_batch_entries: u64,
 }
 
 impl Default for RaftSettings {
@@ -36,6 +38,7 @@ impl Default for RaftSettings {
             snapshot_after_entries: 20_000,
             log_entries_kept_after_snapshot: 2_000,
             append_entries_max: 500,
+            purge_batch_entries: 256,
         }
     }
 }
@@ -50,7 +53,7 @@ impl RaftSettings {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_after_entries),
             max_in_snapshot_log_to_keep: self.log_entries_kept_after_snapshot,
             max_payload_entries: self.append_entries_max,
-            purge_batch_size: 256,
+            purge_batch_size: self.purge_batch_entries,
             enable_tick: true,
             enable_heartbeat: true,
             enable_elect: true,

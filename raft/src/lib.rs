@@ -22,6 +22,7 @@ mod state_machine;
 mod types;
 
 pub use flusher::{Flusher, PENDING_FLUSHES_MAX};
+pub use gavel_rules::Reply;
 pub use group::{Group, GroupError, RaftSettings};
 pub use log_store::LogStore;
 pub use network::Network;

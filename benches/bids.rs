@@ -1,0 +1,246 @@
+//! Bid benchmark: latency percentiles and decisions per second of a real single-node `gavel`
+//! (the release binary), driven over HTTP on loopback.
+//!
+//! Scenarios:
+//! - `sequential`: one client, one auction, every bid outbids the last (all accepted);
+//! - `hot-auction`: N clients racing on one auction, each bidding the price it last saw plus the
+//!   increment (many lose the race: `below_minimum`), the contended case;
+//! - `spread`: N clients, each on its own auction, so the auctions spread over the Raft groups.
+//!
+//! Every request is a real bid with a fresh idempotency key through the whole path: HTTP, auth,
+//! Raft append (fsync), apply, response. Run: `cargo bench --bench bids`. Knobs (env):
+//! `GAVEL_BENCH_SEQUENTIAL_BIDS` (default 2000), `GAVEL_BENCH_CLIENTS` (32),
+//! `GAVEL_BENCH_SECONDS` per concurrent scenario (10), `GAVEL_BENCH_GROUPS` (16).
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+
+const SECRET: &str = "gavel-bench-secret-0123456789abcdef";
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn env_or(name: &str, default: u64) -> Result<u64> {
+    match std::env::var(name) {
+        Ok(text) => text.parse().with_context(|| format!("{name} must be a number")),
+        Err(_) => Ok(default),
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn start_server(dir: &Path, groups: u64) -> Result<Server> {
+    let listen = format!("127.0.0.1:{}", free_port()?);
+    let peer = format!("127.0.0.1:{}", free_port()?);
+    let log = std::fs::File::create(dir.join("server.log"))?;
+    let child = Command::new(env!("CARGO_BIN_EXE_gavel"))
+        .args(["serve", "--listen", &listen, "--peer-listen", &peer, "--groups"])
+        .arg(groups.to_string())
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .env("GAVEL_AUTH_SECRET", SECRET)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("starting gavel")?;
+    Ok(Server {
+        child,
+        base: format!("http://{listen}"),
+    })
+}
+
+fn token(sub: &str, role: &str) -> Result<String> {
+    let output = Command::new(env!("CARGO_BIN_EXE_gavel"))
+        .args(["token", "--sub", sub, "--role", role, "--ttl", "2h"])
+        .env("GAVEL_AUTH_SECRET", SECRET)
+        .output()?;
+    if !output.status.success() {
+        bail!("gavel token failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(String::from_utf8(output.stdout)?.trim().to_string())
+}
+
+async fn wait_ready(client: &reqwest::Client, base: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Ok(response) = client.get(format!("{base}/readyz")).send().await {
+            if response.status().is_success() {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("gavel did not become ready within 30 s")
+}
+
+async fn create_auction(client: &reqwest::Client, base: &str, creator: &str) -> Result<String> {
+    let now = chrono::Utc::now();
+    let body = json!({
+        "postId": "bench",
+        "startAt": (now - chrono::Duration::seconds(1)).to_rfc3339(),
+        "endAt": (now + chrono::Duration::hours(1)).to_rfc3339(),
+        "startPrice": "1.00",
+        "minIncrement": "1.00",
+    });
+    let response = client
+        .post(format!("{base}/auctions"))
+        .bearer_auth(creator)
+        .json(&body)
+        .send()
+        .await?;
+    if response.status() != 201 {
+        bail!("create answered {}: {}", response.status(), response.text().await?);
+    }
+    let auction: Value = response.json().await?;
+    auction["id"].as_str().map(str::to_owned).context("auction without id")
+}
+
+/// One bid; returns whether it was accepted and the price the response reports.
+async fn bid(client: &reqwest::Client, url: &str, token: &str, amount: &str) -> Result<(bool, f64)> {
+    let response = client
+        .post(url)
+        .bearer_auth(token)
+        .header("Idempotency-Key", uuid::Uuid::new_v4().to_string())
+        .json(&json!({ "amount": amount }))
+        .send()
+        .await?;
+    if response.status() != 200 {
+        bail!("bid answered {}: {}", response.status(), response.text().await?);
+    }
+    let decision: Value = response.json().await?;
+    let accepted = decision["status"] == "accepted";
+    let price = decision["currentPrice"].as_str().and_then(|p| p.parse().ok()).context("no price")?;
+    Ok((accepted, price))
+}
+
+struct Outcome {
+    latencies_us: Histogram<u64>,
+    accepted: u64,
+    elapsed: Duration,
+}
+
+impl Outcome {
+    fn new() -> Result<Outcome> {
+        Ok(Outcome {
+            latencies_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+            accepted: 0,
+            elapsed: Duration::ZERO,
+        })
+    }
+
+    fn print(&self, scenario: &str, clients: u64) {
+        let h = &self.latencies_us;
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        println!(
+            "{scenario:<12} clients={clients:<3} decisions={:<7} decisions/s={:<8.0} accepted={:<7} p50={:.2}ms p99={:.2}ms p999={:.2}ms max={:.2}ms",
+            h.len(),
+            h.len() as f64 / self.elapsed.as_secs_f64(),
+            self.accepted,
+            ms(0.5),
+            ms(0.99),
+            ms(0.999),
+            h.max() as f64 / 1000.0,
+        );
+    }
+}
+
+async fn sequential(client: &reqwest::Client, base: &str, creator: &str, bidders: &[String], bids: u64) -> Result<Outcome> {
+    let auction = create_auction(client, base, creator).await?;
+    let url = format!("{base}/auctions/{auction}/bids");
+    let mut outcome = Outcome::new()?;
+    let started = Instant::now();
+    for i in 0..bids {
+        let amount = format!("{}.00", i + 1);
+        let sent = Instant::now();
+        let (accepted, _) = bid(client, &url, &bidders[(i % 2) as usize], &amount).await?;
+        outcome.latencies_us.record(sent.elapsed().as_micros() as u64)?;
+        outcome.accepted += u64::from(accepted);
+    }
+    outcome.elapsed = started.elapsed();
+    Ok(outcome)
+}
+
+/// `clients` tasks bid for `duration`; `urls[i % urls.len()]` is client i's auction.
+async fn concurrent(client: &reqwest::Client, urls: Vec<String>, bidders: &[String], duration: Duration) -> Result<Outcome> {
+    let urls = Arc::new(urls);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, token) in bidders.iter().enumerate() {
+        let (client, urls, token) = (client.clone(), urls.clone(), token.clone());
+        tasks.spawn(async move {
+            let url = &urls[i % urls.len()];
+            let mut outcome = Outcome::new()?;
+            let mut price = 0.0f64;
+            while started.elapsed() < duration {
+                let sent = Instant::now();
+                let (accepted, seen) = bid(&client, url, &token, &format!("{:.2}", price + 1.0)).await?;
+                outcome.latencies_us.record(sent.elapsed().as_micros() as u64)?;
+                outcome.accepted += u64::from(accepted);
+                price = seen;
+            }
+            anyhow::Ok(outcome)
+        });
+    }
+    let mut total = Outcome::new()?;
+    while let Some(done) = tasks.join_next().await {
+        let outcome = done??;
+        total.latencies_us.add(&outcome.latencies_us)?;
+        total.accepted += outcome.accepted;
+    }
+    total.elapsed = started.elapsed();
+    Ok(total)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let sequential_bids = env_or("GAVEL_BENCH_SEQUENTIAL_BIDS", 2000)?;
+    let clients = env_or("GAVEL_BENCH_CLIENTS", 32)?;
+    let duration = Duration::from_secs(env_or("GAVEL_BENCH_SECONDS", 10)?);
+    let groups = env_or("GAVEL_BENCH_GROUPS", 16)?;
+
+    let dir = tempfile::tempdir()?;
+    let server = start_server(dir.path(), groups)?;
+    let client = reqwest::Client::builder().pool_max_idle_per_host(clients as usize * 2).build()?;
+    wait_ready(&client, &server.base).await?;
+    let creator = token("bench-creator", "creator")?;
+    let bidders = (0..clients.max(2))
+        .map(|i| token(&format!("bidder-{i}"), "bidder"))
+        .collect::<Result<Vec<_>>>()?;
+    println!("gavel bid benchmark: single node, {groups} groups, release build, loopback HTTP");
+
+    sequential(&client, &server.base, &creator, &bidders, sequential_bids)
+        .await?
+        .print("sequential", 1);
+
+    let hot = create_auction(&client, &server.base, &creator).await?;
+    let hot_urls = vec![format!("{}/auctions/{hot}/bids", server.base)];
+    let bidders = &bidders[..clients as usize];
+    concurrent(&client, hot_urls, bidders, duration).await?.print("hot-auction", clients);
+
+    let mut spread_urls = Vec::new();
+    for _ in 0..clients {
+        let id = create_auction(&client, &server.base, &creator).await?;
+        spread_urls.push(format!("{}/auctions/{id}/bids", server.base));
+    }
+    concurrent(&client, spread_urls, bidders, duration).await?.print("spread", clients);
+    Ok(())
+}
