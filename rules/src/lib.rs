@@ -62,7 +62,14 @@ pub fn apply(
             creator_id,
             idempotency_key,
             request,
-        } => create(&mut effects, auction_id, creator_id, idempotency_key, request, stamp),
+        } => create(
+            &mut effects,
+            auction_id,
+            creator_id,
+            idempotency_key,
+            request,
+            stamp,
+        ),
         Command::Bid {
             bid_id,
             bidder_id,
@@ -100,7 +107,11 @@ pub fn apply(
 }
 
 /// Brings the auction's status up to `stamp`. Returns the deadline it ended at, if it did.
-pub fn advance(auction: &mut Auction, stamp: StampMs, changes: &mut Vec<Change>) -> Option<StampMs> {
+pub fn advance(
+    auction: &mut Auction,
+    stamp: StampMs,
+    changes: &mut Vec<Change>,
+) -> Option<StampMs> {
     if auction.status == Status::Scheduled && stamp >= auction.start_at_ms {
         auction.status = Status::Active;
         bump(auction, ChangeKind::Status, changes);
@@ -225,7 +236,7 @@ fn place_bid(
         auction.bid_count += 1;
         let anti_sniping_ms = i64::from(auction.anti_sniping_seconds) * 1000;
         if auction.end_at_ms - stamp < anti_sniping_ms {
-            auction.end_at_ms = stamp + anti_sniping_ms;
+            auction.end_at_ms = stamp.saturating_add(anti_sniping_ms);
         }
         bump(auction, ChangeKind::Bid, changes);
     }
@@ -274,7 +285,12 @@ fn rejection_reason(auction: &Auction, bidder_id: &str, amount: Decimal) -> Opti
 pub fn minimum_bid(auction: &Auction) -> Decimal {
     match auction.current_winner_id {
         None => auction.start_price,
-        Some(_) => auction.current_price + auction.min_increment,
+        // Saturating: the edge bounds money to 10^12, but a replica must never panic on a value
+        // that slipped through; no bid can reach Decimal::MAX, so it is simply unbeatable.
+        Some(_) => auction
+            .current_price
+            .checked_add(auction.min_increment)
+            .unwrap_or(Decimal::MAX),
     }
 }
 
@@ -303,7 +319,9 @@ fn control(
         (ControlAction::Resume, Status::Paused) => {
             let paused_at_ms = auction.paused_at_ms.take().unwrap_or(stamp);
             auction.status = Status::Active;
-            auction.end_at_ms += stamp - paused_at_ms;
+            auction.end_at_ms = auction
+                .end_at_ms
+                .saturating_add(stamp.saturating_sub(paused_at_ms));
             bump(auction, ChangeKind::Status, changes);
         }
         (ControlAction::End, Status::Scheduled | Status::Active | Status::Paused) => {

@@ -122,7 +122,12 @@ pub fn bid_command(bidder: &str, key: &str, amount: &str) -> Command {
 
 /// A first-time bid (no prior decision for its key).
 pub fn bid(auction: &Auction, bidder: &str, key: &str, amount: &str, stamp: StampMs) -> Effects {
-    apply(Some(auction), None, &bid_command(bidder, key, amount), stamp)
+    apply(
+        Some(auction),
+        None,
+        &bid_command(bidder, key, amount),
+        stamp,
+    )
 }
 
 /// The new decision of `effects`, checked to be what the reply carries (not a replay).
@@ -140,7 +145,10 @@ pub fn new_decision(effects: &Effects) -> &BidDecision {
 
 /// The auction after `effects` (which must hold one).
 pub fn after(effects: &Effects) -> &Auction {
-    effects.auction.as_ref().expect("an auction after the command")
+    effects
+        .auction
+        .as_ref()
+        .expect("an auction after the command")
 }
 
 pub fn change(kind: ChangeKind, version: u64) -> Change {

@@ -211,10 +211,7 @@ pub enum ControlRejection {
     #[error("only the auction's creator or an admin may do this")]
     Forbidden,
     #[error("cannot {action:?} an auction that is {from:?}")]
-    NotAllowed {
-        action: ControlAction,
-        from: Status,
-    },
+    NotAllowed { action: ControlAction, from: Status },
 }
 
 /// What applying a command answers the client who proposed it.

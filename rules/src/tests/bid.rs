@@ -116,7 +116,10 @@ fn self_bid_outranks_below_minimum() {
 fn bid_before_the_start_is_not_started() {
     let auction = scheduled();
     let effects = bid(&auction, ALICE, "k1", "100", auction.start_at_ms - 1);
-    assert_eq!(new_decision(&effects).reason, Some(RejectReason::NotStarted));
+    assert_eq!(
+        new_decision(&effects).reason,
+        Some(RejectReason::NotStarted)
+    );
     assert_eq!(after(&effects).status, Status::Scheduled);
     assert_eq!(effects.changes, vec![]);
 }
@@ -187,7 +190,10 @@ fn scheduled_auction_starts_at_the_bid_stamp_then_takes_the_bid() {
     let stamp = auction.start_at_ms;
     let effects = bid(&auction, ALICE, "k1", "10", stamp);
     let decision = new_decision(&effects);
-    assert_eq!((decision.status, decision.version), (BidStatus::Accepted, 3));
+    assert_eq!(
+        (decision.status, decision.version),
+        (BidStatus::Accepted, 3)
+    );
     assert_eq!(
         effects.changes,
         vec![change(ChangeKind::Status, 2), change(ChangeKind::Bid, 3)]
@@ -225,7 +231,11 @@ fn anti_sniping_extends_a_late_accepted_bid() {
     assert_eq!(new_decision(&effects).end_at_ms, expected_end);
     assert_eq!(after(&effects).end_at_ms, expected_end);
     assert_eq!(next_deadline_ms(after(&effects)), Some(expected_end));
-    assert_eq!(effects.changes, vec![change(ChangeKind::Bid, 2)], "no status change");
+    assert_eq!(
+        effects.changes,
+        vec![change(ChangeKind::Bid, 2)],
+        "no status change"
+    );
 }
 
 #[test]
@@ -241,7 +251,11 @@ fn anti_sniping_leaves_the_end_when_enough_time_is_left() {
     let auction = sniping_guarded();
     for left_ms in [60 * SECOND_MS, 60 * SECOND_MS + 1, 10 * MINUTE_MS] {
         let effects = bid(&auction, ALICE, "k1", "10", auction.end_at_ms - left_ms);
-        assert_eq!(after(&effects).end_at_ms, auction.end_at_ms, "{left_ms} ms left");
+        assert_eq!(
+            after(&effects).end_at_ms,
+            auction.end_at_ms,
+            "{left_ms} ms left"
+        );
     }
 }
 
@@ -249,7 +263,10 @@ fn anti_sniping_leaves_the_end_when_enough_time_is_left() {
 fn anti_sniping_ignores_rejected_bids() {
     let auction = sniping_guarded();
     let effects = bid(&auction, ALICE, "k1", "1", auction.end_at_ms - SECOND_MS);
-    assert_eq!(new_decision(&effects).reason, Some(RejectReason::BelowMinimum));
+    assert_eq!(
+        new_decision(&effects).reason,
+        Some(RejectReason::BelowMinimum)
+    );
     assert_eq!(after(&effects).end_at_ms, auction.end_at_ms);
 }
 
@@ -410,7 +427,12 @@ fn a_full_decision_log_still_replays() {
         decision_count: DECISIONS_PER_AUCTION_MAX,
         ..after(&first).clone()
     };
-    let effects = apply(Some(&full), Some(&prior), &bid_command(ALICE, "k1", "10"), T0);
+    let effects = apply(
+        Some(&full),
+        Some(&prior),
+        &bid_command(ALICE, "k1", "10"),
+        T0,
+    );
     assert_eq!(
         effects.reply,
         Reply::Bid {
@@ -418,6 +440,11 @@ fn a_full_decision_log_still_replays() {
             replayed: true
         }
     );
-    let reused = apply(Some(&full), Some(&prior), &bid_command(ALICE, "k1", "12"), T0);
+    let reused = apply(
+        Some(&full),
+        Some(&prior),
+        &bid_command(ALICE, "k1", "12"),
+        T0,
+    );
     assert_eq!(reused.reply, Reply::BidKeyReused);
 }

@@ -177,11 +177,19 @@ fn a_paused_auction_outlives_its_end_and_resumes_with_the_rest() {
         },
         long_after,
     );
-    assert_eq!(after(&deadline), &paused, "time does not end a paused auction");
+    assert_eq!(
+        after(&deadline),
+        &paused,
+        "time does not end a paused auction"
+    );
     let late_bid = bid(&paused, ALICE, "k1", "10", long_after);
     assert_eq!(new_decision(&late_bid).reason, Some(RejectReason::Paused));
     let resumed = controlled(&paused, ControlAction::Resume, long_after);
-    assert_eq!(resumed.end_at_ms, long_after + MINUTE_MS, "one minute was left");
+    assert_eq!(
+        resumed.end_at_ms,
+        long_after + MINUTE_MS,
+        "one minute was left"
+    );
     let effects = bid(&resumed, ALICE, "k1", "10", long_after + 1);
     assert_eq!(new_decision(&effects).status, BidStatus::Accepted);
 }
@@ -196,7 +204,10 @@ fn end_by_hand_keeps_the_winner_and_stamps_the_end() {
     assert_eq!(state.status, Status::Ended);
     assert_eq!(state.ended_at_ms, Some(stamp));
     assert_eq!(state.current_winner_id.as_deref(), Some(ALICE));
-    assert_eq!(effects.ended_at_deadline_ms, None, "not ended by its deadline");
+    assert_eq!(
+        effects.ended_at_deadline_ms, None,
+        "not ended by its deadline"
+    );
     assert_eq!(effects.changes, vec![change(ChangeKind::Ended, 3)]);
     assert_eq!(next_deadline_ms(state), None);
 }

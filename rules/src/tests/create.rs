@@ -52,7 +52,11 @@ fn past_start_is_active_at_once_at_version_1() {
     let auction = active();
     assert_eq!(auction.status, Status::Active);
     assert_eq!(auction.version, 1);
-    assert_eq!(auction.start_at_ms, T0 - MINUTE_MS, "startAt is kept as asked");
+    assert_eq!(
+        auction.start_at_ms,
+        T0 - MINUTE_MS,
+        "startAt is kept as asked"
+    );
     assert_eq!(next_deadline_ms(&auction), Some(auction.end_at_ms));
 }
 
@@ -237,7 +241,8 @@ fn validate_end_in_the_future() {
 #[test]
 fn validate_lasts_at_most_30_days() {
     let rule = Err("endAt - startAt must be at most 30 days".to_owned());
-    let lasting = |duration_ms| move |r: &mut CreateAuction| r.end_at_ms = r.start_at_ms + duration_ms;
+    let lasting =
+        |duration_ms| move |r: &mut CreateAuction| r.end_at_ms = r.start_at_ms + duration_ms;
     assert_eq!(validate_with(lasting(AUCTION_DURATION_MS_MAX)), Ok(()));
     assert_eq!(validate_with(lasting(AUCTION_DURATION_MS_MAX + 1)), rule);
     assert_eq!(AUCTION_DURATION_MS_MAX, 30 * 24 * 3600 * 1000);
@@ -295,10 +300,7 @@ fn validate_min_increment_is_positive_money() {
         validate_with(|r| r.min_increment = MONEY_MAX + Decimal::ONE),
         Err("minIncrement must be at most 1000000000000".to_owned())
     );
-    assert_eq!(
-        validate_with(|r| r.min_increment = dec("0.000001")),
-        Ok(())
-    );
+    assert_eq!(validate_with(|r| r.min_increment = dec("0.000001")), Ok(()));
 }
 
 #[test]
@@ -319,20 +321,34 @@ fn money_max_is_ten_to_the_twelfth() {
 
 #[test]
 fn check_money_rules() {
-    let ok = ["0", "-0", "0.000001", "125.50", "1000000000000", "1000000000000.000000"];
+    let ok = [
+        "0",
+        "-0",
+        "0.000001",
+        "125.50",
+        "1000000000000",
+        "1000000000000.000000",
+    ];
     for text in ok {
         assert_eq!(check_money("amount", dec(text)), Ok(()), "{text}");
     }
     let cases = [
         ("-0.000001", "amount must not be negative"),
         ("-5", "amount must not be negative"),
-        ("1000000000000.000001", "amount must be at most 1000000000000"),
+        (
+            "1000000000000.000001",
+            "amount must be at most 1000000000000",
+        ),
         ("1000000000001", "amount must be at most 1000000000000"),
         ("0.0000001", "amount must have at most 6 fractional digits"),
         ("12.3456789", "amount must have at most 6 fractional digits"),
     ];
     for (text, why) in cases {
-        assert_eq!(check_money("amount", dec(text)), Err(why.to_owned()), "{text}");
+        assert_eq!(
+            check_money("amount", dec(text)),
+            Err(why.to_owned()),
+            "{text}"
+        );
     }
 }
 
