@@ -24,5 +24,6 @@ mod routing;
 
 pub use api::*;
 pub use clock::wall_clock_ms;
+pub use gavel_raft::AuctionEvent;
 pub use node::{Node, GROUPS_MAX};
 pub use routing::group_of;

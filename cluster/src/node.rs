@@ -5,12 +5,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gavel_raft::{Flusher, GavelNode, Group, Proposal, RaftSettings};
+use gavel_raft::{
+    AuctionEvent, Flusher, GavelNode, Group, Proposal, RaftSettings, APPLIED_EVENTS_QUEUE_MAX,
+};
 use gavel_rules::{Auction, Command, Reply};
 use gavel_storage::{Store, StoreConfig};
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::ServerState;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinSet;
 
 use crate::api::*;
@@ -36,6 +38,7 @@ pub struct Node {
     store: Store,
     groups: Vec<Arc<Group>>,
     stop: watch::Sender<bool>,
+    events: broadcast::Sender<AuctionEvent>,
     tasks: tokio::sync::Mutex<JoinSet<()>>,
 }
 
@@ -51,9 +54,10 @@ impl Node {
         config.groups = settle_identity(&store, &config)?;
         let flusher = Flusher::start(store.clone());
         let settings = RaftSettings::default();
+        let events = broadcast::channel(APPLIED_EVENTS_QUEUE_MAX).0;
         let mut groups = Vec::with_capacity(config.groups as usize);
         for id in 0..config.groups {
-            let group = Group::open(id, config.node_id, &store, &flusher, &settings)
+            let group = Group::open(id, config.node_id, &store, &flusher, &settings, &events)
                 .await
                 .map_err(|e| NodeError::Raft(e.to_string()))?;
             groups.push(Arc::new(group));
@@ -64,6 +68,7 @@ impl Node {
             store,
             groups,
             stop,
+            events,
             tasks: tokio::sync::Mutex::new(JoinSet::new()),
         });
         if !node.config.join {
@@ -133,6 +138,13 @@ impl Node {
             ));
         }
         tasks.spawn(run_metrics(self.groups.clone(), self.stop.subscribe()));
+    }
+
+    /// Every auction change this node's replicas apply (leader or not), for live fan-out.
+    /// A receiver that falls more than `APPLIED_EVENTS_QUEUE_MAX` behind gets `Lagged` and
+    /// should re-read the state it cares about.
+    pub fn subscribe(&self) -> broadcast::Receiver<AuctionEvent> {
+        self.events.subscribe()
     }
 
     pub fn node_id(&self) -> u64 {

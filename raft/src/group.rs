@@ -10,8 +10,9 @@ use openraft::{Config, SnapshotPolicy};
 use crate::flusher::Flusher;
 use crate::log_store::LogStore;
 use crate::network::Network;
-use crate::state_machine::{GroupObserver, StateMachine};
+use crate::state_machine::{AuctionEvent, GroupObserver, StateMachine};
 use crate::types::{NodeId, Raft};
+use tokio::sync::broadcast;
 
 /// Raft timing and log-retention settings shared by every group of a node.
 #[derive(Clone, Debug)]
@@ -91,12 +92,13 @@ impl Group {
         store: &Store,
         flusher: &Flusher,
         settings: &RaftSettings,
+        events: &broadcast::Sender<AuctionEvent>,
     ) -> Result<Group, GroupError> {
         let config = Arc::new(settings.openraft_config(id)?);
         let log_store = LogStore::new(store.clone(), store.log(id)?, flusher.clone());
         let committed_index = log_store.committed_index();
         let state = store.state(id)?;
-        let observer = Arc::new(GroupObserver::default());
+        let observer = Arc::new(GroupObserver::new(events.clone()));
         let state_machine = StateMachine::new(id, store.clone(), state.clone(), observer.clone());
         let raft = Raft::new(node_id, config, Network, log_store, state_machine)
             .await

@@ -26,5 +26,7 @@ pub use gavel_rules::Reply;
 pub use group::{Group, GroupError, RaftSettings};
 pub use log_store::LogStore;
 pub use network::Network;
-pub use state_machine::{GroupObserver, SnapshotBuilder, StateMachine};
+pub use state_machine::{
+    AuctionEvent, GroupObserver, SnapshotBuilder, StateMachine, APPLIED_EVENTS_QUEUE_MAX,
+};
 pub use types::*;

@@ -9,11 +9,11 @@ use std::io::Cursor;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use gavel_rules::StampMs;
+use gavel_rules::{Auction, Change, StampMs};
 use gavel_storage::{decode, encode, SnapshotBlob, StateTree, Store};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
-use tokio::sync::Notify;
+use tokio::sync::{broadcast, Notify};
 
 use crate::types::{
     Entry, LogId, RaftStorageError, Response, Snapshot, SnapshotMeta, StoredMembership, TypeConfig,
@@ -24,12 +24,43 @@ const APPLIED: &str = "applied";
 /// `StoredMembership`: the last applied membership.
 const MEMBERSHIP: &str = "membership";
 
-/// What the rest of the node hears from a group's apply path.
-#[derive(Default)]
+/// Applied changes the node's event channel holds for a lagging subscriber before it starts
+/// dropping the oldest (the subscriber then sees `Lagged` and re-reads state).
+pub const APPLIED_EVENTS_QUEUE_MAX: usize = 16_384;
+
+/// An auction changed by an applied entry, as live viewers should hear it.
+#[derive(Clone, Debug)]
+pub struct AuctionEvent {
+    pub group: u32,
+    /// The auction's state after the entry.
+    pub auction: Arc<Auction>,
+    /// What changed, oldest first (never empty).
+    pub changes: Vec<Change>,
+}
+
+/// What the rest of the node hears from a group's apply path. Nothing here can make apply
+/// wait: `Notify` stores a permit, the broadcast channel overwrites its oldest entry.
 pub struct GroupObserver {
     /// Signalled after any applied command changed an auction, so the leader's deadline timer
     /// looks at the deadline index again.
     pub deadlines_changed: Notify,
+    /// Every applied change of every group of the node, for live fan-out.
+    pub events: broadcast::Sender<AuctionEvent>,
+}
+
+impl GroupObserver {
+    pub fn new(events: broadcast::Sender<AuctionEvent>) -> GroupObserver {
+        GroupObserver {
+            deadlines_changed: Notify::new(),
+            events,
+        }
+    }
+}
+
+impl Default for GroupObserver {
+    fn default() -> Self {
+        GroupObserver::new(broadcast::channel(APPLIED_EVENTS_QUEUE_MAX).0)
+    }
 }
 
 pub struct StateMachine {
@@ -107,6 +138,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut responses = Vec::new();
         let mut ended_at_deadlines = Vec::new();
         let mut auctions_changed = false;
+        let mut events = Vec::new();
         let mut last_applied = None;
         for entry in entries {
             last_applied = Some(entry.log_id);
@@ -117,6 +149,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         .apply(proposal.stamp_ms, &proposal.command)
                         .map_err(sm_error)?;
                     auctions_changed |= applied.effects.auction_changed;
+                    if let (false, Some(auction)) =
+                        (applied.effects.changes.is_empty(), &applied.effects.auction)
+                    {
+                        events.push(AuctionEvent {
+                            group: self.group,
+                            auction: Arc::new(auction.clone()),
+                            changes: applied.effects.changes,
+                        });
+                    }
                     ended_at_deadlines.extend(applied.effects.ended_at_deadline_ms);
                     Response(Some(applied.effects.reply))
                 }
@@ -137,6 +178,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         if auctions_changed {
             self.observer.deadlines_changed.notify_one();
+        }
+        for event in events {
+            // No subscriber is fine: nobody is watching.
+            let _ = self.observer.events.send(event);
         }
         Ok(responses)
     }

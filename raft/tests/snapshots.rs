@@ -32,10 +32,26 @@ fn settings() -> RaftSettings {
 async fn open(dir: &Path) -> (Store, Group) {
     let store = Store::open(dir, &StoreConfig::default()).unwrap();
     let flusher = Flusher::start(store.clone());
-    let group = Group::open(GROUP, 1, &store, &flusher, &settings())
+    let events = tokio::sync::broadcast::channel(16).0;
+    let group = Group::open(GROUP, 1, &store, &flusher, &settings(), &events)
         .await
         .unwrap();
     (store, group)
+}
+
+/// Makes the group a one-member cluster and waits until this node leads it.
+async fn lead_alone(group: &Group) {
+    let members = BTreeMap::from([(1, GavelNode::default())]);
+    group.raft.initialize(members).await.unwrap();
+    group
+        .raft
+        .wait(Some(Duration::from_secs(10)))
+        .state(
+            openraft::ServerState::Leader,
+            "single member becomes leader",
+        )
+        .await
+        .unwrap();
 }
 
 async fn write(group: &Group, stamp_ms: i64, command: Command) -> Reply {
@@ -88,8 +104,7 @@ async fn wait_for_purge(group: &Group) {
 async fn compacted_group_restarts_to_identical_state() {
     let dir = tempfile::tempdir().unwrap();
     let (store, group) = open(dir.path()).await;
-    let members = BTreeMap::from([(1, GavelNode::default())]);
-    group.raft.initialize(members).await.unwrap();
+    lead_alone(&group).await;
 
     write(&group, START_MS + 1, create("a")).await;
     let mut accepted = 0;
@@ -126,11 +141,7 @@ async fn compacted_group_restarts_to_identical_state() {
 async fn snapshot_installs_byte_identical_state() {
     let source_dir = tempfile::tempdir().unwrap();
     let (_source_store, group) = open(source_dir.path()).await;
-    group
-        .raft
-        .initialize(BTreeMap::from([(1, GavelNode::default())]))
-        .await
-        .unwrap();
+    lead_alone(&group).await;
     for auction in ["x", "y", "z"] {
         write(&group, START_MS + 1, create(auction)).await;
         for n in 1..=5 {
