@@ -71,3 +71,54 @@ pub enum NodeError {
     #[error("configuration: {0}")]
     Config(String),
 }
+
+/// Why a membership or leadership change failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    /// The change is not allowed as asked (HTTP 409/400).
+    #[error("{0}")]
+    Rejected(String),
+    #[error("{0}")]
+    NotFound(String),
+    /// No leader, no quorum, or the change did not finish in time; it may still complete.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// A node as `/cluster` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub id: u64,
+    pub client_addr: String,
+    pub peer_addr: String,
+    /// Whether this node could reach it just now.
+    pub reachable: bool,
+}
+
+/// A replica's progress in one group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    pub node_id: u64,
+    pub last_log_index: u64,
+    pub committed_index: u64,
+    pub applied_index: u64,
+    pub digest: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupStatus {
+    pub id: u32,
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// Every reachable replica's progress, this node's included.
+    pub replicas: Vec<ReplicaStatus>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterStatus {
+    pub node_id: u64,
+    pub nodes: Vec<NodeStatus>,
+    pub groups: Vec<GroupStatus>,
+}

@@ -9,13 +9,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gavel_raft::{Group, Proposal};
+use gavel_raft::Group;
 use gavel_rules::Command;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::clock::wall_clock_ms;
-use crate::node::{is_leader, propose_to};
+use crate::node::Node;
+use crate::raft_ops::is_leader;
 
 /// Most deadline entries proposed concurrently by one group.
 const DEADLINE_PROPOSALS_IN_FLIGHT_MAX: usize = 256;
@@ -24,18 +25,14 @@ const IDLE_SLEEP_MS: i64 = 1_000;
 /// Pause after a failed proposal or read before trying again.
 const RETRY_BACKOFF_MS: u64 = 100;
 
-pub async fn run_deadlines(
-    group: Arc<Group>,
-    node_id: u64,
-    propose_timeout: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn run_deadlines(node: Arc<Node>, group_id: u32, mut stop: watch::Receiver<bool>) {
+    let group = node.groups[group_id as usize].clone();
     let mut metrics = group.raft.metrics();
     loop {
         if *stop.borrow() {
             return;
         }
-        if !is_leader(&group, node_id) {
+        if !is_leader(&group, node.node_id()) {
             tokio::select! {
                 changed = metrics.changed() => if changed.is_err() { return },
                 _ = stop.changed() => return,
@@ -55,7 +52,7 @@ pub async fn run_deadlines(
             }
         };
         if !due.is_empty() {
-            propose_deadlines(&group, due, propose_timeout).await;
+            propose_deadlines(&node, &group, due).await;
             continue;
         }
         let next_ms = group.state.next_deadline().ok().flatten();
@@ -71,31 +68,21 @@ pub async fn run_deadlines(
     }
 }
 
-async fn propose_deadlines(
-    group: &Arc<Group>,
-    auction_ids: Vec<String>,
-    propose_timeout: Duration,
-) {
+async fn propose_deadlines(node: &Arc<Node>, group: &Arc<Group>, auction_ids: Vec<String>) {
     let mut proposals = JoinSet::new();
     for auction_id in auction_ids {
-        let group = group.clone();
+        let (node, group) = (node.clone(), group.clone());
         proposals.spawn(async move {
-            let proposal = Proposal {
-                stamp_ms: wall_clock_ms(),
-                command: Command::Deadline {
-                    auction_id: auction_id.clone(),
-                },
+            let command = Command::Deadline {
+                auction_id: auction_id.clone(),
             };
-            (
-                auction_id,
-                propose_to(&group, proposal, propose_timeout).await,
-            )
+            (auction_id, node.propose_here(&group, command).await)
         });
     }
     let mut failed = false;
     while let Some(done) = proposals.join_next().await {
         if let Ok((auction_id, Err(e))) = done {
-            tracing::warn!(group = group.id, auction_id, error = %e, "deadline proposal failed");
+            tracing::warn!(group = group.id, auction_id, error = ?e, "deadline proposal failed");
             failed = true;
         }
     }

@@ -2,7 +2,14 @@
 //! proposes commands, serves reads at the requested consistency and runs each led group's
 //! deadline timers.
 //!
-//! - `node`: start/bootstrap, propose, reads, readiness, shutdown;
+//! - `node`: start/bootstrap, local reads, readiness, shutdown;
+//! - `write_path`: proposing on the leader, forwarding from any other node;
+//! - `read_path`: linearizable reads through the leader's read index;
+//! - `membership`: adding/removing nodes, leadership transfer;
+//! - `placement`: spreading group leaders over voters;
+//! - `status`: the `/cluster` view;
+//! - `inbound`, `peer_api`: what peers ask of this node, and how it is encoded;
+//! - `raft_ops`: small shared operations on a local group;
 //! - `routing`: auction id -> group;
 //! - `deadlines`: the leader's start/end timers;
 //! - `listing`: merging per-group listing pages;
@@ -17,10 +24,18 @@
 mod api;
 mod clock;
 mod deadlines;
+mod inbound;
 mod listing;
+mod membership;
 mod node;
 mod observe;
+mod peer_api;
+mod placement;
+mod raft_ops;
+mod read_path;
 mod routing;
+mod status;
+mod write_path;
 
 pub use api::*;
 pub use clock::wall_clock_ms;

@@ -1,42 +1,39 @@
-//! `Node`: opens the database and every group, bootstraps a new cluster, proposes commands and
-//! answers reads at the consistency asked for.
+//! `Node`: opens the database, the peer transport and every group, bootstraps a new cluster,
+//! and serves reads at the consistency asked for. Writes (`write_path`), linearizable reads
+//! (`read_path`), membership and leadership (`membership`) live in their own files.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gavel_raft::{
-    AuctionEvent, Flusher, GavelNode, Group, Proposal, RaftSettings, APPLIED_EVENTS_QUEUE_MAX,
-};
-use gavel_rules::{Auction, Command, Reply};
+use gavel_raft::transport::{Transport, TransportConfig};
+use gavel_raft::{AuctionEvent, Flusher, GavelNode, Group, RaftSettings, APPLIED_EVENTS_QUEUE_MAX};
+use gavel_rules::Auction;
 use gavel_storage::{Store, StoreConfig};
-use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
-use openraft::ServerState;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinSet;
 
 use crate::api::*;
-use crate::clock::wall_clock_ms;
 use crate::deadlines::run_deadlines;
+use crate::inbound::Inbound;
 use crate::listing::merge_pages;
+use crate::membership::Holds;
 use crate::observe::run_metrics;
+use crate::placement::run_placement;
 use crate::routing::group_of;
 
 /// The most groups a node may host.
 pub const GROUPS_MAX: u32 = 1024;
-/// How long a request waits for a group to elect a leader before answering 503.
-const LEADER_WAIT_MS: u64 = 3_000;
-/// How long a linearizable read waits for its quorum round trip.
-const READ_TIMEOUT_MS: u64 = 5_000;
-const RETRY_AFTER_S: u32 = 1;
 
 const META_NODE_ID: &str = "node_id";
 const META_GROUPS: &str = "groups";
 
 pub struct Node {
-    config: NodeConfig,
+    pub(crate) config: NodeConfig,
     store: Store,
-    groups: Vec<Arc<Group>>,
+    pub(crate) groups: Vec<Arc<Group>>,
+    pub(crate) transport: Transport,
+    pub(crate) holds: Vec<Holds>,
     stop: watch::Sender<bool>,
     events: broadcast::Sender<AuctionEvent>,
     tasks: tokio::sync::Mutex<JoinSet<()>>,
@@ -52,25 +49,38 @@ impl Node {
         })?;
         let store = Store::open(&config.data_dir.join("db"), &StoreConfig::default())?;
         config.groups = settle_identity(&store, &config)?;
-        let flusher = Flusher::start(store.clone());
-        let settings = RaftSettings::default();
-        let events = broadcast::channel(APPLIED_EVENTS_QUEUE_MAX).0;
-        let mut groups = Vec::with_capacity(config.groups as usize);
-        for id in 0..config.groups {
-            let group = Group::open(id, config.node_id, &store, &flusher, &settings, &events)
-                .await
-                .map_err(|e| NodeError::Raft(e.to_string()))?;
-            groups.push(Arc::new(group));
+        let transport_config = TransportConfig::new(
+            config.node_id,
+            config.client_addr.clone(),
+            config.peer_addr.clone(),
+        );
+        let (transport, bound) = Transport::start(transport_config, &config.peer_addr)
+            .await
+            .map_err(|e| {
+                NodeError::Config(format!(
+                    "cannot listen for peers on {}: {e}",
+                    config.peer_addr
+                ))
+            })?;
+        tracing::info!(node_id = config.node_id, peer_addr = %bound, "peer transport listening");
+        for (id, addr) in &config.initial_cluster {
+            transport.set_peer_addr(*id, addr);
         }
+        // One channel for the whole node: every group's apply path publishes into it.
+        let events = broadcast::channel(APPLIED_EVENTS_QUEUE_MAX).0;
+        let groups = open_groups(&config, &store, &transport, &events).await?;
         let (stop, _) = watch::channel(false);
         let node = Arc::new(Node {
+            holds: groups.iter().map(|_| Holds::default()).collect(),
             config,
             store,
             groups,
+            transport,
             stop,
             events,
             tasks: tokio::sync::Mutex::new(JoinSet::new()),
         });
+        node.transport.set_handler(Arc::new(Inbound::new(&node)));
         if !node.config.join {
             node.bootstrap().await?;
         }
@@ -84,8 +94,12 @@ impl Node {
     }
 
     /// Forms the initial cluster in every group not yet initialized; a restarted node skips this.
+    /// Only the lowest id of the initial cluster initializes: the others learn it by replication.
     async fn bootstrap(&self) -> Result<(), NodeError> {
         let members = self.initial_members();
+        if members.keys().next() != Some(&self.config.node_id) {
+            return Ok(());
+        }
         for group in &self.groups {
             let initialized = group
                 .raft
@@ -106,45 +120,29 @@ impl Node {
             client_addr: self.config.client_addr.clone(),
             peer_addr: self.config.peer_addr.clone(),
         };
-        if self.config.initial_cluster.is_empty() {
-            return BTreeMap::from([(self.config.node_id, myself)]);
-        }
-        self.config
+        let mut members: BTreeMap<u64, GavelNode> = self
+            .config
             .initial_cluster
             .iter()
             .map(|(id, peer_addr)| {
-                let node = if *id == self.config.node_id {
-                    myself.clone()
-                } else {
-                    GavelNode {
-                        client_addr: String::new(),
-                        peer_addr: peer_addr.clone(),
-                    }
+                let node = GavelNode {
+                    client_addr: String::new(),
+                    peer_addr: peer_addr.clone(),
                 };
                 (*id, node)
             })
-            .collect()
+            .collect();
+        members.insert(self.config.node_id, myself);
+        members
     }
 
-    async fn spawn_background(&self) {
+    async fn spawn_background(self: &Arc<Self>) {
         let mut tasks = self.tasks.lock().await;
         for group in &self.groups {
-            let propose_timeout = Duration::from_millis(self.config.propose_timeout_ms);
-            tasks.spawn(run_deadlines(
-                group.clone(),
-                self.config.node_id,
-                propose_timeout,
-                self.stop.subscribe(),
-            ));
+            tasks.spawn(run_deadlines(self.clone(), group.id, self.stop.subscribe()));
         }
         tasks.spawn(run_metrics(self.groups.clone(), self.stop.subscribe()));
-    }
-
-    /// Every auction change this node's replicas apply (leader or not), for live fan-out.
-    /// A receiver that falls more than `APPLIED_EVENTS_QUEUE_MAX` behind gets `Lagged` and
-    /// should re-read the state it cares about.
-    pub fn subscribe(&self) -> broadcast::Receiver<AuctionEvent> {
-        self.events.subscribe()
+        tasks.spawn(run_placement(Arc::downgrade(self), self.stop.subscribe()));
     }
 
     pub fn node_id(&self) -> u64 {
@@ -155,42 +153,19 @@ impl Node {
         self.groups.len() as u32
     }
 
-    fn group_for(&self, auction_id: &str) -> &Arc<Group> {
+    pub(crate) fn group_for(&self, auction_id: &str) -> &Arc<Group> {
         &self.groups[group_of(auction_id, self.groups()) as usize]
     }
 
-    /// Replicates `command` in its auction's group and returns the state machine's reply.
-    pub async fn propose(&self, command: Command) -> Result<Reply, ProposeError> {
-        let group = self.group_for(command.auction_id()).clone();
-        self.await_local_leadership(&group).await?;
-        let proposal = Proposal {
-            stamp_ms: wall_clock_ms(),
-            command,
-        };
-        propose_to(
-            &group,
-            proposal,
-            Duration::from_millis(self.config.propose_timeout_ms),
-        )
-        .await
+    pub(crate) fn stopping(&self) -> bool {
+        *self.stop.borrow()
     }
 
-    /// Waits (bounded) until the group has a leader; fails unless it is this node.
-    async fn await_local_leadership(&self, group: &Group) -> Result<(), ProposeError> {
-        match wait_for_leader(group).await {
-            Some(leader) if leader == self.config.node_id => Ok(()),
-            Some(leader) => Err(ProposeError::Unavailable {
-                reason: format!(
-                    "group {} is led by node {leader}; this node cannot forward yet",
-                    group.id
-                ),
-                retry_after_s: RETRY_AFTER_S,
-            }),
-            None => Err(ProposeError::Unavailable {
-                reason: format!("group {} has no leader", group.id),
-                retry_after_s: RETRY_AFTER_S,
-            }),
-        }
+    /// Every auction change this node's replicas apply (leader or not), for live fan-out.
+    /// A receiver that falls more than `APPLIED_EVENTS_QUEUE_MAX` behind gets `Lagged` and
+    /// should re-read the state it cares about.
+    pub fn subscribe(&self) -> broadcast::Receiver<AuctionEvent> {
+        self.events.subscribe()
     }
 
     pub async fn auction(
@@ -200,7 +175,7 @@ impl Node {
     ) -> Result<Option<Auction>, ReadError> {
         let group = self.group_for(id);
         if consistency == Consistency::Linearizable {
-            ensure_linearizable(group).await?;
+            self.ensure_linearizable(group).await?;
         }
         group
             .state
@@ -209,15 +184,15 @@ impl Node {
     }
 
     pub async fn list_auctions(
-        &self,
+        self: &Arc<Self>,
         filter: AuctionFilter,
         consistency: Consistency,
     ) -> Result<AuctionListing, ReadError> {
         if consistency == Consistency::Linearizable {
             let mut checks = JoinSet::new();
             for group in &self.groups {
-                let group = group.clone();
-                checks.spawn(async move { ensure_linearizable(&group).await });
+                let (node, group) = (self.clone(), group.clone());
+                checks.spawn(async move { node.ensure_linearizable(&group).await });
             }
             while let Some(done) = checks.join_next().await {
                 done.map_err(|e| ReadError::Internal(e.to_string()))??;
@@ -225,12 +200,11 @@ impl Node {
         }
         let mut pages = Vec::with_capacity(self.groups.len());
         for group in &self.groups {
-            pages.push(
-                group
-                    .state
-                    .list_auctions(&filter)
-                    .map_err(|e| ReadError::Internal(e.to_string()))?,
-            );
+            let page = group
+                .state
+                .list_auctions(&filter)
+                .map_err(|e| ReadError::Internal(e.to_string()))?;
+            pages.push(page);
         }
         Ok(merge_pages(pages, filter.limit))
     }
@@ -244,7 +218,7 @@ impl Node {
     ) -> Result<Option<BidPage>, ReadError> {
         let group = self.group_for(auction_id);
         if consistency == Consistency::Linearizable {
-            ensure_linearizable(group).await?;
+            self.ensure_linearizable(group).await?;
         }
         let internal = |e: gavel_storage::StorageError| ReadError::Internal(e.to_string());
         if group.state.auction(auction_id).map_err(internal)?.is_none() {
@@ -278,7 +252,7 @@ impl Node {
         Ok(())
     }
 
-    /// Stops timers, shuts every group down and makes the last writes durable.
+    /// Stops timers, shuts every group and the transport down, makes the last writes durable.
     pub async fn shutdown(&self) {
         let _ = self.stop.send(true);
         let mut tasks = self.tasks.lock().await;
@@ -288,11 +262,38 @@ impl Node {
                 tracing::warn!(group = group.id, error = %e, "group did not shut down cleanly");
             }
         }
+        self.transport.shutdown();
         if let Err(e) = self.store.flush().await {
             tracing::error!(error = %e, "final flush failed");
         }
         tracing::info!(node_id = self.config.node_id, "node stopped");
     }
+}
+
+async fn open_groups(
+    config: &NodeConfig,
+    store: &Store,
+    transport: &Transport,
+    events: &broadcast::Sender<AuctionEvent>,
+) -> Result<Vec<Arc<Group>>, NodeError> {
+    let flusher = Flusher::start(store.clone());
+    let settings = RaftSettings::default();
+    let mut groups = Vec::with_capacity(config.groups as usize);
+    for id in 0..config.groups {
+        let group = Group::open(
+            id,
+            config.node_id,
+            store,
+            &flusher,
+            &settings,
+            events,
+            transport,
+        )
+        .await
+        .map_err(|e| NodeError::Raft(e.to_string()))?;
+        groups.push(Arc::new(group));
+    }
+    Ok(groups)
 }
 
 /// Checks the node id and group count against what the data dir was created with, records them
@@ -331,100 +332,5 @@ fn settle_identity(store: &Store, config: &NodeConfig) -> Result<u32, NodeError>
     }
 }
 
-/// The group's leader, waiting up to `LEADER_WAIT_MS` for an election to finish.
-async fn wait_for_leader(group: &Group) -> Option<u64> {
-    let mut metrics = group.raft.metrics();
-    let wait = async {
-        loop {
-            if let Some(leader) = metrics.borrow_and_update().current_leader {
-                return Some(leader);
-            }
-            if metrics.changed().await.is_err() {
-                return None;
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_millis(LEADER_WAIT_MS), wait)
-        .await
-        .ok()
-        .flatten()
-}
-
-pub(crate) async fn propose_to(
-    group: &Group,
-    proposal: Proposal,
-    timeout: Duration,
-) -> Result<Reply, ProposeError> {
-    let outcome = tokio::time::timeout(timeout, group.raft.client_write(proposal)).await;
-    match outcome {
-        Err(_) => Err(ProposeError::Unknown(format!(
-            "no decision from group {} within {} ms",
-            group.id,
-            timeout.as_millis()
-        ))),
-        Ok(Ok(response)) => response
-            .data
-            .0
-            .ok_or_else(|| ProposeError::Internal("applied entry carried no reply".into())),
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward)))) => {
-            Err(ProposeError::Unavailable {
-                reason: format!(
-                    "group {} changed leader (now {:?}) before the write was accepted",
-                    group.id, forward.leader_id
-                ),
-                retry_after_s: RETRY_AFTER_S,
-            })
-        }
-        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-            Err(ProposeError::Internal(e.to_string()))
-        }
-        Ok(Err(RaftError::Fatal(fatal))) => Err(ProposeError::Unavailable {
-            reason: format!("group {} is stopped: {fatal}", group.id),
-            retry_after_s: RETRY_AFTER_S,
-        }),
-    }
-}
-
-/// Confirms leadership with a quorum and waits until the local state machine has applied up to
-/// the read point: after this, reading the local replica is linearizable.
-async fn ensure_linearizable(group: &Group) -> Result<(), ReadError> {
-    let unavailable = |reason: String| ReadError::Unavailable {
-        reason,
-        retry_after_s: RETRY_AFTER_S,
-    };
-    if wait_for_leader(group).await.is_none() {
-        return Err(unavailable(format!("group {} has no leader", group.id)));
-    }
-    let check = tokio::time::timeout(
-        Duration::from_millis(READ_TIMEOUT_MS),
-        group.raft.ensure_linearizable(),
-    )
-    .await;
-    match check {
-        Err(_) => Err(unavailable(format!(
-            "group {} did not confirm its quorum in time",
-            group.id
-        ))),
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)))) => {
-            Err(unavailable(format!(
-            "group {} is led by node {:?}; this node cannot serve linearizable reads for it yet",
-            group.id, forward.leader_id
-        )))
-        }
-        Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
-            Err(unavailable(e.to_string()))
-        }
-        Ok(Err(RaftError::Fatal(fatal))) => Err(unavailable(format!(
-            "group {} is stopped: {fatal}",
-            group.id
-        ))),
-    }
-}
-
-/// Whether this node currently leads `group`.
-pub(crate) fn is_leader(group: &Group, node_id: u64) -> bool {
-    let metrics = group.raft.metrics();
-    let metrics = metrics.borrow();
-    metrics.state == ServerState::Leader && metrics.current_leader == Some(node_id)
-}
+/// How long helpers in this crate wait for things that should be quick on a healthy cluster.
+pub(crate) const LEADER_WAIT: Duration = Duration::from_millis(3_000);

@@ -11,6 +11,7 @@ use crate::flusher::Flusher;
 use crate::log_store::LogStore;
 use crate::network::Network;
 use crate::state_machine::{AuctionEvent, GroupObserver, StateMachine};
+use crate::transport::Transport;
 use crate::types::{NodeId, Raft};
 use tokio::sync::broadcast;
 
@@ -28,6 +29,10 @@ pub struct RaftSettings {
     pub append_entries_max: u64,
     /// The log is purged only once at least this many entries can go at once.
     pub purge_batch_entries: u64,
+    /// Snapshots travel in chunks of at most this many bytes (well under the frame limit).
+    pub snapshot_chunk_bytes: u64,
+    /// How long one snapshot chunk may take to be sent and acknowledged.
+    pub install_snapshot_timeout_ms: u64,
 }
 
 impl Default for RaftSettings {
@@ -40,6 +45,8 @@ impl Default for RaftSettings {
             log_entries_kept_after_snapshot: 2_000,
             append_entries_max: 500,
             purge_batch_entries: 256,
+            snapshot_chunk_bytes: 1024 * 1024,
+            install_snapshot_timeout_ms: 10_000,
         }
     }
 }
@@ -55,6 +62,8 @@ impl RaftSettings {
             max_in_snapshot_log_to_keep: self.log_entries_kept_after_snapshot,
             max_payload_entries: self.append_entries_max,
             purge_batch_size: self.purge_batch_entries,
+            snapshot_max_chunk_size: self.snapshot_chunk_bytes,
+            install_snapshot_timeout: self.install_snapshot_timeout_ms,
             enable_tick: true,
             enable_heartbeat: true,
             enable_elect: true,
@@ -93,6 +102,7 @@ impl Group {
         flusher: &Flusher,
         settings: &RaftSettings,
         events: &broadcast::Sender<AuctionEvent>,
+        transport: &Transport,
     ) -> Result<Group, GroupError> {
         let config = Arc::new(settings.openraft_config(id)?);
         let log_store = LogStore::new(store.clone(), store.log(id)?, flusher.clone());
@@ -100,7 +110,11 @@ impl Group {
         let state = store.state(id)?;
         let observer = Arc::new(GroupObserver::new(events.clone()));
         let state_machine = StateMachine::new(id, store.clone(), state.clone(), observer.clone());
-        let raft = Raft::new(node_id, config, Network, log_store, state_machine)
+        let network = Network {
+            transport: transport.clone(),
+            group: id,
+        };
+        let raft = Raft::new(node_id, config, network, log_store, state_machine)
             .await
             .map_err(|e| GroupError::Raft(e.to_string()))?;
         Ok(Group {

@@ -19,6 +19,7 @@ mod group;
 mod log_store;
 mod network;
 mod state_machine;
+pub mod transport;
 mod types;
 
 pub use flusher::{Flusher, PENDING_FLUSHES_MAX};

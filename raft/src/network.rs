@@ -1,80 +1,132 @@
-//! Outbound Raft RPCs.
+//! Outbound Raft RPCs of one group, over the node's shared peer transport.
 //!
-//! This build has no peer transport yet: a node runs single-member groups, for which openraft
-//! never sends an RPC. Should a group ever name a remote member (a data dir copied from a
-//! multi-node cluster), every RPC fails as `Unreachable` with an explicit reason instead of
-//! pretending to deliver; the groups then cannot reach quorum and the node reports not ready.
+//! Errors are mapped so openraft reacts well: a peer we cannot connect to is `Unreachable`
+//! (openraft backs off), a lost or late answer is a network error (it retries), and an error the
+//! remote Raft returned travels back as a `RemoteError`.
 
-use openraft::error::{InstallSnapshotError, RPCError, RaftError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
 
+use crate::transport::{CallError, PeerRequest, PeerResponse, Transport};
 use crate::types::{GavelNode, NodeId, TypeConfig};
 
-#[derive(Debug, thiserror::Error)]
-#[error("no peer transport in this build: cannot reach node {target} at {addr}")]
-struct NoTransport {
-    target: NodeId,
-    addr: String,
+/// Creates a client per remote node for one group.
+#[derive(Clone)]
+pub struct Network {
+    pub transport: Transport,
+    pub group: u32,
 }
-
-/// Creates a client per remote node; see the module comment.
-#[derive(Clone, Default)]
-pub struct Network;
 
 pub struct PeerClient {
+    transport: Transport,
+    group: u32,
     target: NodeId,
-    addr: String,
 }
 
-impl PeerClient {
-    fn unreachable<E: std::error::Error>(&self) -> RPCError<NodeId, GavelNode, E> {
-        RPCError::Unreachable(Unreachable::new(&NoTransport {
-            target: self.target,
-            addr: self.addr.clone(),
-        }))
-    }
-}
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Unexpected(String);
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &GavelNode) -> PeerClient {
+        self.transport.set_peer_addr(target, &node.peer_addr);
         PeerClient {
+            transport: self.transport.clone(),
+            group: self.group,
             target,
-            addr: node.peer_addr.clone(),
         }
+    }
+}
+
+impl PeerClient {
+    async fn send<E: std::error::Error>(
+        &self,
+        request: PeerRequest,
+        option: &RPCOption,
+    ) -> Result<PeerResponse, RPCError<NodeId, GavelNode, E>> {
+        let timeout = option.hard_ttl();
+        match self
+            .transport
+            .call(self.target, self.group, request, timeout)
+            .await
+        {
+            Ok(PeerResponse::Refused(reason)) => {
+                Err(RPCError::Network(NetworkError::new(&Unexpected(reason))))
+            }
+            Ok(response) => Ok(response),
+            Err(e @ CallError::Unreachable { .. }) => {
+                Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
+            Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
+        }
+    }
+
+    fn unexpected<E: std::error::Error>(
+        &self,
+        response: &PeerResponse,
+    ) -> RPCError<NodeId, GavelNode, E> {
+        let what = format!(
+            "node {} answered with an unexpected {response:?}",
+            self.target
+        );
+        RPCError::Network(NetworkError::new(&Unexpected(what)))
     }
 }
 
 impl RaftNetwork<TypeConfig> for PeerClient {
     async fn append_entries(
         &mut self,
-        _rpc: AppendEntriesRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, GavelNode, RaftError<NodeId>>> {
-        Err(self.unreachable())
+        match self.send(PeerRequest::AppendEntries(rpc), &option).await? {
+            PeerResponse::AppendEntries(Ok(response)) => Ok(response),
+            PeerResponse::AppendEntries(Err(e)) => {
+                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            other => Err(self.unexpected(&other)),
+        }
     }
 
     async fn install_snapshot(
         &mut self,
-        _rpc: InstallSnapshotRequest<TypeConfig>,
-        _option: RPCOption,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, GavelNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        Err(self.unreachable())
+        match self
+            .send(PeerRequest::InstallSnapshot(rpc), &option)
+            .await?
+        {
+            PeerResponse::InstallSnapshot(Ok(response)) => Ok(response),
+            PeerResponse::InstallSnapshot(Err(e)) => {
+                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            other => Err(self.unexpected(&other)),
+        }
     }
 
     async fn vote(
         &mut self,
-        _rpc: VoteRequest<NodeId>,
-        _option: RPCOption,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, GavelNode, RaftError<NodeId>>> {
-        Err(self.unreachable())
+        match self.send(PeerRequest::Vote(rpc), &option).await? {
+            PeerResponse::Vote(Ok(response)) => Ok(response),
+            PeerResponse::Vote(Err(e)) => {
+                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            other => Err(self.unexpected(&other)),
+        }
     }
 }

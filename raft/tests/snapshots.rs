@@ -9,6 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use gavel_raft::transport::{Transport, TransportConfig};
 use gavel_raft::{
     Flusher, GavelNode, Group, GroupObserver, Proposal, RaftSettings, Reply, StateMachine,
 };
@@ -33,7 +34,9 @@ async fn open(dir: &Path) -> (Store, Group) {
     let store = Store::open(dir, &StoreConfig::default()).unwrap();
     let flusher = Flusher::start(store.clone());
     let events = tokio::sync::broadcast::channel(16).0;
-    let group = Group::open(GROUP, 1, &store, &flusher, &settings(), &events)
+    let config = TransportConfig::new(1, String::new(), String::new());
+    let (transport, _) = Transport::start(config, "127.0.0.1:0").await.unwrap();
+    let group = Group::open(GROUP, 1, &store, &flusher, &settings(), &events, &transport)
         .await
         .unwrap();
     (store, group)

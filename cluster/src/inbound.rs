@@ -1,0 +1,101 @@
+//! Answers what peers ask of this node: Raft RPCs go to the named group's openraft instance,
+//! application requests (forwarded writes, read indexes, membership, leadership) to the node.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use gavel_raft::transport::{InboundHandler, PeerRequest, PeerResponse};
+use gavel_raft::Group;
+
+use crate::membership::{add_learner_local, campaign, change_membership_local};
+use crate::node::Node;
+use crate::peer_api::{decode_call, encode_answer, AppAnswer, AppCall};
+use crate::raft_ops::read_index_local;
+
+const READ_INDEX_TIMEOUT: Duration = Duration::from_millis(5_000);
+
+pub struct Inbound {
+    node: Weak<Node>,
+}
+
+impl Inbound {
+    pub fn new(node: &Arc<Node>) -> Inbound {
+        Inbound {
+            node: Arc::downgrade(node),
+        }
+    }
+}
+
+impl InboundHandler for Inbound {
+    fn handle(
+        &self,
+        from: u64,
+        group: u32,
+        request: PeerRequest,
+    ) -> Pin<Box<dyn Future<Output = PeerResponse> + Send + 'static>> {
+        let node = self.node.clone();
+        Box::pin(async move {
+            let Some(node) = node.upgrade().filter(|n| !n.stopping()) else {
+                return PeerResponse::Refused("node is stopping".into());
+            };
+            let Some(target) = node.groups.get(group as usize).cloned() else {
+                return PeerResponse::Refused(format!("this node hosts no group {group}"));
+            };
+            match request {
+                PeerRequest::AppendEntries(rpc) => {
+                    PeerResponse::AppendEntries(target.raft.append_entries(rpc).await)
+                }
+                PeerRequest::Vote(rpc) => PeerResponse::Vote(target.raft.vote(rpc).await),
+                PeerRequest::InstallSnapshot(rpc) => {
+                    PeerResponse::InstallSnapshot(target.raft.install_snapshot(rpc).await)
+                }
+                PeerRequest::App(request) => match decode_call(&request) {
+                    Ok(call) => {
+                        PeerResponse::App(encode_answer(&serve_local(&node, &target, call).await))
+                    }
+                    Err(e) => {
+                        tracing::warn!(from, group, error = %e, "undecodable application request");
+                        PeerResponse::Refused(e)
+                    }
+                },
+            }
+        })
+    }
+}
+
+/// Carries out an application request on this node.
+pub(crate) async fn serve_local(node: &Node, group: &Arc<Group>, call: AppCall) -> AppAnswer {
+    let holds = &node.holds[group.id as usize];
+    match call {
+        AppCall::Propose(command) => AppAnswer::Proposed(
+            node.propose_here(group, command)
+                .await
+                .map(Box::new)
+                .map_err(Into::into),
+        ),
+        AppCall::ReadIndex => {
+            AppAnswer::ReadIndex(read_index_local(group, READ_INDEX_TIMEOUT).await)
+        }
+        AppCall::AddLearner {
+            node_id,
+            node: member,
+        } => AppAnswer::Done(add_learner_local(group, node_id, member).await),
+        AppCall::ChangeMembership(changes) => {
+            AppAnswer::Done(change_membership_local(group, changes).await)
+        }
+        AppCall::YieldLeadership { window_ms } => {
+            holds.yield_leadership(group, Duration::from_millis(window_ms));
+            AppAnswer::Done(Ok(()))
+        }
+        AppCall::HoldElections { window_ms } => {
+            holds.hold_elections(group, Duration::from_millis(window_ms));
+            AppAnswer::Done(Ok(()))
+        }
+        AppCall::Campaign { window_ms } => {
+            AppAnswer::Done(campaign(group, node.node_id(), Duration::from_millis(window_ms)).await)
+        }
+        AppCall::Status => AppAnswer::Status(node.local_views()),
+    }
+}

@@ -1,0 +1,75 @@
+//! Leader placement: group leaders spread evenly over the voters. Group `g`'s preferred leader
+//! is the `(g mod n)`-th of its `n` voters in id order; a node that leads a group it is not
+//! preferred for hands the group to the preferred voter once that voter is connected and has
+//! replicated the leader's log. That is also how leaders move back after a node returns.
+//!
+//! One transfer at a time per node, and none in the first seconds after start, so elections
+//! settle first and a flapping node does not cause a storm of transfers.
+
+use std::sync::Weak;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::node::Node;
+use crate::raft_ops::{is_leader, members};
+
+const PLACEMENT_INTERVAL: Duration = Duration::from_secs(2);
+const PLACEMENT_SETTLE: Duration = Duration::from_secs(4);
+/// How many entries the preferred voter may trail the leader by and still take over.
+const CAUGHT_UP_ENTRIES_MAX: u64 = 16;
+
+pub async fn run_placement(node: Weak<Node>, mut stop: watch::Receiver<bool>) {
+    tokio::select! {
+        _ = tokio::time::sleep(PLACEMENT_SETTLE) => {}
+        _ = stop.changed() => return,
+    }
+    let mut interval = tokio::time::interval(PLACEMENT_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let Some(node) = node.upgrade() else { return };
+        if let Some((group, preferred)) = misplaced_group(&node) {
+            tracing::info!(
+                group,
+                to = preferred,
+                "moving group leadership to its preferred voter"
+            );
+            if let Err(e) = node.transfer_leader(group, preferred).await {
+                tracing::info!(group, to = preferred, error = %e, "leadership move did not happen");
+            }
+        }
+    }
+}
+
+/// The first group this node leads whose preferred voter is ready to take over.
+fn misplaced_group(node: &Node) -> Option<(u32, u64)> {
+    let connected: Vec<u64> = node
+        .transport
+        .peers()
+        .into_iter()
+        .filter(|p| p.connected)
+        .map(|p| p.node_id)
+        .collect();
+    node.groups.iter().find_map(|group| {
+        if !is_leader(group, node.node_id()) {
+            return None;
+        }
+        let (voters, _) = members(group);
+        let preferred = *voters.get(group.id as usize % voters.len().max(1))?;
+        if preferred == node.node_id() || !connected.contains(&preferred) {
+            return None;
+        }
+        let metrics = group.raft.metrics().borrow().clone();
+        let last_log = metrics.last_log_index.unwrap_or(0);
+        let matched = metrics
+            .replication
+            .as_ref()?
+            .get(&preferred)?
+            .as_ref()?
+            .index;
+        (last_log.saturating_sub(matched) <= CAUGHT_UP_ENTRIES_MAX).then_some((group.id, preferred))
+    })
+}

@@ -1,0 +1,153 @@
+//! Small operations on one local Raft group that the write, read and membership paths share.
+
+use std::time::Duration;
+
+use gavel_raft::{Group, Proposal};
+use gavel_rules::Reply;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::ServerState;
+
+use crate::api::ProposeError;
+use crate::peer_api::RemoteFailure;
+
+/// How a write attempt on a node ended when it did not produce a reply.
+#[derive(Debug)]
+pub(crate) enum Attempt {
+    /// Nothing was decided; try again (possibly on another node) once leadership settles.
+    Retry(String),
+    /// Give this error to the client.
+    Final(ProposeError),
+}
+
+impl From<Attempt> for RemoteFailure {
+    fn from(attempt: Attempt) -> Self {
+        match attempt {
+            Attempt::Retry(_) => RemoteFailure::NotLeader,
+            Attempt::Final(e) => e.into(),
+        }
+    }
+}
+
+/// The group's leader, waiting up to `wait` for an election to finish.
+pub(crate) async fn wait_for_leader(group: &Group, wait: Duration) -> Option<u64> {
+    let mut metrics = group.raft.metrics();
+    let wait_for_one = async {
+        loop {
+            if let Some(leader) = metrics.borrow_and_update().current_leader {
+                return Some(leader);
+            }
+            if metrics.changed().await.is_err() {
+                return None;
+            }
+        }
+    };
+    tokio::time::timeout(wait, wait_for_one)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Waits (bounded) until the group's known leader is no longer `old`.
+pub(crate) async fn wait_for_leader_change(group: &Group, old: u64, wait: Duration) {
+    let mut metrics = group.raft.metrics();
+    let _ = tokio::time::timeout(wait, async {
+        while metrics.borrow_and_update().current_leader == Some(old) {
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
+/// Proposes on this node, which must lead the group.
+pub(crate) async fn propose_local(
+    group: &Group,
+    proposal: Proposal,
+    timeout: Duration,
+) -> Result<Reply, Attempt> {
+    let outcome = tokio::time::timeout(timeout, group.raft.client_write(proposal)).await;
+    match outcome {
+        Err(_) => Err(Attempt::Final(ProposeError::Unknown(format!(
+            "no decision from group {} within {} ms",
+            group.id,
+            timeout.as_millis()
+        )))),
+        Ok(Ok(response)) => response.data.0.ok_or_else(|| {
+            Attempt::Final(ProposeError::Internal(
+                "applied entry carried no reply".into(),
+            ))
+        }),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(Attempt::Retry(
+            format!("this node no longer leads group {}", group.id),
+        )),
+        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+            Err(Attempt::Final(ProposeError::Internal(e.to_string())))
+        }
+        Ok(Err(RaftError::Fatal(fatal))) => Err(Attempt::Final(ProposeError::Unavailable {
+            reason: format!("group {} is stopped: {fatal}", group.id),
+            retry_after_s: 1,
+        })),
+    }
+}
+
+/// On the leader: confirms leadership with a quorum and returns the log index a linearizable
+/// read must see applied.
+pub(crate) async fn read_index_local(
+    group: &Group,
+    timeout: Duration,
+) -> Result<u64, RemoteFailure> {
+    let check = tokio::time::timeout(timeout, group.raft.ensure_linearizable()).await;
+    match check {
+        Err(_) => Err(RemoteFailure::Unavailable(format!(
+            "group {} did not confirm its quorum in time",
+            group.id
+        ))),
+        Ok(Ok(read_log_id)) => Ok(read_log_id.map_or(0, |id| id.index)),
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => {
+            Err(RemoteFailure::NotLeader)
+        }
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)))) => {
+            Err(RemoteFailure::Unavailable(e.to_string()))
+        }
+        Ok(Err(RaftError::Fatal(fatal))) => Err(RemoteFailure::Unavailable(fatal.to_string())),
+    }
+}
+
+/// Waits (bounded) until this replica has applied `index`. Returns whether it did.
+pub(crate) async fn wait_applied(group: &Group, index: u64, wait: Duration) -> bool {
+    let mut metrics = group.raft.metrics();
+    let caught_up = async {
+        loop {
+            if metrics
+                .borrow_and_update()
+                .last_applied
+                .map_or(0, |id| id.index)
+                >= index
+            {
+                return true;
+            }
+            if metrics.changed().await.is_err() {
+                return false;
+            }
+        }
+    };
+    tokio::time::timeout(wait, caught_up).await.unwrap_or(false)
+}
+
+/// Whether this node currently leads `group`.
+pub(crate) fn is_leader(group: &Group, node_id: u64) -> bool {
+    let metrics = group.raft.metrics();
+    let metrics = metrics.borrow();
+    metrics.state == ServerState::Leader && metrics.current_leader == Some(node_id)
+}
+
+/// The group's voters and learners as this replica knows them, sorted.
+pub(crate) fn members(group: &Group) -> (Vec<u64>, Vec<u64>) {
+    let metrics = group.raft.metrics();
+    let metrics = metrics.borrow();
+    let membership = metrics.membership_config.membership();
+    let voters: Vec<u64> = membership.voter_ids().collect();
+    let learners: Vec<u64> = membership.learner_ids().collect();
+    (voters, learners)
+}

@@ -1,0 +1,149 @@
+//! `/cluster` as the node sees it: every known node with its addresses and reachability, and
+//! per group the leader, term, members and each reachable replica's log, commit and apply
+//! progress with a digest of its state machine (equal digests at equal applied indexes mean
+//! byte-identical replicas).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::future::join_all;
+use gavel_raft::transport::{PeerRequest, PeerResponse};
+
+use crate::api::{ClusterStatus, GroupStatus, NodeStatus, ReplicaStatus};
+use crate::node::Node;
+use crate::peer_api::{decode_answer, encode_call, AppAnswer, AppCall, GroupView};
+use crate::raft_ops::members;
+
+const STATUS_CALL_TIMEOUT: Duration = Duration::from_millis(1_500);
+
+impl Node {
+    /// This node's view of every group it hosts.
+    pub(crate) fn local_views(&self) -> Vec<GroupView> {
+        self.groups
+            .iter()
+            .map(|group| {
+                let metrics = group.raft.metrics().borrow().clone();
+                let (voters, learners) = members(group);
+                GroupView {
+                    group: group.id,
+                    leader: metrics.current_leader,
+                    term: metrics.current_term,
+                    voters,
+                    learners,
+                    last_log_index: metrics.last_log_index.unwrap_or(0),
+                    committed_index: group.committed_index.load(Ordering::Relaxed),
+                    applied_index: metrics.last_applied.map_or(0, |id| id.index),
+                    digest: group.state.digest().unwrap_or(0),
+                }
+            })
+            .collect()
+    }
+
+    async fn remote_views(&self, node_id: u64) -> Option<Vec<GroupView>> {
+        let request = encode_call(&AppCall::Status).ok()?;
+        let response = self
+            .transport
+            .call(node_id, 0, PeerRequest::App(request), STATUS_CALL_TIMEOUT)
+            .await;
+        match response {
+            Ok(PeerResponse::App(bytes)) => match decode_answer(&bytes) {
+                Ok(AppAnswer::Status(views)) => Some(views),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Known nodes: every member of any group, plus peers this node talks to.
+    fn known_nodes(&self) -> BTreeMap<u64, NodeStatus> {
+        let mut nodes = BTreeMap::new();
+        for group in &self.groups {
+            let metrics = group.raft.metrics().borrow().clone();
+            for (id, node) in metrics.membership_config.membership().nodes() {
+                let entry = nodes.entry(*id).or_insert_with(|| NodeStatus {
+                    id: *id,
+                    client_addr: String::new(),
+                    peer_addr: String::new(),
+                    reachable: *id == self.node_id(),
+                });
+                if entry.client_addr.is_empty() {
+                    entry.client_addr = node.client_addr.clone();
+                }
+                if entry.peer_addr.is_empty() {
+                    entry.peer_addr = node.peer_addr.clone();
+                }
+            }
+        }
+        for peer in self.transport.peers() {
+            if let Some(entry) = nodes.get_mut(&peer.node_id) {
+                if let Some(hello) = peer.hello {
+                    if entry.client_addr.is_empty() {
+                        entry.client_addr = hello.client_addr;
+                    }
+                    if entry.peer_addr.is_empty() {
+                        entry.peer_addr = hello.peer_addr;
+                    }
+                }
+            }
+        }
+        let me = nodes.entry(self.node_id()).or_insert_with(|| NodeStatus {
+            id: self.node_id(),
+            client_addr: String::new(),
+            peer_addr: String::new(),
+            reachable: true,
+        });
+        me.client_addr = self.config.client_addr.clone();
+        me.peer_addr = self.config.peer_addr.clone();
+        nodes
+    }
+
+    pub async fn cluster_status(&self) -> ClusterStatus {
+        let mut nodes = self.known_nodes();
+        let local = self.local_views();
+        let mut views: BTreeMap<u64, Vec<GroupView>> =
+            BTreeMap::from([(self.node_id(), local.clone())]);
+        let others: Vec<u64> = nodes
+            .keys()
+            .copied()
+            .filter(|id| *id != self.node_id())
+            .collect();
+        let answers = join_all(others.iter().map(|id| self.remote_views(*id))).await;
+        for (id, answer) in others.into_iter().zip(answers) {
+            if let Some(node) = nodes.get_mut(&id) {
+                node.reachable = answer.is_some();
+            }
+            if let Some(answer) = answer {
+                views.insert(id, answer);
+            }
+        }
+        let groups = local
+            .iter()
+            .map(|mine| GroupStatus {
+                id: mine.group,
+                leader: mine.leader,
+                term: mine.term,
+                voters: mine.voters.clone(),
+                learners: mine.learners.clone(),
+                replicas: views
+                    .iter()
+                    .filter_map(|(node_id, node_views)| {
+                        let view = node_views.iter().find(|v| v.group == mine.group)?;
+                        Some(ReplicaStatus {
+                            node_id: *node_id,
+                            last_log_index: view.last_log_index,
+                            committed_index: view.committed_index,
+                            applied_index: view.applied_index,
+                            digest: view.digest,
+                        })
+                    })
+                    .collect(),
+            })
+            .collect();
+        ClusterStatus {
+            node_id: self.node_id(),
+            nodes: nodes.into_values().collect(),
+            groups,
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! Writes: a command goes to its group's leader. On the leader it is stamped and proposed; on
+//! any other node it is forwarded over the peer transport and the leader's reply comes back
+//! unchanged. During an election the node waits a bounded time for a leader, then gives up
+//! with "unavailable" (HTTP 503). Once a command may have reached a leader, failures are
+//! "unknown" (HTTP 504), never "failed": the client retries with the same key.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gavel_raft::transport::{CallError, PeerRequest, PeerResponse};
+use gavel_raft::{Group, Proposal};
+use gavel_rules::{Command, Reply};
+
+use crate::api::ProposeError;
+use crate::clock::wall_clock_ms;
+use crate::node::{Node, LEADER_WAIT};
+use crate::peer_api::{decode_answer, encode_call, AppAnswer, AppCall, RemoteFailure};
+use crate::raft_ops::{propose_local, wait_for_leader, wait_for_leader_change, Attempt};
+
+/// Leaders tried before a write gives up as unavailable.
+const WRITE_ATTEMPTS_MAX: usize = 4;
+/// Extra time a forwarded write may take on the wire beyond the leader's own propose timeout.
+const FORWARD_MARGIN: Duration = Duration::from_millis(500);
+const RETRY_AFTER_S: u32 = 1;
+
+impl Node {
+    fn propose_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.propose_timeout_ms)
+    }
+
+    /// Replicates `command` in its auction's group and returns the state machine's reply.
+    pub async fn propose(&self, command: Command) -> Result<Reply, ProposeError> {
+        let group = self.group_for(command.auction_id()).clone();
+        let mut why = format!("group {} has no leader", group.id);
+        for _ in 0..WRITE_ATTEMPTS_MAX {
+            let Some(leader) = wait_for_leader(&group, LEADER_WAIT).await else {
+                break;
+            };
+            let attempt = if leader == self.node_id() {
+                self.propose_here(&group, command.clone()).await
+            } else {
+                self.forward(leader, &group, command.clone()).await
+            };
+            match attempt {
+                Ok(reply) => return Ok(reply),
+                Err(Attempt::Final(e)) => return Err(e),
+                Err(Attempt::Retry(reason)) => {
+                    why = reason;
+                    wait_for_leader_change(&group, leader, Duration::from_millis(500)).await;
+                }
+            }
+        }
+        Err(ProposeError::Unavailable {
+            reason: why,
+            retry_after_s: RETRY_AFTER_S,
+        })
+    }
+
+    /// Proposes on this node as the group's leader, stamping the entry with this node's clock.
+    pub(crate) async fn propose_here(
+        &self,
+        group: &Arc<Group>,
+        command: Command,
+    ) -> Result<Reply, Attempt> {
+        if !self.holds[group.id as usize]
+            .wait_writes_allowed(self.propose_timeout())
+            .await
+        {
+            return Err(Attempt::Retry(format!(
+                "group {} is transferring its leadership",
+                group.id
+            )));
+        }
+        let proposal = Proposal {
+            stamp_ms: wall_clock_ms(),
+            command,
+        };
+        propose_local(group, proposal, self.propose_timeout()).await
+    }
+
+    async fn forward(
+        &self,
+        leader: u64,
+        group: &Group,
+        command: Command,
+    ) -> Result<Reply, Attempt> {
+        let request = encode_call(&AppCall::Propose(command))
+            .map_err(|e| Attempt::Final(ProposeError::Internal(e)))?;
+        let timeout = self.propose_timeout() + FORWARD_MARGIN;
+        let response = self
+            .transport
+            .call(leader, group.id, PeerRequest::App(request), timeout)
+            .await;
+        match response {
+            Ok(PeerResponse::App(bytes)) => match decode_answer(&bytes) {
+                Ok(AppAnswer::Proposed(Ok(reply))) => Ok(*reply),
+                Ok(AppAnswer::Proposed(Err(failure))) => Err(failure_attempt(failure)),
+                Ok(other) => Err(Attempt::Final(ProposeError::Internal(format!(
+                    "unexpected answer {other:?}"
+                )))),
+                Err(e) => Err(Attempt::Final(ProposeError::Unknown(format!(
+                    "unreadable answer from node {leader}: {e}"
+                )))),
+            },
+            Ok(PeerResponse::Refused(reason)) => Err(Attempt::Retry(reason)),
+            Ok(other) => Err(Attempt::Final(ProposeError::Internal(format!(
+                "unexpected response {other:?}"
+            )))),
+            // Never sent: safe to try another leader.
+            Err(e @ CallError::Unreachable { .. }) => Err(Attempt::Retry(e.to_string())),
+            Err(e @ CallError::Encode { .. }) => {
+                Err(Attempt::Final(ProposeError::Internal(e.to_string())))
+            }
+            // Sent, answer lost: the leader may have decided.
+            Err(e) => Err(Attempt::Final(ProposeError::Unknown(e.to_string()))),
+        }
+    }
+}
+
+fn failure_attempt(failure: RemoteFailure) -> Attempt {
+    match failure {
+        RemoteFailure::NotLeader => Attempt::Retry("the leader moved while forwarding".into()),
+        RemoteFailure::Unavailable(reason) => Attempt::Final(ProposeError::Unavailable {
+            reason,
+            retry_after_s: RETRY_AFTER_S,
+        }),
+        RemoteFailure::Unknown(reason) => Attempt::Final(ProposeError::Unknown(reason)),
+        RemoteFailure::Refused(reason) => Attempt::Final(ProposeError::Internal(reason)),
+    }
+}

@@ -1,0 +1,168 @@
+//! Three real `Node`s in one process, talking over the real peer transport on loopback:
+//! bootstrap, forwarded writes, linearizable reads on followers, leader placement, leadership
+//! transfer, and adding/removing a fourth node.
+
+#![allow(clippy::result_large_err)]
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gavel_cluster::{wall_clock_ms, BidFilter, Consistency, Node, NodeConfig};
+use gavel_rules::{BidStatus, Command, CreateAuction, Decimal, Reply};
+
+fn free_addr() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
+}
+
+fn config(
+    dir: &std::path::Path,
+    id: u64,
+    peer: &str,
+    cluster: &[(u64, String)],
+    join: bool,
+) -> NodeConfig {
+    NodeConfig {
+        node_id: id,
+        data_dir: dir.join(format!("n{id}")),
+        groups: 4,
+        client_addr: format!("127.0.0.1:{}", 18000 + id),
+        peer_addr: peer.to_string(),
+        initial_cluster: cluster.to_vec(),
+        join,
+        propose_timeout_ms: 5_000,
+    }
+}
+
+async fn until<F: Fn() -> bool>(what: &str, limit: Duration, check: F) {
+    let end = tokio::time::Instant::now() + limit;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn create(id: &str) -> Command {
+    let now = wall_clock_ms();
+    Command::Create {
+        auction_id: id.into(),
+        creator_id: "carol".into(),
+        idempotency_key: None,
+        request: CreateAuction {
+            post_id: "p".into(),
+            start_at_ms: now - 1_000,
+            end_at_ms: now + 600_000,
+            start_price: Decimal::ONE,
+            min_increment: Decimal::ONE,
+            anti_sniping_seconds: 0,
+        },
+    }
+}
+
+fn bid(auction: &str, bidder: &str, n: i64) -> Command {
+    Command::Bid {
+        auction_id: auction.into(),
+        bid_id: format!("{bidder}-{n}"),
+        bidder_id: bidder.into(),
+        idempotency_key: format!("k-{bidder}-{n}"),
+        amount: Decimal::new(n, 0),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_replicate_forward_and_rebalance() {
+    let dir = tempfile::tempdir().unwrap();
+    let peers: Vec<(u64, String)> = (1..=3).map(|id| (id, free_addr())).collect();
+    let mut nodes: Vec<Arc<Node>> = Vec::new();
+    for (id, peer) in &peers {
+        nodes.push(
+            Node::start(config(dir.path(), *id, peer, &peers, false))
+                .await
+                .unwrap(),
+        );
+    }
+    until(
+        "all groups ready on all nodes",
+        Duration::from_secs(20),
+        || nodes.iter().all(|n| n.readiness().is_ok()),
+    )
+    .await;
+
+    // Writes through every node, reads on every node.
+    nodes[2].propose(create("a")).await.unwrap();
+    for (i, node) in nodes.iter().enumerate() {
+        let auction = node.auction("a", Consistency::Linearizable).await.unwrap();
+        assert!(auction.is_some(), "node {} sees the auction at once", i + 1);
+    }
+    for n in 1..=30 {
+        let node = &nodes[n as usize % 3];
+        let reply = node
+            .propose(bid("a", &format!("b{}", n % 4), n))
+            .await
+            .unwrap();
+        let Reply::Bid { decision, .. } = reply else {
+            panic!("{reply:?}")
+        };
+        assert_eq!(decision.status, BidStatus::Accepted);
+    }
+    for node in &nodes {
+        let page = node
+            .bids(
+                "a",
+                BidFilter {
+                    accepted_only: true,
+                    limit: 100,
+                    after_seq: 0,
+                },
+                Consistency::Linearizable,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(page.bids.len(), 30);
+    }
+
+    // Leaders spread: no node leads every group once placement has run.
+    let spread_by = tokio::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let status = nodes[0].cluster_status().await;
+        let leaders: BTreeSet<Option<u64>> = status.groups.iter().map(|g| g.leader).collect();
+        if leaders.len() >= 3 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < spread_by,
+            "leaders never spread: {leaders:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Transfer leadership of group 0 to node 3.
+    nodes[0].transfer_leader(0, 3).await.unwrap();
+
+    // Add a fourth node, it catches up, then remove it.
+    let peer4 = free_addr();
+    let node4 = Node::start(config(dir.path(), 4, &peer4, &[], true))
+        .await
+        .unwrap();
+    nodes[1]
+        .add_node(4, "127.0.0.1:18004".into(), peer4.clone(), true)
+        .await
+        .unwrap();
+    let auction = node4
+        .auction("a", Consistency::Linearizable)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(auction.bid_count, 30);
+    nodes[0].remove_node(4).await.unwrap();
+    node4.shutdown().await;
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}

@@ -1,0 +1,250 @@
+//! One established peer connection: a writer task that drains a bounded queue of encoded
+//! frames, and a reader task that completes pending calls and serves inbound requests.
+//!
+//! Any read or write error, a malformed or oversized frame, or an unexpected handshake frame
+//! closes the connection: the stream can no longer be trusted to be in sync. Pending calls then
+//! fail at once (`Disconnected`) instead of waiting for their timeouts.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use tokio::time::Instant;
+
+use super::frame::{encode_frame, read_frame, Envelope, FrameError, Hello, Message};
+use super::messages::{PeerRequest, PeerResponse};
+use super::{lock, CallError, InboundHandler};
+use crate::types::NodeId;
+
+pub(super) struct ConnParams {
+    pub peer: NodeId,
+    pub dialed_by: NodeId,
+    pub frame_bytes_max: usize,
+    pub outbound_frames_max: usize,
+    pub inbound_requests_in_flight_max: usize,
+}
+
+type Handler = Arc<OnceLock<Arc<dyn InboundHandler>>>;
+
+pub(super) struct Conn {
+    peer: NodeId,
+    dialed_by: NodeId,
+    frame_bytes_max: usize,
+    outbound: mpsc::Sender<Vec<u8>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<PeerResponse>>>,
+    next_request_id: AtomicU64,
+    closed: AtomicBool,
+    close_signal: Notify,
+}
+
+pub(super) async fn write_hello(
+    stream: &mut TcpStream,
+    hello: Hello,
+    frame_bytes_max: usize,
+) -> Result<(), FrameError> {
+    let envelope = Envelope {
+        request_id: 0,
+        group: 0,
+        message: Message::Hello(hello),
+    };
+    stream
+        .write_all(&encode_frame(&envelope, frame_bytes_max)?)
+        .await?;
+    Ok(())
+}
+
+impl Conn {
+    /// Starts the connection's tasks. `on_close` runs once when it closes.
+    pub fn start(
+        stream: TcpStream,
+        params: ConnParams,
+        handler: Handler,
+        on_close: impl FnOnce(&Arc<Conn>) + Send + 'static,
+    ) -> Arc<Conn> {
+        let (outbound, queue) = mpsc::channel(params.outbound_frames_max);
+        let conn = Arc::new(Conn {
+            peer: params.peer,
+            dialed_by: params.dialed_by,
+            frame_bytes_max: params.frame_bytes_max,
+            outbound,
+            pending: Mutex::new(HashMap::new()),
+            next_request_id: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+            close_signal: Notify::new(),
+        });
+        let (reader, writer) = stream.into_split();
+        let permits = Arc::new(Semaphore::new(params.inbound_requests_in_flight_max));
+        tokio::spawn(write_loop(conn.clone(), writer, queue));
+        let reading = conn.clone();
+        tokio::spawn(async move {
+            let outcome = read_loop(&reading, reader, handler, permits).await;
+            if let Err(e) = outcome {
+                tracing::warn!(peer = reading.peer, error = %e, "peer connection closed");
+                if matches!(
+                    e,
+                    FrameError::Malformed(_)
+                        | FrameError::TooLarge { .. }
+                        | FrameError::Version(_)
+                        | FrameError::Empty
+                ) {
+                    metrics::counter!("gavel_peer_frames_rejected_total").increment(1);
+                }
+            }
+            reading.close();
+            on_close(&reading);
+        });
+        conn
+    }
+
+    pub fn dialed_by(&self) -> NodeId {
+        self.dialed_by
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Closes the connection: both tasks stop and every pending call fails.
+    pub fn close(&self) {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            self.close_signal.notify_waiters();
+            // Dropping the senders wakes each waiting caller with `Disconnected`.
+            lock(&self.pending).clear();
+        }
+    }
+
+    pub async fn call(
+        &self,
+        group: u32,
+        request: PeerRequest,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<PeerResponse, CallError> {
+        let peer = self.peer;
+        let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let envelope = Envelope {
+            request_id,
+            group,
+            message: Message::Request(request),
+        };
+        let frame =
+            encode_frame(&envelope, self.frame_bytes_max).map_err(|e| CallError::Encode {
+                peer,
+                reason: e.to_string(),
+            })?;
+        let (answer, response) = oneshot::channel();
+        lock(&self.pending).insert(request_id, answer);
+        if self.is_closed() {
+            lock(&self.pending).remove(&request_id);
+            return Err(CallError::Disconnected { peer });
+        }
+        let timed_out = || CallError::Timeout {
+            peer,
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        let sent = tokio::time::timeout_at(deadline, self.outbound.send(frame)).await;
+        let outcome = match sent {
+            Err(_) => Err(timed_out()),
+            Ok(Err(_)) => Err(CallError::Disconnected { peer }),
+            Ok(Ok(())) => match tokio::time::timeout_at(deadline, response).await {
+                Ok(Ok(response)) => return Ok(response),
+                Ok(Err(_)) => Err(CallError::Disconnected { peer }),
+                Err(_) => Err(timed_out()),
+            },
+        };
+        lock(&self.pending).remove(&request_id);
+        outcome
+    }
+}
+
+async fn write_loop(conn: Arc<Conn>, writer: OwnedWriteHalf, mut queue: mpsc::Receiver<Vec<u8>>) {
+    let mut writer = BufWriter::new(writer);
+    loop {
+        let frame = tokio::select! {
+            frame = queue.recv() => frame,
+            _ = conn.close_signal.notified() => None,
+        };
+        let Some(frame) = frame else { break };
+        if writer.write_all(&frame).await.is_err() {
+            break;
+        }
+        // Pipelining: flush only once the queue is drained, so bursts share a syscall.
+        if queue.is_empty() && writer.flush().await.is_err() {
+            break;
+        }
+        if conn.is_closed() {
+            break;
+        }
+    }
+    conn.close();
+    let _ = writer.shutdown().await;
+}
+
+async fn read_loop(
+    conn: &Arc<Conn>,
+    mut reader: OwnedReadHalf,
+    handler: Handler,
+    permits: Arc<Semaphore>,
+) -> Result<(), FrameError> {
+    loop {
+        let frame = tokio::select! {
+            frame = read_frame(&mut reader, conn.frame_bytes_max) => frame?,
+            _ = conn.close_signal.notified() => return Ok(()),
+        };
+        let Some(envelope) = frame else { return Ok(()) };
+        match envelope.message {
+            Message::Response(response) => {
+                if let Some(answer) = lock(&conn.pending).remove(&envelope.request_id) {
+                    let _ = answer.send(response);
+                }
+            }
+            Message::Request(request) => {
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return Ok(());
+                };
+                let conn = conn.clone();
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let response = match handler.get() {
+                        Some(handler) => handler.handle(conn.peer, envelope.group, request).await,
+                        None => PeerResponse::Refused("node is starting".into()),
+                    };
+                    respond(&conn, envelope.request_id, envelope.group, response).await;
+                    drop(permit);
+                });
+            }
+            Message::Hello(_) => {
+                return Err(FrameError::Malformed("hello after the handshake".into()))
+            }
+        }
+    }
+}
+
+async fn respond(conn: &Conn, request_id: u64, group: u32, response: PeerResponse) {
+    let envelope = Envelope {
+        request_id,
+        group,
+        message: Message::Response(response),
+    };
+    let frame = match encode_frame(&envelope, conn.frame_bytes_max) {
+        Ok(frame) => frame,
+        Err(e) => {
+            tracing::error!(peer = conn.peer, error = %e, "cannot encode a response");
+            let refused = Envelope {
+                request_id,
+                group,
+                message: Message::Response(PeerResponse::Refused(e.to_string())),
+            };
+            match encode_frame(&refused, conn.frame_bytes_max) {
+                Ok(frame) => frame,
+                Err(_) => return,
+            }
+        }
+    };
+    let _ = conn.outbound.send(frame).await;
+}

@@ -1,0 +1,49 @@
+//! What travels between nodes: Raft's three RPCs, and application requests whose bodies the
+//! cluster layer encodes itself (forwarded writes, read indexes, membership changes).
+
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::types::{NodeId, TypeConfig};
+
+/// An application request: `kind` tells the receiver's handler how to decode `body`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppRequest {
+    pub kind: u16,
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerRequest {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<NodeId>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    App(AppRequest),
+}
+
+impl PeerRequest {
+    pub fn name(&self) -> &'static str {
+        match self {
+            PeerRequest::AppendEntries(_) => "append_entries",
+            PeerRequest::Vote(_) => "vote",
+            PeerRequest::InstallSnapshot(_) => "install_snapshot",
+            PeerRequest::App(_) => "app",
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerResponse {
+    AppendEntries(Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>>),
+    Vote(Result<VoteResponse<NodeId>, RaftError<NodeId>>),
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<NodeId>, RaftError<NodeId, InstallSnapshotError>>,
+    ),
+    App(Vec<u8>),
+    /// The receiver could not handle the request at all (unknown group, shutting down...).
+    Refused(String),
+}

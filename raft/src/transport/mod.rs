@@ -1,0 +1,420 @@
+//! The peer transport: one long-lived TCP connection per pair of nodes, shared by every Raft
+//! group, carrying pipelined request/response frames tagged with a request id and a group id.
+//!
+//! - `frame`: the wire format and its defensive decoder;
+//! - `messages`: Raft RPCs and opaque application requests;
+//! - `conn`: one established connection (its reader and writer tasks);
+//! - here: links to peers, dialing with backoff, accepting, and `call`.
+//!
+//! Either side may dial when it needs a connection and has none. Should both dial at once, both
+//! ends keep the connection dialed by the lower node id and close the other, so a pair settles
+//! on one connection. A request waits (within its timeout) for a connection; a dropped
+//! connection fails its pending requests at once and is redialed with exponential backoff.
+//!
+//! Architecture invariant: the transport knows Raft's message types but not what application
+//! requests mean; the cluster layer's `InboundHandler` answers every inbound request.
+
+mod conn;
+pub mod frame;
+pub mod messages;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use conn::{Conn, ConnParams};
+pub use frame::PROTOCOL_VERSION;
+use frame::{read_frame, FrameError, Hello, Message};
+pub use messages::{AppRequest, PeerRequest, PeerResponse};
+
+use crate::types::NodeId;
+
+/// Answers requests that arrive from peers.
+pub trait InboundHandler: Send + Sync + 'static {
+    fn handle(
+        &self,
+        from: NodeId,
+        group: u32,
+        request: PeerRequest,
+    ) -> Pin<Box<dyn Future<Output = PeerResponse> + Send + 'static>>;
+}
+
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    pub node_id: NodeId,
+    /// What this node tells peers about itself in the handshake.
+    pub client_addr: String,
+    pub peer_addr: String,
+    /// The largest frame accepted or sent, in bytes.
+    pub frame_bytes_max: usize,
+    pub connect_timeout_ms: u64,
+    pub handshake_timeout_ms: u64,
+    pub reconnect_backoff_min_ms: u64,
+    pub reconnect_backoff_max_ms: u64,
+    /// Encoded frames queued for one connection's writer.
+    pub outbound_frames_max: usize,
+    /// Inbound requests one connection handles concurrently; beyond it the reader waits,
+    /// which pushes back on the sender through TCP.
+    pub inbound_requests_in_flight_max: usize,
+}
+
+impl TransportConfig {
+    pub fn new(node_id: NodeId, client_addr: String, peer_addr: String) -> TransportConfig {
+        TransportConfig {
+            node_id,
+            client_addr,
+            peer_addr,
+            frame_bytes_max: 16 * 1024 * 1024,
+            connect_timeout_ms: 1_000,
+            handshake_timeout_ms: 2_000,
+            reconnect_backoff_min_ms: 50,
+            reconnect_backoff_max_ms: 2_000,
+            outbound_frames_max: 1_024,
+            inbound_requests_in_flight_max: 256,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("node {peer} is unreachable: {reason}")]
+    Unreachable { peer: NodeId, reason: String },
+    #[error("no answer from node {peer} within {timeout_ms} ms")]
+    Timeout { peer: NodeId, timeout_ms: u64 },
+    #[error("connection to node {peer} closed before it answered")]
+    Disconnected { peer: NodeId },
+    #[error("cannot send to node {peer}: {reason}")]
+    Encode { peer: NodeId, reason: String },
+}
+
+/// What this node knows about one peer, for `/cluster`.
+#[derive(Clone, Debug)]
+pub struct PeerStatus {
+    pub node_id: NodeId,
+    pub connected: bool,
+    /// The peer's own handshake, once it has connected.
+    pub hello: Option<Hello>,
+    pub addr: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: TransportConfig,
+    handler: Arc<OnceLock<Arc<dyn InboundHandler>>>,
+    links: Mutex<BTreeMap<NodeId, Arc<Link>>>,
+    stop: watch::Sender<bool>,
+}
+
+/// This node's side of its relationship with one peer.
+struct Link {
+    peer: NodeId,
+    addr: Mutex<Option<String>>,
+    hello: Mutex<Option<Hello>>,
+    current: watch::Sender<Option<Arc<Conn>>>,
+    dialing: AtomicBool,
+}
+
+impl Link {
+    fn live(&self) -> Option<Arc<Conn>> {
+        self.current.borrow().clone().filter(|c| !c.is_closed())
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock only means another task panicked mid-update of plain data; keep going.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Transport {
+    /// Binds the peer listener and starts accepting. Returns the transport and the bound address.
+    pub async fn start(
+        config: TransportConfig,
+        listen: &str,
+    ) -> std::io::Result<(Transport, SocketAddr)> {
+        let listener = TcpListener::bind(listen).await?;
+        let local = listener.local_addr()?;
+        let (stop, _) = watch::channel(false);
+        let transport = Transport {
+            inner: Arc::new(Inner {
+                config,
+                handler: Arc::new(OnceLock::new()),
+                links: Mutex::new(BTreeMap::new()),
+                stop,
+            }),
+        };
+        tokio::spawn(transport.clone().accept_loop(listener));
+        Ok((transport, local))
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.inner.config.node_id
+    }
+
+    /// Installs the handler for inbound requests; only the first call counts.
+    pub fn set_handler(&self, handler: Arc<dyn InboundHandler>) {
+        let _ = self.inner.handler.set(handler);
+    }
+
+    /// Records where `peer` listens, so this node can dial it.
+    pub fn set_peer_addr(&self, peer: NodeId, addr: &str) {
+        if peer == self.node_id() || addr.is_empty() {
+            return;
+        }
+        let link = self.link(peer);
+        *lock(&link.addr) = Some(addr.to_string());
+    }
+
+    /// Forgets a peer (removed from the cluster): closes its connection and stops dialing it.
+    pub fn forget_peer(&self, peer: NodeId) {
+        if let Some(link) = lock(&self.inner.links).remove(&peer) {
+            if let Some(conn) = link.live() {
+                conn.close();
+            }
+        }
+    }
+
+    pub fn peers(&self) -> Vec<PeerStatus> {
+        let links: Vec<Arc<Link>> = lock(&self.inner.links).values().cloned().collect();
+        links
+            .into_iter()
+            .map(|link| PeerStatus {
+                node_id: link.peer,
+                connected: link.live().is_some(),
+                hello: lock(&link.hello).clone(),
+                addr: lock(&link.addr).clone(),
+            })
+            .collect()
+    }
+
+    /// Sends `request` for `group` to `peer` and waits for its response, all within `timeout`.
+    pub async fn call(
+        &self,
+        peer: NodeId,
+        group: u32,
+        request: PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerResponse, CallError> {
+        let deadline = Instant::now() + timeout;
+        let conn = match tokio::time::timeout_at(deadline, self.connection(peer)).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(reason)) => return Err(CallError::Unreachable { peer, reason }),
+            Err(_) => {
+                return Err(CallError::Unreachable {
+                    peer,
+                    reason: format!("no connection within {} ms", timeout.as_millis()),
+                })
+            }
+        };
+        conn.call(group, request, deadline, timeout).await
+    }
+
+    pub fn shutdown(&self) {
+        let _ = self.inner.stop.send(true);
+        let links: Vec<Arc<Link>> = lock(&self.inner.links).values().cloned().collect();
+        for link in links {
+            if let Some(conn) = link.live() {
+                conn.close();
+            }
+        }
+    }
+
+    fn link(&self, peer: NodeId) -> Arc<Link> {
+        lock(&self.inner.links)
+            .entry(peer)
+            .or_insert_with(|| {
+                Arc::new(Link {
+                    peer,
+                    addr: Mutex::new(None),
+                    hello: Mutex::new(None),
+                    current: watch::channel(None).0,
+                    dialing: AtomicBool::new(false),
+                })
+            })
+            .clone()
+    }
+
+    /// A live connection to `peer`, dialing if needed; waits until one exists.
+    async fn connection(&self, peer: NodeId) -> Result<Arc<Conn>, String> {
+        if peer == self.node_id() {
+            return Err("a node does not call itself over the transport".into());
+        }
+        let link = self.link(peer);
+        let mut changes = link.current.subscribe();
+        loop {
+            if let Some(conn) = link.live() {
+                return Ok(conn);
+            }
+            self.ensure_dialing(&link);
+            if changes.changed().await.is_err() {
+                return Err("transport stopped".into());
+            }
+        }
+    }
+
+    fn ensure_dialing(&self, link: &Arc<Link>) {
+        if lock(&link.addr).is_none() || link.dialing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tokio::spawn(self.clone().dial_loop(link.clone()));
+    }
+
+    async fn dial_loop(self, link: Arc<Link>) {
+        let config = &self.inner.config;
+        let mut backoff_ms = config.reconnect_backoff_min_ms;
+        while !*self.inner.stop.borrow() && link.live().is_none() {
+            let Some(addr) = lock(&link.addr).clone() else {
+                break;
+            };
+            match self.dial(&link, &addr).await {
+                Ok(()) => break,
+                Err(e) => tracing::debug!(peer = link.peer, addr, error = %e, "dial failed"),
+            }
+            tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+            backoff_ms = (backoff_ms * 2).min(config.reconnect_backoff_max_ms);
+            if !lock(&self.inner.links).contains_key(&link.peer) {
+                break;
+            }
+        }
+        link.dialing.store(false, Ordering::Release);
+    }
+
+    async fn dial(&self, link: &Arc<Link>, addr: &str) -> Result<(), String> {
+        let config = &self.inner.config;
+        let connect = TcpStream::connect(addr);
+        let stream =
+            tokio::time::timeout(Duration::from_millis(config.connect_timeout_ms), connect)
+                .await
+                .map_err(|_| "connect timed out".to_string())?
+                .map_err(|e| e.to_string())?;
+        let (stream, hello) = self.handshake(stream).await.map_err(|e| e.to_string())?;
+        if hello.node_id != link.peer {
+            return Err(format!(
+                "{addr} is node {}, not node {}",
+                hello.node_id, link.peer
+            ));
+        }
+        self.adopt(link, stream, hello, self.node_id());
+        Ok(())
+    }
+
+    async fn accept_loop(self, listener: TcpListener) {
+        let mut stop = self.inner.stop.subscribe();
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = stop.changed() => return,
+            };
+            match accepted {
+                Ok((stream, remote)) => {
+                    let transport = self.clone();
+                    tokio::spawn(async move {
+                        match transport.handshake(stream).await {
+                            Ok((stream, hello)) if hello.node_id != transport.node_id() => {
+                                let link = transport.link(hello.node_id);
+                                transport.adopt(&link, stream, hello.clone(), hello.node_id);
+                            }
+                            Ok(_) => {
+                                tracing::warn!(%remote, "peer claims this node's own id; dropped")
+                            }
+                            Err(e) => tracing::warn!(%remote, error = %e, "peer handshake failed"),
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a peer connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    /// Exchanges `Hello` frames (each side sends first, then reads), bounded in time.
+    async fn handshake(&self, mut stream: TcpStream) -> Result<(TcpStream, Hello), FrameError> {
+        let config = &self.inner.config;
+        stream.set_nodelay(true)?;
+        let mine = Hello {
+            node_id: config.node_id,
+            client_addr: config.client_addr.clone(),
+            peer_addr: config.peer_addr.clone(),
+        };
+        let exchange = async {
+            conn::write_hello(&mut stream, mine, config.frame_bytes_max).await?;
+            match read_frame(&mut stream, config.frame_bytes_max).await? {
+                Some(envelope) => match envelope.message {
+                    Message::Hello(hello) => Ok(hello),
+                    _ => Err(FrameError::Malformed("expected a hello frame".into())),
+                },
+                None => Err(FrameError::Malformed("closed during the handshake".into())),
+            }
+        };
+        let timeout = Duration::from_millis(config.handshake_timeout_ms);
+        let hello = tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| FrameError::Malformed("handshake timed out".into()))??;
+        Ok((stream, hello))
+    }
+
+    /// Starts a connection's tasks and makes it the link's connection, unless the link already
+    /// has a live one dialed by the lower node id.
+    fn adopt(&self, link: &Arc<Link>, stream: TcpStream, hello: Hello, dialed_by: NodeId) {
+        if link.addr_missing() && !hello.peer_addr.is_empty() {
+            *lock(&link.addr) = Some(hello.peer_addr.clone());
+        }
+        *lock(&link.hello) = Some(hello);
+        let params = ConnParams {
+            peer: link.peer,
+            dialed_by,
+            frame_bytes_max: self.inner.config.frame_bytes_max,
+            outbound_frames_max: self.inner.config.outbound_frames_max,
+            inbound_requests_in_flight_max: self.inner.config.inbound_requests_in_flight_max,
+        };
+        let handler = self.inner.handler.clone();
+        let preferred_dialer = self.node_id().min(link.peer);
+        let link_for_close = Arc::downgrade(link);
+        let conn = Conn::start(stream, params, handler, move |closed: &Arc<Conn>| {
+            if let Some(link) = link_for_close.upgrade() {
+                link.current.send_if_modified(|current| match current {
+                    Some(c) if Arc::ptr_eq(c, closed) => {
+                        *current = None;
+                        true
+                    }
+                    _ => false,
+                });
+            }
+        });
+        link.current.send_modify(
+            |current| match current.as_ref().filter(|c| !c.is_closed()) {
+                Some(existing)
+                    if existing.dialed_by() == preferred_dialer
+                        || dialed_by != preferred_dialer =>
+                {
+                    conn.close();
+                }
+                Some(existing) => {
+                    existing.close();
+                    *current = Some(conn.clone());
+                }
+                None => *current = Some(conn.clone()),
+            },
+        );
+        tracing::info!(peer = link.peer, dialed_by, "peer connection established");
+    }
+}
+
+impl Link {
+    fn addr_missing(&self) -> bool {
+        lock(&self.addr).is_none()
+    }
+}
