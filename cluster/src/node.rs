@@ -10,6 +10,7 @@ use gavel_raft::transport::{Transport, TransportConfig};
 use gavel_raft::{AuctionEvent, Flusher, GavelNode, Group, RaftSettings, APPLIED_EVENTS_QUEUE_MAX};
 use gavel_rules::Auction;
 use gavel_storage::{Store, StoreConfig};
+use openraft::error::{InitializeError, RaftError};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinSet;
 
@@ -63,6 +64,17 @@ impl Node {
                 ))
             })?;
         tracing::info!(node_id = config.node_id, peer_addr = %bound, "peer transport listening");
+        if !config.initial_cluster.is_empty()
+            && !config
+                .initial_cluster
+                .iter()
+                .any(|(id, _)| *id == config.node_id)
+        {
+            return Err(NodeError::Config(format!(
+                "--initial-cluster does not name this node ({})",
+                config.node_id
+            )));
+        }
         for (id, addr) in &config.initial_cluster {
             transport.set_peer_addr(*id, addr);
         }
@@ -93,35 +105,47 @@ impl Node {
         Ok(node)
     }
 
-    /// Forms the initial cluster in every group not yet initialized; a restarted node skips this.
-    /// Only the lowest id of the initial cluster initializes: the others learn it by replication.
+    /// Forms the initial cluster in every group not yet initialized; a restarted node skips
+    /// this. Every initial member initializes (etcd-like), which is safe because each writes the
+    /// byte-identical membership entry at index 0: members are recorded with their peer address
+    /// only, and client addresses are learned from the peer handshake.
     async fn bootstrap(&self) -> Result<(), NodeError> {
         let members = self.initial_members();
-        if members.keys().next() != Some(&self.config.node_id) {
-            return Ok(());
-        }
         for group in &self.groups {
             let initialized = group
                 .raft
                 .is_initialized()
                 .await
                 .map_err(|e| NodeError::Raft(e.to_string()))?;
-            if !initialized {
-                group.raft.initialize(members.clone()).await.map_err(|e| {
-                    NodeError::Raft(format!("initializing group {}: {e}", group.id))
-                })?;
+            if initialized {
+                continue;
+            }
+            match group.raft.initialize(members.clone()).await {
+                Ok(()) => {}
+                // A peer that initialized first already replicated to us: nothing to do.
+                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {
+                    tracing::info!(group = group.id, "group already formed by a peer");
+                }
+                Err(e) => {
+                    return Err(NodeError::Raft(format!(
+                        "initializing group {}: {e}",
+                        group.id
+                    )))
+                }
             }
         }
         Ok(())
     }
 
     fn initial_members(&self) -> BTreeMap<u64, GavelNode> {
-        let myself = GavelNode {
-            client_addr: self.config.client_addr.clone(),
-            peer_addr: self.config.peer_addr.clone(),
-        };
-        let mut members: BTreeMap<u64, GavelNode> = self
-            .config
+        if self.config.initial_cluster.is_empty() {
+            let myself = GavelNode {
+                client_addr: self.config.client_addr.clone(),
+                peer_addr: self.config.peer_addr.clone(),
+            };
+            return BTreeMap::from([(self.config.node_id, myself)]);
+        }
+        self.config
             .initial_cluster
             .iter()
             .map(|(id, peer_addr)| {
@@ -131,9 +155,7 @@ impl Node {
                 };
                 (*id, node)
             })
-            .collect();
-        members.insert(self.config.node_id, myself);
-        members
+            .collect()
     }
 
     async fn spawn_background(self: &Arc<Self>) {
