@@ -38,7 +38,9 @@ impl Drop for Server {
 
 fn env_or(name: &str, default: u64) -> Result<u64> {
     match std::env::var(name) {
-        Ok(text) => text.parse().with_context(|| format!("{name} must be a number")),
+        Ok(text) => text
+            .parse()
+            .with_context(|| format!("{name} must be a number")),
         Err(_) => Ok(default),
     }
 }
@@ -52,7 +54,14 @@ fn start_server(dir: &Path, groups: u64) -> Result<Server> {
     let peer = format!("127.0.0.1:{}", free_port()?);
     let log = std::fs::File::create(dir.join("server.log"))?;
     let child = Command::new(env!("CARGO_BIN_EXE_gavel"))
-        .args(["serve", "--listen", &listen, "--peer-listen", &peer, "--groups"])
+        .args([
+            "serve",
+            "--listen",
+            &listen,
+            "--peer-listen",
+            &peer,
+            "--groups",
+        ])
         .arg(groups.to_string())
         .arg("--data-dir")
         .arg(dir.join("data"))
@@ -74,7 +83,10 @@ fn token(sub: &str, role: &str) -> Result<String> {
         .env("GAVEL_AUTH_SECRET", SECRET)
         .output()?;
     if !output.status.success() {
-        bail!("gavel token failed: {}", String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "gavel token failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     Ok(String::from_utf8(output.stdout)?.trim().to_string())
 }
@@ -108,14 +120,26 @@ async fn create_auction(client: &reqwest::Client, base: &str, creator: &str) -> 
         .send()
         .await?;
     if response.status() != 201 {
-        bail!("create answered {}: {}", response.status(), response.text().await?);
+        bail!(
+            "create answered {}: {}",
+            response.status(),
+            response.text().await?
+        );
     }
     let auction: Value = response.json().await?;
-    auction["id"].as_str().map(str::to_owned).context("auction without id")
+    auction["id"]
+        .as_str()
+        .map(str::to_owned)
+        .context("auction without id")
 }
 
 /// One bid; returns whether it was accepted and the price the response reports.
-async fn bid(client: &reqwest::Client, url: &str, token: &str, amount: &str) -> Result<(bool, f64)> {
+async fn bid(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    amount: &str,
+) -> Result<(bool, f64)> {
     let response = client
         .post(url)
         .bearer_auth(token)
@@ -124,11 +148,18 @@ async fn bid(client: &reqwest::Client, url: &str, token: &str, amount: &str) -> 
         .send()
         .await?;
     if response.status() != 200 {
-        bail!("bid answered {}: {}", response.status(), response.text().await?);
+        bail!(
+            "bid answered {}: {}",
+            response.status(),
+            response.text().await?
+        );
     }
     let decision: Value = response.json().await?;
     let accepted = decision["status"] == "accepted";
-    let price = decision["currentPrice"].as_str().and_then(|p| p.parse().ok()).context("no price")?;
+    let price = decision["currentPrice"]
+        .as_str()
+        .and_then(|p| p.parse().ok())
+        .context("no price")?;
     Ok((accepted, price))
 }
 
@@ -163,7 +194,13 @@ impl Outcome {
     }
 }
 
-async fn sequential(client: &reqwest::Client, base: &str, creator: &str, bidders: &[String], bids: u64) -> Result<Outcome> {
+async fn sequential(
+    client: &reqwest::Client,
+    base: &str,
+    creator: &str,
+    bidders: &[String],
+    bids: u64,
+) -> Result<Outcome> {
     let auction = create_auction(client, base, creator).await?;
     let url = format!("{base}/auctions/{auction}/bids");
     let mut outcome = Outcome::new()?;
@@ -172,7 +209,9 @@ async fn sequential(client: &reqwest::Client, base: &str, creator: &str, bidders
         let amount = format!("{}.00", i + 1);
         let sent = Instant::now();
         let (accepted, _) = bid(client, &url, &bidders[(i % 2) as usize], &amount).await?;
-        outcome.latencies_us.record(sent.elapsed().as_micros() as u64)?;
+        outcome
+            .latencies_us
+            .record(sent.elapsed().as_micros() as u64)?;
         outcome.accepted += u64::from(accepted);
     }
     outcome.elapsed = started.elapsed();
@@ -180,7 +219,12 @@ async fn sequential(client: &reqwest::Client, base: &str, creator: &str, bidders
 }
 
 /// `clients` tasks bid for `duration`; `urls[i % urls.len()]` is client i's auction.
-async fn concurrent(client: &reqwest::Client, urls: Vec<String>, bidders: &[String], duration: Duration) -> Result<Outcome> {
+async fn concurrent(
+    client: &reqwest::Client,
+    urls: Vec<String>,
+    bidders: &[String],
+    duration: Duration,
+) -> Result<Outcome> {
     let urls = Arc::new(urls);
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -192,8 +236,11 @@ async fn concurrent(client: &reqwest::Client, urls: Vec<String>, bidders: &[Stri
             let mut price = 0.0f64;
             while started.elapsed() < duration {
                 let sent = Instant::now();
-                let (accepted, seen) = bid(&client, url, &token, &format!("{:.2}", price + 1.0)).await?;
-                outcome.latencies_us.record(sent.elapsed().as_micros() as u64)?;
+                let (accepted, seen) =
+                    bid(&client, url, &token, &format!("{:.2}", price + 1.0)).await?;
+                outcome
+                    .latencies_us
+                    .record(sent.elapsed().as_micros() as u64)?;
                 outcome.accepted += u64::from(accepted);
                 price = seen;
             }
@@ -219,7 +266,9 @@ async fn main() -> Result<()> {
 
     let dir = tempfile::tempdir()?;
     let server = start_server(dir.path(), groups)?;
-    let client = reqwest::Client::builder().pool_max_idle_per_host(clients as usize * 2).build()?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(clients as usize * 2)
+        .build()?;
     wait_ready(&client, &server.base).await?;
     let creator = token("bench-creator", "creator")?;
     let bidders = (0..clients.max(2))
@@ -234,13 +283,17 @@ async fn main() -> Result<()> {
     let hot = create_auction(&client, &server.base, &creator).await?;
     let hot_urls = vec![format!("{}/auctions/{hot}/bids", server.base)];
     let bidders = &bidders[..clients as usize];
-    concurrent(&client, hot_urls, bidders, duration).await?.print("hot-auction", clients);
+    concurrent(&client, hot_urls, bidders, duration)
+        .await?
+        .print("hot-auction", clients);
 
     let mut spread_urls = Vec::new();
     for _ in 0..clients {
         let id = create_auction(&client, &server.base, &creator).await?;
         spread_urls.push(format!("{}/auctions/{id}/bids", server.base));
     }
-    concurrent(&client, spread_urls, bidders, duration).await?.print("spread", clients);
+    concurrent(&client, spread_urls, bidders, duration)
+        .await?
+        .print("spread", clients);
     Ok(())
 }

@@ -1,0 +1,163 @@
+//! The HTTP API: the route table and the extractors every resource shares (role-checked
+//! callers, validated path ids, strictly parsed query strings, read consistency).
+//!
+//! One file per resource: `auctions.rs` (create, read, list, control), `bids.rs` (place, history)
+//! and `ops.rs` (health, readiness, metrics, OpenAPI). Handlers turn HTTP into engine calls and
+//! engine replies into JSON; they never decide anything the state machine decides.
+
+pub mod auctions;
+pub mod bids;
+pub mod ops;
+
+use std::marker::PhantomData;
+
+use axum::extract::{FromRef, FromRequestParts, Path, Query};
+use axum::http::request::Parts;
+use axum::routing::{get, post};
+use axum::Router;
+use gavel_cluster::Consistency;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::auth::{Permission, Principal, Secret};
+use crate::problem::{method_not_allowed_fallback, ApiError};
+use crate::server::AppState;
+
+/// The longest id accepted in a path, in bytes.
+pub const PATH_ID_LEN_MAX: usize = 128;
+
+/// The auction and bid routes (everything that needs a token).
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/auctions", post(auctions::create).get(auctions::list))
+        .route("/auctions/{id}", get(auctions::get_one))
+        .route("/auctions/{id}/start", post(auctions::start))
+        .route("/auctions/{id}/pause", post(auctions::pause))
+        .route("/auctions/{id}/resume", post(auctions::resume))
+        .route("/auctions/{id}/end", post(auctions::end))
+        .route("/auctions/{id}/bids", post(bids::place).get(bids::list))
+        .method_not_allowed_fallback(method_not_allowed_fallback)
+}
+
+/// Whether `id` may name an auction: 1-128 characters of `[A-Za-z0-9_.-]`.
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= PATH_ID_LEN_MAX
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// What an endpoint requires of its caller; see [`Authorized`].
+pub trait Need: Send + Sync {
+    const PERMISSION: Permission;
+}
+
+/// May read auctions and bid history.
+pub struct Read;
+/// May place bids.
+pub struct Bid;
+/// May create auctions and control (their own) auctions.
+pub struct Manage;
+
+impl Need for Read {
+    const PERMISSION: Permission = Permission::Read;
+}
+impl Need for Bid {
+    const PERMISSION: Permission = Permission::Bid;
+}
+impl Need for Manage {
+    const PERMISSION: Permission = Permission::Manage;
+}
+
+/// An authenticated caller holding a role that grants `N`: 401 without a valid token, 403 without
+/// the role, both before the path, query or body are looked at.
+pub struct Authorized<N: Need>(pub Principal, PhantomData<N>);
+
+impl<S, N> FromRequestParts<S> for Authorized<N>
+where
+    Secret: FromRef<S>,
+    S: Send + Sync,
+    N: Need,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let principal = Principal::from_request_parts(parts, state).await?;
+        principal.require(N::PERMISSION)?;
+        Ok(Authorized(principal, PhantomData))
+    }
+}
+
+/// The `{id}` of an auction path, checked: an id no auction can have is a 404.
+pub struct AuctionId(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for AuctionId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let not_found = || ApiError::NotFound("no such auction".into());
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| not_found())?;
+        if is_valid_id(&id) {
+            Ok(AuctionId(id))
+        } else {
+            Err(not_found())
+        }
+    }
+}
+
+/// A query string parsed into `T`, which should `deny_unknown_fields`: anything unexpected is a
+/// 400 saying what.
+pub struct StrictQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for StrictQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Query(value) = Query::<T>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| {
+                ApiError::BadRequest(format!("invalid query string: {}", e.body_text()))
+            })?;
+        Ok(StrictQuery(value))
+    }
+}
+
+/// `?consistency=`: `linearizable` (the default) or `local`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsistencyParam {
+    #[default]
+    Linearizable,
+    Local,
+}
+
+impl From<ConsistencyParam> for Consistency {
+    fn from(param: ConsistencyParam) -> Self {
+        match param {
+            ConsistencyParam::Linearizable => Consistency::Linearizable,
+            ConsistencyParam::Local => Consistency::Local,
+        }
+    }
+}
+
+/// Parses `?limit=`: absent gives `default`, otherwise an integer in `1..=max`.
+pub fn parse_limit(text: Option<&str>, default: usize, max: usize) -> Result<usize, ApiError> {
+    let Some(text) = text else {
+        return Ok(default);
+    };
+    text.parse::<usize>()
+        .ok()
+        .filter(|limit| (1..=max).contains(limit))
+        .ok_or_else(|| ApiError::BadRequest(format!("limit must be an integer from 1 to {max}")))
+}
+
+/// An engine reply that does not belong to the command sent: a bug, answered as a 500.
+pub fn unexpected_reply(reply: &gavel_rules::Reply) -> ApiError {
+    ApiError::Internal(format!("unexpected engine reply {reply:?}"))
+}
+
+#[cfg(test)]
+pub mod tests;

@@ -1,0 +1,236 @@
+//! Command-line configuration: the flags of `gavel serve` and `gavel token`, their strict
+//! parsers, and the checks that span several flags.
+//!
+//! Anything wrong here is a usage error (clap's exit code 2) before the node touches its data
+//! dir. This module knows nothing of HTTP handlers or the engine's internals: it produces a
+//! `ServeConfig` that `server.rs` turns into a running node.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use clap::Args;
+use gavel_cluster::NodeConfig;
+
+use crate::auth::Role;
+
+/// The most Raft groups a cluster may be created with.
+pub const GROUPS_MAX: u32 = 1024;
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// This node's id (unique in the cluster, >= 1).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub node_id: u64,
+    /// Address the HTTP API listens on (HOST:PORT).
+    #[arg(long, default_value = "127.0.0.1:8080", value_parser = parse_host_port)]
+    pub listen: String,
+    /// Address the Raft peer transport listens on (HOST:PORT).
+    #[arg(long, default_value = "127.0.0.1:9080", value_parser = parse_host_port)]
+    pub peer_listen: String,
+    /// Directory for this node's database and generated auth secret (created if missing).
+    #[arg(long, default_value = "./gavel-data")]
+    pub data_dir: PathBuf,
+    /// The initial voters on first start: "1=HOST:PEERPORT,2=HOST:PEERPORT,...".
+    /// Default: this node alone. Ignored once the data dir is initialized.
+    #[arg(long, value_parser = parse_initial_cluster, conflicts_with = "join")]
+    pub initial_cluster: Option<InitialCluster>,
+    /// Raft groups auctions are spread over (fixed when the cluster is first initialized).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=GROUPS_MAX as i64))]
+    pub groups: u32,
+    /// File holding the HMAC secret for tokens (GAVEL_AUTH_SECRET takes precedence).
+    #[arg(long)]
+    pub auth_secret_file: Option<PathBuf>,
+    /// Start empty and wait to be added with `gavel cluster add`.
+    #[arg(long)]
+    pub join: bool,
+    /// How long a write waits for its decision before answering 504 "outcome unknown".
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub propose_timeout_ms: u64,
+    /// The largest request body accepted, in bytes.
+    #[arg(long, default_value_t = 64 * 1024, value_parser = clap::value_parser!(u64).range(1024..=16 * 1024 * 1024))]
+    pub body_limit_bytes: u64,
+    /// API requests handled at once by this node; more are answered 503 at once.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub requests_in_flight_max: u32,
+    /// Bids per second one bidder may place through this node (0: unlimited); bursts of twice that.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub bid_rate_per_bidder: u32,
+    /// How long shutdown waits for in-flight requests before closing them, in milliseconds.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TokenArgs {
+    /// The user id (1-64 characters of [A-Za-z0-9_.-]).
+    #[arg(long, value_parser = parse_sub)]
+    pub sub: String,
+    /// A role to grant; repeat for several.
+    #[arg(long = "role", value_enum, required = true)]
+    pub roles: Vec<Role>,
+    /// Lifetime: 3600s, 30m, 1h, 2d (at most a year).
+    #[arg(long, default_value = "1h", value_parser = crate::auth::parse_ttl)]
+    pub ttl: i64,
+    /// Data dir whose auth-secret to sign with (when neither GAVEL_AUTH_SECRET nor
+    /// --auth-secret-file is given).
+    #[arg(long, default_value = "./gavel-data")]
+    pub data_dir: PathBuf,
+    /// File holding the HMAC secret (GAVEL_AUTH_SECRET takes precedence).
+    #[arg(long)]
+    pub auth_secret_file: Option<PathBuf>,
+}
+
+/// `(node id, peer address)` of every initial voter, ids unique.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InitialCluster(pub Vec<(u64, String)>);
+
+fn parse_sub(text: &str) -> Result<String, String> {
+    crate::auth::check_sub(text).map(|()| text.to_owned())
+}
+
+/// Checks `HOST:PORT` (a name, an IPv4 address or a bracketed IPv6 address, and a port).
+pub fn parse_host_port(text: &str) -> Result<String, String> {
+    let bad = |why: &str| format!("invalid address {text:?}: {why} (expected HOST:PORT)");
+    let (host, port) = text.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+    port.parse::<u16>().map_err(|_| bad("bad port"))?;
+    let host_ok = if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        inner.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    };
+    if !host_ok {
+        return Err(bad("bad host"));
+    }
+    Ok(text.to_owned())
+}
+
+/// Parses `"1=HOST:PORT,2=HOST:PORT"` strictly: every entry `id=addr`, ids >= 1 and unique,
+/// addresses unique.
+pub fn parse_initial_cluster(text: &str) -> Result<InitialCluster, String> {
+    let mut members = Vec::new();
+    let mut ids = BTreeSet::new();
+    let mut addrs = BTreeSet::new();
+    for entry in text.split(',') {
+        let entry = entry.trim();
+        let (id, addr) = entry
+            .split_once('=')
+            .ok_or_else(|| format!("entry {entry:?} is not ID=HOST:PORT"))?;
+        let id = id
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .filter(|id| *id >= 1)
+            .ok_or_else(|| format!("entry {entry:?}: node id must be an integer >= 1"))?;
+        let addr = parse_host_port(addr.trim())?;
+        if !ids.insert(id) {
+            return Err(format!("node id {id} appears twice"));
+        }
+        if !addrs.insert(addr.clone()) {
+            return Err(format!("address {addr} appears twice"));
+        }
+        members.push((id, addr));
+    }
+    Ok(InitialCluster(members))
+}
+
+impl ServeArgs {
+    /// Checks the rules that span several flags; the message is a usage error.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(InitialCluster(members)) = &self.initial_cluster {
+            match members.iter().find(|(id, _)| *id == self.node_id) {
+                None => {
+                    return Err(format!(
+                        "--initial-cluster does not list this node (--node-id {}); add it or use --join",
+                        self.node_id
+                    ))
+                }
+                Some((_, addr)) if *addr != self.peer_listen => tracing::warn!(
+                    listed = %addr,
+                    peer_listen = %self.peer_listen,
+                    "--initial-cluster lists this node at another address than --peer-listen; peers will dial the listed one"
+                ),
+                Some(_) => {}
+            }
+        }
+        if self.listen == self.peer_listen {
+            return Err("--listen and --peer-listen must differ".into());
+        }
+        Ok(())
+    }
+
+    /// The engine's configuration. `client_addr` is the address the HTTP listener really bound.
+    pub fn node_config(&self, client_addr: String) -> NodeConfig {
+        NodeConfig {
+            node_id: self.node_id,
+            data_dir: self.data_dir.clone(),
+            groups: self.groups,
+            client_addr,
+            peer_addr: self.peer_listen.clone(),
+            initial_cluster: self
+                .initial_cluster
+                .as_ref()
+                .map(|c| c.0.clone())
+                .unwrap_or_default(),
+            join: self.join,
+            propose_timeout_ms: self.propose_timeout_ms,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ports() {
+        for good in [
+            "127.0.0.1:8080",
+            "localhost:1",
+            "node-1.example.com:9080",
+            "[::1]:80",
+            "0.0.0.0:0",
+        ] {
+            assert!(parse_host_port(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "8080",
+            ":8080",
+            "host:",
+            "host:65536",
+            "host:-1",
+            "ho st:1",
+            "::1:80",
+            "[zz]:1",
+        ] {
+            assert!(parse_host_port(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn initial_clusters() {
+        let parsed = parse_initial_cluster("1=a:1,2=b:2, 3=c:3").unwrap();
+        assert_eq!(
+            parsed.0,
+            vec![(1, "a:1".into()), (2, "b:2".into()), (3, "c:3".into())]
+        );
+        for bad in [
+            "",
+            "1",
+            "1=",
+            "=a:1",
+            "0=a:1",
+            "x=a:1",
+            "1=a:1,1=b:2",
+            "1=a:1,2=a:1",
+            "1=a:1,",
+            "1=a",
+        ] {
+            assert!(parse_initial_cluster(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! The narrow view of the cluster node that the HTTP layer uses: propose a command, read an
+//! auction, a listing or a bid page, ask readiness.
+//!
+//! It exists so handlers can be tested against an in-memory engine (the `fake` module, which
+//! runs the real auction rules) while `gavel_cluster::Node` serves production. It adds no
+//! behaviour of its own.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use gavel_cluster::{
+    AuctionFilter, AuctionListing, BidFilter, BidPage, Consistency, Node, ProposeError, ReadError,
+};
+use gavel_rules::{Auction, Command, Reply};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+pub trait Engine: Send + Sync + 'static {
+    fn propose(&self, command: Command) -> BoxFuture<'_, Result<Reply, ProposeError>>;
+    fn auction<'a>(
+        &'a self,
+        id: &'a str,
+        consistency: Consistency,
+    ) -> BoxFuture<'a, Result<Option<Auction>, ReadError>>;
+    fn list_auctions(
+        &self,
+        filter: AuctionFilter,
+        consistency: Consistency,
+    ) -> BoxFuture<'_, Result<AuctionListing, ReadError>>;
+    /// `None` when the auction does not exist.
+    fn bids<'a>(
+        &'a self,
+        auction_id: &'a str,
+        filter: BidFilter,
+        consistency: Consistency,
+    ) -> BoxFuture<'a, Result<Option<BidPage>, ReadError>>;
+    fn readiness(&self) -> Result<(), String>;
+    /// Milliseconds since the Unix epoch on this node's clock, for early checks at the edge
+    /// only: the state machine decides with the leader's stamp.
+    fn now_ms(&self) -> i64 {
+        chrono::Utc::now().timestamp_millis()
+    }
+}
+
+/// The production engine: a running cluster node.
+pub struct NodeEngine(pub Arc<Node>);
+
+impl Engine for NodeEngine {
+    fn propose(&self, command: Command) -> BoxFuture<'_, Result<Reply, ProposeError>> {
+        Box::pin(self.0.propose(command))
+    }
+
+    fn auction<'a>(
+        &'a self,
+        id: &'a str,
+        consistency: Consistency,
+    ) -> BoxFuture<'a, Result<Option<Auction>, ReadError>> {
+        Box::pin(self.0.auction(id, consistency))
+    }
+
+    fn list_auctions(
+        &self,
+        filter: AuctionFilter,
+        consistency: Consistency,
+    ) -> BoxFuture<'_, Result<AuctionListing, ReadError>> {
+        Box::pin(self.0.list_auctions(filter, consistency))
+    }
+
+    fn bids<'a>(
+        &'a self,
+        auction_id: &'a str,
+        filter: BidFilter,
+        consistency: Consistency,
+    ) -> BoxFuture<'a, Result<Option<BidPage>, ReadError>> {
+        Box::pin(self.0.bids(auction_id, filter, consistency))
+    }
+
+    fn readiness(&self) -> Result<(), String> {
+        self.0.readiness()
+    }
+
+    fn now_ms(&self) -> i64 {
+        gavel_cluster::wall_clock_ms()
+    }
+}
+
+/// An in-memory, single-replica engine that applies commands with the real rules at a clock
+/// the test controls.
+#[cfg(test)]
+pub mod fake {
+    use std::collections::{BTreeMap, HashMap};
+    use std::sync::atomic::{AtomicI64, Ordering};
+    use std::sync::Mutex;
+
+    use gavel_cluster::AuctionCursor;
+    use gavel_rules::{BidDecision, BidStatus};
+
+    use super::*;
+
+    #[derive(Default)]
+    struct State {
+        auctions: BTreeMap<String, Auction>,
+        decisions: BTreeMap<(String, u64), BidDecision>,
+        keys: HashMap<(String, String, String), u64>,
+    }
+
+    #[derive(Default)]
+    pub struct FakeEngine {
+        pub now_ms: AtomicI64,
+        state: Mutex<State>,
+        /// Failures the next proposals answer with, first in first out.
+        pub failures: Mutex<Vec<ProposeError>>,
+        pub not_ready: Mutex<Option<String>>,
+    }
+
+    impl FakeEngine {
+        pub fn new(now_ms: i64) -> FakeEngine {
+            let engine = FakeEngine::default();
+            engine.now_ms.store(now_ms, Ordering::SeqCst);
+            engine
+        }
+
+        pub fn advance_ms(&self, ms: i64) {
+            self.now_ms.fetch_add(ms, Ordering::SeqCst);
+        }
+
+        fn apply(&self, command: Command) -> Reply {
+            let stamp = self.now_ms.load(Ordering::SeqCst);
+            let mut state = self.state.lock().unwrap();
+            let id = command.auction_id().to_owned();
+            let prior = match &command {
+                Command::Bid {
+                    bidder_id,
+                    idempotency_key,
+                    ..
+                } => state
+                    .keys
+                    .get(&(id.clone(), bidder_id.clone(), idempotency_key.clone()))
+                    .and_then(|seq| state.decisions.get(&(id.clone(), *seq)))
+                    .cloned(),
+                _ => None,
+            };
+            let effects =
+                gavel_rules::apply(state.auctions.get(&id), prior.as_ref(), &command, stamp);
+            if let Some(decision) = effects.decision {
+                let key = (
+                    id.clone(),
+                    decision.bidder_id.clone(),
+                    decision.idempotency_key.clone(),
+                );
+                state.keys.insert(key, decision.seq);
+                state.decisions.insert((id.clone(), decision.seq), decision);
+            }
+            if let (true, Some(auction)) = (effects.auction_changed, effects.auction) {
+                state.auctions.insert(id, auction);
+            }
+            effects.reply
+        }
+    }
+
+    impl Engine for FakeEngine {
+        fn propose(&self, command: Command) -> BoxFuture<'_, Result<Reply, ProposeError>> {
+            let failure = {
+                let mut failures = self.failures.lock().unwrap();
+                (!failures.is_empty()).then(|| failures.remove(0))
+            };
+            let result = match failure {
+                Some(failure) => Err(failure),
+                None => Ok(self.apply(command)),
+            };
+            Box::pin(async move { result })
+        }
+
+        fn auction<'a>(
+            &'a self,
+            id: &'a str,
+            _: Consistency,
+        ) -> BoxFuture<'a, Result<Option<Auction>, ReadError>> {
+            let found = self.state.lock().unwrap().auctions.get(id).cloned();
+            Box::pin(async move { Ok(found) })
+        }
+
+        fn list_auctions(
+            &self,
+            filter: AuctionFilter,
+            _: Consistency,
+        ) -> BoxFuture<'_, Result<AuctionListing, ReadError>> {
+            let state = self.state.lock().unwrap();
+            let mut all: Vec<&Auction> = state
+                .auctions
+                .values()
+                .filter(|a| filter.status.is_none_or(|s| s == a.status))
+                .filter(|a| {
+                    filter
+                        .creator_id
+                        .as_ref()
+                        .is_none_or(|c| *c == a.creator_id)
+                })
+                .filter(|a| {
+                    filter
+                        .before
+                        .as_ref()
+                        .is_none_or(|b| AuctionCursor::of(a) < *b)
+                })
+                .collect();
+            all.sort_by_key(|a| std::cmp::Reverse(AuctionCursor::of(a)));
+            let more = all.len() > filter.limit;
+            let auctions: Vec<Auction> = all.into_iter().take(filter.limit).cloned().collect();
+            let next = more
+                .then(|| auctions.last().map(AuctionCursor::of))
+                .flatten();
+            Box::pin(async move { Ok(AuctionListing { auctions, next }) })
+        }
+
+        fn bids<'a>(
+            &'a self,
+            auction_id: &'a str,
+            filter: BidFilter,
+            _: Consistency,
+        ) -> BoxFuture<'a, Result<Option<BidPage>, ReadError>> {
+            let state = self.state.lock().unwrap();
+            let page = state.auctions.contains_key(auction_id).then(|| {
+                let mut page = BidPage::default();
+                let from = (auction_id.to_owned(), filter.after_seq + 1);
+                let to = (auction_id.to_owned(), u64::MAX);
+                for decision in state.decisions.range(from..=to).map(|(_, d)| d) {
+                    if page.bids.len() == filter.limit {
+                        page.next_after_seq = page.bids.last().map(|d| d.seq);
+                        break;
+                    }
+                    if !filter.accepted_only || decision.status == BidStatus::Accepted {
+                        page.bids.push(decision.clone());
+                    }
+                }
+                page
+            });
+            Box::pin(async move { Ok(page) })
+        }
+
+        fn now_ms(&self) -> i64 {
+            self.now_ms.load(Ordering::SeqCst)
+        }
+
+        fn readiness(&self) -> Result<(), String> {
+            match self.not_ready.lock().unwrap().clone() {
+                Some(reason) => Err(reason),
+                None => Ok(()),
+            }
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! `gavel serve`: builds the axum application (routes, limits, metrics, tracing), starts the
+//! node and serves until SIGTERM or Ctrl-C.
+//!
+//! Shutdown is one mechanism: on the first signal the listener stops accepting and in-flight
+//! requests get `--shutdown-grace-ms` to finish; whatever is still running then is dropped; and
+//! only after that the node shuts down (Raft groups, storage flush), so no handler ever talks to
+//! a stopped node.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::{DefaultBodyLimit, FromRef};
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::Router;
+use gavel_cluster::Node;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::{watch, Semaphore};
+use tower_http::trace::{DefaultMakeSpan, TraceLayer};
+use tracing::Level;
+
+use crate::api;
+use crate::auth::{load_secret, Secret, SecretSource};
+use crate::config::ServeArgs;
+use crate::engine::{Engine, NodeEngine};
+use crate::limits::{bound_in_flight, BidRateLimiter, InFlight};
+use crate::problem::not_found_fallback;
+
+/// Everything handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Arc<dyn Engine>,
+    pub secret: Secret,
+    pub bid_limiter: Arc<BidRateLimiter>,
+    /// `None` when no recorder is installed (tests): `/metrics` is then empty.
+    pub metrics: Option<PrometheusHandle>,
+    pub node_id: u64,
+}
+
+impl FromRef<AppState> for Secret {
+    fn from_ref(state: &AppState) -> Secret {
+        state.secret.clone()
+    }
+}
+
+/// Limits of the HTTP layer.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    pub body_limit_bytes: usize,
+    pub requests_in_flight_max: usize,
+}
+
+/// The whole application: API routes behind the in-flight bound, ops routes, problem fallbacks,
+/// the body limit, request metrics and tracing.
+pub fn app(state: AppState, limits: HttpLimits) -> Router {
+    let in_flight = InFlight(Arc::new(Semaphore::new(limits.requests_in_flight_max)));
+    let api = api::routes().layer(from_fn_with_state(in_flight, bound_in_flight));
+    Router::new()
+        .merge(api)
+        .merge(api::ops::routes())
+        .fallback(not_found_fallback)
+        .layer(DefaultBodyLimit::max(limits.body_limit_bytes))
+        .layer(from_fn(crate::metrics::track_requests))
+        .layer(TraceLayer::new_for_http().make_span_with(DefaultMakeSpan::new().level(Level::INFO)))
+        .with_state(state)
+}
+
+/// Runs `gavel serve` to completion.
+pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create the data dir {}", args.data_dir.display()))?;
+    let (secret, source) = load_secret(args.auth_secret_file.as_deref(), &args.data_dir, true)?;
+    let metrics = crate::metrics::install()?;
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let local_addr = listener
+        .local_addr()
+        .context("the listener has no address")?;
+    let node = Node::start(args.node_config(local_addr.to_string()))
+        .await
+        .context("cannot start the node")?;
+    let state = AppState {
+        engine: Arc::new(NodeEngine(node.clone())),
+        secret,
+        bid_limiter: Arc::new(BidRateLimiter::new(
+            args.bid_rate_per_bidder,
+            args.bid_rate_per_bidder.saturating_mul(2),
+        )),
+        metrics: Some(metrics),
+        node_id: args.node_id,
+    };
+    let limits = HttpLimits {
+        body_limit_bytes: usize::try_from(args.body_limit_bytes).unwrap_or(usize::MAX),
+        requests_in_flight_max: usize::try_from(args.requests_in_flight_max).unwrap_or(usize::MAX),
+    };
+    announce(&args, &local_addr.to_string(), &source);
+    let served = serve_until_signal(listener, app(state, limits), args.shutdown_grace_ms).await;
+    tracing::info!(node_id = args.node_id, "shutting the node down");
+    node.shutdown().await;
+    tracing::info!(node_id = args.node_id, "stopped");
+    served
+}
+
+/// Logs where the node listens, plus one human line on stderr; says how to mint a token when
+/// the secret was just created.
+fn announce(args: &ServeArgs, listen: &str, source: &SecretSource) {
+    tracing::info!(
+        node_id = args.node_id,
+        listen,
+        peer_listen = %args.peer_listen,
+        data_dir = %args.data_dir.display(),
+        groups = args.groups,
+        join = args.join,
+        "gavel node serving"
+    );
+    eprintln!(
+        "gavel node {} serving http://{listen} (peers on {}, data in {})",
+        args.node_id,
+        args.peer_listen,
+        args.data_dir.display()
+    );
+    let multi_node = args.join
+        || args
+            .initial_cluster
+            .as_ref()
+            .is_some_and(|cluster| cluster.0.len() > 1);
+    if multi_node && matches!(source, SecretSource::Created(_)) {
+        tracing::warn!(
+            "this node generated its own auth secret: tokens minted for other nodes will not verify \
+             here; give every node the same secret (GAVEL_AUTH_SECRET or --auth-secret-file)"
+        );
+    }
+    if let SecretSource::Created(path) = source {
+        tracing::info!(path = %path.display(), "created a new auth secret");
+        eprintln!(
+            "created a new auth secret at {}; mint a token with:\n  gavel token --data-dir {} --sub alice --role bidder",
+            path.display(),
+            args.data_dir.display()
+        );
+    }
+}
+
+/// Serves until a shutdown signal, then gives in-flight requests `grace_ms` to finish.
+async fn serve_until_signal(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    grace_ms: u64,
+) -> anyhow::Result<()> {
+    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        // Resolves on `send(true)` and also if the sender is dropped.
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+    });
+    let mut server = tokio::spawn(async move { server.await });
+    tokio::select! {
+        finished = &mut server => {
+            return finished.context("the HTTP server task failed")?.context("the HTTP server failed");
+        }
+        () = shutdown_signal() => {}
+    }
+    tracing::info!(
+        grace_ms,
+        "shutdown requested: no new connections; finishing in-flight requests"
+    );
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(Duration::from_millis(grace_ms), &mut server).await {
+        Ok(finished) => finished
+            .context("the HTTP server task failed")?
+            .context("the HTTP server failed"),
+        Err(_) => {
+            tracing::warn!(
+                grace_ms,
+                "in-flight requests did not finish in time; dropping them"
+            );
+            server.abort();
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("received Ctrl-C"),
+        () = terminate => tracing::info!("received SIGTERM"),
+    }
+}
