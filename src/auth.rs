@@ -71,6 +71,8 @@ pub enum Permission {
     Bid,
     /// Create auctions and control them (the state machine checks ownership).
     Manage,
+    /// Cluster administration (`/cluster/*`).
+    Administer,
 }
 
 impl Permission {
@@ -89,6 +91,7 @@ impl Permission {
             Permission::Read => "a viewer, bidder, creator or admin role",
             Permission::Bid => "the bidder or admin role",
             Permission::Manage => "the creator or admin role",
+            Permission::Administer => "the admin role",
         }
     }
 }

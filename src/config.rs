@@ -55,6 +55,9 @@ pub struct ServeArgs {
     /// Bids per second one bidder may place through this node (0: unlimited); bursts of twice that.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub bid_rate_per_bidder: u32,
+    /// A Raft group snapshots its state (and purges its log behind it) every this many entries.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(10..=100_000_000))]
+    pub snapshot_after_entries: u64,
     /// How long shutdown waits for in-flight requests before closing them, in milliseconds.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub shutdown_grace_ms: u64,
@@ -177,6 +180,7 @@ impl ServeArgs {
                 .unwrap_or_default(),
             join: self.join,
             propose_timeout_ms: self.propose_timeout_ms,
+            snapshot_after_entries: self.snapshot_after_entries,
         }
     }
 }

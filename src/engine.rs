@@ -10,7 +10,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use gavel_cluster::{
-    AuctionFilter, AuctionListing, BidFilter, BidPage, Consistency, Node, ProposeError, ReadError,
+    AuctionFilter, AuctionListing, BidFilter, BidPage, ClusterStatus, Consistency, MembershipError,
+    Node, ProposeError, ReadError,
 };
 use gavel_rules::{Auction, Command, Reply};
 
@@ -36,11 +37,25 @@ pub trait Engine: Send + Sync + 'static {
         consistency: Consistency,
     ) -> BoxFuture<'a, Result<Option<BidPage>, ReadError>>;
     fn readiness(&self) -> Result<(), String>;
+    fn cluster_status(&self) -> BoxFuture<'_, ClusterStatus>;
+    fn add_node(&self, member: NewMember) -> BoxFuture<'_, Result<(), MembershipError>>;
+    fn remove_node(&self, node_id: u64) -> BoxFuture<'_, Result<(), MembershipError>>;
+    fn transfer_leader(&self, group: u32, to: u64) -> BoxFuture<'_, Result<(), MembershipError>>;
     /// Milliseconds since the Unix epoch on this node's clock, for early checks at the edge
     /// only: the state machine decides with the leader's stamp.
     fn now_ms(&self) -> i64 {
         chrono::Utc::now().timestamp_millis()
     }
+}
+
+/// A node to add to every group.
+#[derive(Clone, Debug)]
+pub struct NewMember {
+    pub node_id: u64,
+    pub client_addr: String,
+    pub peer_addr: String,
+    /// `false` keeps it a fan-out-only learner.
+    pub voter: bool,
 }
 
 /// The production engine: a running cluster node.
@@ -78,6 +93,27 @@ impl Engine for NodeEngine {
 
     fn readiness(&self) -> Result<(), String> {
         self.0.readiness()
+    }
+
+    fn cluster_status(&self) -> BoxFuture<'_, ClusterStatus> {
+        Box::pin(self.0.cluster_status())
+    }
+
+    fn add_node(&self, member: NewMember) -> BoxFuture<'_, Result<(), MembershipError>> {
+        Box::pin(self.0.add_node(
+            member.node_id,
+            member.client_addr,
+            member.peer_addr,
+            member.voter,
+        ))
+    }
+
+    fn remove_node(&self, node_id: u64) -> BoxFuture<'_, Result<(), MembershipError>> {
+        Box::pin(self.0.remove_node(node_id))
+    }
+
+    fn transfer_leader(&self, group: u32, to: u64) -> BoxFuture<'_, Result<(), MembershipError>> {
+        Box::pin(self.0.transfer_leader(group, to))
     }
 
     fn now_ms(&self) -> i64 {
@@ -247,6 +283,41 @@ pub mod fake {
                 Some(reason) => Err(reason),
                 None => Ok(()),
             }
+        }
+
+        /// The fake is one replica of no Raft group: a cluster of itself alone.
+        fn cluster_status(&self) -> BoxFuture<'_, ClusterStatus> {
+            Box::pin(async {
+                ClusterStatus {
+                    node_id: 1,
+                    nodes: vec![gavel_cluster::NodeStatus {
+                        id: 1,
+                        client_addr: "fake".into(),
+                        peer_addr: "fake".into(),
+                        reachable: true,
+                    }],
+                    groups: Vec::new(),
+                }
+            })
+        }
+
+        fn add_node(&self, member: NewMember) -> BoxFuture<'_, Result<(), MembershipError>> {
+            let refusal = format!("the in-memory engine cannot add node {}", member.node_id);
+            Box::pin(async move { Err(MembershipError::Rejected(refusal)) })
+        }
+
+        fn remove_node(&self, node_id: u64) -> BoxFuture<'_, Result<(), MembershipError>> {
+            let refusal = format!("the in-memory engine has no node {node_id}");
+            Box::pin(async move { Err(MembershipError::NotFound(refusal)) })
+        }
+
+        fn transfer_leader(
+            &self,
+            group: u32,
+            _to: u64,
+        ) -> BoxFuture<'_, Result<(), MembershipError>> {
+            let refusal = format!("the in-memory engine has no group {group}");
+            Box::pin(async move { Err(MembershipError::NotFound(refusal)) })
         }
     }
 }

@@ -1,10 +1,12 @@
 //! `gavel`: the Gavel binary. `gavel serve` runs a node (HTTP API over the multi-Raft engine);
-//! `gavel token` mints a token signed with the node's secret.
+//! `gavel token` mints a token signed with the node's secret; `gavel cluster` administers a
+//! cluster through any node.
 //!
 //! # Layout
 //!
 //! - `main.rs`: the command line (clap), logging setup, exit codes.
 //! - `config.rs`: the flags of each command and their strict parsers; cross-flag checks.
+//! - `cluster_cli.rs`: `gavel cluster ...`, the operator's commands over `/cluster`.
 //! - `server.rs`: the axum application (routes, layers, limits) and graceful shutdown.
 //! - `api/`: one file per resource: `auctions.rs`, `bids.rs`, `ops.rs` (health, readiness,
 //!   metrics, OpenAPI); `mod.rs` has the route table and the shared extractors.
@@ -24,6 +26,7 @@
 
 mod api;
 mod auth;
+mod cluster_cli;
 mod config;
 mod cursor;
 mod engine;
@@ -58,6 +61,8 @@ enum Commands {
     Serve(config::ServeArgs),
     /// Print a token signed with the node's secret.
     Token(config::TokenArgs),
+    /// Administer a cluster through any node: status, add, remove, transfer-leader.
+    Cluster(cluster_cli::ClusterArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -79,6 +84,7 @@ fn main() -> ExitCode {
             run_server(args)
         }
         Commands::Token(args) => token(args),
+        Commands::Cluster(args) => cluster_cli::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -22,6 +22,8 @@ pub struct NodeConfig {
     pub join: bool,
     /// How long a write waits for its decision before answering "outcome unknown".
     pub propose_timeout_ms: u64,
+    /// A group builds a snapshot (and may then purge its log) after this many entries.
+    pub snapshot_after_entries: u64,
 }
 
 /// How fresh a read must be.

@@ -299,7 +299,7 @@ async fn open_groups(
     events: &broadcast::Sender<AuctionEvent>,
 ) -> Result<Vec<Arc<Group>>, NodeError> {
     let flusher = Flusher::start(store.clone());
-    let settings = RaftSettings::default();
+    let settings = raft_settings(config.snapshot_after_entries);
     let mut groups = Vec::with_capacity(config.groups as usize);
     for id in 0..config.groups {
         let group = Group::open(
@@ -316,6 +316,20 @@ async fn open_groups(
         groups.push(Arc::new(group));
     }
     Ok(groups)
+}
+
+/// Log retention follows the snapshot interval: keep a tenth of it behind each snapshot for
+/// followers that lag briefly, and purge in batches no larger than that.
+fn raft_settings(snapshot_after_entries: u64) -> RaftSettings {
+    let snapshot_after_entries = snapshot_after_entries.max(10);
+    let kept =
+        (snapshot_after_entries / 10).min(RaftSettings::default().log_entries_kept_after_snapshot);
+    RaftSettings {
+        snapshot_after_entries,
+        log_entries_kept_after_snapshot: kept,
+        purge_batch_entries: (snapshot_after_entries / 4).clamp(1, 256),
+        ..RaftSettings::default()
+    }
 }
 
 /// Checks the node id and group count against what the data dir was created with, records them

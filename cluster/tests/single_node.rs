@@ -20,6 +20,7 @@ fn config(dir: &Path) -> NodeConfig {
         initial_cluster: vec![],
         join: false,
         propose_timeout_ms: 5_000,
+        snapshot_after_entries: 20_000,
     }
 }
 

@@ -33,6 +33,7 @@ fn config(
         initial_cluster: cluster.to_vec(),
         join,
         propose_timeout_ms: 5_000,
+        snapshot_after_entries: 20_000,
     }
 }
 

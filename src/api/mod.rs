@@ -1,12 +1,14 @@
 //! The HTTP API: the route table and the extractors every resource shares (role-checked
 //! callers, validated path ids, strictly parsed query strings, read consistency).
 //!
-//! One file per resource: `auctions.rs` (create, read, list, control), `bids.rs` (place, history)
-//! and `ops.rs` (health, readiness, metrics, OpenAPI). Handlers turn HTTP into engine calls and
+//! One file per resource: `auctions.rs` (create, read, list, control), `bids.rs` (place, history),
+//! `cluster.rs` (membership and leadership, admin only) and `ops.rs` (health, readiness,
+//! metrics, OpenAPI). Handlers turn HTTP into engine calls and
 //! engine replies into JSON; they never decide anything the state machine decides.
 
 pub mod auctions;
 pub mod bids;
+pub mod cluster;
 pub mod ops;
 
 use std::marker::PhantomData;
@@ -36,6 +38,16 @@ pub fn routes() -> Router<AppState> {
         .route("/auctions/{id}/resume", post(auctions::resume))
         .route("/auctions/{id}/end", post(auctions::end))
         .route("/auctions/{id}/bids", post(bids::place).get(bids::list))
+        .route("/cluster", get(cluster::status))
+        .route("/cluster/nodes", post(cluster::add_node))
+        .route(
+            "/cluster/nodes/{id}",
+            axum::routing::delete(cluster::remove_node),
+        )
+        .route(
+            "/cluster/groups/{group}/transfer-leader",
+            post(cluster::transfer_leader),
+        )
         .method_not_allowed_fallback(method_not_allowed_fallback)
 }
 
@@ -59,6 +71,8 @@ pub struct Read;
 pub struct Bid;
 /// May create auctions and control (their own) auctions.
 pub struct Manage;
+/// May administer the cluster.
+pub struct Admin;
 
 impl Need for Read {
     const PERMISSION: Permission = Permission::Read;
@@ -68,6 +82,9 @@ impl Need for Bid {
 }
 impl Need for Manage {
     const PERMISSION: Permission = Permission::Manage;
+}
+impl Need for Admin {
+    const PERMISSION: Permission = Permission::Administer;
 }
 
 /// An authenticated caller holding a role that grants `N`: 401 without a valid token, 403 without

@@ -1,0 +1,201 @@
+//! Cluster administration (admin only): `GET /cluster`, `POST /cluster/nodes`,
+//! `DELETE /cluster/nodes/{id}` and `POST /cluster/groups/{group}/transfer-leader`, with the
+//! cluster status JSON shape. Every change answers once it is committed, with the cluster as
+//! the answering node then sees it.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use gavel_cluster::{ClusterStatus, MembershipError};
+use serde::{Deserialize, Serialize};
+
+use super::{Admin, Authorized};
+use crate::config::parse_host_port;
+use crate::engine::NewMember;
+use crate::json::JsonBody;
+use crate::problem::ApiError;
+use crate::server::AppState;
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusView {
+    node_id: u64,
+    nodes: Vec<NodeView>,
+    groups: Vec<GroupView>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NodeView {
+    id: u64,
+    client_addr: String,
+    peer_addr: String,
+    reachable: bool,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct GroupView {
+    id: u32,
+    leader: Option<u64>,
+    term: u64,
+    voters: Vec<u64>,
+    learners: Vec<u64>,
+    replicas: Vec<ReplicaView>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ReplicaView {
+    node_id: u64,
+    last_log_index: u64,
+    committed_index: u64,
+    applied_index: u64,
+    digest: u64,
+}
+
+impl From<ClusterStatus> for StatusView {
+    fn from(status: ClusterStatus) -> Self {
+        StatusView {
+            node_id: status.node_id,
+            nodes: status
+                .nodes
+                .into_iter()
+                .map(|n| NodeView {
+                    id: n.id,
+                    client_addr: n.client_addr,
+                    peer_addr: n.peer_addr,
+                    reachable: n.reachable,
+                })
+                .collect(),
+            groups: status
+                .groups
+                .into_iter()
+                .map(|g| GroupView {
+                    id: g.id,
+                    leader: g.leader,
+                    term: g.term,
+                    voters: g.voters,
+                    learners: g.learners,
+                    replicas: g
+                        .replicas
+                        .into_iter()
+                        .map(|r| ReplicaView {
+                            node_id: r.node_id,
+                            last_log_index: r.last_log_index,
+                            committed_index: r.committed_index,
+                            applied_index: r.applied_index,
+                            digest: r.digest,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AddNodeRequest {
+    id: u64,
+    client_addr: String,
+    peer_addr: String,
+    #[serde(default = "voter_by_default")]
+    voter: bool,
+}
+
+fn voter_by_default() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferLeaderRequest {
+    to: u64,
+}
+
+fn membership_error(error: MembershipError) -> ApiError {
+    match error {
+        MembershipError::Rejected(detail) => ApiError::Conflict(detail),
+        MembershipError::NotFound(detail) => ApiError::NotFound(detail),
+        MembershipError::Unavailable(detail) => ApiError::Unavailable {
+            detail,
+            retry_after_s: 1,
+        },
+    }
+}
+
+fn check_node_id(id: u64) -> Result<(), ApiError> {
+    if id == 0 {
+        return Err(ApiError::BadRequest("node ids start at 1".into()));
+    }
+    Ok(())
+}
+
+/// `GET /cluster`
+pub async fn status(_: Authorized<Admin>, State(state): State<AppState>) -> Json<StatusView> {
+    Json(state.engine.cluster_status().await.into())
+}
+
+/// `POST /cluster/nodes`
+pub async fn add_node(
+    _: Authorized<Admin>,
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<AddNodeRequest>,
+) -> Result<Json<StatusView>, ApiError> {
+    check_node_id(request.id)?;
+    for (field, addr) in [
+        ("clientAddr", &request.client_addr),
+        ("peerAddr", &request.peer_addr),
+    ] {
+        parse_host_port(addr).map_err(|why| ApiError::BadRequest(format!("{field}: {why}")))?;
+    }
+    let member = NewMember {
+        node_id: request.id,
+        client_addr: request.client_addr,
+        peer_addr: request.peer_addr,
+        voter: request.voter,
+    };
+    state
+        .engine
+        .add_node(member)
+        .await
+        .map_err(membership_error)?;
+    Ok(Json(state.engine.cluster_status().await.into()))
+}
+
+/// `DELETE /cluster/nodes/{id}`
+pub async fn remove_node(
+    _: Authorized<Admin>,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<StatusView>, ApiError> {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::NotFound(format!("no node {id}")))?;
+    check_node_id(id)?;
+    state
+        .engine
+        .remove_node(id)
+        .await
+        .map_err(membership_error)?;
+    Ok(Json(state.engine.cluster_status().await.into()))
+}
+
+/// `POST /cluster/groups/{group}/transfer-leader`
+pub async fn transfer_leader(
+    _: Authorized<Admin>,
+    State(state): State<AppState>,
+    Path(group): Path<String>,
+    JsonBody(request): JsonBody<TransferLeaderRequest>,
+) -> Result<Json<StatusView>, ApiError> {
+    let group: u32 = group
+        .parse()
+        .map_err(|_| ApiError::NotFound(format!("no group {group}")))?;
+    check_node_id(request.to)?;
+    state
+        .engine
+        .transfer_leader(group, request.to)
+        .await
+        .map_err(membership_error)?;
+    Ok(Json(state.engine.cluster_status().await.into()))
+}
