@@ -62,6 +62,8 @@ impl Default for StoreConfig {
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    /// Flushes run one at a time, see `flush`.
+    flushing: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Store {
@@ -73,7 +75,10 @@ impl Store {
             .mode(sled::Mode::HighThroughput)
             .use_compression(false)
             .open()?;
-        Ok(Store { db })
+        Ok(Store {
+            db,
+            flushing: std::sync::Arc::new(tokio::sync::Mutex::new(())),
+        })
     }
 
     pub fn log(&self, group: u32) -> Result<LogTree, StorageError> {
@@ -85,8 +90,17 @@ impl Store {
     }
 
     /// Makes every write so far durable (fsync). Appends await this before they report done.
+    ///
+    /// Flushes are serialized and run on a blocking thread, never through sled's `flush_async`:
+    /// that one runs on sled's own small thread pool, and enough concurrent flushes (one per
+    /// group saving its vote at startup is enough) occupy every pool thread waiting for buffer
+    /// writes that need a pool thread themselves, which deadlocks the whole node.
     pub async fn flush(&self) -> Result<(), StorageError> {
-        self.db.flush_async().await?;
+        let _one_at_a_time = self.flushing.lock().await;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush())
+            .await
+            .map_err(|e| StorageError::Corrupt(format!("flush task failed: {e}")))??;
         Ok(())
     }
 
