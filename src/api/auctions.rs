@@ -153,8 +153,14 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let request = body.into_request()?;
+    // With a key this may retry a create that already happened, so "endAt is in the future"
+    // is left to the state machine, which looks the key up first and replays.
+    let early_check_ms = match key {
+        Some(_) => i64::MIN,
+        None => state.engine.now_ms(),
+    };
     request
-        .validate(state.engine.now_ms())
+        .validate(early_check_ms)
         .map_err(ApiError::BadRequest)?;
     let auction_id = match &key {
         Some(key) => create_id(&principal.sub, key),
