@@ -1,5 +1,5 @@
-//! Bid benchmark: latency percentiles and decisions per second of a real single-node `gavel`
-//! (the release binary), driven over HTTP on loopback.
+//! Bid benchmark: latency percentiles and decisions per second of real `gavel` processes (the
+//! release binary), one node or a three-node cluster, driven over HTTP on loopback.
 //!
 //! Scenarios:
 //! - `sequential`: one client, one auction, every bid outbids the last (all accepted);
@@ -10,7 +10,9 @@
 //! Every request is a real bid with a fresh idempotency key through the whole path: HTTP, auth,
 //! Raft append (fsync), apply, response. Run: `cargo bench --bench bids`. Knobs (env):
 //! `GAVEL_BENCH_SEQUENTIAL_BIDS` (default 2000), `GAVEL_BENCH_CLIENTS` (32),
-//! `GAVEL_BENCH_SECONDS` per concurrent scenario (10), `GAVEL_BENCH_GROUPS` (16).
+//! `GAVEL_BENCH_SECONDS` per concurrent scenario (10), `GAVEL_BENCH_GROUPS` (16),
+//! `GAVEL_BENCH_NODES` (1, or 3 for a replicated cluster: clients then spread over the nodes,
+//! so two thirds of the bids are forwarded to their group's leader).
 
 use std::net::TcpListener;
 use std::path::Path;

@@ -37,9 +37,14 @@ const LEADER_ATTEMPTS_MAX: usize = 4;
 /// Time-bounded holds on one group's writes and elections on this node.
 #[derive(Default)]
 pub struct Holds {
-    writes_until: Mutex<Option<Instant>>,
-    elections_until: Mutex<Option<Instant>>,
+    writes_until: Arc<Mutex<Option<Instant>>>,
+    elections_until: Arc<Mutex<Option<Instant>>>,
     released: Notify,
+}
+
+/// Whether the hold in `slot` has ended (never set, released, or its window passed).
+fn expired(slot: &Mutex<Option<Instant>>) -> bool {
+    until(slot).is_none_or(|end| end <= Instant::now())
 }
 
 fn until(slot: &Mutex<Option<Instant>>) -> Option<Instant> {
@@ -83,10 +88,13 @@ impl Holds {
             self.released.notify_waiters();
             return;
         }
-        let group = group.clone();
+        let (group, slot) = (group.clone(), self.writes_until.clone());
         tokio::spawn(async move {
             tokio::time::sleep_until(end).await;
-            group.raft.runtime_config().heartbeat(true);
+            // A later hold may have extended the window: only the last one re-enables.
+            if expired(&slot) {
+                group.raft.runtime_config().heartbeat(true);
+            }
         });
     }
 
@@ -98,10 +106,12 @@ impl Holds {
         if window.is_zero() {
             return;
         }
-        let group = group.clone();
+        let (group, slot) = (group.clone(), self.elections_until.clone());
         tokio::spawn(async move {
             tokio::time::sleep_until(end).await;
-            group.raft.runtime_config().elect(true);
+            if expired(&slot) {
+                group.raft.runtime_config().elect(true);
+            }
         });
     }
 }
