@@ -51,32 +51,45 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn start_server(dir: &Path, groups: u64) -> Result<Server> {
-    let listen = format!("127.0.0.1:{}", free_port()?);
-    let peer = format!("127.0.0.1:{}", free_port()?);
-    let log = std::fs::File::create(dir.join("server.log"))?;
-    let child = Command::new(env!("CARGO_BIN_EXE_gavel"))
-        .args([
-            "serve",
-            "--listen",
-            &listen,
-            "--peer-listen",
-            &peer,
-            "--groups",
-        ])
-        .arg(groups.to_string())
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .env("GAVEL_AUTH_SECRET", SECRET)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .context("starting gavel")?;
-    Ok(Server {
-        child,
-        base: format!("http://{listen}"),
-    })
+/// Starts `nodes` servers; with more than one they form a cluster.
+fn start_servers(dir: &Path, groups: u64, nodes: u64) -> Result<Vec<Server>> {
+    let peers: Vec<String> = (0..nodes)
+        .map(|_| Ok(format!("127.0.0.1:{}", free_port()?)))
+        .collect::<Result<_>>()?;
+    let initial: Vec<String> = peers
+        .iter()
+        .enumerate()
+        .map(|(i, peer)| format!("{}={peer}", i + 1))
+        .collect();
+    let mut servers = Vec::new();
+    for (i, peer) in peers.iter().enumerate() {
+        let id = (i + 1).to_string();
+        let listen = format!("127.0.0.1:{}", free_port()?);
+        let log = std::fs::File::create(dir.join(format!("server-{id}.log")))?;
+        let mut command = Command::new(env!("CARGO_BIN_EXE_gavel"));
+        command
+            .args(["serve", "--node-id", &id, "--listen", &listen])
+            .args(["--peer-listen", peer, "--groups", &groups.to_string()])
+            .arg("--data-dir")
+            .arg(dir.join(format!("data-{id}")))
+            // Rate limiting is a policy, not a cost: the bench measures how fast bids decide.
+            .args(["--bid-rate-per-bidder", "0"]);
+        if nodes > 1 {
+            command.args(["--initial-cluster", &initial.join(",")]);
+        }
+        let child = command
+            .env("GAVEL_AUTH_SECRET", SECRET)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting gavel")?;
+        servers.push(Server {
+            child,
+            base: format!("http://{listen}"),
+        });
+    }
+    Ok(servers)
 }
 
 fn token(sub: &str, role: &str) -> Result<String> {
@@ -104,6 +117,39 @@ async fn wait_ready(client: &reqwest::Client, base: &str) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     bail!("gavel did not become ready within 30 s")
+}
+
+/// On a cluster, waits until group leaders are spread over the nodes (placement has settled),
+/// so the measurement does not include the start-up leadership moves.
+async fn wait_balanced(
+    client: &reqwest::Client,
+    base: &str,
+    nodes: u64,
+    groups: u64,
+) -> Result<()> {
+    let admin = token("bench-admin", "admin")?;
+    let fair_share = groups.div_ceil(nodes);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let status: Value = client
+            .get(format!("{base}/cluster"))
+            .bearer_auth(&admin)
+            .send()
+            .await?
+            .json()
+            .await?;
+        let mut led = std::collections::BTreeMap::<u64, u64>::new();
+        for group in status["groups"].as_array().into_iter().flatten() {
+            if let Some(leader) = group["leader"].as_u64() {
+                *led.entry(leader).or_default() += 1;
+            }
+        }
+        if led.values().sum::<u64>() == groups && led.values().all(|&n| n <= fair_share) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("group leaders did not spread over the nodes within 60 s")
 }
 
 async fn create_auction(client: &reqwest::Client, base: &str, creator: &str) -> Result<String> {
@@ -266,33 +312,44 @@ async fn main() -> Result<()> {
     let duration = Duration::from_secs(env_or("GAVEL_BENCH_SECONDS", 10)?);
     let groups = env_or("GAVEL_BENCH_GROUPS", 16)?;
 
+    let nodes = env_or("GAVEL_BENCH_NODES", 1)?.clamp(1, 9);
+
     let dir = tempfile::tempdir()?;
-    let server = start_server(dir.path(), groups)?;
+    let servers = start_servers(dir.path(), groups, nodes)?;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(clients as usize * 2)
         .build()?;
-    wait_ready(&client, &server.base).await?;
+    for server in &servers {
+        wait_ready(&client, &server.base).await?;
+    }
+    if nodes > 1 {
+        wait_balanced(&client, &servers[0].base, nodes, groups).await?;
+    }
+    let base_of = |i: usize| servers[i % servers.len()].base.clone();
     let creator = token("bench-creator", "creator")?;
     let bidders = (0..clients.max(2))
         .map(|i| token(&format!("bidder-{i}"), "bidder"))
         .collect::<Result<Vec<_>>>()?;
-    println!("gavel bid benchmark: single node, {groups} groups, release build, loopback HTTP");
+    println!("gavel bid benchmark: {nodes} node(s), {groups} groups, release build, loopback HTTP");
 
-    sequential(&client, &server.base, &creator, &bidders, sequential_bids)
+    sequential(&client, &base_of(0), &creator, &bidders, sequential_bids)
         .await?
         .print("sequential", 1);
 
-    let hot = create_auction(&client, &server.base, &creator).await?;
-    let hot_urls = vec![format!("{}/auctions/{hot}/bids", server.base)];
+    // Client i talks to node i mod n: on a cluster most bids are forwarded to a leader.
+    let hot = create_auction(&client, &base_of(0), &creator).await?;
     let bidders = &bidders[..clients as usize];
+    let hot_urls = (0..clients as usize)
+        .map(|i| format!("{}/auctions/{hot}/bids", base_of(i)))
+        .collect();
     concurrent(&client, hot_urls, bidders, duration)
         .await?
         .print("hot-auction", clients);
 
     let mut spread_urls = Vec::new();
-    for _ in 0..clients {
-        let id = create_auction(&client, &server.base, &creator).await?;
-        spread_urls.push(format!("{}/auctions/{id}/bids", server.base));
+    for i in 0..clients as usize {
+        let id = create_auction(&client, &base_of(i), &creator).await?;
+        spread_urls.push(format!("{}/auctions/{id}/bids", base_of(i)));
     }
     concurrent(&client, spread_urls, bidders, duration)
         .await?

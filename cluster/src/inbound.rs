@@ -12,9 +12,11 @@ use gavel_raft::Group;
 use crate::membership::{add_learner_local, campaign, change_membership_local};
 use crate::node::Node;
 use crate::peer_api::{decode_call, encode_answer, AppAnswer, AppCall};
-use crate::raft_ops::read_index_local;
+use crate::raft_ops::{read_index_local, wait_applied};
 
 const READ_INDEX_TIMEOUT: Duration = Duration::from_millis(5_000);
+/// How long a yielding leader waits for its in-flight writes to apply.
+const IN_FLIGHT_DRAIN: Duration = Duration::from_millis(2_000);
 
 pub struct Inbound {
     node: Weak<Node>,
@@ -87,6 +89,12 @@ pub(crate) async fn serve_local(node: &Node, group: &Arc<Group>, call: AppCall) 
         }
         AppCall::YieldLeadership { window_ms } => {
             holds.yield_leadership(group, Duration::from_millis(window_ms));
+            if window_ms > 0 {
+                // Let writes already in flight finish here before the target campaigns, so
+                // none is cut off by the change of leader.
+                let last_log = group.raft.metrics().borrow().last_log_index.unwrap_or(0);
+                wait_applied(group, last_log, IN_FLIGHT_DRAIN).await;
+            }
             AppAnswer::Done(Ok(()))
         }
         AppCall::HoldElections { window_ms } => {

@@ -95,6 +95,7 @@ impl Node {
         node.transport.set_handler(Arc::new(Inbound::new(&node)));
         if !node.config.join {
             node.bootstrap().await?;
+            node.campaign_where_preferred().await;
         }
         node.spawn_background().await;
         tracing::info!(
@@ -135,6 +136,22 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// On a fresh cluster, stand for election at once in the groups this node should lead
+    /// (`voters[g mod n]`, as `placement` prefers), so leaders start out spread instead of
+    /// being moved one transfer at a time.
+    async fn campaign_where_preferred(&self) {
+        for group in &self.groups {
+            let (voters, _) = crate::raft_ops::members(group);
+            let fresh = group.raft.metrics().borrow().current_term <= 1;
+            let preferred = voters.get(group.id as usize % voters.len().max(1));
+            if fresh && voters.len() > 1 && preferred == Some(&self.config.node_id) {
+                if let Err(e) = group.raft.trigger().elect().await {
+                    tracing::debug!(group = group.id, error = %e, "early campaign failed");
+                }
+            }
+        }
     }
 
     fn initial_members(&self) -> BTreeMap<u64, GavelNode> {
