@@ -41,8 +41,8 @@ pub struct AuctionEvent {
 /// What the rest of the node hears from a group's apply path. Nothing here can make apply
 /// wait: `Notify` stores a permit, the broadcast channel overwrites its oldest entry.
 pub struct GroupObserver {
-    /// Signalled after any applied command changed an auction, so the leader's deadline timer
-    /// looks at the deadline index again.
+    /// Signalled when an applied command moved an auction's start/end deadline (or a snapshot
+    /// replaced the state), so the leader's deadline timer looks at the deadline index again.
     pub deadlines_changed: Notify,
     /// Every applied change of every group of the node, for live fan-out.
     pub events: broadcast::Sender<AuctionEvent>,
@@ -137,7 +137,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut writer = self.state.writer().map_err(sm_error)?;
         let mut responses = Vec::new();
         let mut ended_at_deadlines = Vec::new();
-        let mut auctions_changed = false;
+        let mut deadlines_moved = false;
         let mut events = Vec::new();
         let mut last_applied = None;
         for entry in entries {
@@ -148,7 +148,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     let applied = writer
                         .apply(proposal.stamp_ms, &proposal.command)
                         .map_err(sm_error)?;
-                    auctions_changed |= applied.effects.auction_changed;
+                    deadlines_moved |= applied.deadline_moved;
                     if let (false, Some(auction)) =
                         (applied.effects.changes.is_empty(), &applied.effects.auction)
                     {
@@ -176,7 +176,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for deadline_ms in ended_at_deadlines {
             self.record_lateness(deadline_ms);
         }
-        if auctions_changed {
+        if deadlines_moved {
             self.observer.deadlines_changed.notify_one();
         }
         for event in events {

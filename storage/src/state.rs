@@ -328,6 +328,8 @@ pub struct StateWriter<'a> {
 pub struct Applied {
     pub effects: Effects,
     pub stamp: StampMs,
+    /// Whether the auction's next start/end deadline moved (so timers must look again).
+    pub deadline_moved: bool,
 }
 
 impl StateWriter<'_> {
@@ -347,6 +349,9 @@ impl StateWriter<'_> {
             _ => None,
         };
         let effects = gavel_rules::apply(current.as_ref(), prior.as_ref(), command, stamp);
+        let deadline_moved = effects.auction_changed
+            && current.as_ref().and_then(next_deadline_ms)
+                != effects.auction.as_ref().and_then(next_deadline_ms);
         if let Some(decision) = &effects.decision {
             self.stage_decision(decision)?;
         }
@@ -355,7 +360,11 @@ impl StateWriter<'_> {
                 self.stage_auction(current.as_ref(), auction)?;
             }
         }
-        Ok(Applied { effects, stamp })
+        Ok(Applied {
+            effects,
+            stamp,
+            deadline_moved,
+        })
     }
 
     pub fn set_meta(&mut self, name: &str, bytes: Vec<u8>) {
@@ -427,6 +436,7 @@ impl StateWriter<'_> {
                 }
             }
         }
+        // Re-inserted even when unchanged: the batch keeps only the last operation per key.
         if let Some(due) = next_deadline_ms(after) {
             self.batch.insert(keys::deadline(due, &after.id), &[]);
         }
@@ -435,3 +445,7 @@ impl StateWriter<'_> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "state_tests.rs"]
+mod tests;

@@ -1,0 +1,264 @@
+//! Tests of the state machine tree through real sled: batches that read their own writes, the
+//! deadline and listing indexes, decision-log paging, and snapshot export/import.
+
+use gavel_rules::{Command, CreateAuction, Decimal, Reply, Status};
+
+use super::*;
+use crate::{Store, StoreConfig};
+
+const T0: StampMs = 1_700_000_000_000;
+
+fn store() -> (tempfile::TempDir, StateTree) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path(), &StoreConfig::default()).unwrap();
+    let state = store.state(0).unwrap();
+    (dir, state)
+}
+
+fn create(id: &str, creator: &str, start: StampMs, end: StampMs) -> Command {
+    Command::Create {
+        auction_id: id.into(),
+        creator_id: creator.into(),
+        idempotency_key: None,
+        request: CreateAuction {
+            post_id: "p".into(),
+            start_at_ms: start,
+            end_at_ms: end,
+            start_price: Decimal::ONE,
+            min_increment: Decimal::ONE,
+            anti_sniping_seconds: 0,
+        },
+    }
+}
+
+fn bid(id: &str, bidder: &str, key: &str, amount: i64) -> Command {
+    Command::Bid {
+        auction_id: id.into(),
+        bid_id: format!("{bidder}/{key}"),
+        bidder_id: bidder.into(),
+        idempotency_key: key.into(),
+        amount: Decimal::new(amount, 0),
+    }
+}
+
+#[test]
+fn a_batch_reads_its_own_writes_and_commits_atomically() {
+    let (_dir, state) = store();
+    let mut writer = state.writer().unwrap();
+    writer
+        .apply(T0, &create("a", "carol", T0, T0 + 60_000))
+        .unwrap();
+    let first = writer.apply(T0 + 1, &bid("a", "bob", "k", 5)).unwrap();
+    let replay = writer.apply(T0 + 2, &bid("a", "bob", "k", 5)).unwrap();
+    assert!(matches!(
+        replay.effects.reply,
+        Reply::Bid { replayed: true, .. }
+    ));
+    assert!(matches!(
+        first.effects.reply,
+        Reply::Bid {
+            replayed: false,
+            ..
+        }
+    ));
+    assert!(
+        state.auction("a").unwrap().is_none(),
+        "nothing visible before commit"
+    );
+    writer.commit().unwrap();
+    let auction = state.auction("a").unwrap().unwrap();
+    assert_eq!((auction.bid_count, auction.version), (1, 2));
+    assert!(state.decision_by_key("a", "bob", "k").unwrap().is_some());
+    assert_eq!(state.last_stamp().unwrap(), T0 + 2);
+}
+
+#[test]
+fn stamps_never_go_back() {
+    let (_dir, state) = store();
+    let mut writer = state.writer().unwrap();
+    writer
+        .apply(T0 + 500, &create("a", "carol", T0, T0 + 60_000))
+        .unwrap();
+    let late = writer.apply(T0, &bid("a", "bob", "k", 5)).unwrap();
+    assert_eq!(
+        late.stamp,
+        T0 + 500,
+        "an older stamp is clamped to the newest applied"
+    );
+}
+
+#[test]
+fn deadline_index_follows_the_status() {
+    let (_dir, state) = store();
+    let mut writer = state.writer().unwrap();
+    let created = writer
+        .apply(T0, &create("a", "carol", T0 + 1_000, T0 + 5_000))
+        .unwrap();
+    assert!(created.deadline_moved);
+    writer.commit().unwrap();
+    assert_eq!(state.next_deadline().unwrap(), Some(T0 + 1_000));
+    assert!(state.due_deadlines(T0 + 999, 10).unwrap().is_empty());
+    assert_eq!(state.due_deadlines(T0 + 1_000, 10).unwrap(), ["a"]);
+
+    let mut writer = state.writer().unwrap();
+    let started = writer
+        .apply(
+            T0 + 1_000,
+            &Command::Deadline {
+                auction_id: "a".into(),
+            },
+        )
+        .unwrap();
+    assert!(started.deadline_moved);
+    let bid = writer.apply(T0 + 1_001, &bid("a", "bob", "k", 5)).unwrap();
+    assert!(
+        !bid.deadline_moved,
+        "a bid without anti-sniping leaves the end alone"
+    );
+    writer.commit().unwrap();
+    assert_eq!(state.next_deadline().unwrap(), Some(T0 + 5_000));
+
+    let mut writer = state.writer().unwrap();
+    writer
+        .apply(
+            T0 + 5_000,
+            &Command::Deadline {
+                auction_id: "a".into(),
+            },
+        )
+        .unwrap();
+    writer.commit().unwrap();
+    assert_eq!(state.auction("a").unwrap().unwrap().status, Status::Ended);
+    assert_eq!(state.next_deadline().unwrap(), None);
+}
+
+#[test]
+fn listing_is_newest_first_with_filters_and_cursor() {
+    let (_dir, state) = store();
+    let mut writer = state.writer().unwrap();
+    for (i, creator) in ["ann", "ben", "ann", "ben", "ann"].iter().enumerate() {
+        let id = format!("a{i}");
+        writer
+            .apply(
+                T0 + i as i64,
+                &create(&id, creator, T0 + 10_000, T0 + 60_000),
+            )
+            .unwrap();
+    }
+    writer.commit().unwrap();
+    let ids = |page: &AuctionPage| {
+        page.auctions
+            .iter()
+            .map(|a| a.id.clone())
+            .collect::<Vec<_>>()
+    };
+    let all = state
+        .list_auctions(&AuctionFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(ids(&all), ["a4", "a3", "a2", "a1", "a0"]);
+    assert!(all.frontier.is_none());
+    let anns = AuctionFilter {
+        creator_id: Some("ann".into()),
+        limit: 2,
+        ..Default::default()
+    };
+    let first = state.list_auctions(&anns).unwrap();
+    assert_eq!(ids(&first), ["a4", "a2"]);
+    let rest = state
+        .list_auctions(&AuctionFilter {
+            before: first.frontier.clone(),
+            ..anns
+        })
+        .unwrap();
+    assert_eq!(ids(&rest), ["a0"]);
+    let active = AuctionFilter {
+        status: Some(Status::Active),
+        limit: 10,
+        ..Default::default()
+    };
+    assert!(state.list_auctions(&active).unwrap().auctions.is_empty());
+}
+
+#[test]
+fn bid_pages_follow_the_decision_log() {
+    let (_dir, state) = store();
+    let mut writer = state.writer().unwrap();
+    writer
+        .apply(T0, &create("a", "carol", T0, T0 + 60_000))
+        .unwrap();
+    for n in 1..=7 {
+        // Every other bid is too low and rejected.
+        let amount = if n % 2 == 0 { 1 } else { 10 + n };
+        writer
+            .apply(T0 + n, &bid("a", &format!("b{n}"), "k", amount))
+            .unwrap();
+    }
+    writer.commit().unwrap();
+    let page = |after_seq, accepted_only| {
+        state
+            .bids(
+                "a",
+                &BidFilter {
+                    accepted_only,
+                    limit: 3,
+                    after_seq,
+                },
+            )
+            .unwrap()
+    };
+    let first = page(0, false);
+    assert_eq!(
+        first.bids.iter().map(|b| b.seq).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert_eq!(first.next_after_seq, Some(3));
+    let last = page(6, false);
+    assert_eq!(last.bids.len(), 1);
+    assert_eq!(last.next_after_seq, None);
+    let accepted = page(0, true);
+    assert!(accepted
+        .bids
+        .iter()
+        .all(|b| b.status == gavel_rules::BidStatus::Accepted));
+    assert!(state
+        .bids(
+            "other",
+            &BidFilter {
+                accepted_only: false,
+                limit: 3,
+                after_seq: 0
+            }
+        )
+        .unwrap()
+        .bids
+        .is_empty());
+}
+
+#[test]
+fn export_import_reproduces_the_state_byte_for_byte() {
+    let (_dir, source) = store();
+    let mut writer = source.writer().unwrap();
+    writer
+        .apply(T0, &create("a", "carol", T0, T0 + 60_000))
+        .unwrap();
+    writer.apply(T0 + 1, &bid("a", "bob", "k", 5)).unwrap();
+    writer.set_meta("applied", vec![1, 2, 3]);
+    writer.commit().unwrap();
+
+    let (_dir2, target) = store();
+    let mut writer = target.writer().unwrap();
+    writer
+        .apply(T0, &create("stale", "x", T0, T0 + 60_000))
+        .unwrap();
+    writer.commit().unwrap();
+    target.import(&source.export().unwrap()).unwrap();
+    assert_eq!(target.digest().unwrap(), source.digest().unwrap());
+    assert!(
+        target.auction("stale").unwrap().is_none(),
+        "import replaces, never merges"
+    );
+    assert_eq!(target.meta("applied").unwrap(), Some(vec![1, 2, 3]));
+}
