@@ -61,6 +61,18 @@ pub struct ServeArgs {
     /// How long shutdown waits for in-flight requests before closing them, in milliseconds.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub shutdown_grace_ms: u64,
+    /// Live viewers (SSE and WebSocket together) this node serves at once; more are answered
+    /// 503. Each holds a socket: keep it well below the process's open-files limit.
+    #[arg(long, env = "GAVEL_VIEWERS_MAX", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub viewers_max: u32,
+    /// How long one write to a live viewer (or any client) may stall before the connection is
+    /// dropped, in milliseconds.
+    #[arg(long, env = "GAVEL_VIEWER_SEND_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub viewer_send_timeout_ms: u64,
+    /// How often WebSocket viewers are pinged, in milliseconds; a viewer silent for three
+    /// intervals is dropped.
+    #[arg(long, env = "GAVEL_VIEWER_PING_INTERVAL_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub viewer_ping_interval_ms: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -163,6 +175,15 @@ impl ServeArgs {
             return Err("--listen and --peer-listen must differ".into());
         }
         Ok(())
+    }
+
+    /// The live-update settings.
+    pub fn live_config(&self) -> crate::live::LiveConfig {
+        crate::live::LiveConfig {
+            viewers_max: usize::try_from(self.viewers_max).unwrap_or(usize::MAX),
+            send_timeout_ms: self.viewer_send_timeout_ms,
+            ping_interval_ms: self.viewer_ping_interval_ms,
+        }
     }
 
     /// The engine's configuration. `client_addr` is the address the HTTP listener really bound.

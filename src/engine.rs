@@ -1,5 +1,5 @@
 //! The narrow view of the cluster node that the HTTP layer uses: propose a command, read an
-//! auction, a listing or a bid page, ask readiness.
+//! auction, a listing or a bid page, ask readiness, hear applied changes (for live updates).
 //!
 //! It exists so handlers can be tested against an in-memory engine (the `fake` module, which
 //! runs the real auction rules) while `gavel_cluster::Node` serves production. It adds no
@@ -10,10 +10,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use gavel_cluster::{
-    AuctionFilter, AuctionListing, BidFilter, BidPage, ClusterStatus, Consistency, MembershipError,
-    Node, ProposeError, ReadError,
+    AuctionEvent, AuctionFilter, AuctionListing, BidFilter, BidPage, ClusterStatus, Consistency,
+    MembershipError, Node, ProposeError, ReadError,
 };
 use gavel_rules::{Auction, Command, Reply};
+use tokio::sync::broadcast;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -41,6 +42,9 @@ pub trait Engine: Send + Sync + 'static {
     fn add_node(&self, member: NewMember) -> BoxFuture<'_, Result<(), MembershipError>>;
     fn remove_node(&self, node_id: u64) -> BoxFuture<'_, Result<(), MembershipError>>;
     fn transfer_leader(&self, group: u32, to: u64) -> BoxFuture<'_, Result<(), MembershipError>>;
+    /// Every auction change this node's replicas apply, in apply order. The channel is bounded:
+    /// a receiver that falls behind gets `Lagged` and must re-read what it cares about.
+    fn subscribe(&self) -> broadcast::Receiver<AuctionEvent>;
     /// Milliseconds since the Unix epoch on this node's clock, for early checks at the edge
     /// only: the state machine decides with the leader's stamp.
     fn now_ms(&self) -> i64 {
@@ -116,6 +120,10 @@ impl Engine for NodeEngine {
         Box::pin(self.0.transfer_leader(group, to))
     }
 
+    fn subscribe(&self) -> broadcast::Receiver<AuctionEvent> {
+        self.0.subscribe()
+    }
+
     fn now_ms(&self) -> i64 {
         gavel_cluster::wall_clock_ms()
     }
@@ -141,10 +149,23 @@ pub mod fake {
         keys: HashMap<(String, String, String), u64>,
     }
 
+    /// What the fake applies, as the node's event channel would carry it.
+    struct Events(broadcast::Sender<AuctionEvent>);
+
+    /// Changes the fake's event channel holds for a lagging receiver.
+    pub const FAKE_EVENTS_QUEUE_MAX: usize = 1024;
+
+    impl Default for Events {
+        fn default() -> Self {
+            Events(broadcast::channel(FAKE_EVENTS_QUEUE_MAX).0)
+        }
+    }
+
     #[derive(Default)]
     pub struct FakeEngine {
         pub now_ms: AtomicI64,
         state: Mutex<State>,
+        events: Events,
         /// Failures the next proposals answer with, first in first out.
         pub failures: Mutex<Vec<ProposeError>>,
         pub not_ready: Mutex<Option<String>>,
@@ -189,6 +210,15 @@ pub mod fake {
                 state.decisions.insert((id.clone(), decision.seq), decision);
             }
             if let (true, Some(auction)) = (effects.auction_changed, effects.auction) {
+                if !effects.changes.is_empty() {
+                    let event = AuctionEvent {
+                        group: 0,
+                        auction: Arc::new(auction.clone()),
+                        changes: effects.changes,
+                    };
+                    // No receiver is fine: nobody is watching.
+                    let _ = self.events.0.send(event);
+                }
                 state.auctions.insert(id, auction);
             }
             effects.reply
@@ -318,6 +348,10 @@ pub mod fake {
         ) -> BoxFuture<'_, Result<(), MembershipError>> {
             let refusal = format!("the in-memory engine has no group {group}");
             Box::pin(async move { Err(MembershipError::NotFound(refusal)) })
+        }
+
+        fn subscribe(&self) -> broadcast::Receiver<AuctionEvent> {
+            self.events.0.subscribe()
         }
     }
 }

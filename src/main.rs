@@ -1,15 +1,20 @@
 //! `gavel`: the Gavel binary. `gavel serve` runs a node (HTTP API over the multi-Raft engine);
 //! `gavel token` mints a token signed with the node's secret; `gavel cluster` administers a
-//! cluster through any node.
+//! cluster through any node; `gavel bench viewers` measures live fan-out.
 //!
 //! # Layout
 //!
 //! - `main.rs`: the command line (clap), logging setup, exit codes.
 //! - `config.rs`: the flags of each command and their strict parsers; cross-flag checks.
 //! - `cluster_cli.rs`: `gavel cluster ...`, the operator's commands over `/cluster`.
+//! - `bench_viewers.rs`: `gavel bench viewers`, the fan-out load tool (it runs its viewers in
+//!   worker processes of this binary).
 //! - `server.rs`: the axum application (routes, layers, limits) and graceful shutdown.
 //! - `api/`: one file per resource: `auctions.rs`, `bids.rs`, `ops.rs` (health, readiness,
 //!   metrics, OpenAPI); `mod.rs` has the route table and the shared extractors.
+//! - `live/`: live updates: the per-node fan-out hub fed by the apply path, SSE
+//!   (`/auctions/{id}/stream`) and WebSocket (`/auctions/{id}/ws`) viewers, their limits.
+//! - `page/`: the live auction page (`/`, `/a/{id}`), HTML/JS/CSS embedded at build time.
 //! - `auth.rs`: HS256 JWTs by hand, the secret, roles and the `Principal` extractor.
 //! - `json.rs`: the JSON body extractor, exact money, RFC 3339 times, `Idempotency-Key`.
 //! - `problem.rs`: `ApiError`, the one mapping of errors to RFC 9457 problems.
@@ -26,13 +31,16 @@
 
 mod api;
 mod auth;
+mod bench_viewers;
 mod cluster_cli;
 mod config;
 mod cursor;
 mod engine;
 mod json;
 mod limits;
+mod live;
 mod metrics;
+mod page;
 mod problem;
 mod server;
 
@@ -63,6 +71,8 @@ enum Commands {
     Token(config::TokenArgs),
     /// Administer a cluster through any node: status, add, remove, transfer-leader.
     Cluster(cluster_cli::ClusterArgs),
+    /// Load tools: `gavel bench viewers` holds N WebSocket viewers on one auction.
+    Bench(bench_viewers::BenchArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -85,6 +95,7 @@ fn main() -> ExitCode {
         }
         Commands::Token(args) => token(args),
         Commands::Cluster(args) => cluster_cli::run(args),
+        Commands::Bench(args) => bench_viewers::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

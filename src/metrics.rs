@@ -35,6 +35,24 @@ const UNMATCHED_ROUTE: &str = "unmatched";
 /// The route template of bid placement, whose latency has its own histogram.
 const BID_ROUTE: &str = "/auctions/{id}/bids";
 
+/// How often histogram samples are folded into their buckets, in milliseconds. Until then
+/// every sample is kept, so without upkeep a busy histogram (one sample per frame sent to each
+/// live viewer) would grow between scrapes without bound.
+const UPKEEP_INTERVAL_MS: u64 = 1_000;
+
+/// Folds recorded histogram samples into buckets every `UPKEEP_INTERVAL_MS`, for the life of
+/// the runtime.
+pub fn spawn_upkeep(handle: PrometheusHandle) {
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(std::time::Duration::from_millis(UPKEEP_INTERVAL_MS));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            handle.run_upkeep();
+        }
+    });
+}
+
 /// Installs the global recorder. Call once per process, before anything records.
 pub fn install() -> anyhow::Result<PrometheusHandle> {
     let handle = PrometheusBuilder::new()
@@ -42,6 +60,7 @@ pub fn install() -> anyhow::Result<PrometheusHandle> {
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS_SECONDS)?
         .install_recorder()?;
     describe();
+    crate::live::describe_metrics();
     Ok(handle)
 }
 

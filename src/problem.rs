@@ -224,6 +224,19 @@ impl From<ReadError> for ApiError {
     }
 }
 
+impl From<crate::live::JoinError> for ApiError {
+    fn from(error: crate::live::JoinError) -> Self {
+        match error {
+            crate::live::JoinError::NotFound => ApiError::NotFound("no such auction".into()),
+            // Full, behind, unreadable or shutting down: this node cannot serve the stream now.
+            other => ApiError::Unavailable {
+                detail: other.to_string(),
+                retry_after_s: 1,
+            },
+        }
+    }
+}
+
 /// Answers requests for paths no route serves.
 pub async fn not_found_fallback() -> ApiError {
     ApiError::NotFound("no such resource".into())

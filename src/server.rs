@@ -1,10 +1,10 @@
 //! `gavel serve`: builds the axum application (routes, limits, metrics, tracing), starts the
 //! node and serves until SIGTERM or Ctrl-C.
 //!
-//! Shutdown is one mechanism: on the first signal the listener stops accepting and in-flight
-//! requests get `--shutdown-grace-ms` to finish; whatever is still running then is dropped; and
-//! only after that the node shuts down (Raft groups, storage flush), so no handler ever talks to
-//! a stopped node.
+//! Shutdown is one mechanism: on the first signal the listener stops accepting, live streams
+//! are ended (`live::Hub::close`) and in-flight requests get `--shutdown-grace-ms` to finish;
+//! whatever is still running then is dropped; and only after that the node shuts down (Raft
+//! groups, storage flush), so no handler ever talks to a stopped node.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,8 +16,7 @@ use axum::Router;
 use gavel_cluster::Node;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::{watch, Semaphore};
-use tower_http::trace::{DefaultMakeSpan, TraceLayer};
-use tracing::Level;
+use tower_http::trace::TraceLayer;
 
 use crate::api;
 use crate::auth::{load_secret, Secret, SecretSource};
@@ -35,6 +34,8 @@ pub struct AppState {
     /// `None` when no recorder is installed (tests): `/metrics` is then empty.
     pub metrics: Option<PrometheusHandle>,
     pub node_id: u64,
+    /// Live-update fan-out (SSE and WebSocket viewers).
+    pub live: crate::live::Hub,
 }
 
 impl FromRef<AppState> for Secret {
@@ -58,10 +59,11 @@ pub fn app(state: AppState, limits: HttpLimits) -> Router {
     Router::new()
         .merge(api)
         .merge(api::ops::routes())
+        .merge(crate::page::routes())
         .fallback(not_found_fallback)
         .layer(DefaultBodyLimit::max(limits.body_limit_bytes))
         .layer(from_fn(crate::metrics::track_requests))
-        .layer(TraceLayer::new_for_http().make_span_with(DefaultMakeSpan::new().level(Level::INFO)))
+        .layer(TraceLayer::new_for_http().make_span_with(crate::live::request_span))
         .with_state(state)
 }
 
@@ -80,8 +82,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let node = Node::start(args.node_config(local_addr.to_string()))
         .await
         .context("cannot start the node")?;
+    let engine: Arc<dyn Engine> = Arc::new(NodeEngine(node.clone()));
+    let live = crate::live::Hub::start(engine.clone(), args.live_config());
+    crate::metrics::spawn_upkeep(metrics.clone());
     let state = AppState {
-        engine: Arc::new(NodeEngine(node.clone())),
+        engine,
         secret,
         bid_limiter: Arc::new(BidRateLimiter::new(
             args.bid_rate_per_bidder,
@@ -89,13 +94,19 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )),
         metrics: Some(metrics),
         node_id: args.node_id,
+        live: live.clone(),
     };
     let limits = HttpLimits {
         body_limit_bytes: usize::try_from(args.body_limit_bytes).unwrap_or(usize::MAX),
         requests_in_flight_max: usize::try_from(args.requests_in_flight_max).unwrap_or(usize::MAX),
     };
     announce(&args, &local_addr.to_string(), &source);
-    let served = serve_until_signal(listener, app(state, limits), args.shutdown_grace_ms).await;
+    let listener = crate::live::StallGuardListener::new(
+        listener,
+        Duration::from_millis(args.viewer_send_timeout_ms),
+    );
+    let served =
+        serve_until_signal(listener, app(state, limits), args.shutdown_grace_ms, live).await;
     tracing::info!(node_id = args.node_id, "shutting the node down");
     node.shutdown().await;
     tracing::info!(node_id = args.node_id, "stopped");
@@ -143,9 +154,10 @@ fn announce(args: &ServeArgs, listen: &str, source: &SecretSource) {
 
 /// Serves until a shutdown signal, then gives in-flight requests `grace_ms` to finish.
 async fn serve_until_signal(
-    listener: tokio::net::TcpListener,
+    listener: crate::live::StallGuardListener,
     app: Router,
     grace_ms: u64,
+    live: crate::live::Hub,
 ) -> anyhow::Result<()> {
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -164,6 +176,7 @@ async fn serve_until_signal(
         "shutdown requested: no new connections; finishing in-flight requests"
     );
     let _ = stop_tx.send(true);
+    live.close();
     match tokio::time::timeout(Duration::from_millis(grace_ms), &mut server).await {
         Ok(finished) => finished
             .context("the HTTP server task failed")?

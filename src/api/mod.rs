@@ -38,6 +38,8 @@ pub fn routes() -> Router<AppState> {
         .route("/auctions/{id}/resume", post(auctions::resume))
         .route("/auctions/{id}/end", post(auctions::end))
         .route("/auctions/{id}/bids", post(bids::place).get(bids::list))
+        .route("/auctions/{id}/stream", get(crate::live::stream))
+        .route("/auctions/{id}/ws", get(crate::live::upgrade))
         .route("/cluster", get(cluster::status))
         .route("/cluster/nodes", post(cluster::add_node))
         .route(

@@ -21,6 +21,11 @@ use crate::server::{app, AppState, HttpLimits};
 const NOW_MS: i64 = 1_795_644_000_000;
 const HOUR_MS: i64 = 3_600_000;
 const BODY_LIMIT_BYTES: usize = 4096;
+const LIVE_CONFIG: crate::live::LiveConfig = crate::live::LiveConfig {
+    viewers_max: 16,
+    send_timeout_ms: 1_000,
+    ping_interval_ms: 1_000,
+};
 
 struct Harness {
     engine: Arc<FakeEngine>,
@@ -42,6 +47,7 @@ impl Harness {
             bid_limiter: Arc::new(BidRateLimiter::new(bids_per_s, bids_per_s)),
             metrics: None,
             node_id: 7,
+            live: crate::live::Hub::start(engine.clone(), LIVE_CONFIG),
         };
         let limits = HttpLimits {
             body_limit_bytes: BODY_LIMIT_BYTES,

@@ -1,0 +1,208 @@
+//! Who may open a stream and from where to resume it: the `StreamRequest` extractor of both
+//! stream endpoints, and the request span that keeps `?access_token=` out of the logs.
+//!
+//! Browsers cannot set headers on `EventSource` or `WebSocket`, so streams take the token from
+//! `Authorization: Bearer` or, failing that, from `?access_token=`. Checks run in the order of
+//! every other endpoint: 401/403, then the path (404), then the query and headers (400).
+
+use axum::extract::{FromRef, FromRequestParts, Query};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, Request, Uri};
+
+use crate::api::AuctionId;
+use crate::auth::{now_s, Permission, Principal, Secret};
+use crate::problem::ApiError;
+
+/// The query parameter a stream's token may come in.
+pub const ACCESS_TOKEN_PARAM: &str = "access_token";
+/// The query parameter to resume from a version.
+pub const SINCE_VERSION_PARAM: &str = "sinceVersion";
+/// The header `EventSource` resumes with (it repeats the last `id:`, our version).
+pub const LAST_EVENT_ID: &str = "last-event-id";
+
+/// A checked request to open a stream.
+#[derive(Debug)]
+pub struct StreamRequest {
+    pub principal: Principal,
+    pub auction_id: String,
+    /// The first frame must show at least this version (`sinceVersion` / `Last-Event-ID`).
+    pub since_version: Option<u64>,
+}
+
+impl<S> FromRequestParts<S> for StreamRequest
+where
+    Secret: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let pairs = Query::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .map(|Query(pairs)| pairs)
+            .map_err(|e| ApiError::BadRequest(format!("invalid query string: {}", e.body_text())));
+        let principal = authenticate(parts, state, pairs.as_deref().unwrap_or_default()).await?;
+        principal.require(Permission::Read)?;
+        let AuctionId(auction_id) = AuctionId::from_request_parts(parts, state).await?;
+        let query_since = since_from_query(&pairs?)?;
+        let header_since = since_from_header(&parts.headers)?;
+        Ok(StreamRequest {
+            principal,
+            auction_id,
+            since_version: query_since.max(header_since),
+        })
+    }
+}
+
+/// The bearer header if there is one (so a bad header is a 401 even with a good query token),
+/// else `?access_token=`.
+async fn authenticate<S>(
+    parts: &mut Parts,
+    state: &S,
+    pairs: &[(String, String)],
+) -> Result<Principal, ApiError>
+where
+    Secret: FromRef<S>,
+    S: Send + Sync,
+{
+    if parts.headers.contains_key(header::AUTHORIZATION) {
+        return Principal::from_request_parts(parts, state).await;
+    }
+    let mut tokens = pairs.iter().filter(|(k, _)| k == ACCESS_TOKEN_PARAM);
+    let (Some((_, token)), None) = (tokens.next(), tokens.next()) else {
+        return Err(ApiError::Unauthorized {
+            detail: "missing credentials: send Authorization: Bearer <token> or ?access_token=<token> (once)".into(),
+            invalid: false,
+        });
+    };
+    Secret::from_ref(state)
+        .verify(token, now_s())
+        .map_err(|e| ApiError::Unauthorized {
+            detail: e.to_string(),
+            invalid: true,
+        })
+}
+
+fn since_from_query(pairs: &[(String, String)]) -> Result<Option<u64>, ApiError> {
+    let mut since = None;
+    for (key, value) in pairs {
+        match key.as_str() {
+            ACCESS_TOKEN_PARAM => {}
+            SINCE_VERSION_PARAM if since.is_none() => since = Some(parse_version(value)?),
+            SINCE_VERSION_PARAM => {
+                return Err(ApiError::BadRequest(
+                    "sinceVersion may be given once".into(),
+                ))
+            }
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "invalid query string: unknown parameter `{other}` (expected access_token, sinceVersion)"
+                )))
+            }
+        }
+    }
+    Ok(since)
+}
+
+fn since_from_header(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let mut values = headers.get_all(LAST_EVENT_ID).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(ApiError::BadRequest(
+            "Last-Event-ID may be given once".into(),
+        ));
+    }
+    let text = value
+        .to_str()
+        .map_err(|_| ApiError::BadRequest("Last-Event-ID must be a version".into()))?
+        .trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    parse_version(text).map(Some)
+}
+
+fn parse_version(text: &str) -> Result<u64, ApiError> {
+    text.parse::<u64>()
+        .ok()
+        .filter(|v| *v >= 1 && text.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "a resume version must be an integer >= 1, got {text:?}"
+            ))
+        })
+}
+
+/// The span of every HTTP request: method, URI and HTTP version, like tower-http's default,
+/// but with the value of `access_token` replaced so tokens never reach the logs.
+pub fn request_span<B>(request: &Request<B>) -> tracing::Span {
+    tracing::info_span!(
+        "request",
+        method = %request.method(),
+        uri = %redacted_uri(request.uri()),
+        version = ?request.version(),
+    )
+}
+
+/// `uri` with the value of every `access_token` query parameter replaced by `REDACTED`.
+pub fn redacted_uri(uri: &Uri) -> String {
+    let Some(query) = uri.query() else {
+        return uri.to_string();
+    };
+    let redacted: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if key == ACCESS_TOKEN_PARAM => format!("{key}=REDACTED"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{}?{}", uri.path(), redacted.join("&"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_redacted_from_logged_uris() {
+        let uri: Uri = "/auctions/a/ws?sinceVersion=3&access_token=eyJ.secret.sig"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            redacted_uri(&uri),
+            "/auctions/a/ws?sinceVersion=3&access_token=REDACTED"
+        );
+        let plain: Uri = "/auctions?limit=5".parse().unwrap();
+        assert_eq!(redacted_uri(&plain), "/auctions?limit=5");
+    }
+
+    #[test]
+    fn resume_versions() {
+        let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
+            list.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        assert_eq!(since_from_query(&pairs(&[])).unwrap(), None);
+        assert_eq!(
+            since_from_query(&pairs(&[("sinceVersion", "7"), ("access_token", "t")])).unwrap(),
+            Some(7)
+        );
+        for bad in ["0", "-1", "x", "+3", "1.5", ""] {
+            assert!(
+                since_from_query(&pairs(&[("sinceVersion", bad)])).is_err(),
+                "{bad:?}"
+            );
+        }
+        assert!(since_from_query(&pairs(&[("sinceVersion", "1"), ("sinceVersion", "2")])).is_err());
+        assert!(since_from_query(&pairs(&[("limit", "1")])).is_err());
+        let mut headers = HeaderMap::new();
+        assert_eq!(since_from_header(&headers).unwrap(), None);
+        headers.insert(LAST_EVENT_ID, "12".parse().unwrap());
+        assert_eq!(since_from_header(&headers).unwrap(), Some(12));
+        headers.insert(LAST_EVENT_ID, "abc".parse().unwrap());
+        assert!(since_from_header(&headers).is_err());
+    }
+}

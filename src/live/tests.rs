@@ -1,0 +1,285 @@
+//! The hub and the viewer's frame sequence against the in-memory engine (which applies commands
+//! with the real rules and publishes its changes like a node). Time is tokio's paused clock
+//! where ticks or timeouts matter, so nothing here sleeps for real.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gavel_rules::{Actor, Command, ControlAction, CreateAuction, Reply};
+use rust_decimal::Decimal;
+use serde_json::Value;
+
+use super::frame::{Frame, FrameKind};
+use super::viewer::Viewer;
+use super::*;
+use crate::engine::fake::FakeEngine;
+use crate::engine::Engine;
+
+/// 2026-11-25T22:00:00Z
+const NOW_MS: i64 = 1_795_644_000_000;
+const HOUR_MS: i64 = 3_600_000;
+const CONFIG: LiveConfig = LiveConfig {
+    viewers_max: 3,
+    send_timeout_ms: 1_000,
+    ping_interval_ms: 1_000,
+};
+
+struct Fixture {
+    engine: Arc<FakeEngine>,
+    hub: Hub,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let engine = Arc::new(FakeEngine::new(NOW_MS));
+        let hub = Hub::start(engine.clone(), CONFIG);
+        Fixture { engine, hub }
+    }
+
+    async fn propose(&self, command: Command) -> Reply {
+        self.engine.propose(command).await.unwrap()
+    }
+
+    /// An active auction by `carol`, ending in an hour.
+    async fn auction(&self, id: &str) {
+        let request = CreateAuction {
+            post_id: "post".into(),
+            start_at_ms: NOW_MS - 1_000,
+            end_at_ms: NOW_MS + HOUR_MS,
+            start_price: Decimal::new(1000, 2),
+            min_increment: Decimal::new(100, 2),
+            anti_sniping_seconds: 0,
+        };
+        let reply = self
+            .propose(Command::Create {
+                auction_id: id.into(),
+                creator_id: "carol".into(),
+                idempotency_key: None,
+                request,
+            })
+            .await;
+        assert!(matches!(reply, Reply::Created { .. }), "{reply:?}");
+    }
+
+    async fn bid(&self, id: &str, amount: i64) {
+        let reply = self
+            .propose(Command::Bid {
+                auction_id: id.into(),
+                bid_id: uuid::Uuid::new_v4().to_string(),
+                bidder_id: "bob".into(),
+                idempotency_key: uuid::Uuid::new_v4().to_string(),
+                amount: Decimal::new(amount, 0),
+            })
+            .await;
+        assert!(matches!(reply, Reply::Bid { .. }), "{reply:?}");
+    }
+
+    async fn control(&self, id: &str, action: ControlAction) {
+        let reply = self
+            .propose(Command::Control {
+                auction_id: id.into(),
+                action,
+                actor: Actor {
+                    user_id: "carol".into(),
+                    is_admin: false,
+                },
+            })
+            .await;
+        assert!(matches!(reply, Reply::Controlled(_)), "{reply:?}");
+    }
+
+    async fn viewer(&self, id: &str) -> Viewer {
+        Viewer::new(self.hub.join(id, None, Transport::Ws).await.unwrap())
+    }
+}
+
+fn json(frame: &Frame) -> Value {
+    serde_json::from_str(frame.text().as_str()).unwrap()
+}
+
+/// The next frame, which must come at once (the test has made it due).
+async fn next(viewer: &mut Viewer) -> Frame {
+    tokio::time::timeout(Duration::from_secs(5), viewer.next())
+        .await
+        .expect("a frame is due")
+        .expect("the stream is not over")
+}
+
+/// Lets the pump run until it has published what was applied.
+async fn settle() {
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn snapshot_then_each_change_then_ended_then_nothing() {
+    let f = Fixture::new();
+    f.auction("a").await;
+    let mut viewer = f.viewer("a").await;
+    let snapshot = next(&mut viewer).await;
+    assert_eq!(
+        (snapshot.kind(), snapshot.version()),
+        (FrameKind::Snapshot, 1)
+    );
+    assert_eq!(json(&snapshot)["remainingMs"], HOUR_MS);
+
+    f.bid("a", 10).await;
+    let bid = next(&mut viewer).await;
+    assert_eq!((bid.kind(), bid.version()), (FrameKind::Bid, 2));
+    assert_eq!(json(&bid)["currentPrice"], "10.00");
+    assert_eq!(json(&bid)["winnerId"], "bob");
+
+    f.control("a", ControlAction::Pause).await;
+    let paused = next(&mut viewer).await;
+    assert_eq!((paused.kind(), paused.version()), (FrameKind::Status, 3));
+    assert_eq!(json(&paused)["status"], "paused");
+    f.control("a", ControlAction::Resume).await;
+    assert_eq!(next(&mut viewer).await.kind(), FrameKind::Status);
+
+    f.control("a", ControlAction::End).await;
+    let ended = next(&mut viewer).await;
+    assert_eq!((ended.kind(), ended.version()), (FrameKind::Ended, 5));
+    assert_eq!(json(&ended)["remainingMs"], 0);
+    assert!(viewer.next().await.is_none(), "nothing after ended");
+}
+
+#[tokio::test]
+async fn a_slow_viewer_skips_to_the_newest_state() {
+    let f = Fixture::new();
+    f.auction("a").await;
+    let mut slow = f.viewer("a").await;
+    let mut fast = f.viewer("a").await;
+    assert_eq!(next(&mut slow).await.version(), 1);
+    assert_eq!(next(&mut fast).await.version(), 1);
+    let mut last_fast = None;
+    for (i, amount) in (10..15).enumerate() {
+        f.bid("a", amount).await;
+        settle().await;
+        let frame = next(&mut fast).await;
+        assert_eq!(
+            frame.version(),
+            2 + i as u64,
+            "the fast viewer sees every bid"
+        );
+        last_fast = Some(frame);
+    }
+    let frame = next(&mut slow).await;
+    assert_eq!((frame.kind(), frame.version()), (FrameKind::Bid, 6));
+    assert_eq!(json(&frame)["currentPrice"], "14.00");
+    // Both viewers got the very same bytes: the frame was serialized once.
+    let last_fast = last_fast.unwrap();
+    assert_eq!(frame.text().as_ptr(), last_fast.text().as_ptr());
+}
+
+#[tokio::test]
+async fn an_ended_auction_gives_snapshot_ended_and_nothing_else() {
+    let f = Fixture::new();
+    f.auction("a").await;
+    f.bid("a", 10).await;
+    f.control("a", ControlAction::End).await;
+    let mut viewer = f.viewer("a").await;
+    let snapshot = next(&mut viewer).await;
+    assert_eq!(
+        (snapshot.kind(), snapshot.version()),
+        (FrameKind::Snapshot, 3)
+    );
+    assert_eq!(json(&snapshot)["status"], "ended");
+    let ended = next(&mut viewer).await;
+    assert_eq!((ended.kind(), ended.version()), (FrameKind::Ended, 3));
+    assert!(viewer.next().await.is_none());
+}
+
+#[tokio::test]
+async fn unknown_auctions_are_refused_and_forgotten() {
+    let f = Fixture::new();
+    assert!(matches!(
+        f.hub.join("nope", None, Transport::Sse).await,
+        Err(JoinError::NotFound)
+    ));
+    assert_eq!(f.hub.watched_auctions(), 0);
+    assert_eq!(f.hub.viewers(), 0, "the slot was given back");
+}
+
+#[tokio::test]
+async fn the_viewer_limit_answers_full_and_slots_come_back() {
+    let f = Fixture::new();
+    f.auction("a").await;
+    f.auction("b").await;
+    let mut held = Vec::new();
+    for id in ["a", "a", "b"] {
+        held.push(f.hub.join(id, None, Transport::Ws).await.unwrap());
+    }
+    assert_eq!(f.hub.watched_auctions(), 2);
+    assert!(matches!(
+        f.hub.join("a", None, Transport::Ws).await,
+        Err(JoinError::Full(3))
+    ));
+    held.pop();
+    assert_eq!(f.hub.watched_auctions(), 1, "b's last viewer left");
+    assert!(f.hub.join("b", None, Transport::Sse).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn ticks_carry_the_current_version_about_every_second() {
+    let f = Fixture::new();
+    f.auction("a").await;
+    let mut viewer = f.viewer("a").await;
+    next(&mut viewer).await;
+    f.bid("a", 10).await;
+    assert_eq!(next(&mut viewer).await.version(), 2);
+    let started = tokio::time::Instant::now();
+    let tick = next(&mut viewer).await;
+    assert_eq!((tick.kind(), tick.version()), (FrameKind::Tick, 2));
+    assert!(started.elapsed() <= Duration::from_millis(TICK_INTERVAL_MS));
+    let tick = next(&mut viewer).await;
+    assert_eq!(tick.kind(), FrameKind::Tick);
+    assert!(started.elapsed() >= Duration::from_millis(TICK_INTERVAL_MS));
+}
+
+#[tokio::test(start_paused = true)]
+async fn resuming_ahead_of_the_replica_is_refused_after_a_bounded_wait() {
+    let f = Fixture::new();
+    f.auction("a").await;
+    let started = tokio::time::Instant::now();
+    let refused = f.hub.join("a", Some(2), Transport::Sse).await;
+    assert!(matches!(
+        refused,
+        Err(JoinError::Behind { have: 1, want: 2 })
+    ));
+    assert!(started.elapsed() >= Duration::from_millis(RESUME_WAIT_MS));
+    // A version the replica has: admitted, and the snapshot is at least that version.
+    let mut viewer = Viewer::new(f.hub.join("a", Some(1), Transport::Sse).await.unwrap());
+    assert_eq!(next(&mut viewer).await.version(), 1);
+}
+
+#[tokio::test]
+async fn resuming_waits_for_the_replica_to_catch_up() {
+    let f = Fixture::new();
+    f.auction("a").await;
+    let hub = f.hub.clone();
+    let joining = tokio::spawn(async move { hub.join("a", Some(2), Transport::Ws).await });
+    settle().await;
+    f.bid("a", 10).await;
+    let subscription = joining.await.unwrap().unwrap();
+    let mut viewer = Viewer::new(subscription);
+    let snapshot = next(&mut viewer).await;
+    assert_eq!(
+        (snapshot.kind(), snapshot.version()),
+        (FrameKind::Snapshot, 2)
+    );
+}
+
+#[tokio::test]
+async fn closing_the_hub_ends_every_stream_and_admits_nobody() {
+    let f = Fixture::new();
+    f.auction("a").await;
+    let mut viewer = f.viewer("a").await;
+    next(&mut viewer).await;
+    f.hub.close();
+    assert!(viewer.next().await.is_none());
+    assert!(matches!(
+        f.hub.join("a", None, Transport::Ws).await,
+        Err(JoinError::Closing)
+    ));
+}

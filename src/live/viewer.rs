@@ -1,0 +1,152 @@
+//! One viewer's frame sequence, the same for SSE and WebSocket: a snapshot first, then the newest
+//! state whenever it changes (skipping whatever this viewer was too slow to see), ticks, and
+//! `ended` last.
+//!
+//! The rules of API.md live here and nowhere else: non-tick versions strictly increase within a
+//! connection (the one repeat is the `ended` that follows the snapshot of an auction that had
+//! already ended: it is the same final state, announced as the end); a tick is sent only for
+//! the version the viewer was last sent. `next` is cancel-safe, so transports can `select!` on
+//! it next to their keepalives.
+
+use std::time::Instant;
+
+use gavel_rules::Status;
+use metrics::{Counter, Histogram};
+
+use super::frame::{Frame, FrameKind};
+use super::hub::Subscription;
+use super::{APPLY_TO_SEND_SECONDS, FRAMES_COALESCED_TOTAL, FRAMES_SENT_TOTAL};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    Snapshot,
+    /// The snapshot showed an ended auction: `ended` comes next, then nothing.
+    EndedAfterSnapshot,
+    Live,
+    Done,
+}
+
+/// A viewer's position in the stream of its auction.
+pub struct Viewer {
+    sub: Subscription,
+    step: Step,
+    sent_version: u64,
+    sent_tick_seq: u64,
+    stats: Stats,
+}
+
+/// Metric handles, looked up once per connection.
+struct Stats {
+    sent: Counter,
+    coalesced: Counter,
+    apply_to_send: Histogram,
+}
+
+impl Viewer {
+    pub fn new(sub: Subscription) -> Viewer {
+        let transport = sub.transport().as_str();
+        Viewer {
+            sub,
+            step: Step::Snapshot,
+            sent_version: 0,
+            sent_tick_seq: 0,
+            stats: Stats {
+                sent: metrics::counter!(FRAMES_SENT_TOTAL, "transport" => transport),
+                coalesced: metrics::counter!(FRAMES_COALESCED_TOTAL, "transport" => transport),
+                apply_to_send: metrics::histogram!(APPLY_TO_SEND_SECONDS, "transport" => transport),
+            },
+        }
+    }
+
+    pub fn auction_id(&self) -> &str {
+        self.sub.auction_id()
+    }
+
+    /// The next frame to send, or `None` when the stream is over (after `ended`, or because
+    /// the node is shutting down). Cancel-safe.
+    pub async fn next(&mut self) -> Option<Frame> {
+        match self.step {
+            Step::Snapshot => self.snapshot(),
+            Step::EndedAfterSnapshot => {
+                self.step = Step::Done;
+                let latest = self.sub.rx.borrow().clone();
+                let auction = latest.auction?;
+                Some(match latest.event {
+                    Some(event)
+                        if event.kind() == FrameKind::Ended
+                            && event.version() == auction.version =>
+                    {
+                        event
+                    }
+                    _ => render_now(FrameKind::Ended, &auction, self),
+                })
+            }
+            Step::Live => self.live().await,
+            Step::Done => None,
+        }
+    }
+
+    fn snapshot(&mut self) -> Option<Frame> {
+        let latest = self.sub.rx.borrow_and_update().clone();
+        // `Hub::join` loads the state before it admits anyone.
+        let auction = latest.auction?;
+        self.sent_version = auction.version;
+        self.sent_tick_seq = latest.tick_seq;
+        self.step = if auction.status == Status::Ended {
+            Step::EndedAfterSnapshot
+        } else {
+            Step::Live
+        };
+        Some(render_now(FrameKind::Snapshot, &auction, self))
+    }
+
+    /// Waits for news: a newer state (sent as its change frame) or a tick for the version this
+    /// viewer was sent. `None` once the hub dropped the auction's channel (shutdown).
+    async fn live(&mut self) -> Option<Frame> {
+        loop {
+            if self.sub.rx.changed().await.is_err() {
+                self.step = Step::Done;
+                return None;
+            }
+            let latest = self.sub.rx.borrow_and_update().clone();
+            // `Hub::join` loaded the state before it admitted this viewer.
+            let auction = latest.auction?;
+            if auction.version > self.sent_version {
+                let event = latest.event?;
+                let skipped = auction.version - self.sent_version - 1;
+                if skipped > 0 {
+                    self.stats.coalesced.increment(skipped);
+                }
+                self.sent_version = auction.version;
+                if event.kind() == FrameKind::Ended {
+                    self.step = Step::Done;
+                }
+                return Some(event);
+            }
+            if let Some(tick) = latest.tick {
+                if latest.tick_seq > self.sent_tick_seq && tick.version() == self.sent_version {
+                    self.sent_tick_seq = latest.tick_seq;
+                    return Some(tick);
+                }
+            }
+        }
+    }
+
+    /// Records that `frame` was handed to the connection.
+    pub fn sent(&self, frame: &Frame) {
+        self.stats.sent.increment(1);
+        if matches!(
+            frame.kind(),
+            FrameKind::Bid | FrameKind::Status | FrameKind::Ended
+        ) {
+            self.stats
+                .apply_to_send
+                .record(frame.received_at().elapsed().as_secs_f64());
+        }
+    }
+}
+
+fn render_now(kind: FrameKind, auction: &gavel_rules::Auction, viewer: &Viewer) -> Frame {
+    let now_ms = viewer.sub.hub().now_ms();
+    Frame::render(kind, auction, now_ms, Instant::now())
+}
