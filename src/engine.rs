@@ -215,6 +215,7 @@ pub mod fake {
                         group: 0,
                         auction: Arc::new(auction.clone()),
                         changes: effects.changes,
+                        applied_at: std::time::Instant::now(),
                     };
                     // No receiver is fine: nobody is watching.
                     let _ = self.events.0.send(event);

@@ -7,7 +7,7 @@
 
 use std::io::Cursor;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use gavel_rules::{Auction, Change, StampMs};
 use gavel_storage::{decode, encode, SnapshotBlob, StateTree, Store};
@@ -36,6 +36,9 @@ pub struct AuctionEvent {
     pub auction: Arc<Auction>,
     /// What changed, oldest first (never empty).
     pub changes: Vec<Change>,
+    /// When the entry's batch was committed to the state machine on this node, for
+    /// apply-to-send latency.
+    pub applied_at: Instant,
 }
 
 /// What the rest of the node hears from a group's apply path. Nothing here can make apply
@@ -156,6 +159,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             group: self.group,
                             auction: Arc::new(auction.clone()),
                             changes: applied.effects.changes,
+                            applied_at: Instant::now(),
                         });
                     }
                     ended_at_deadlines.extend(applied.effects.ended_at_deadline_ms);
@@ -179,7 +183,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if deadlines_moved {
             self.observer.deadlines_changed.notify_one();
         }
-        for event in events {
+        let applied_at = Instant::now();
+        for mut event in events {
+            event.applied_at = applied_at;
             // No subscriber is fine: nobody is watching.
             let _ = self.observer.events.send(event);
         }

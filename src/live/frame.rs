@@ -98,13 +98,14 @@ struct Rendered {
     text: Utf8Bytes,
     /// `id:`, `event:` and `data:` lines and the blank line that ends an SSE record.
     sse: Bytes,
-    /// When the change reached the hub (just after apply), for the apply-to-send latency.
+    /// When the change was applied on this node (or, for a re-read state, read), for the
+    /// apply-to-send latency.
     received_at: Instant,
 }
 
 impl Frame {
     /// Renders `auction` as a `kind` frame at `now_ms` on this node's clock. `received_at` is when
-    /// the change it reports reached the hub.
+    /// the change it reports was applied on this node.
     pub fn render(kind: FrameKind, auction: &Auction, now_ms: i64, received_at: Instant) -> Frame {
         let event = EventJson {
             kind: kind.as_str(),

@@ -232,7 +232,7 @@ impl Inner {
     }
 
     fn on_event(&self, event: AuctionEvent) {
-        let received_at = Instant::now();
+        let received_at = event.applied_at;
         let Some(tx) = self.sender(&event.auction.id) else {
             return;
         };

@@ -50,7 +50,7 @@ pub const VIEWERS_DROPPED_TOTAL: &str = "gavel_viewers_dropped_total";
 pub const VIEWERS_REFUSED_TOTAL: &str = "gavel_viewers_refused_total";
 /// Connections (SSE viewers among them) closed because their writes stalled.
 pub const CONNECTIONS_STALLED_TOTAL: &str = "gavel_connections_stalled_total";
-/// From the hub receiving an applied change to a viewer's connection taking its frame, in
+/// From the state machine applying a change to a viewer's connection taking its frame, in
 /// seconds (bid, status and ended frames).
 pub const APPLY_TO_SEND_SECONDS: &str = "gavel_viewer_apply_to_send_seconds";
 
