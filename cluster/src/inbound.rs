@@ -91,7 +91,9 @@ pub(crate) async fn serve_local(node: &Node, group: &Arc<Group>, call: AppCall) 
             holds.yield_leadership(group, Duration::from_millis(window_ms));
             if window_ms > 0 {
                 // Let writes already in flight finish here before the target campaigns, so
-                // none is cut off by the change of leader.
+                // none is cut off by the change of leader and the log stops growing (writes
+                // admitted just before the hold may not have reached the log yet).
+                holds.drain_writes(IN_FLIGHT_DRAIN).await;
                 let last_log = group.raft.metrics().borrow().last_log_index.unwrap_or(0);
                 wait_applied(group, last_log, IN_FLIGHT_DRAIN).await;
             }

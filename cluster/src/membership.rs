@@ -3,14 +3,16 @@
 //!
 //! openraft 0.9 has no leadership transfer, and a follower refuses votes while its leader's
 //! lease is fresh. So a transfer pauses the group's writes and heartbeats on the current
-//! leader and holds elections on the other voters for a bounded window, while the target
-//! campaigns until elected. Every hold ends by itself when its window closes, so a lost message
-//! never leaves a node unable to campaign.
+//! leader and holds elections on the other voters for a bounded window; once the target holds
+//! the leader's whole log (else the transfer gives up and releases the holds), it campaigns
+//! until elected. Every hold ends by itself when its window closes, so a lost message never
+//! leaves a node unable to campaign.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::join_all;
 use gavel_raft::transport::{PeerRequest, PeerResponse};
 use gavel_raft::{GavelNode, Group};
 use openraft::error::{ClientWriteError, RaftError};
@@ -31,7 +33,13 @@ const CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The window a leadership transfer has: writes pause at most this long in that group.
 pub(crate) const TRANSFER_WINDOW: Duration = Duration::from_millis(4_000);
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long setting or releasing a voter's election hold may take; holds expire on their own.
+const HOLD_CALL_TIMEOUT: Duration = Duration::from_millis(1_000);
 const CAMPAIGN_RETRY: Duration = Duration::from_millis(150);
+/// How long a transfer waits for its target to hold the leader's whole log before it gives up
+/// (and releases the group untouched); part of [`TRANSFER_WINDOW`].
+const TRANSFER_CATCH_UP: Duration = Duration::from_millis(1_500);
+const CATCH_UP_POLL: Duration = Duration::from_millis(20);
 const LEADER_ATTEMPTS_MAX: usize = 4;
 
 /// Time-bounded holds on one group's writes and elections on this node.
@@ -40,6 +48,22 @@ pub struct Holds {
     writes_until: Arc<Mutex<Option<Instant>>>,
     elections_until: Arc<Mutex<Option<Instant>>>,
     released: Notify,
+    /// Writes admitted past the write hold and not finished yet (see [`Holds::admit_write`]).
+    admitted: Mutex<usize>,
+    drained: Notify,
+}
+
+/// One write admitted past the write hold, counted until dropped.
+pub struct Admitted<'a>(&'a Holds);
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        let mut admitted = self.0.admitted.lock().unwrap_or_else(|e| e.into_inner());
+        *admitted = admitted.saturating_sub(1);
+        if *admitted == 0 {
+            self.0.drained.notify_waiters();
+        }
+    }
 }
 
 /// Whether the hold in `slot` has ended (never set, released, or its window passed).
@@ -56,6 +80,40 @@ fn set_until(slot: &Mutex<Option<Instant>>, value: Option<Instant>) {
 }
 
 impl Holds {
+    /// Waits (at most `max`) until writes are allowed and admits one, which counts as in flight
+    /// until the guard drops. The check and the count happen under the hold's lock, so a write
+    /// is either admitted before a yield (and [`Holds::drain_writes`] waits for it) or held.
+    pub async fn admit_write(&self, max: Duration) -> Option<Admitted<'_>> {
+        let give_up = Instant::now() + max;
+        loop {
+            {
+                let until = self.writes_until.lock().unwrap_or_else(|e| e.into_inner());
+                if until.is_none_or(|end| end <= Instant::now()) {
+                    *self.admitted.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                    return Some(Admitted(self));
+                }
+            }
+            let left = give_up.saturating_duration_since(Instant::now());
+            if left.is_zero() || !self.wait_writes_allowed(left).await {
+                return None;
+            }
+        }
+    }
+
+    /// Waits (at most `max`) until no admitted write is in flight. Returns whether none is.
+    pub async fn drain_writes(&self, max: Duration) -> bool {
+        let give_up = Instant::now() + max;
+        loop {
+            let drained = self.drained.notified();
+            if *self.admitted.lock().unwrap_or_else(|e| e.into_inner()) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(give_up, drained).await.is_err() {
+                return false;
+            }
+        }
+    }
+
     /// Waits until writes are allowed, at most `max`. Returns whether they are.
     pub async fn wait_writes_allowed(&self, max: Duration) -> bool {
         let give_up = Instant::now() + max;
@@ -205,6 +263,7 @@ impl Node {
         if node_id == self.node_id() {
             return Ok(crate::inbound::serve_local(self, group, call).await);
         }
+        self.learn_peer_addr(node_id);
         let request = encode_call(&call)?;
         match self
             .transport
@@ -296,7 +355,11 @@ impl Node {
         .await
     }
 
-    /// Removes a node from every group (as voter, then as learner).
+    /// Removes a node from every group: a voter with one change (`retain = false` drops it
+    /// from the nodes too), a learner with `RemoveNodes`. Never both: when the removed voter
+    /// led the group, it keeps claiming the lead until it steps down, and a second change sent
+    /// to it then panics openraft 0.9's core ("Only leader is allowed to call
+    /// update_effective_membership()").
     pub async fn remove_node(self: &Arc<Self>, node_id: u64) -> Result<(), MembershipError> {
         for group in &self.groups {
             let (voters, _) = members(group);
@@ -310,17 +373,16 @@ impl Node {
         self.for_every_group(move |node, group| async move {
             let (voters, learners) = members(&group);
             let ids = BTreeSet::from([node_id]);
-            if voters.contains(&node_id) {
-                let demote = AppCall::ChangeMembership(ChangeMembers::RemoveVoters(ids.clone()));
-                node.on_leader(&group, demote, CHANGE_TIMEOUT + CALL_TIMEOUT)
-                    .await?;
-            }
-            if voters.contains(&node_id) || learners.contains(&node_id) {
-                let remove = AppCall::ChangeMembership(ChangeMembers::RemoveNodes(ids));
-                node.on_leader(&group, remove, CHANGE_TIMEOUT + CALL_TIMEOUT)
-                    .await?;
-            }
-            Ok(())
+            let change = if voters.contains(&node_id) {
+                ChangeMembers::RemoveVoters(ids)
+            } else if learners.contains(&node_id) {
+                ChangeMembers::RemoveNodes(ids)
+            } else {
+                return Ok(());
+            };
+            let call = AppCall::ChangeMembership(change);
+            node.on_leader(&group, call, CHANGE_TIMEOUT + CALL_TIMEOUT)
+                .await
         })
         .await?;
         self.transport.forget_peer(node_id);
@@ -365,16 +427,26 @@ impl Node {
             return Ok(());
         }
         let window_ms = TRANSFER_WINDOW.as_millis() as u64;
+        let started = Instant::now();
         self.hold_others(&group, &voters, leader, to, window_ms)
             .await;
-        let campaigned = self
-            .call_node(
-                to,
-                &group,
-                AppCall::Campaign { window_ms },
-                TRANSFER_WINDOW + CALL_TIMEOUT,
-            )
-            .await;
+        // The target campaigns only with the leader's whole log: a candidate that lacks entries
+        // cannot win, yet its higher term deposes the leader, which then can no longer send it
+        // what it lacks, and the group stays leaderless until the holds expire.
+        let campaigned = match self.await_caught_up(&group, leader, to).await {
+            Ok(()) => {
+                let left = TRANSFER_WINDOW.saturating_sub(started.elapsed());
+                let window_ms = left.as_millis() as u64;
+                self.call_node(
+                    to,
+                    &group,
+                    AppCall::Campaign { window_ms },
+                    left + CALL_TIMEOUT,
+                )
+                .await
+            }
+            Err(reason) => Err(reason),
+        };
         self.hold_others(&group, &voters, leader, to, 0).await;
         match campaigned {
             Ok(AppAnswer::Done(Ok(()))) => Ok(()),
@@ -388,7 +460,59 @@ impl Node {
         }
     }
 
+    /// Waits (at most [`TRANSFER_CATCH_UP`]) until `to`'s log reaches the last index of the
+    /// leader's, which stops growing once the leader yields.
+    async fn await_caught_up(
+        &self,
+        group: &Arc<Group>,
+        leader: u64,
+        to: u64,
+    ) -> Result<(), String> {
+        let give_up = Instant::now() + TRANSFER_CATCH_UP;
+        loop {
+            // A node that stopped answering must not hold the group's writes past `give_up`.
+            let call_timeout = give_up
+                .saturating_duration_since(Instant::now())
+                .max(CATCH_UP_POLL);
+            let leader_last = self.last_log_index(group, leader, call_timeout).await;
+            let target_last = self.last_log_index(group, to, call_timeout).await;
+            if let (Some(leader_last), Some(target_last)) = (leader_last, target_last) {
+                if target_last >= leader_last {
+                    return Ok(());
+                }
+            }
+            if Instant::now() >= give_up {
+                return Err(format!(
+                    "node {to} did not catch up with the log of group {}'s leader in time \
+                     ({target_last:?} of {leader_last:?})",
+                    group.id
+                ));
+            }
+            tokio::time::sleep(CATCH_UP_POLL).await;
+        }
+    }
+
+    /// `node`'s last log index in `group`, `None` when it does not answer.
+    async fn last_log_index(
+        &self,
+        group: &Arc<Group>,
+        node: u64,
+        timeout: Duration,
+    ) -> Option<u64> {
+        match self.call_node(node, group, AppCall::Status, timeout).await {
+            Ok(AppAnswer::Status(views)) => views
+                .iter()
+                .find(|view| view.group == group.id)
+                .map(|view| view.last_log_index),
+            _ => None,
+        }
+    }
+
     /// Starts (window > 0) or ends (window = 0) the holds of a transfer on every voter but `to`.
+    /// The other voters' election holds are set together and before the leader yields, each
+    /// call bounded by [`HOLD_CALL_TIMEOUT`]: a voter that does not answer (hung, partitioned)
+    /// delays the transfer by that much but never while the leader's writes are paused.
+    /// Releases go to the leader first, so its writes resume at once.
     async fn hold_others(
         &self,
         group: &Arc<Group>,
@@ -397,15 +521,27 @@ impl Node {
         to: u64,
         window_ms: u64,
     ) {
-        for &voter in voters.iter().filter(|&&v| v != to) {
-            let call = if voter == leader {
-                AppCall::YieldLeadership { window_ms }
-            } else {
-                AppCall::HoldElections { window_ms }
-            };
-            if let Err(e) = self.call_node(voter, group, call, CALL_TIMEOUT).await {
+        let hold = |voter: u64, call: AppCall, timeout: Duration| async move {
+            if let Err(e) = self.call_node(voter, group, call, timeout).await {
                 tracing::warn!(group = group.id, voter, error = %e, "could not set a transfer hold");
             }
+        };
+        let followers = voters
+            .iter()
+            .filter(|&&v| v != to && v != leader)
+            .map(|&v| hold(v, AppCall::HoldElections { window_ms }, HOLD_CALL_TIMEOUT));
+        // The leader answers once its in-flight writes are done: its log is final then.
+        let yield_leader = async {
+            if leader != to && voters.contains(&leader) {
+                hold(leader, AppCall::YieldLeadership { window_ms }, CALL_TIMEOUT).await;
+            }
+        };
+        if window_ms == 0 {
+            yield_leader.await;
+            join_all(followers).await;
+        } else {
+            join_all(followers).await;
+            yield_leader.await;
         }
     }
 }

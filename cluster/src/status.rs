@@ -55,12 +55,27 @@ impl Node {
         }
     }
 
+    /// Tells the transport where `node_id` listens, from any group's replicated membership.
+    /// A node otherwise learns a peer's address only once it sends that peer Raft messages,
+    /// which a learner, or a voter that leads nothing, may never do.
+    pub(crate) fn learn_peer_addr(&self, node_id: u64) {
+        for group in &self.groups {
+            let metrics = group.raft.metrics();
+            let metrics = metrics.borrow();
+            if let Some(node) = metrics.membership_config.membership().get_node(&node_id) {
+                self.transport.set_peer_addr(node_id, &node.peer_addr);
+                return;
+            }
+        }
+    }
+
     /// Known nodes: every member of any group, plus peers this node talks to.
     fn known_nodes(&self) -> BTreeMap<u64, NodeStatus> {
         let mut nodes = BTreeMap::new();
         for group in &self.groups {
             let metrics = group.raft.metrics().borrow().clone();
             for (id, node) in metrics.membership_config.membership().nodes() {
+                self.transport.set_peer_addr(*id, &node.peer_addr);
                 let entry = nodes.entry(*id).or_insert_with(|| NodeStatus {
                     id: *id,
                     client_addr: String::new(),

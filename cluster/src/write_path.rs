@@ -62,15 +62,17 @@ impl Node {
         group: &Arc<Group>,
         command: Command,
     ) -> Result<Reply, Attempt> {
-        if !self.holds[group.id as usize]
-            .wait_writes_allowed(self.propose_timeout())
+        // Counted in flight until decided, so that a yielding leader's log stops growing
+        // before a transfer's target campaigns.
+        let Some(_admitted) = self.holds[group.id as usize]
+            .admit_write(self.propose_timeout())
             .await
-        {
+        else {
             return Err(Attempt::Retry(format!(
                 "group {} is transferring its leadership",
                 group.id
             )));
-        }
+        };
         let proposal = Proposal {
             stamp_ms: wall_clock_ms(),
             command,

@@ -10,6 +10,9 @@
 // Each test binary uses a different subset of the harness.
 #![allow(dead_code)]
 
+// The multi-node cluster harness (tests/cluster_*.rs).
+pub mod cluster;
+
 use std::fs::OpenOptions;
 use std::future::Future;
 use std::net::TcpListener;

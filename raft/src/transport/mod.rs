@@ -57,6 +57,10 @@ pub struct TransportConfig {
     pub frame_bytes_max: usize,
     pub connect_timeout_ms: u64,
     pub handshake_timeout_ms: u64,
+    /// The longest a call waits for a connection to its peer, whatever its own timeout, before
+    /// it fails as `Unreachable` (never sent): a caller forwarding to a dead leader must learn
+    /// that in time to try the new leader, not after its whole (long) timeout.
+    pub connection_wait_ms_max: u64,
     pub reconnect_backoff_min_ms: u64,
     pub reconnect_backoff_max_ms: u64,
     /// Encoded frames queued for one connection's writer.
@@ -75,6 +79,7 @@ impl TransportConfig {
             frame_bytes_max: 16 * 1024 * 1024,
             connect_timeout_ms: 1_000,
             handshake_timeout_ms: 2_000,
+            connection_wait_ms_max: 1_000,
             reconnect_backoff_min_ms: 50,
             reconnect_backoff_max_ms: 2_000,
             outbound_frames_max: 1_024,
@@ -199,6 +204,8 @@ impl Transport {
     }
 
     /// Sends `request` for `group` to `peer` and waits for its response, all within `timeout`.
+    /// Without a connection after `connection_wait_ms_max` (or `timeout` if shorter), the call
+    /// fails as `Unreachable`: nothing was sent.
     pub async fn call(
         &self,
         peer: NodeId,
@@ -207,13 +214,16 @@ impl Transport {
         timeout: Duration,
     ) -> Result<PeerResponse, CallError> {
         let deadline = Instant::now() + timeout;
-        let conn = match tokio::time::timeout_at(deadline, self.connection(peer)).await {
+        let connection_wait = timeout.min(Duration::from_millis(
+            self.inner.config.connection_wait_ms_max,
+        ));
+        let conn = match tokio::time::timeout(connection_wait, self.connection(peer)).await {
             Ok(Ok(conn)) => conn,
             Ok(Err(reason)) => return Err(CallError::Unreachable { peer, reason }),
             Err(_) => {
                 return Err(CallError::Unreachable {
                     peer,
-                    reason: format!("no connection within {} ms", timeout.as_millis()),
+                    reason: format!("no connection within {} ms", connection_wait.as_millis()),
                 })
             }
         };
