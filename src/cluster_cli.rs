@@ -145,7 +145,7 @@ fn print_status(status: &Value) {
     for node in status["nodes"].as_array().into_iter().flatten() {
         println!(
             "{:<6} {:<22} {:<22} {}",
-            node["id"],
+            node["id"].to_string(),
             node["clientAddr"].as_str().unwrap_or(""),
             node["peerAddr"].as_str().unwrap_or(""),
             node["reachable"]
@@ -169,9 +169,10 @@ fn print_status(status: &Value) {
             .collect();
         println!(
             "{:<6} {:<7} {:<6} {:<10} {:<10} {}",
-            group["id"],
-            group["leader"],
-            group["term"],
+            // `Value`'s Display ignores widths: pad its text instead.
+            group["id"].to_string(),
+            group["leader"].to_string(),
+            group["term"].to_string(),
             ids(&group["voters"]),
             ids(&group["learners"]),
             replicas.join(" ")

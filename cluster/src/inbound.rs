@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -103,9 +104,14 @@ pub(crate) async fn serve_local(node: &Node, group: &Arc<Group>, call: AppCall) 
             holds.hold_elections(group, Duration::from_millis(window_ms));
             AppAnswer::Done(Ok(()))
         }
-        AppCall::Campaign { window_ms } => {
-            AppAnswer::Done(campaign(group, node.node_id(), Duration::from_millis(window_ms)).await)
+        AppCall::Campaign { window_ms, pin } => {
+            let window = Duration::from_millis(window_ms);
+            let elected = campaign(group, node.node_id(), window).await;
+            if elected.is_ok() && pin {
+                node.pinned[group.id as usize].store(true, Ordering::Relaxed);
+            }
+            AppAnswer::Done(elected)
         }
-        AppCall::Status => AppAnswer::Status(node.local_views()),
+        AppCall::Status { digests } => AppAnswer::Status(node.local_views(digests)),
     }
 }

@@ -408,8 +408,19 @@ impl Node {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Moves the leadership of `group` to `to`, which must be a voter.
+    /// Moves the leadership of `group` to `to`, which must be a voter, at an operator's request:
+    /// automatic placement then leaves it there while `to` keeps leading.
     pub async fn transfer_leader(&self, group_id: u32, to: u64) -> Result<(), MembershipError> {
+        self.move_leader(group_id, to, true).await
+    }
+
+    /// Moves the leadership of `group` to `to`; `pin` as in [`AppCall::Campaign`].
+    pub(crate) async fn move_leader(
+        &self,
+        group_id: u32,
+        to: u64,
+        pin: bool,
+    ) -> Result<(), MembershipError> {
         let group =
             self.groups.get(group_id as usize).cloned().ok_or_else(|| {
                 MembershipError::NotFound(format!("there is no group {group_id}"))
@@ -440,7 +451,7 @@ impl Node {
                 self.call_node(
                     to,
                     &group,
-                    AppCall::Campaign { window_ms },
+                    AppCall::Campaign { window_ms, pin },
                     left + CALL_TIMEOUT,
                 )
                 .await
@@ -499,7 +510,10 @@ impl Node {
         node: u64,
         timeout: Duration,
     ) -> Option<u64> {
-        match self.call_node(node, group, AppCall::Status, timeout).await {
+        match self
+            .call_node(node, group, AppCall::Status { digests: false }, timeout)
+            .await
+        {
             Ok(AppAnswer::Status(views)) => views
                 .iter()
                 .find(|view| view.group == group.id)

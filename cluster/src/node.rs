@@ -35,6 +35,8 @@ pub struct Node {
     pub(crate) groups: Vec<Arc<Group>>,
     pub(crate) transport: Transport,
     pub(crate) holds: Vec<Holds>,
+    /// Per group: this node leads it because an operator asked; placement leaves it alone.
+    pub(crate) pinned: Vec<std::sync::atomic::AtomicBool>,
     stop: watch::Sender<bool>,
     events: broadcast::Sender<AuctionEvent>,
     tasks: tokio::sync::Mutex<JoinSet<()>>,
@@ -84,6 +86,7 @@ impl Node {
         let (stop, _) = watch::channel(false);
         let node = Arc::new(Node {
             holds: groups.iter().map(|_| Holds::default()).collect(),
+            pinned: groups.iter().map(|_| Default::default()).collect(),
             config,
             store,
             groups,

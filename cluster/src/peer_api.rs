@@ -35,11 +35,17 @@ pub enum AppCall {
         window_ms: u64,
     },
     /// Leadership transfer, on the target: campaign until elected or the window closes.
+    /// `pin`: an operator asked for it, so automatic placement leaves the group where it is
+    /// for as long as this node keeps leading it.
     Campaign {
         window_ms: u64,
+        pin: bool,
     },
-    /// This node's view of every group it hosts.
-    Status,
+    /// This node's view of every group it hosts; state digests (which read the whole state)
+    /// only when asked.
+    Status {
+        digests: bool,
+    },
 }
 
 /// Why a request failed on the node that received it.

@@ -4,8 +4,10 @@
 //! replicated the leader's log. That is also how leaders move back after a node returns.
 //!
 //! One transfer at a time per node, and none in the first seconds after start, so elections
-//! settle first and a flapping node does not cause a storm of transfers.
+//! settle first and a flapping node does not cause a storm of transfers. A group an operator
+//! moved with `transfer-leader` stays where it was put while that node leads it.
 
+use std::sync::atomic::Ordering;
 use std::sync::Weak;
 use std::time::Duration;
 
@@ -37,7 +39,7 @@ pub async fn run_placement(node: Weak<Node>, mut stop: watch::Receiver<bool>) {
                 to = preferred,
                 "moving group leadership to its preferred voter"
             );
-            if let Err(e) = node.transfer_leader(group, preferred).await {
+            if let Err(e) = node.move_leader(group, preferred, false).await {
                 tracing::info!(group, to = preferred, error = %e, "leadership move did not happen");
             }
         }
@@ -54,7 +56,13 @@ fn misplaced_group(node: &Node) -> Option<(u32, u64)> {
         .map(|p| p.node_id)
         .collect();
     node.groups.iter().find_map(|group| {
+        let pinned = &node.pinned[group.id as usize];
         if !is_leader(group, node.node_id()) {
+            // An operator's choice lasts as long as the leadership it gave.
+            pinned.store(false, Ordering::Relaxed);
+            return None;
+        }
+        if pinned.load(Ordering::Relaxed) {
             return None;
         }
         let (voters, _) = members(group);

@@ -13,7 +13,9 @@ use crate::node::{Node, LEADER_WAIT};
 use crate::peer_api::{decode_answer, encode_call, AppAnswer, AppCall, RemoteFailure};
 use crate::raft_ops::{read_index_local, wait_applied, wait_for_leader, wait_for_leader_change};
 
-const READ_ATTEMPTS_MAX: usize = 3;
+/// With the half-second wait for a new leader between attempts, a read rides out an election
+/// of up to about four seconds before it answers 503.
+const READ_ATTEMPTS_MAX: usize = 8;
 /// How long a read waits for the quorum round trip and for this replica to catch up.
 const READ_TIMEOUT: Duration = Duration::from_millis(5_000);
 

@@ -18,8 +18,8 @@ use crate::raft_ops::members;
 const STATUS_CALL_TIMEOUT: Duration = Duration::from_millis(1_500);
 
 impl Node {
-    /// This node's view of every group it hosts.
-    pub(crate) fn local_views(&self) -> Vec<GroupView> {
+    /// This node's view of every group it hosts. Digests read the whole state: only on request.
+    pub(crate) fn local_views(&self, digests: bool) -> Vec<GroupView> {
         self.groups
             .iter()
             .map(|group| {
@@ -34,14 +34,18 @@ impl Node {
                     last_log_index: metrics.last_log_index.unwrap_or(0),
                     committed_index: group.committed_index.load(Ordering::Relaxed),
                     applied_index: metrics.last_applied.map_or(0, |id| id.index),
-                    digest: group.state.digest().unwrap_or(0),
+                    digest: if digests {
+                        group.state.digest().unwrap_or(0)
+                    } else {
+                        0
+                    },
                 }
             })
             .collect()
     }
 
     async fn remote_views(&self, node_id: u64) -> Option<Vec<GroupView>> {
-        let request = encode_call(&AppCall::Status).ok()?;
+        let request = encode_call(&AppCall::Status { digests: true }).ok()?;
         let response = self
             .transport
             .call(node_id, 0, PeerRequest::App(request), STATUS_CALL_TIMEOUT)
@@ -115,7 +119,7 @@ impl Node {
 
     pub async fn cluster_status(&self) -> ClusterStatus {
         let mut nodes = self.known_nodes();
-        let local = self.local_views();
+        let local = self.local_views(true);
         let mut views: BTreeMap<u64, Vec<GroupView>> =
             BTreeMap::from([(self.node_id(), local.clone())]);
         let others: Vec<u64> = nodes

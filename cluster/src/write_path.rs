@@ -18,7 +18,9 @@ use crate::peer_api::{decode_answer, encode_call, AppAnswer, AppCall, RemoteFail
 use crate::raft_ops::{propose_local, wait_for_leader, wait_for_leader_change, Attempt};
 
 /// Leaders tried before a write gives up as unavailable.
-const WRITE_ATTEMPTS_MAX: usize = 4;
+/// With the half-second wait for a new leader between attempts, a write rides out an election
+/// of up to about four seconds before it answers 503.
+const WRITE_ATTEMPTS_MAX: usize = 8;
 /// Extra time a forwarded write may take on the wire beyond the leader's own propose timeout.
 const FORWARD_MARGIN: Duration = Duration::from_millis(500);
 const RETRY_AFTER_S: u32 = 1;
