@@ -40,7 +40,9 @@ const CAMPAIGN_RETRY: Duration = Duration::from_millis(150);
 /// (and releases the group untouched); part of [`TRANSFER_WINDOW`].
 const TRANSFER_CATCH_UP: Duration = Duration::from_millis(1_500);
 const CATCH_UP_POLL: Duration = Duration::from_millis(20);
-const LEADER_ATTEMPTS_MAX: usize = 4;
+/// With the half-second wait for a new leader between attempts, a membership change rides out
+/// leadership moves (placement may be moving groups at the same time) for about six seconds.
+const LEADER_ATTEMPTS_MAX: usize = 12;
 
 /// Time-bounded holds on one group's writes and elections on this node.
 #[derive(Default)]
@@ -306,7 +308,10 @@ impl Node {
                         "unexpected answer {other:?}"
                     )))
                 }
-                Err(reason) => why = reason,
+                Err(reason) => {
+                    why = reason;
+                    wait_for_leader_change(group, leader, Duration::from_millis(500)).await;
+                }
             }
         }
         Err(MembershipError::Unavailable(why))
