@@ -371,7 +371,8 @@ async fn cursors_are_stable_while_auctions_are_created() {
         let auction = server
             .create_auction(&alice, &active_auction_body(&format!("post-{i}")))
             .await;
-        older.push(auction["id"].as_str().unwrap().to_owned());
+        let created_at = auction["createdAt"].as_str().unwrap().to_owned();
+        older.push((created_at, auction["id"].as_str().unwrap().to_owned()));
     }
     let first = server
         .get_query("/auctions", &alice, &[("limit", "2")])
@@ -397,6 +398,9 @@ async fn cursors_are_stable_while_auctions_are_created() {
             None => break,
         }
     }
-    let expected: Vec<String> = older.into_iter().rev().collect();
+    // Newest first is by createdAt (milliseconds), ties broken by id, both descending:
+    // auctions in different Raft groups can be created within the same millisecond.
+    older.sort();
+    let expected: Vec<String> = older.into_iter().rev().map(|(_, id)| id).collect();
     assert_eq!(seen, expected, "the listing continued from its cursor");
 }

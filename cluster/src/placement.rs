@@ -3,13 +3,15 @@
 //! preferred for hands the group to the preferred voter once that voter is connected and has
 //! replicated the leader's log. That is also how leaders move back after a node returns.
 //!
-//! One transfer at a time per node, and none in the first seconds after start, so elections
-//! settle first and a flapping node does not cause a storm of transfers. A group an operator
+//! One transfer at a time per node, none in the first seconds after start, and none for a group
+//! whose leadership is younger than `LEADERSHIP_STABLE`: right after a failover the new leader
+//! serves the waiting writes first, and a flapping node does not cause a storm of transfers. A group an operator
 //! moved with `transfer-leader` stays where it was put while that node leads it.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Weak;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -20,6 +22,11 @@ const PLACEMENT_INTERVAL: Duration = Duration::from_secs(2);
 const PLACEMENT_SETTLE: Duration = Duration::from_secs(4);
 /// How many entries the preferred voter may trail the leader by and still take over.
 const CAUGHT_UP_ENTRIES_MAX: u64 = 16;
+/// How long this node must have led a group (in one term) before placement may move it.
+const LEADERSHIP_STABLE: Duration = Duration::from_secs(10);
+
+/// Per group: the term this node was last seen leading in, and since when.
+type LeadershipAges = BTreeMap<u32, (u64, Instant)>;
 
 pub async fn run_placement(node: Weak<Node>, mut stop: watch::Receiver<bool>) {
     tokio::select! {
@@ -27,13 +34,14 @@ pub async fn run_placement(node: Weak<Node>, mut stop: watch::Receiver<bool>) {
         _ = stop.changed() => return,
     }
     let mut interval = tokio::time::interval(PLACEMENT_INTERVAL);
+    let mut ages = LeadershipAges::new();
     loop {
         tokio::select! {
             _ = interval.tick() => {}
             _ = stop.changed() => return,
         }
         let Some(node) = node.upgrade() else { return };
-        if let Some((group, preferred)) = misplaced_group(&node) {
+        if let Some((group, preferred)) = misplaced_group(&node, &mut ages) {
             tracing::info!(
                 group,
                 to = preferred,
@@ -47,7 +55,7 @@ pub async fn run_placement(node: Weak<Node>, mut stop: watch::Receiver<bool>) {
 }
 
 /// The first group this node leads whose preferred voter is ready to take over.
-fn misplaced_group(node: &Node) -> Option<(u32, u64)> {
+fn misplaced_group(node: &Node, ages: &mut LeadershipAges) -> Option<(u32, u64)> {
     let connected: Vec<u64> = node
         .transport
         .peers()
@@ -60,9 +68,16 @@ fn misplaced_group(node: &Node) -> Option<(u32, u64)> {
         if !is_leader(group, node.node_id()) {
             // An operator's choice lasts as long as the leadership it gave.
             pinned.store(false, Ordering::Relaxed);
+            ages.remove(&group.id);
             return None;
         }
-        if pinned.load(Ordering::Relaxed) {
+        let term = group.raft.metrics().borrow().current_term;
+        let (led_term, since) = *ages.entry(group.id).or_insert((term, Instant::now()));
+        if led_term != term {
+            ages.insert(group.id, (term, Instant::now()));
+            return None;
+        }
+        if pinned.load(Ordering::Relaxed) || since.elapsed() < LEADERSHIP_STABLE {
             return None;
         }
         let (voters, _) = members(group);
