@@ -291,6 +291,14 @@ impl Node {
             let Some(leader) = wait_for_leader(group, LEADER_WAIT).await else {
                 break;
             };
+            // A leader just removed from the voters still leads until it steps down; a change
+            // sent to it then trips openraft 0.9's core ("Only leader is allowed to call
+            // update_effective_membership()"). Wait for its successor instead.
+            if !members(group).0.contains(&leader) {
+                why = format!("group {}'s leader {leader} is leaving the group", group.id);
+                wait_for_leader_change(group, leader, Duration::from_millis(500)).await;
+                continue;
+            }
             match self.call_node(leader, group, call.clone(), timeout).await {
                 Ok(AppAnswer::Done(Ok(()))) => return Ok(()),
                 Ok(AppAnswer::Done(Err(RemoteFailure::NotLeader))) => {
