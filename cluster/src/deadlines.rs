@@ -14,9 +14,9 @@ use gavel_rules::Command;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::clock::wall_clock_ms;
 use crate::node::Node;
 use crate::raft_ops::is_leader;
+use gavel_raft::wall_clock_ms;
 
 /// Most deadline entries proposed concurrently by one group.
 const DEADLINE_PROPOSALS_IN_FLIGHT_MAX: usize = 256;

@@ -22,7 +22,6 @@
 #![allow(clippy::result_large_err)]
 
 mod api;
-mod clock;
 mod deadlines;
 mod inbound;
 mod listing;
@@ -38,7 +37,7 @@ mod status;
 mod write_path;
 
 pub use api::*;
-pub use clock::wall_clock_ms;
+pub use gavel_raft::wall_clock_ms;
 pub use gavel_raft::AuctionEvent;
 pub use node::{Node, GROUPS_MAX};
 pub use routing::group_of;

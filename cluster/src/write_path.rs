@@ -12,10 +12,10 @@ use gavel_raft::{Group, Proposal};
 use gavel_rules::{Command, Reply};
 
 use crate::api::ProposeError;
-use crate::clock::wall_clock_ms;
 use crate::node::{Node, LEADER_WAIT};
 use crate::peer_api::{decode_answer, encode_call, AppAnswer, AppCall, RemoteFailure};
 use crate::raft_ops::{propose_local, wait_for_leader, wait_for_leader_change, Attempt};
+use gavel_raft::wall_clock_ms;
 
 /// Leaders tried before a write gives up as unavailable.
 /// With the half-second wait for a new leader between attempts, a write rides out an election

@@ -14,6 +14,7 @@
 // openraft's error types are large by design and its traits dictate our signatures.
 #![allow(clippy::result_large_err)]
 
+mod clock;
 mod flusher;
 mod group;
 mod log_store;
@@ -22,6 +23,7 @@ mod state_machine;
 pub mod transport;
 mod types;
 
+pub use clock::wall_clock_ms;
 pub use flusher::{Flusher, PENDING_FLUSHES_MAX};
 pub use gavel_rules::Reply;
 pub use group::{Group, GroupError, RaftSettings};

@@ -7,7 +7,7 @@
 
 use std::io::Cursor;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use gavel_rules::{Auction, Change, StampMs};
 use gavel_storage::{decode, encode, SnapshotBlob, StateTree, Store};
@@ -15,6 +15,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use tokio::sync::{broadcast, Notify};
 
+use crate::clock::wall_clock_ms;
 use crate::types::{
     Entry, LogId, RaftStorageError, Response, Snapshot, SnapshotMeta, StoredMembership, TypeConfig,
 };
@@ -107,12 +108,6 @@ impl StateMachine {
             "auction ended at its deadline"
         );
     }
-}
-
-fn wall_clock_ms() -> StampMs {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
