@@ -66,28 +66,59 @@ pub(crate) async fn propose_local(
     proposal: Proposal,
     timeout: Duration,
 ) -> Result<Reply, Attempt> {
-    let outcome = tokio::time::timeout(timeout, group.raft.client_write(proposal)).await;
-    match outcome {
-        Err(_) => Err(Attempt::Final(ProposeError::Unknown(format!(
+    let node_id = group.raft.metrics().borrow().id;
+    if !is_leader(group, node_id) {
+        // Not handed to openraft at all: safe to send to the leader the metrics will name.
+        return Err(Attempt::Retry(format!(
+            "this node no longer leads group {}",
+            group.id
+        )));
+    }
+    submit(group, proposal, timeout).await
+}
+
+/// Hands `proposal` to openraft and waits (bounded) for its reply. Once openraft has the write,
+/// a timeout or the group stopping is "unknown": the entry may be in logs and commit later.
+pub(crate) async fn submit(
+    group: &Group,
+    proposal: Proposal,
+    timeout: Duration,
+) -> Result<Reply, Attempt> {
+    let unknown = |why: String| Attempt::Final(ProposeError::Unknown(why));
+    let answer = match group.raft.client_write_ff(proposal).await {
+        Ok(answer) => answer,
+        // RaftCore had stopped and never received the write: nothing was done.
+        Err(fatal) => {
+            return Err(Attempt::Final(ProposeError::Unavailable {
+                reason: format!("group {} is stopped: {fatal}", group.id),
+                retry_after_s: 1,
+            }))
+        }
+    };
+    match tokio::time::timeout(timeout, answer).await {
+        Err(_) => Err(unknown(format!(
             "no decision from group {} within {} ms",
             group.id,
             timeout.as_millis()
-        )))),
-        Ok(Ok(response)) => response.data.0.ok_or_else(|| {
+        ))),
+        // RaftCore dropped the answer: it stopped (shutdown, or a fatal storage error) with the
+        // write possibly appended and replicated; the next leader may commit it.
+        Ok(Err(_)) => Err(unknown(format!(
+            "group {} stopped before deciding",
+            group.id
+        ))),
+        Ok(Ok(Ok(response))) => response.data.0.ok_or_else(|| {
             Attempt::Final(ProposeError::Internal(
                 "applied entry carried no reply".into(),
             ))
         }),
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(Attempt::Retry(
-            format!("this node no longer leads group {}", group.id),
-        )),
-        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+        Ok(Ok(Err(ClientWriteError::ForwardToLeader(_)))) => Err(Attempt::Retry(format!(
+            "this node no longer leads group {}",
+            group.id
+        ))),
+        Ok(Ok(Err(ClientWriteError::ChangeMembershipError(e)))) => {
             Err(Attempt::Final(ProposeError::Internal(e.to_string())))
         }
-        Ok(Err(RaftError::Fatal(fatal))) => Err(Attempt::Final(ProposeError::Unavailable {
-            reason: format!("group {} is stopped: {fatal}", group.id),
-            retry_after_s: 1,
-        })),
     }
 }
 

@@ -82,7 +82,7 @@ impl Node {
         propose_local(group, proposal, self.propose_timeout()).await
     }
 
-    async fn forward(
+    pub(crate) async fn forward(
         &self,
         leader: u64,
         group: &Group,
