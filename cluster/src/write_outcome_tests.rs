@@ -1,5 +1,7 @@
-//! How a write ends when its leader stops after the write reached openraft: "unknown" (the
-//! entry may be replicated and may still commit), never "nothing was done".
+//! How a write ends when its leader stops or loses leadership after the write reached openraft:
+//! always "unknown" (the entry may be replicated and may still commit), never "nothing was
+//! done" and never silently proposed again; only a write openraft rejected without appending it
+//! is retried.
 //!
 //! Real openraft groups on real sled, over the real peer transport on loopback. `Trio` is three
 //! replicas of one group whose inbound handlers can cut a node off (a partition); the forwarding
@@ -22,7 +24,7 @@ use openraft::ServerState;
 
 use crate::api::{NodeConfig, ProposeError};
 use crate::node::Node;
-use crate::raft_ops::{propose_local, Attempt};
+use crate::raft_ops::{propose_local, submit, Attempt};
 use crate::routing::group_of;
 use crate::wall_clock_ms;
 
@@ -191,7 +193,6 @@ impl Trio {
             .insert(node_id);
     }
 
-    #[allow(dead_code)]
     fn heal(&self) {
         self.cut_off
             .lock()
@@ -242,6 +243,47 @@ async fn a_submitted_write_whose_leader_stops_is_unknown() {
         matches!(outcome, Err(Attempt::Final(ProposeError::Unknown(_)))),
         "a write in the stopped leader's log may still commit, yet it ended as {outcome:?}"
     );
+    trio.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_cut_off_by_a_new_leader_is_unknown_not_retried() {
+    let trio = Trio::start().await;
+    let (old, write) = write_stuck_on_isolated_leader(&trio).await;
+    until("a new leader among the others", || {
+        trio.leaders().iter().any(|&id| id != old)
+    })
+    .await;
+    // The new leader's log conflicts with the old one's at the write's index: once they talk
+    // again, openraft truncates the write on the old leader and answers it ForwardToLeader.
+    trio.heal();
+    let outcome = tokio::time::timeout(WAIT, write)
+        .await
+        .expect("the write ends once the old leader rejoins")
+        .expect("write task");
+    assert!(
+        matches!(outcome, Err(Attempt::Final(ProposeError::Unknown(_)))),
+        "the write was appended (and could have been replicated) before the old leader lost \
+         leadership, so proposing it again could apply it twice; yet it ended as {outcome:?}"
+    );
+    trio.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_openraft_rejects_without_appending_is_retried() {
+    let trio = Trio::start().await;
+    let leader = trio.leader().expect("a leader");
+    let follower = (1..=3).find(|&id| id != leader).expect("a follower");
+    let group = &trio.groups[&follower];
+    let before = last_log_index(group);
+    // Past the metrics check, straight to openraft, as when this node stepped down a moment
+    // before the write reached RaftCore.
+    let outcome = submit(group, follower, proposal("elsewhere"), PROPOSE_TIMEOUT).await;
+    assert!(
+        matches!(outcome, Err(Attempt::Retry(_))),
+        "openraft rejected the write at once, without appending it; it ended as {outcome:?}"
+    );
+    assert_eq!(last_log_index(group), before, "nothing was appended");
     trio.shutdown().await;
 }
 
