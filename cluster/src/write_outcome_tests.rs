@@ -1,7 +1,7 @@
 //! How a write ends when its leader stops or loses leadership after the write reached openraft:
 //! always "unknown" (the entry may be replicated and may still commit), never "nothing was
 //! done" and never silently proposed again; only a write openraft rejected without appending it
-//! is retried.
+//! is retried. Membership changes follow the same rule.
 //!
 //! Real openraft groups on real sled, over the real peer transport on loopback. `Trio` is three
 //! replicas of one group whose inbound handlers can cut a node off (a partition); the forwarding
@@ -20,10 +20,12 @@ use gavel_raft::transport::{
 use gavel_raft::{Flusher, GavelNode, Group, Proposal, RaftSettings};
 use gavel_rules::{Command, CreateAuction, Decimal};
 use gavel_storage::{Store, StoreConfig};
-use openraft::ServerState;
+use openraft::{ChangeMembers, ServerState};
 
 use crate::api::{NodeConfig, ProposeError};
+use crate::membership::change_membership_local;
 use crate::node::Node;
+use crate::peer_api::RemoteFailure;
 use crate::raft_ops::{propose_local, submit, Attempt};
 use crate::routing::group_of;
 use crate::wall_clock_ms;
@@ -284,6 +286,33 @@ async fn a_write_openraft_rejects_without_appending_is_retried() {
         "openraft rejected the write at once, without appending it; it ended as {outcome:?}"
     );
     assert_eq!(last_log_index(group), before, "nothing was appended");
+    trio.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_membership_change_whose_leader_stops_is_unknown() {
+    let trio = Trio::start().await;
+    let leader = trio.leader().expect("a leader");
+    let follower = (1..=3).find(|&id| id != leader).expect("a follower");
+    let group = trio.groups[&leader].clone();
+    trio.cut_off(leader);
+    let before = last_log_index(&group);
+    let change = tokio::spawn({
+        let group = group.clone();
+        let remove = ChangeMembers::RemoveVoters(BTreeSet::from([follower]));
+        async move { change_membership_local(&group, remove).await }
+    });
+    until("the change appended on the leader", || {
+        last_log_index(&group) > before
+    })
+    .await;
+    group.raft.shutdown().await.expect("shuts down");
+    let outcome = change.await.expect("change task");
+    assert!(
+        matches!(outcome, Err(RemoteFailure::Unknown(_))),
+        "the change is in the stopped leader's log and may still commit, yet it ended as \
+         {outcome:?}"
+    );
     trio.shutdown().await;
 }
 
