@@ -34,6 +34,8 @@ mod raft_ops;
 mod read_path;
 mod routing;
 mod status;
+#[cfg(test)]
+mod write_outcome_tests;
 mod write_path;
 
 pub use api::*;

@@ -217,7 +217,15 @@ fn membership_outcome<T>(
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
             Err(RemoteFailure::NotLeader)
         }
-        Ok(Err(e)) => Err(RemoteFailure::Refused(e.to_string())),
+        // openraft refuses a change it cannot make before writing any entry.
+        Ok(Err(RaftError::APIError(e @ ClientWriteError::ChangeMembershipError(_)))) => {
+            Err(RemoteFailure::Refused(e.to_string()))
+        }
+        // The group stopped under the change: its entry may be in logs and commit later.
+        Ok(Err(RaftError::Fatal(fatal))) => Err(RemoteFailure::Unknown(format!(
+            "group {} stopped before the change committed: {fatal}",
+            group.id
+        ))),
     }
 }
 

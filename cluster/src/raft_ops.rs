@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
-use gavel_raft::{Group, Proposal};
+use gavel_raft::{Group, Proposal, Vote};
 use gavel_rules::Reply;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::ServerState;
+use tokio::sync::oneshot;
 
 use crate::api::ProposeError;
 use crate::peer_api::RemoteFailure;
@@ -60,35 +61,122 @@ pub(crate) async fn wait_for_leader_change(group: &Group, old: u64, wait: Durati
     .await;
 }
 
+/// How long reading RaftCore's vote after a rejected write may take before the write counts
+/// as possibly appended.
+const VOTE_READ_TIMEOUT: Duration = Duration::from_millis(1_000);
+
 /// Proposes on this node, which must lead the group.
 pub(crate) async fn propose_local(
     group: &Group,
     proposal: Proposal,
     timeout: Duration,
 ) -> Result<Reply, Attempt> {
-    let outcome = tokio::time::timeout(timeout, group.raft.client_write(proposal)).await;
-    match outcome {
-        Err(_) => Err(Attempt::Final(ProposeError::Unknown(format!(
+    let node_id = group.raft.metrics().borrow().id;
+    if !is_leader(group, node_id) {
+        // Not handed to openraft at all: safe to send to the leader the metrics will name.
+        return Err(Attempt::Retry(format!(
+            "this node no longer leads group {}",
+            group.id
+        )));
+    }
+    submit(group, node_id, proposal, timeout).await
+}
+
+/// Hands `proposal` to openraft and waits (bounded) for its reply. Once openraft has the write,
+/// anything but a reply is "unknown" (the entry may be in logs and commit later), except a
+/// reject openraft gave without appending it, which is retried.
+pub(crate) async fn submit(
+    group: &Group,
+    node_id: u64,
+    proposal: Proposal,
+    timeout: Duration,
+) -> Result<Reply, Attempt> {
+    let unknown = |why: String| Attempt::Final(ProposeError::Unknown(why));
+    let vote_before = core_vote(group);
+    let answer = match group.raft.client_write_ff(proposal).await {
+        Ok(answer) => answer,
+        // RaftCore had stopped and never received the write: nothing was done.
+        Err(fatal) => {
+            return Err(Attempt::Final(ProposeError::Unavailable {
+                reason: format!("group {} is stopped: {fatal}", group.id),
+                retry_after_s: 1,
+            }))
+        }
+    };
+    match tokio::time::timeout(timeout, answer).await {
+        Err(_) => Err(unknown(format!(
             "no decision from group {} within {} ms",
             group.id,
             timeout.as_millis()
-        )))),
-        Ok(Ok(response)) => response.data.0.ok_or_else(|| {
+        ))),
+        // RaftCore dropped the answer: it stopped (shutdown, or a fatal storage error) with the
+        // write possibly appended and replicated; the next leader may commit it.
+        Ok(Err(_)) => Err(unknown(format!(
+            "group {} stopped before deciding",
+            group.id
+        ))),
+        Ok(Ok(Ok(response))) => response.data.0.ok_or_else(|| {
             Attempt::Final(ProposeError::Internal(
                 "applied entry carried no reply".into(),
             ))
         }),
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => Err(Attempt::Retry(
-            format!("this node no longer leads group {}", group.id),
-        )),
-        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+        Ok(Ok(Err(ClientWriteError::ForwardToLeader(_)))) => {
+            if rejected_unappended(group, node_id, vote_before).await {
+                Err(Attempt::Retry(format!(
+                    "this node no longer leads group {}",
+                    group.id
+                )))
+            } else {
+                Err(unknown(format!(
+                    "this node lost the leadership of group {} after appending the write",
+                    group.id
+                )))
+            }
+        }
+        Ok(Ok(Err(ClientWriteError::ChangeMembershipError(e)))) => {
             Err(Attempt::Final(ProposeError::Internal(e.to_string())))
         }
-        Ok(Err(RaftError::Fatal(fatal))) => Err(Attempt::Final(ProposeError::Unavailable {
-            reason: format!("group {} is stopped: {fatal}", group.id),
-            retry_after_s: 1,
-        })),
     }
+}
+
+/// RaftCore's vote, read by a request queued now: queued just before a write, it is the vote
+/// RaftCore held right before that write.
+fn core_vote(group: &Group) -> oneshot::Receiver<Vote> {
+    let (tx, rx) = oneshot::channel();
+    group.raft.external_request(move |state| {
+        // The writer stopped waiting: nobody needs the answer.
+        let _ = tx.send(*state.vote_ref());
+    });
+    rx
+}
+
+/// Whether openraft answered `ForwardToLeader` to a write without ever appending it.
+//
+// openraft 0.9.25 answers a write `ForwardToLeader` in two places: `RaftCore::write_entry`,
+// at once, when the engine has no established leadership (nothing appended: proposing again on
+// the leader is safe, and elections need that retry), and the `DeleteConflictLog` command,
+// when an entry appended under this node's leadership is truncated by a newer leader's log.
+// The truncated entry may still sit on other voters and commit there, so proposing it again
+// could apply it twice (a keyless create then answers 409 for its own auction, a pause applies
+// twice). The error does not say which case it is. The vote does: openraft appends a write only
+// while its vote is this node's own committed vote, votes only grow, and RaftCore handles API
+// messages in order. So the vote read by a request queued before the write and the vote read
+// after the answer bracket the vote the write met; if they are equal and not ours, the write
+// was never appended. Anything else counts as possibly appended.
+async fn rejected_unappended(group: &Group, node_id: u64, before: oneshot::Receiver<Vote>) -> bool {
+    let Ok(before) = before.await else {
+        return false;
+    };
+    let after = tokio::time::timeout(
+        VOTE_READ_TIMEOUT,
+        group.raft.with_raft_state(|state| *state.vote_ref()),
+    )
+    .await;
+    let Ok(Ok(after)) = after else {
+        return false;
+    };
+    let ours = after.is_committed() && after.leader_id().voted_for() == Some(node_id);
+    before == after && !ours
 }
 
 /// On the leader: confirms leadership with a quorum and returns the log index a linearizable

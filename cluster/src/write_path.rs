@@ -82,7 +82,7 @@ impl Node {
         propose_local(group, proposal, self.propose_timeout()).await
     }
 
-    async fn forward(
+    pub(crate) async fn forward(
         &self,
         leader: u64,
         group: &Group,
@@ -99,16 +99,18 @@ impl Node {
             Ok(PeerResponse::App(bytes)) => match decode_answer(&bytes) {
                 Ok(AppAnswer::Proposed(Ok(reply))) => Ok(*reply),
                 Ok(AppAnswer::Proposed(Err(failure))) => Err(failure_attempt(failure)),
-                Ok(other) => Err(Attempt::Final(ProposeError::Internal(format!(
-                    "unexpected answer {other:?}"
+                // The leader had the write and may have decided it: the outcome is unknown.
+                Ok(other) => Err(Attempt::Final(ProposeError::Unknown(format!(
+                    "unexpected answer from node {leader}: {other:?}"
                 )))),
                 Err(e) => Err(Attempt::Final(ProposeError::Unknown(format!(
                     "unreadable answer from node {leader}: {e}"
                 )))),
             },
+            // The peer refused before serving it (starting, stopping, no such group).
             Ok(PeerResponse::Refused(reason)) => Err(Attempt::Retry(reason)),
-            Ok(other) => Err(Attempt::Final(ProposeError::Internal(format!(
-                "unexpected response {other:?}"
+            Ok(other) => Err(Attempt::Final(ProposeError::Unknown(format!(
+                "unexpected response from node {leader}: {other:?}"
             )))),
             // Never sent: safe to try another leader.
             Err(e @ CallError::Unreachable { .. }) => Err(Attempt::Retry(e.to_string())),

@@ -3,7 +3,8 @@
 //! `apply` decodes a batch of committed entries, lets the storage crate decide each command
 //! with the auction rules, and writes all of it, with the applied log id and membership, as one
 //! atomic sled batch. Snapshots are the whole state tree as key/value pairs: built in the state
-//! machine task (so the copy is consistent), installed atomically, kept in `snap/{group}`.
+//! machine task (so the copy is consistent), installed atomically, kept in `snap/{group}`; a
+//! snapshot is stored only if it reaches further than the stored one.
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -230,7 +231,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         );
         self.state.import(&blob).map_err(error)?;
         let stored = encode(&(meta, encode(&blob).map_err(error)?)).map_err(error)?;
-        self.state.save_snapshot(&stored).map_err(error)?;
+        let position = snapshot_position(meta.last_log_id);
+        if !self
+            .state
+            .save_snapshot_if_newer(position, &stored)
+            .map_err(error)?
+        {
+            // openraft installs only snapshots past what this replica committed, and builds
+            // stop at applied, so this does not happen; keeping the stored one is still right.
+            tracing::warn!(group = self.group, snapshot = %meta.snapshot_id, "installed a snapshot older than the stored one; kept the stored one");
+        }
         self.store.flush().await.map_err(error)?;
         self.observer.deadlines_changed.notify_one();
         tracing::info!(group = self.group, snapshot = %meta.snapshot_id, "installed snapshot");
@@ -248,6 +258,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             snapshot: Box::new(Cursor::new(data)),
         }))
     }
+}
+
+/// How far into the log a snapshot reaches, for `save_snapshot_if_newer`. A snapshot holds only
+/// applied (so committed) state, and a group commits one log, so the index alone orders them.
+fn snapshot_position(last_log_id: Option<LogId>) -> u64 {
+    last_log_id.map_or(0, |id| id.index + 1)
 }
 
 /// Replaces (or adds) the meta pair `name` in a snapshot blob.
@@ -284,7 +300,21 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         };
         let data = encode(&blob).map_err(error)?;
         let stored = encode(&(&meta, &data)).map_err(error)?;
-        self.state.save_snapshot(&stored).map_err(error)?;
+        // openraft 0.9 runs this outside the state machine task: an install may have stored a
+        // newer snapshot since the copy was taken. Saving only when newer keeps that one (a
+        // lagging follower would otherwise be sent this stale snapshot, for ever). openraft
+        // ignores the older meta returned here: it already holds the installed one.
+        if !self
+            .state
+            .save_snapshot_if_newer(snapshot_position(applied), &stored)
+            .map_err(error)?
+        {
+            tracing::info!(snapshot = %meta.snapshot_id, "a newer snapshot is stored; dropped this build");
+            return Ok(Snapshot {
+                meta,
+                snapshot: Box::new(Cursor::new(data)),
+            });
+        }
         self.store.flush().await.map_err(error)?;
         Ok(Snapshot {
             meta,

@@ -1,6 +1,7 @@
 //! Snapshots and log compaction through a real openraft group on sled: a group that compacts
 //! its log restarts from snapshot + remaining log to the identical state, and a snapshot built
-//! from real auction state installs into an empty state machine byte for byte.
+//! from real auction state installs into an empty state machine byte for byte, and a build that
+//! finishes after a newer snapshot was installed never replaces it.
 
 #![allow(clippy::result_large_err)] // openraft's errors are large by design.
 
@@ -11,7 +12,7 @@ use std::time::Duration;
 
 use gavel_raft::transport::{Transport, TransportConfig};
 use gavel_raft::{
-    Flusher, GavelNode, Group, GroupObserver, Proposal, RaftSettings, Reply, StateMachine,
+    Flusher, GavelNode, Group, GroupObserver, Proposal, RaftSettings, Reply, Snapshot, StateMachine,
 };
 use gavel_rules::{BidStatus, Command, CreateAuction, Decimal};
 use gavel_storage::{Store, StoreConfig};
@@ -196,4 +197,80 @@ async fn snapshot_installs_byte_identical_state() {
         .unwrap();
     assert_eq!(rebuilt.meta.last_log_id, snapshot.meta.last_log_id);
     group.raft.shutdown().await.unwrap();
+}
+
+/// Triggers a snapshot on `group` and waits until it covers at least `index`.
+async fn snapshot_at_least(group: &Group, index: u64) -> Snapshot {
+    group.raft.trigger().snapshot().await.unwrap();
+    let mut metrics = group.raft.metrics();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while metrics
+            .borrow_and_update()
+            .snapshot
+            .is_none_or(|id| id.index < index)
+        {
+            metrics.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("snapshot built");
+    group
+        .raft
+        .get_snapshot()
+        .await
+        .unwrap()
+        .expect("a snapshot exists")
+}
+
+// openraft 0.9 runs `build_snapshot` in a task of its own, outside the state machine task, so
+// an install can complete while a build (copied earlier) is still running. The late build must
+// not replace the newer installed snapshot: a lagging follower would then be sent the stale one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn older_build_never_replaces_a_newer_installed_snapshot() {
+    let source_dir = tempfile::tempdir().unwrap();
+    let (_source_store, source) = open(source_dir.path()).await;
+    lead_alone(&source).await;
+    write(&source, START_MS + 1, create("a")).await;
+    let applied = source.raft.metrics().borrow().last_applied.unwrap().index;
+    let older = snapshot_at_least(&source, applied).await;
+    for n in 1..=5 {
+        write(&source, START_MS + 10 + n, bid("a", n)).await;
+    }
+    let applied = source.raft.metrics().borrow().last_applied.unwrap().index;
+    let newer = snapshot_at_least(&source, applied).await;
+    assert!(older.meta.last_log_id < newer.meta.last_log_id);
+
+    let target_dir = tempfile::tempdir().unwrap();
+    let target_store = Store::open(target_dir.path(), &StoreConfig::default()).unwrap();
+    let target_state = target_store.state(GROUP).unwrap();
+    let mut target = StateMachine::new(
+        GROUP,
+        target_store.clone(),
+        target_state.clone(),
+        Arc::new(GroupObserver::default()),
+    );
+    target
+        .install_snapshot(&older.meta, older.snapshot)
+        .await
+        .unwrap();
+    // The copy is taken here, at the older point; the build finishes only after the install.
+    let mut late_build = target.get_snapshot_builder().await;
+    let newer_meta = newer.meta.clone();
+    target
+        .install_snapshot(&newer.meta, newer.snapshot)
+        .await
+        .unwrap();
+    let built = late_build.build_snapshot().await.unwrap();
+    assert_eq!(built.meta.last_log_id, older.meta.last_log_id);
+
+    let stored = target
+        .get_current_snapshot()
+        .await
+        .unwrap()
+        .expect("a snapshot is stored");
+    assert_eq!(
+        stored.meta, newer_meta,
+        "the late build of an older state replaced the newer installed snapshot"
+    );
+    source.raft.shutdown().await.unwrap();
 }

@@ -14,6 +14,7 @@ use gavel_rules::{
     next_deadline_ms, Auction, BidDecision, BidStatus, Command, Effects, StampMs, Status,
 };
 use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
 
 use crate::codec::{decode, encode};
 use crate::keys;
@@ -24,6 +25,9 @@ use crate::StorageError;
 pub const LIST_SCAN_ROWS_MAX: usize = 10_000;
 
 const META_STAMP: &str = "stamp";
+/// In `snap/{group}`: the latest snapshot, and how far into the log it reaches (u64, big-endian).
+const SNAPSHOT_CURRENT: &str = "current";
+const SNAPSHOT_POSITION: &str = "position";
 
 #[derive(Clone)]
 pub struct StateTree {
@@ -273,14 +277,49 @@ impl StateTree {
         Ok(hash.0)
     }
 
-    pub fn save_snapshot(&self, bytes: &[u8]) -> Result<(), StorageError> {
-        self.snapshots.insert("current", bytes)?;
-        Ok(())
+    /// Saves `bytes` as the group's snapshot unless the stored one reaches at least as far:
+    /// `position` orders snapshots (how far into the log each reaches, the caller's measure).
+    /// Returns whether it saved.
+    ///
+    /// The check and the save are one sled transaction, so of two saves racing (a slow build
+    /// of an older state and an install of a newer one) the older never lands over the newer.
+    /// A snapshot stored without a position (written before positions were kept) counts as
+    /// older than any save.
+    pub fn save_snapshot_if_newer(
+        &self,
+        position: u64,
+        bytes: &[u8],
+    ) -> Result<bool, StorageError> {
+        let saved = self.snapshots.transaction(|tx| {
+            let stored = match tx.get(SNAPSHOT_POSITION)? {
+                None => None,
+                Some(raw) => {
+                    Some(snapshot_position(&raw).map_err(ConflictableTransactionError::Abort)?)
+                }
+            };
+            if stored.is_some_and(|stored| stored >= position) {
+                return Ok(false);
+            }
+            tx.insert(SNAPSHOT_CURRENT, bytes)?;
+            tx.insert(SNAPSHOT_POSITION, &position.to_be_bytes())?;
+            Ok(true)
+        });
+        saved.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StorageError::Engine(e),
+        })
     }
 
     pub fn load_snapshot(&self) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self.snapshots.get("current")?.map(|b| b.to_vec()))
+        Ok(self.snapshots.get(SNAPSHOT_CURRENT)?.map(|b| b.to_vec()))
     }
+}
+
+fn snapshot_position(raw: &[u8]) -> Result<u64, StorageError> {
+    let bytes: [u8; 8] = raw.try_into().map_err(|_| {
+        StorageError::Corrupt(format!("snapshot position has {} bytes, not 8", raw.len()))
+    })?;
+    Ok(u64::from_be_bytes(bytes))
 }
 
 /// The smallest key greater than every key that starts with `prefix`.

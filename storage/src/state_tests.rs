@@ -1,5 +1,6 @@
 //! Tests of the state machine tree through real sled: batches that read their own writes, the
-//! deadline and listing indexes, decision-log paging, and snapshot export/import.
+//! deadline and listing indexes, decision-log paging, snapshot export/import, and snapshots
+//! stored only over older ones.
 
 use gavel_rules::{Command, CreateAuction, Decimal, Reply, Status};
 
@@ -261,4 +262,16 @@ fn export_import_reproduces_the_state_byte_for_byte() {
         "import replaces, never merges"
     );
     assert_eq!(target.meta("applied").unwrap(), Some(vec![1, 2, 3]));
+}
+
+#[test]
+fn a_snapshot_is_saved_only_over_an_older_one() {
+    let (_dir, state) = store();
+    assert!(state.save_snapshot_if_newer(0, b"empty").unwrap());
+    assert!(state.save_snapshot_if_newer(7, b"seven").unwrap());
+    assert!(!state.save_snapshot_if_newer(3, b"three").unwrap());
+    assert!(!state.save_snapshot_if_newer(7, b"seven again").unwrap());
+    assert_eq!(state.load_snapshot().unwrap(), Some(b"seven".to_vec()));
+    assert!(state.save_snapshot_if_newer(8, b"eight").unwrap());
+    assert_eq!(state.load_snapshot().unwrap(), Some(b"eight".to_vec()));
 }
