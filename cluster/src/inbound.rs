@@ -54,6 +54,10 @@ impl InboundHandler for Inbound {
                 PeerRequest::InstallSnapshot(rpc) => {
                     PeerResponse::InstallSnapshot(target.raft.install_snapshot(rpc).await)
                 }
+                // The transport answers probes itself; this arm only keeps the match whole.
+                PeerRequest::ClockProbe { .. } => PeerResponse::ClockProbe {
+                    now_ms: gavel_raft::wall_clock_ms(),
+                },
                 PeerRequest::App(request) => match decode_call(&request) {
                     Ok(call) => {
                         PeerResponse::App(encode_answer(&serve_local(&node, &target, call).await))
