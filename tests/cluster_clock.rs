@@ -217,10 +217,11 @@ async fn assert_clock_reported(cluster: &Cluster) {
     eprintln!("node {SKEWED} offset {own} s; node 1 sees it at {seen_by_1} s, itself at {own_1} s");
 }
 
-/// `gavel_clock_offset_seconds` of `node`, once it has one.
+/// `gavel_clock_offset_seconds` of `node`, once it has one (NaN until it measured a majority).
 async fn node_offset_s(cluster: &Cluster, node: u64) -> Option<f64> {
     let text = cluster.api(node).get_anonymous("/metrics").await.text();
     metric_samples(&text, "gavel_clock_offset_seconds")
         .first()
         .map(|(_, v)| *v)
+        .filter(|v| v.is_finite())
 }

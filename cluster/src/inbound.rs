@@ -12,7 +12,7 @@ use gavel_raft::Group;
 
 use crate::membership::{add_learner_local, campaign, change_membership_local};
 use crate::node::Node;
-use crate::peer_api::{decode_call, encode_answer, AppAnswer, AppCall};
+use crate::peer_api::{decode_call, encode_answer, AppAnswer, AppCall, RemoteFailure};
 use crate::raft_ops::{read_index_local, wait_applied};
 
 const READ_INDEX_TIMEOUT: Duration = Duration::from_millis(5_000);
@@ -109,6 +109,13 @@ pub(crate) async fn serve_local(node: &Node, group: &Arc<Group>, call: AppCall) 
             AppAnswer::Done(Ok(()))
         }
         AppCall::Campaign { window_ms, pin } => {
+            // A transfer must not hand a group to a node whose clock cannot stamp.
+            if let Some(problem) = node.clock.problem() {
+                return AppAnswer::Done(Err(RemoteFailure::Refused(format!(
+                    "node {} will not lead: {problem}",
+                    node.node_id()
+                ))));
+            }
             let window = Duration::from_millis(window_ms);
             let elected = campaign(group, node.node_id(), window).await;
             if elected.is_ok() && pin {

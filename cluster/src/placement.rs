@@ -82,7 +82,12 @@ fn misplaced_group(node: &Node, ages: &mut LeadershipAges) -> Option<(u32, u64)>
         }
         let (voters, _) = members(group);
         let preferred = *voters.get(group.id as usize % voters.len().max(1))?;
-        if preferred == node.node_id() || !connected.contains(&preferred) {
+        // A voter whose clock this node does not know to agree would refuse to campaign, after
+        // the transfer had already paused the group's writes.
+        if preferred == node.node_id()
+            || !connected.contains(&preferred)
+            || !node.clock.agrees_with(preferred)
+        {
             return None;
         }
         let metrics = group.raft.metrics().borrow().clone();

@@ -673,7 +673,7 @@ impl Cluster {
 
     /// Creates auctions through `via` until every group holds one; returns them by group.
     pub async fn auction_per_group(&self, via: u64, creator: &str) -> Vec<Value> {
-        self.auction_per_group_with(via, creator, |post| active_auction_body(post))
+        self.auction_per_group_with(via, creator, active_auction_body)
             .await
     }
 
