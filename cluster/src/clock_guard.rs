@@ -6,7 +6,8 @@
 //! clock with the majority rule of `clock_offsets`. The verdict is published in a watch: the
 //! write path refuses to stamp without a healthy verdict, the deadline timers do not propose,
 //! `/readyz` reports it, and this loop gates elections (openraft's `enable_elect`, together
-//! with the transfer holds) and hands every group this node leads to another voter.
+//! with the transfer holds) and hands every group this node leads to another voter. Why this
+//! bounds every stamp: ARCHITECTURE.md, *Time*.
 //!
 //! Groups open with elections off (`RaftSettings::elect_at_start`), and a new cluster is
 //! initialized (openraft campaigns at once on `initialize`) only once the clock is healthy, so
@@ -15,14 +16,16 @@
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::future::join_all;
 use gavel_raft::transport::Transport;
 use gavel_raft::Group;
 use tokio::sync::watch;
 
-use crate::clock_offsets::{agrees, assess, ClockHealth, OffsetBook};
+use crate::clock_offsets::{
+    agrees, assess, ClockHealth, ClockNow, OffsetBook, CLOCK_STEP_SLACK_MS,
+};
 use crate::node::Node;
 use crate::raft_ops::{is_leader, members};
 
@@ -33,8 +36,6 @@ const PROBE_INTERVAL_MS: u64 = 1_000;
 const PROBE_INTERVAL_UNHEALTHY_MS: u64 = 200;
 /// How long one probe may take; a slower answer is useless as an estimate anyway.
 const PROBE_TIMEOUT_MS: u64 = 1_000;
-/// Samples older than this do not count: a peer not heard from lately is unmeasured.
-pub(crate) const SAMPLE_TTL_MS: u64 = 5_000;
 /// A verdict older than this is treated as unknown (the guard loop stalled).
 const VERDICT_TTL_MS: u64 = 5_000;
 
@@ -43,7 +44,8 @@ pub struct ClockGuard {
     node_id: u64,
     max_offset_ms: i64,
     book: Mutex<OffsetBook>,
-    verdict: watch::Sender<(ClockHealth, Instant)>,
+    /// The latest verdict and when it was reached (both clocks, to notice a later step).
+    verdict: watch::Sender<(ClockHealth, ClockNow)>,
     /// Whether elections may run as far as the clock is concerned (see `Holds`).
     elect_ok: Arc<AtomicBool>,
 }
@@ -51,7 +53,7 @@ pub struct ClockGuard {
 impl ClockGuard {
     pub fn new(node_id: u64, max_offset_ms: u64) -> ClockGuard {
         let max_offset_ms = i64::try_from(max_offset_ms).unwrap_or(i64::MAX);
-        let unknown = (ClockHealth::unknown(max_offset_ms), Instant::now());
+        let unknown = (ClockHealth::unknown(max_offset_ms), ClockNow::read());
         ClockGuard {
             node_id,
             max_offset_ms,
@@ -66,14 +68,23 @@ impl ClockGuard {
         self.elect_ok.clone()
     }
 
-    /// Why this node's clock may not be trusted for stamps now; `None` when it may.
+    /// Why this node's clock may not be trusted for stamps now; `None` when it may: the latest
+    /// verdict is healthy, recent, and the wall clock has not stepped since it was reached.
     pub fn problem(&self) -> Option<String> {
         let verdict = self.verdict.borrow();
-        let (health, at) = &*verdict;
-        if at.elapsed() > Duration::from_millis(VERDICT_TTL_MS) {
+        let (health, judged) = &*verdict;
+        let now = ClockNow::read();
+        let age = now.at.saturating_duration_since(judged.at);
+        if age > Duration::from_millis(VERDICT_TTL_MS) {
             return Some(format!(
                 "clock offset unknown: last judged {} ms ago",
-                at.elapsed().as_millis()
+                age.as_millis()
+            ));
+        }
+        let step_ms = now.wall_step_ms(judged.at, judged.wall_ms);
+        if step_ms.abs() > CLOCK_STEP_SLACK_MS {
+            return Some(format!(
+                "clock stepped {step_ms:+} ms since its offset was last judged"
             ));
         }
         health.problem()
@@ -87,12 +98,11 @@ impl ClockGuard {
     /// to a voter it knows to agree).
     pub fn agrees_with(&self, peer: u64) -> bool {
         let book = self.book.lock().unwrap_or_else(|e| e.into_inner());
-        let ttl = Duration::from_millis(SAMPLE_TTL_MS);
-        book.estimate(peer, Instant::now(), ttl)
+        book.estimate(peer, ClockNow::read())
             .is_some_and(|s| agrees(&s, self.max_offset_ms))
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<(ClockHealth, Instant)> {
+    pub fn subscribe(&self) -> watch::Receiver<(ClockHealth, ClockNow)> {
         self.verdict.subscribe()
     }
 
@@ -125,9 +135,10 @@ impl ClockGuard {
 
     /// Judges the clock against `voters`, publishes the verdict and the gauges.
     fn judge(&self, voters: &BTreeSet<u64>) -> ClockHealth {
+        let now = ClockNow::read();
         let estimates = {
             let book = self.book.lock().unwrap_or_else(|e| e.into_inner());
-            book.estimates(Instant::now(), Duration::from_millis(SAMPLE_TTL_MS))
+            book.estimates(now)
         };
         let health = assess(self.node_id, voters, &estimates, self.max_offset_ms);
         for (peer, sample) in &estimates {
@@ -145,7 +156,7 @@ impl ClockGuard {
             }
         }
         self.elect_ok.store(health.healthy, Ordering::Release);
-        self.verdict.send_replace((health.clone(), Instant::now()));
+        self.verdict.send_replace((health.clone(), now));
         health
     }
 }

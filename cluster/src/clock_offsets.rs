@@ -7,6 +7,11 @@
 //! clock is healthy when the voters that agree with it (itself included, when it is a voter) are
 //! a majority of the voters. A voter without a fresh estimate does not agree, so a node that
 //! has not yet measured a majority is not healthy.
+//!
+//! A sample only counts while it still describes the clocks: it is fresh (`SAMPLE_TTL_MS`),
+//! this node's wall clock has not stepped since it was taken (its wall and monotonic clocks
+//! advanced alike), and no later sample of the same peer contradicts it (two samples of an
+//! unchanged offset have overlapping intervals; disjoint ones mean one of the clocks stepped).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -15,6 +20,53 @@ use gavel_raft::ClockSample;
 
 /// Samples kept per peer; the oldest goes first.
 pub const SAMPLES_PER_PEER_MAX: usize = 8;
+/// Samples older than this do not count: a peer not heard from lately is unmeasured.
+pub const SAMPLE_TTL_MS: u64 = 5_000;
+/// How far this node's wall clock may drift from its monotonic clock (NTP slewing, reading
+/// jitter) before it counts as a step that voids earlier samples and verdicts.
+pub const CLOCK_STEP_SLACK_MS: i64 = 50;
+
+/// This node's two clocks read together.
+#[derive(Clone, Copy, Debug)]
+pub struct ClockNow {
+    pub at: Instant,
+    pub wall_ms: i64,
+}
+
+impl ClockNow {
+    pub fn read() -> ClockNow {
+        ClockNow {
+            at: Instant::now(),
+            wall_ms: gavel_raft::wall_clock_ms(),
+        }
+    }
+
+    /// How far the wall clock moved, beyond what the monotonic clock did, since it read
+    /// `then_wall_ms` at `then` (positive: stepped forward).
+    pub fn wall_step_ms(&self, then: Instant, then_wall_ms: i64) -> i64 {
+        let elapsed_ms =
+            i64::try_from(self.at.saturating_duration_since(then).as_millis()).unwrap_or(i64::MAX);
+        self.wall_ms
+            .saturating_sub(then_wall_ms)
+            .saturating_sub(elapsed_ms)
+    }
+
+    fn still_describes(&self, sample: &ClockSample) -> bool {
+        let fresh = self.at.saturating_duration_since(sample.taken_at)
+            <= Duration::from_millis(SAMPLE_TTL_MS);
+        let step_ms = self.wall_step_ms(sample.taken_at, sample.local_ms);
+        fresh && step_ms.abs() <= CLOCK_STEP_SLACK_MS
+    }
+}
+
+/// Whether two samples of one peer can describe the same offset (their intervals overlap).
+fn consistent(a: &ClockSample, b: &ClockSample) -> bool {
+    let gap = a.offset_ms.saturating_sub(b.offset_ms).unsigned_abs();
+    gap <= a
+        .uncertainty_ms
+        .unsigned_abs()
+        .saturating_add(b.uncertainty_ms.unsigned_abs())
+}
 
 /// The recent probe samples of every peer this node measures.
 #[derive(Debug, Default)]
@@ -23,8 +75,10 @@ pub struct OffsetBook {
 }
 
 impl OffsetBook {
+    /// Adds a sample; earlier samples it contradicts (a clock stepped since) are dropped.
     pub fn record(&mut self, peer: u64, sample: ClockSample) {
         let samples = self.peers.entry(peer).or_default();
+        samples.retain(|old| consistent(old, &sample));
         if samples.len() == SAMPLES_PER_PEER_MAX {
             samples.pop_front();
         }
@@ -36,22 +90,23 @@ impl OffsetBook {
         self.peers.retain(|peer, _| keep.contains(peer));
     }
 
-    /// The estimate of `peer`'s offset: of its samples no older than `ttl`, the one with the
-    /// least uncertainty (the least delayed exchange, as NTP's clock filter picks), or `None`.
-    pub fn estimate(&self, peer: u64, now: Instant, ttl: Duration) -> Option<ClockSample> {
+    /// The estimate of `peer`'s offset: of its samples that still count (see the module doc),
+    /// the one with the least uncertainty (the least delayed exchange, as NTP's clock filter
+    /// picks), or `None`.
+    pub fn estimate(&self, peer: u64, now: ClockNow) -> Option<ClockSample> {
         self.peers
             .get(&peer)?
             .iter()
-            .filter(|s| now.saturating_duration_since(s.taken_at) <= ttl)
+            .filter(|s| now.still_describes(s))
             .min_by_key(|s| (s.uncertainty_ms, std::cmp::Reverse(s.taken_at)))
             .copied()
     }
 
     /// The estimate of every peer that has one.
-    pub fn estimates(&self, now: Instant, ttl: Duration) -> BTreeMap<u64, ClockSample> {
+    pub fn estimates(&self, now: ClockNow) -> BTreeMap<u64, ClockSample> {
         self.peers
             .keys()
-            .filter_map(|&peer| Some((peer, self.estimate(peer, now, ttl)?)))
+            .filter_map(|&peer| Some((peer, self.estimate(peer, now)?)))
             .collect()
     }
 }
@@ -181,13 +236,31 @@ mod tests {
     use super::*;
 
     const MAX: i64 = 500;
-    const TTL: Duration = Duration::from_secs(5);
+    /// The wall clock (ms) at the base instant of every test.
+    const WALL0: i64 = 1_764_547_200_000;
 
     fn sample(offset_ms: i64, uncertainty_ms: i64, taken_at: Instant) -> ClockSample {
         ClockSample {
             offset_ms,
             uncertainty_ms,
             taken_at,
+            local_ms: WALL0,
+        }
+    }
+
+    /// `ms` after `t0` on both clocks, the wall clock having stepped by `step_ms` on the way.
+    fn at(t0: Instant, ms: u64, step_ms: i64) -> ClockNow {
+        ClockNow {
+            at: t0 + Duration::from_millis(ms),
+            wall_ms: WALL0 + ms as i64 + step_ms,
+        }
+    }
+
+    /// A sample taken `ms` after `t0` (on a steady local clock).
+    fn sample_at(offset_ms: i64, uncertainty_ms: i64, t0: Instant, ms: u64) -> ClockSample {
+        ClockSample {
+            local_ms: WALL0 + ms as i64,
+            ..sample(offset_ms, uncertainty_ms, t0 + Duration::from_millis(ms))
         }
     }
 
@@ -217,17 +290,48 @@ mod tests {
     fn the_estimate_is_the_least_uncertain_fresh_sample() {
         let t0 = Instant::now();
         let mut book = OffsetBook::default();
-        book.record(2, sample(100, 5, t0));
-        book.record(2, sample(900, 300, t0 + Duration::from_secs(1)));
-        book.record(2, sample(120, 10, t0 + Duration::from_secs(2)));
-        let now = t0 + Duration::from_secs(3);
-        assert_eq!(book.estimate(2, now, TTL).map(|s| s.offset_ms), Some(100));
+        book.record(2, sample_at(100, 5, t0, 0));
+        book.record(2, sample_at(300, 300, t0, 1_000));
+        book.record(2, sample_at(110, 10, t0, 2_000));
+        let now = at(t0, 3_000, 0);
+        assert_eq!(book.estimate(2, now).map(|s| s.offset_ms), Some(100));
         // Once the best sample is older than the TTL, the next best counts.
-        let later = t0 + Duration::from_millis(5_500);
-        assert_eq!(book.estimate(2, later, TTL).map(|s| s.offset_ms), Some(120));
+        let later = at(t0, SAMPLE_TTL_MS + 500, 0);
+        assert_eq!(book.estimate(2, later).map(|s| s.offset_ms), Some(110));
         // All stale: no estimate.
-        assert_eq!(book.estimate(2, t0 + Duration::from_secs(60), TTL), None);
-        assert_eq!(book.estimate(3, now, TTL), None);
+        assert_eq!(book.estimate(2, at(t0, 60_000, 0)), None);
+        assert_eq!(book.estimate(3, now), None);
+    }
+
+    #[test]
+    fn a_contradicting_sample_voids_the_earlier_ones() {
+        // The peer's clock steps 5 s forward between the second and third probe.
+        let t0 = Instant::now();
+        let mut book = OffsetBook::default();
+        book.record(2, sample_at(0, 3, t0, 0));
+        book.record(2, sample_at(2, 40, t0, 1_000));
+        book.record(2, sample_at(5_000, 40, t0, 2_000));
+        assert_eq!(book.peers[&2].len(), 1);
+        let now = at(t0, 2_100, 0);
+        assert_eq!(book.estimate(2, now).map(|s| s.offset_ms), Some(5_000));
+        assert!(!assess(1, &set(&[1, 2]), &book.estimates(now), MAX).healthy);
+    }
+
+    #[test]
+    fn a_step_of_the_local_wall_clock_voids_earlier_samples() {
+        let t0 = Instant::now();
+        let mut book = OffsetBook::default();
+        book.record(2, sample_at(10, 3, t0, 0));
+        let steady = at(t0, 1_000, CLOCK_STEP_SLACK_MS);
+        assert_eq!(book.estimate(2, steady).map(|s| s.offset_ms), Some(10));
+        // This node's wall clock jumped 3 s back since the sample: it no longer describes it.
+        let stepped = at(t0, 1_000, -3_000);
+        assert_eq!(stepped.wall_step_ms(t0, WALL0), -3_000);
+        assert_eq!(book.estimate(2, stepped), None);
+        assert_eq!(
+            book.estimate(2, at(t0, 1_000, CLOCK_STEP_SLACK_MS + 1)),
+            None
+        );
     }
 
     #[test]
@@ -235,17 +339,16 @@ mod tests {
         let t0 = Instant::now();
         let mut book = OffsetBook::default();
         for n in 0..100 {
-            book.record(2, sample(n, 100 - n, t0));
-            book.record(3, sample(n, 1, t0));
+            book.record(2, sample_at(n, 1_000 - n, t0, 0));
+            book.record(3, sample_at(n, 100, t0, 0));
         }
         assert_eq!(book.peers[&2].len(), SAMPLES_PER_PEER_MAX);
         // The least uncertain of the kept (newest) samples.
-        assert_eq!(book.estimate(2, t0, TTL).map(|s| s.offset_ms), Some(99));
+        let now = at(t0, 0, 0);
+        assert_eq!(book.estimate(2, now).map(|s| s.offset_ms), Some(99));
         book.retain(&set(&[2]));
-        assert_eq!(
-            book.estimates(t0, TTL).keys().copied().collect::<Vec<_>>(),
-            [2]
-        );
+        let peers: Vec<u64> = book.estimates(now).keys().copied().collect();
+        assert_eq!(peers, [2]);
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub struct ClockSample {
     pub uncertainty_ms: i64,
     /// When the answer arrived, on this node's monotonic clock.
     pub taken_at: Instant,
+    /// This node's wall clock at `taken_at` (the send reading plus the round trip), so a later
+    /// step of the local wall clock can be told from the monotonic clock and the sample dropped.
+    pub local_ms: StampMs,
 }
 
 impl ClockSample {
@@ -48,6 +51,7 @@ impl ClockSample {
             // Rounded up, so the interval always covers the odd millisecond.
             uncertainty_ms: round_trip_ms - round_trip_ms / 2,
             taken_at,
+            local_ms: sent_ms.saturating_add(round_trip_ms),
         }
     }
 }
@@ -84,6 +88,12 @@ mod tests {
                 "{sample:?} misses {true_offset} (peer read at +{reply_after_ms} ms)"
             );
         }
+    }
+
+    #[test]
+    fn the_sample_remembers_the_local_reading_at_receipt() {
+        let sample = ClockSample::from_exchange(1_000, 40, 1_520, Instant::now());
+        assert_eq!(sample.local_ms, 1_040);
     }
 
     #[test]
