@@ -3,7 +3,8 @@
 //! clocks, so a leader that far ahead would end auctions seconds early. The clock guard keeps it
 //! from leading: it leads no group, its `/readyz` is 503 naming the clock, `/metrics` shows the
 //! offset, bids placed before the true end are accepted through every node, and once it is
-//! restarted with a true clock it is ready again and leads its share of groups.
+//! restarted with a true clock it is ready again and leads its share of groups. A leader whose
+//! clock jumps ahead hands its groups over, and leads again once the clock is back.
 //!
 //! Needs libfaketime (`apt-get install faketime`; `.ci/run` installs it).
 
@@ -33,6 +34,9 @@ const CLOCK_SEEN_WITHIN: Duration = Duration::from_secs(10);
 /// How long the restarted node may take to lead a group again through placement.
 const LEADS_AGAIN_WITHIN: Duration = Duration::from_secs(40);
 const BID_WITHIN: Duration = Duration::from_secs(30);
+/// How long a leader whose clock jumped may take to hand all its groups over: a probe round
+/// (at most 2 s) and a transfer (at most 4 s each, all groups at once).
+const HANDED_OVER_WITHIN: Duration = Duration::from_secs(10);
 
 fn skewed_env() -> Vec<(String, String)> {
     [
@@ -130,6 +134,93 @@ async fn a_node_with_a_skewed_clock_never_leads_and_recovers_without_the_skew() 
             "group {group} via {node}: {reply}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_whose_clock_jumps_ahead_hands_its_groups_over() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let offset_file = dir.path().join("faketime");
+    std::fs::write(&offset_file, "+0s\n").expect("write the faketime file");
+    let env = [
+        ("LD_PRELOAD", FAKETIME_LIB.to_owned()),
+        ("FAKETIME_TIMESTAMP_FILE", offset_file.display().to_string()),
+        ("FAKETIME_NO_CACHE", "1".to_owned()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_owned()),
+    ];
+    let mut config = ClusterConfig::default();
+    let env = env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    config.node_env.insert(SKEWED, env);
+    let cluster = Cluster::start(config).await;
+    let ids = cluster.ids();
+    let led = poll_until(
+        &format!("node {SKEWED} leading"),
+        LEADS_AGAIN_WITHIN,
+        || async {
+            let status = cluster.try_status(ids[0]).await?;
+            let led: Vec<u32> = leaders(&status)
+                .into_iter()
+                .filter(|(_, leader)| *leader == Some(SKEWED))
+                .map(|(group, _)| group)
+                .collect();
+            (!led.is_empty()).then_some(led)
+        },
+    )
+    .await;
+
+    // Its clock jumps 5 s ahead while it leads: it hands every group over.
+    std::fs::write(&offset_file, format!("+{SKEW_S}s\n")).expect("write the faketime file");
+    let jumped = Instant::now();
+    poll_until(
+        &format!("node {SKEWED} leading no group"),
+        HANDED_OVER_WITHIN,
+        || async {
+            let status = cluster.try_status(ids[0]).await?;
+            let leaders = leaders(&status);
+            leaders
+                .values()
+                .all(|leader| leader.is_some() && *leader != Some(SKEWED))
+                .then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "node {SKEWED} led groups {led:?}; {:?} after its clock jumped {SKEW_S} s it leads none",
+        jumped.elapsed()
+    );
+    assert_clock_reported(&cluster).await;
+    let auctions = cluster
+        .auction_per_group(ids[0], &token("carol", &["creator"]))
+        .await;
+    for (group, node, reply) in bid_in_every_group(&cluster, &auctions, "jumped").await {
+        assert_eq!(
+            reply["status"], "accepted",
+            "group {group} via {node}: {reply}"
+        );
+    }
+
+    // Its clock comes back: it is ready again and leads again.
+    std::fs::write(&offset_file, "+0s\n").expect("write the faketime file");
+    poll_until(
+        &format!("node {SKEWED} ready"),
+        LEADS_AGAIN_WITHIN,
+        || async {
+            let status = cluster.api(SKEWED).get_anonymous("/readyz").await.status;
+            (status == 200).then_some(())
+        },
+    )
+    .await;
+    poll_until(
+        &format!("node {SKEWED} leading again"),
+        LEADS_AGAIN_WITHIN,
+        || async {
+            let status = cluster.try_status(ids[0]).await?;
+            leaders(&status)
+                .values()
+                .any(|leader| *leader == Some(SKEWED))
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 /// Node 3's HTTP `Date` header runs `SKEW_S` ahead of the test's clock: libfaketime is active.
