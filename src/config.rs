@@ -69,6 +69,11 @@ pub struct ServeArgs {
     /// dropped, in milliseconds.
     #[arg(long, env = "GAVEL_VIEWER_SEND_TIMEOUT_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub viewer_send_timeout_ms: u64,
+    /// The most this node's wall clock may differ from a majority of the voters' clocks, in
+    /// milliseconds. Beyond it the node does not lead (it hands its groups over) and is not
+    /// ready; no bid sent after an auction's end plus about this much is accepted.
+    #[arg(long, env = "GAVEL_MAX_CLOCK_OFFSET_MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub max_clock_offset_ms: u64,
     /// How often WebSocket viewers are pinged, in milliseconds; a viewer silent for three
     /// intervals is dropped.
     #[arg(long, env = "GAVEL_VIEWER_PING_INTERVAL_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
@@ -202,6 +207,7 @@ impl ServeArgs {
             join: self.join,
             propose_timeout_ms: self.propose_timeout_ms,
             snapshot_after_entries: self.snapshot_after_entries,
+            max_clock_offset_ms: self.max_clock_offset_ms,
         }
     }
 }

@@ -45,23 +45,6 @@ fn normalize(path: &str) -> String {
     out
 }
 
-/// The samples of one metric family: (labels, value) for `name`, `name_bucket`, etc.
-fn samples<'t>(text: &'t str, name: &str) -> Vec<(&'t str, f64)> {
-    text.lines()
-        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let metric = series.split('{').next()?;
-            metric.starts_with(name).then(|| {
-                let value: f64 = value
-                    .parse()
-                    .unwrap_or_else(|e| panic!("bad sample value in {line:?}: {e}"));
-                (series, value)
-            })
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn health_metrics_and_openapi() {
     let server = Server::start().await;
@@ -95,10 +78,10 @@ async fn health_metrics_and_openapi() {
             "not a Prometheus sample: {line:?}"
         );
     }
-    let decisions = samples(&text, "gavel_bid_decisions_total");
+    let decisions = metric_samples(&text, "gavel_bid_decisions_total");
     let total: f64 = decisions.iter().map(|(_, v)| v).sum();
     assert!(total >= 2.0, "two bids decided, metrics say {decisions:?}");
-    let latency = samples(&text, "gavel_bid_latency_seconds");
+    let latency = metric_samples(&text, "gavel_bid_latency_seconds");
     assert!(
         !latency.is_empty(),
         "no gavel_bid_latency_seconds samples:\n{text}"
@@ -109,7 +92,7 @@ async fn health_metrics_and_openapi() {
         .map(|(_, v)| v)
         .sum();
     assert!(counted >= 2.0, "bid latency counts {counted}: {latency:?}");
-    let lag = samples(&text, "gavel_raft_apply_lag_entries");
+    let lag = metric_samples(&text, "gavel_raft_apply_lag_entries");
     assert!(
         !lag.is_empty(),
         "no gavel_raft_apply_lag_entries samples:\n{text}"

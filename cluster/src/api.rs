@@ -24,6 +24,9 @@ pub struct NodeConfig {
     pub propose_timeout_ms: u64,
     /// A group builds a snapshot (and may then purge its log) after this many entries.
     pub snapshot_after_entries: u64,
+    /// The most this node's wall clock may differ from a majority of the voters' for it to
+    /// lead and stamp entries, in milliseconds.
+    pub max_clock_offset_ms: u64,
 }
 
 /// How fresh a read must be.

@@ -1,5 +1,5 @@
-//! Deadline timers: while this node leads a group, it proposes a `Deadline` entry for every
-//! auction whose start or end is due.
+//! Deadline timers: while this node leads a group with a clock within bounds, it proposes a
+//! `Deadline` entry for every auction whose start or end is due.
 //!
 //! The timer reads the state machine's deadline index rather than keeping its own list, so a
 //! new leader needs no hand-over: its first pass proposes everything already overdue (the
@@ -28,13 +28,16 @@ const RETRY_BACKOFF_MS: u64 = 100;
 pub async fn run_deadlines(node: Arc<Node>, group_id: u32, mut stop: watch::Receiver<bool>) {
     let group = node.groups[group_id as usize].clone();
     let mut metrics = group.raft.metrics();
+    let mut clock = node.clock.subscribe();
     loop {
         if *stop.borrow() {
             return;
         }
-        if !is_leader(&group, node.node_id()) {
+        // A leader whose clock is out of bounds proposes nothing until it has stepped down.
+        if !is_leader(&group, node.node_id()) || !node.clock.healthy() {
             tokio::select! {
                 changed = metrics.changed() => if changed.is_err() { return },
+                changed = clock.changed() => if changed.is_err() { return },
                 _ = stop.changed() => return,
             }
             continue;

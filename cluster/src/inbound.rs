@@ -12,7 +12,7 @@ use gavel_raft::Group;
 
 use crate::membership::{add_learner_local, campaign, change_membership_local};
 use crate::node::Node;
-use crate::peer_api::{decode_call, encode_answer, AppAnswer, AppCall};
+use crate::peer_api::{decode_call, encode_answer, AppAnswer, AppCall, RemoteFailure};
 use crate::raft_ops::{read_index_local, wait_applied};
 
 const READ_INDEX_TIMEOUT: Duration = Duration::from_millis(5_000);
@@ -54,6 +54,10 @@ impl InboundHandler for Inbound {
                 PeerRequest::InstallSnapshot(rpc) => {
                     PeerResponse::InstallSnapshot(target.raft.install_snapshot(rpc).await)
                 }
+                // The transport answers probes itself; this arm only keeps the match whole.
+                PeerRequest::ClockProbe { .. } => PeerResponse::ClockProbe {
+                    now_ms: gavel_raft::wall_clock_ms(),
+                },
                 PeerRequest::App(request) => match decode_call(&request) {
                     Ok(call) => {
                         PeerResponse::App(encode_answer(&serve_local(&node, &target, call).await))
@@ -105,6 +109,13 @@ pub(crate) async fn serve_local(node: &Node, group: &Arc<Group>, call: AppCall) 
             AppAnswer::Done(Ok(()))
         }
         AppCall::Campaign { window_ms, pin } => {
+            // A transfer must not hand a group to a node whose clock cannot stamp.
+            if let Some(problem) = node.clock.problem() {
+                return AppAnswer::Done(Err(RemoteFailure::Refused(format!(
+                    "node {} will not lead: {problem}",
+                    node.node_id()
+                ))));
+            }
             let window = Duration::from_millis(window_ms);
             let elected = campaign(group, node.node_id(), window).await;
             if elected.is_ok() && pin {

@@ -13,7 +13,9 @@
 //! - `routing`: auction id -> group;
 //! - `deadlines`: the leader's start/end timers;
 //! - `listing`: merging per-group listing pages;
-//! - `observe`: Raft lag gauges.
+//! - `observe`: Raft lag gauges;
+//! - `clock_guard`, `clock_offsets`: probing peers' clocks and keeping a node with a skewed
+//!   clock from leading.
 //!
 //! Architecture invariant: this crate knows openraft (through `gavel-raft`) but nothing of HTTP
 //! or JSON; `src/` turns its results into responses.
@@ -22,6 +24,8 @@
 #![allow(clippy::result_large_err)]
 
 mod api;
+mod clock_guard;
+mod clock_offsets;
 mod deadlines;
 mod inbound;
 mod listing;

@@ -9,6 +9,7 @@
 //! leaves a node unable to campaign.
 
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -45,10 +46,11 @@ const CATCH_UP_POLL: Duration = Duration::from_millis(20);
 const LEADER_ATTEMPTS_MAX: usize = 12;
 
 /// Time-bounded holds on one group's writes and elections on this node.
-#[derive(Default)]
 pub struct Holds {
     writes_until: Arc<Mutex<Option<Instant>>>,
     elections_until: Arc<Mutex<Option<Instant>>>,
+    /// The clock guard's say on elections: they run only while no hold is on and this is set.
+    elect_ok: Arc<AtomicBool>,
     released: Notify,
     /// Writes admitted past the write hold and not finished yet (see [`Holds::admit_write`]).
     admitted: Mutex<usize>,
@@ -81,7 +83,33 @@ fn set_until(slot: &Mutex<Option<Instant>>, value: Option<Instant>) {
     *slot.lock().unwrap_or_else(|e| e.into_inner()) = value;
 }
 
+/// Turns `group`'s elections on exactly when no election hold is on and the clock guard
+/// allows them. Decided and applied under the hold's lock, so a hold set concurrently is never
+/// overridden by a stale decision.
+fn gate(group: &Group, elections_until: &Mutex<Option<Instant>>, elect_ok: &AtomicBool) {
+    let until = elections_until.lock().unwrap_or_else(|e| e.into_inner());
+    let held = until.is_some_and(|end| end > Instant::now());
+    let allowed = !held && elect_ok.load(Ordering::Acquire);
+    group.raft.runtime_config().elect(allowed);
+}
+
 impl Holds {
+    pub fn new(elect_ok: Arc<AtomicBool>) -> Holds {
+        Holds {
+            writes_until: Default::default(),
+            elections_until: Default::default(),
+            elect_ok,
+            released: Notify::new(),
+            admitted: Mutex::new(0),
+            drained: Notify::new(),
+        }
+    }
+
+    /// Re-applies the election gate (the clock guard calls it after each verdict).
+    pub fn gate_elections(&self, group: &Group) {
+        gate(group, &self.elections_until, &self.elect_ok);
+    }
+
     /// Waits (at most `max`) until writes are allowed and admits one, which counts as in flight
     /// until the guard drops. The check and the count happen under the hold's lock, so a write
     /// is either admitted before a yield (and [`Holds::drain_writes`] waits for it) or held.
@@ -159,19 +187,19 @@ impl Holds {
     }
 
     /// On a voter that is not the transfer's target: do not campaign for `window`.
+    /// Elections come back when the window closes only if the clock guard allows them.
     pub fn hold_elections(&self, group: &Arc<Group>, window: Duration) {
         let end = Instant::now() + window;
         set_until(&self.elections_until, (!window.is_zero()).then_some(end));
-        group.raft.runtime_config().elect(window.is_zero());
+        self.gate_elections(group);
         if window.is_zero() {
             return;
         }
         let (group, slot) = (group.clone(), self.elections_until.clone());
+        let elect_ok = self.elect_ok.clone();
         tokio::spawn(async move {
             tokio::time::sleep_until(end).await;
-            if expired(&slot) {
-                group.raft.runtime_config().elect(true);
-            }
+            gate(&group, &slot, &elect_ok);
         });
     }
 }

@@ -1,8 +1,8 @@
-//! `Node`: opens the database, the peer transport and every group, bootstraps a new cluster,
-//! and serves reads at the consistency asked for. Writes (`write_path`), linearizable reads
+//! `Node`: opens the database, the peer transport and every group, bootstraps a new cluster
+//! (once its clock is known to be healthy), and serves reads at the consistency asked for. Writes (`write_path`), linearizable reads
 //! (`read_path`), membership and leadership (`membership`) live in their own files.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinSet;
 
 use crate::api::*;
+use crate::clock_guard::{run_clock_guard, ClockGuard};
 use crate::deadlines::run_deadlines;
 use crate::inbound::Inbound;
 use crate::listing::merge_pages;
@@ -31,6 +32,8 @@ const META_GROUPS: &str = "groups";
 
 pub struct Node {
     pub(crate) config: NodeConfig,
+    /// Whether this node's wall clock may stamp entries (see `clock_guard`).
+    pub(crate) clock: ClockGuard,
     store: Store,
     pub(crate) groups: Vec<Arc<Group>>,
     pub(crate) transport: Transport,
@@ -84,9 +87,14 @@ impl Node {
         let events = broadcast::channel(APPLIED_EVENTS_QUEUE_MAX).0;
         let groups = open_groups(&config, &store, &transport, &events).await?;
         let (stop, _) = watch::channel(false);
+        let clock = ClockGuard::new(config.node_id, config.max_clock_offset_ms);
         let node = Arc::new(Node {
-            holds: groups.iter().map(|_| Holds::default()).collect(),
+            holds: groups
+                .iter()
+                .map(|_| Holds::new(clock.elect_ok()))
+                .collect(),
             pinned: groups.iter().map(|_| Default::default()).collect(),
+            clock,
             config,
             store,
             groups,
@@ -96,10 +104,6 @@ impl Node {
             tasks: tokio::sync::Mutex::new(JoinSet::new()),
         });
         node.transport.set_handler(Arc::new(Inbound::new(&node)));
-        if !node.config.join {
-            node.bootstrap().await?;
-            node.campaign_where_preferred().await;
-        }
         node.spawn_background().await;
         tracing::info!(
             node_id = node.config.node_id,
@@ -178,8 +182,45 @@ impl Node {
             .collect()
     }
 
+    /// Once the clock is healthy (at once for a single node; as soon as a majority answers
+    /// probes otherwise): forms the cluster where it is new and campaigns where preferred.
+    /// openraft campaigns on `initialize` whatever `enable_elect` says, so this waits too: a
+    /// node with a bad clock never initializes, and its peers' initialization reaches it.
+    async fn bootstrap_when_clock_healthy(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        tokio::select! {
+            healthy = self.clock.await_healthy() => if !healthy { return },
+            _ = stop.changed() => return,
+        }
+        if let Err(e) = self.bootstrap().await {
+            tracing::error!(error = %e, "bootstrapping the cluster failed");
+            return;
+        }
+        self.campaign_where_preferred().await;
+    }
+
+    /// The voters this node's clock is judged against: every group's, or before any group
+    /// knows its members, the initial cluster (this node alone without one).
+    pub(crate) fn clock_voters(&self) -> BTreeSet<u64> {
+        let voters: BTreeSet<u64> = self
+            .groups
+            .iter()
+            .flat_map(|group| crate::raft_ops::members(group).0)
+            .collect();
+        if !voters.is_empty() || self.config.join {
+            return voters;
+        }
+        self.initial_members().into_keys().collect()
+    }
+
     async fn spawn_background(self: &Arc<Self>) {
         let mut tasks = self.tasks.lock().await;
+        tasks.spawn(run_clock_guard(Arc::downgrade(self), self.stop.subscribe()));
+        if !self.config.join {
+            tasks.spawn(
+                self.clone()
+                    .bootstrap_when_clock_healthy(self.stop.subscribe()),
+            );
+        }
         for group in &self.groups {
             tasks.spawn(run_deadlines(self.clone(), group.id, self.stop.subscribe()));
         }
@@ -273,8 +314,12 @@ impl Node {
             .map_err(internal)
     }
 
-    /// `Ok` when this node knows a leader for every group and has applied what it committed.
+    /// `Ok` when this node's clock is within bounds, it knows a leader for every group and it
+    /// has applied what it committed.
     pub fn readiness(&self) -> Result<(), String> {
+        if let Some(problem) = self.clock.problem() {
+            return Err(problem);
+        }
         for group in &self.groups {
             let metrics = group.raft.metrics().borrow().clone();
             if metrics.current_leader.is_none() {
@@ -348,6 +393,8 @@ fn raft_settings(snapshot_after_entries: u64) -> RaftSettings {
         snapshot_after_entries,
         log_entries_kept_after_snapshot: kept,
         purge_batch_entries: (snapshot_after_entries / 4).clamp(1, 256),
+        // The clock guard turns elections on once this node's clock is known to be healthy.
+        elect_at_start: false,
         ..RaftSettings::default()
     }
 }

@@ -1,7 +1,9 @@
 //! Leader placement: group leaders spread evenly over the voters. Group `g`'s preferred leader
 //! is the `(g mod n)`-th of its `n` voters in id order; a node that leads a group it is not
-//! preferred for hands the group to the preferred voter once that voter is connected and has
-//! replicated the leader's log. That is also how leaders move back after a node returns.
+//! preferred for hands the group to the preferred voter once that voter is connected, has
+//! replicated the leader's log and has a clock this node measured within bounds (a voter with a
+//! bad clock would refuse to campaign after the transfer paused the group's writes). That is
+//! also how leaders move back after a node returns.
 //!
 //! One transfer at a time per node, none in the first seconds after start, and none for a group
 //! whose leadership is younger than `LEADERSHIP_STABLE`: right after a failover the new leader
@@ -82,7 +84,12 @@ fn misplaced_group(node: &Node, ages: &mut LeadershipAges) -> Option<(u32, u64)>
         }
         let (voters, _) = members(group);
         let preferred = *voters.get(group.id as usize % voters.len().max(1))?;
-        if preferred == node.node_id() || !connected.contains(&preferred) {
+        // A voter whose clock this node does not know to agree would refuse to campaign, after
+        // the transfer had already paused the group's writes.
+        if preferred == node.node_id()
+            || !connected.contains(&preferred)
+            || !node.clock.agrees_with(preferred)
+        {
             return None;
         }
         let metrics = group.raft.metrics().borrow().clone();

@@ -58,12 +58,20 @@ impl Node {
         })
     }
 
-    /// Proposes on this node as the group's leader, stamping the entry with this node's clock.
+    /// Proposes on this node as the group's leader, stamping the entry with this node's clock,
+    /// which must be within bounds (`clock_guard`): a leader with a bad clock answers
+    /// "unavailable" until it has handed its groups over.
     pub(crate) async fn propose_here(
         &self,
         group: &Arc<Group>,
         command: Command,
     ) -> Result<Reply, Attempt> {
+        if let Some(problem) = self.clock.problem() {
+            return Err(Attempt::Final(ProposeError::Unavailable {
+                reason: format!("node {} does not stamp writes: {problem}", self.node_id()),
+                retry_after_s: RETRY_AFTER_S,
+            }));
+        }
         // Counted in flight until decided, so that a yielding leader's log stops growing
         // before a transfer's target campaigns.
         let Some(_admitted) = self.holds[group.id as usize]

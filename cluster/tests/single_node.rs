@@ -21,6 +21,7 @@ fn config(dir: &Path) -> NodeConfig {
         join: false,
         propose_timeout_ms: 5_000,
         snapshot_after_entries: 20_000,
+        max_clock_offset_ms: 500,
     }
 }
 

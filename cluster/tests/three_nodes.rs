@@ -34,6 +34,7 @@ fn config(
         join,
         propose_timeout_ms: 5_000,
         snapshot_after_entries: 20_000,
+        max_clock_offset_ms: 500,
     }
 }
 

@@ -33,6 +33,10 @@ pub struct RaftSettings {
     pub snapshot_chunk_bytes: u64,
     /// How long one snapshot chunk may take to be sent and acknowledged.
     pub install_snapshot_timeout_ms: u64,
+    /// Whether the election timer may start campaigns as soon as the group opens. Gavel's
+    /// nodes open with it off and turn it on once their clock is known to be healthy
+    /// (`runtime_config().elect`).
+    pub elect_at_start: bool,
 }
 
 impl Default for RaftSettings {
@@ -47,6 +51,7 @@ impl Default for RaftSettings {
             purge_batch_entries: 256,
             snapshot_chunk_bytes: 1024 * 1024,
             install_snapshot_timeout_ms: 10_000,
+            elect_at_start: true,
         }
     }
 }
@@ -66,7 +71,7 @@ impl RaftSettings {
             install_snapshot_timeout: self.install_snapshot_timeout_ms,
             enable_tick: true,
             enable_heartbeat: true,
-            enable_elect: true,
+            enable_elect: self.elect_at_start,
             ..Config::default()
         }
         .validate()

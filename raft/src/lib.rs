@@ -6,7 +6,8 @@
 //! - `state_machine`: applies entries with the auction rules; snapshots;
 //! - `flusher`: group commit of appends across all groups;
 //! - `network`: outbound RPCs;
-//! - `group`: opening a group with explicit settings.
+//! - `group`: opening a group with explicit settings;
+//! - `clock`: the wall clock and clock-probe offset samples.
 //!
 //! Architecture invariant: this crate and `cluster/` are the only ones that know openraft; it
 //! knows nothing of HTTP.
@@ -23,7 +24,7 @@ mod state_machine;
 pub mod transport;
 mod types;
 
-pub use clock::wall_clock_ms;
+pub use clock::{wall_clock_ms, ClockSample};
 pub use flusher::{Flusher, PENDING_FLUSHES_MAX};
 pub use gavel_rules::Reply;
 pub use group::{Group, GroupError, RaftSettings};

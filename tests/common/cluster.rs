@@ -60,6 +60,11 @@ pub struct ClusterConfig {
     pub groups: u32,
     /// `--snapshot-after-entries` on every node when set.
     pub snapshot_after_entries: Option<u64>,
+    /// Extra environment of one node's process, on every start (e.g. libfaketime's, to run it
+    /// under a skewed clock); change it between runs with [`Cluster::set_node_env`].
+    pub node_env: BTreeMap<u64, Vec<(String, String)>>,
+    /// Nodes `start` waits for on `/healthz` only, because the test expects them unready.
+    pub unready: BTreeSet<u64>,
 }
 
 impl Default for ClusterConfig {
@@ -68,6 +73,8 @@ impl Default for ClusterConfig {
             nodes: 3,
             groups: CLUSTER_GROUPS,
             snapshot_after_entries: None,
+            node_env: BTreeMap::new(),
+            unready: BTreeSet::new(),
         }
     }
 }
@@ -176,6 +183,7 @@ impl Member {
             .env("GAVEL_AUTH_SECRET", SECRET)
             .env("NO_COLOR", "1")
             .env_remove("GAVEL_TOKEN")
+            .envs(config.node_env.get(&self.id).into_iter().flatten().cloned())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
@@ -273,7 +281,14 @@ impl Cluster {
                 let member = cluster.members.get_mut(id).expect("member");
                 member.spawn(&cluster.config, &cluster.initial_cluster);
             }
-            match cluster.await_ready(&ids, "/readyz").await {
+            let (unready, ready): (Vec<u64>, Vec<u64>) = ids
+                .iter()
+                .partition(|id| cluster.config.unready.contains(id));
+            let started = match cluster.await_ready(&ready, "/readyz").await {
+                Ok(()) => cluster.await_ready(&unready, "/healthz").await,
+                Err(id) => Err(id),
+            };
+            match started {
                 Ok(()) => return cluster,
                 Err(id) => {
                     eprintln!("node {id} exited before the cluster was ready (attempt {attempt}); retrying on new ports");
@@ -434,6 +449,11 @@ impl Cluster {
         member.signal(libc::SIGCONT);
         member.paused = false;
         member.append_to_log("\n=== harness: SIGCONT ===\n");
+    }
+
+    /// Replaces the extra environment `id` runs with from its next start on.
+    pub fn set_node_env(&mut self, id: u64, env: Vec<(String, String)>) {
+        self.config.node_env.insert(id, env);
     }
 
     /// Restarts stopped nodes on their data dirs and ports, all at once (a lone node of a dead
@@ -653,12 +673,23 @@ impl Cluster {
 
     /// Creates auctions through `via` until every group holds one; returns them by group.
     pub async fn auction_per_group(&self, via: u64, creator: &str) -> Vec<Value> {
+        self.auction_per_group_with(via, creator, active_auction_body)
+            .await
+    }
+
+    /// Like [`Cluster::auction_per_group`], each auction created from `body(post id)`.
+    pub async fn auction_per_group_with(
+        &self,
+        via: u64,
+        creator: &str,
+        body: impl Fn(&str) -> Value,
+    ) -> Vec<Value> {
         let mut by_group: BTreeMap<u32, Value> = BTreeMap::new();
         for i in 0..CREATES_PER_GROUP_MAX * self.config.groups as usize {
             if by_group.len() == self.config.groups as usize {
                 break;
             }
-            let body = active_auction_body(&format!("post-{i}"));
+            let body = body(&format!("post-{i}"));
             let auction = self.api(via).create_auction(creator, &body).await;
             let group = self.group_of(auction["id"].as_str().expect("id"));
             by_group.entry(group).or_insert(auction);

@@ -1121,3 +1121,20 @@ pub fn raw_number(text: &str) -> Value {
     assert!(value.is_number(), "{text} is not a JSON number");
     value
 }
+
+/// The samples of one metric family: (labels, value) for `name`, `name_bucket`, etc.
+pub fn metric_samples<'t>(text: &'t str, name: &str) -> Vec<(&'t str, f64)> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let metric = series.split('{').next()?;
+            metric.starts_with(name).then(|| {
+                let value: f64 = value
+                    .parse()
+                    .unwrap_or_else(|e| panic!("bad sample value in {line:?}: {e}"));
+                (series, value)
+            })
+        })
+        .collect()
+}

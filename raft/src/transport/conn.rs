@@ -1,5 +1,6 @@
 //! One established peer connection: a writer task that drains a bounded queue of encoded
-//! frames, and a reader task that completes pending calls and serves inbound requests.
+//! frames, and a reader task that completes pending calls, answers clock probes and hands
+//! every other inbound request to the handler.
 //!
 //! Any read or write error, a malformed or oversized frame, or an unexpected handshake frame
 //! closes the connection: the stream can no longer be trusted to be in sync. Pending calls then
@@ -204,15 +205,23 @@ async fn read_loop(
                 }
             }
             Message::Request(request) => {
+                // Read before anything can wait, so the reading is as close to the probe's
+                // arrival as this node can make it.
+                let clock_ms = matches!(request, PeerRequest::ClockProbe { .. })
+                    .then(crate::clock::wall_clock_ms);
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     return Ok(());
                 };
                 let conn = conn.clone();
                 let handler = handler.clone();
                 tokio::spawn(async move {
-                    let response = match handler.get() {
-                        Some(handler) => handler.handle(conn.peer, envelope.group, request).await,
-                        None => PeerResponse::Refused("node is starting".into()),
+                    // Clock probes are the transport's own: answered even while the node starts.
+                    let response = match (clock_ms, handler.get()) {
+                        (Some(now_ms), _) => PeerResponse::ClockProbe { now_ms },
+                        (None, Some(handler)) => {
+                            handler.handle(conn.peer, envelope.group, request).await
+                        }
+                        (None, None) => PeerResponse::Refused("node is starting".into()),
                     };
                     respond(&conn, envelope.request_id, envelope.group, response).await;
                     drop(permit);

@@ -12,7 +12,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use super::messages::{PeerRequest, PeerResponse};
 
 /// The peer protocol version; both ends must speak the same one.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// 2: clock probes (a version-1 node would drop the connection on one).
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Bytes of the length prefix.
 const LENGTH_PREFIX_BYTES: usize = 4;
@@ -152,6 +153,47 @@ mod tests {
         assert!(read_frame(&mut reader, MAX).await.unwrap().is_none());
     }
 
+    fn probe(request_id: u64, sent_ms: i64) -> Envelope {
+        Envelope {
+            request_id,
+            group: 0,
+            message: Message::Request(PeerRequest::ClockProbe { sent_ms }),
+        }
+    }
+
+    fn probe_answer(request_id: u64, now_ms: i64) -> Envelope {
+        Envelope {
+            request_id,
+            group: 0,
+            message: Message::Response(PeerResponse::ClockProbe { now_ms }),
+        }
+    }
+
+    #[test]
+    fn clock_probes_round_trip() {
+        for sent_ms in [0, 1_764_547_200_000, -1, i64::MIN, i64::MAX] {
+            let frame = encode_frame(&probe(9, sent_ms), MAX).unwrap();
+            let decoded = decode_payload(&frame[4..], MAX).unwrap();
+            assert_eq!(decoded.request_id, 9);
+            assert!(matches!(
+                decoded.message,
+                Message::Request(PeerRequest::ClockProbe { sent_ms: s }) if s == sent_ms
+            ));
+            let frame = encode_frame(&probe_answer(9, sent_ms), MAX).unwrap();
+            let decoded = decode_payload(&frame[4..], MAX).unwrap();
+            assert!(matches!(
+                decoded.message,
+                Message::Response(PeerResponse::ClockProbe { now_ms }) if now_ms == sent_ms
+            ));
+        }
+        // A probe with a byte missing or one too many is refused, not misread.
+        let frame = encode_frame(&probe(1, 42), MAX).unwrap();
+        assert!(decode_payload(&frame[4..frame.len() - 1], MAX).is_err());
+        let mut longer = frame[4..].to_vec();
+        longer.push(0);
+        assert!(decode_payload(&longer, MAX).is_err());
+    }
+
     #[tokio::test]
     async fn refuses_oversized_and_foreign_frames() {
         let mut oversized = ((MAX + 1) as u32).to_be_bytes().to_vec();
@@ -195,6 +237,33 @@ mod tests {
                 frame[4 + at % (len - 4)] = byte;
             }
             let _ = decode_payload(&frame[4..], MAX);
+        }
+
+        #[test]
+        fn decoder_survives_mutated_clock_probes(
+            sent_ms in any::<i64>(),
+            answer in any::<bool>(),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+        ) {
+            let envelope = if answer { probe_answer(7, sent_ms) } else { probe(7, sent_ms) };
+            let mut frame = encode_frame(&envelope, MAX).unwrap();
+            for (at, byte) in flips {
+                let len = frame.len();
+                frame[4 + at % (len - 4)] = byte;
+            }
+            let _ = decode_payload(&frame[4..], MAX);
+        }
+
+        #[test]
+        fn clock_probes_round_trip_any_reading(sent_ms in any::<i64>(), id in any::<u64>()) {
+            let frame = encode_frame(&probe(id, sent_ms), MAX).unwrap();
+            let decoded = decode_payload(&frame[4..], MAX).unwrap();
+            prop_assert_eq!(decoded.request_id, id);
+            let same = matches!(
+                decoded.message,
+                Message::Request(PeerRequest::ClockProbe { sent_ms: s }) if s == sent_ms
+            );
+            prop_assert!(same);
         }
 
         #[test]

@@ -1,5 +1,6 @@
-//! What travels between nodes: Raft's three RPCs, and application requests whose bodies the
-//! cluster layer encodes itself (forwarded writes, read indexes, membership changes).
+//! What travels between nodes: Raft's three RPCs, clock probes (answered by the transport
+//! itself), and application requests whose bodies the cluster layer encodes itself (forwarded
+//! writes, read indexes, membership changes).
 
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
@@ -23,6 +24,11 @@ pub enum PeerRequest {
     Vote(VoteRequest<NodeId>),
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     App(AppRequest),
+    /// "What does your wall clock say?", with the sender's reading (for the receiver's logs and
+    /// so a probe is never empty). Answered with [`PeerResponse::ClockProbe`].
+    ClockProbe {
+        sent_ms: i64,
+    },
 }
 
 impl PeerRequest {
@@ -32,6 +38,7 @@ impl PeerRequest {
             PeerRequest::Vote(_) => "vote",
             PeerRequest::InstallSnapshot(_) => "install_snapshot",
             PeerRequest::App(_) => "app",
+            PeerRequest::ClockProbe { .. } => "clock_probe",
         }
     }
 }
@@ -46,4 +53,8 @@ pub enum PeerResponse {
     App(Vec<u8>),
     /// The receiver could not handle the request at all (unknown group, shutting down...).
     Refused(String),
+    /// The responder's wall clock, read when the probe arrived.
+    ClockProbe {
+        now_ms: i64,
+    },
 }

@@ -2,7 +2,7 @@
 //! group, carrying pipelined request/response frames tagged with a request id and a group id.
 //!
 //! - `frame`: the wire format and its defensive decoder;
-//! - `messages`: Raft RPCs and opaque application requests;
+//! - `messages`: Raft RPCs, clock probes and opaque application requests;
 //! - `conn`: one established connection (its reader and writer tasks);
 //! - here: links to peers, dialing with backoff, accepting, and `call`.
 //!
@@ -11,8 +11,12 @@
 //! on one connection. A request waits (within its timeout) for a connection; a dropped
 //! connection fails its pending requests at once and is redialed with exponential backoff.
 //!
+//! Clock probes are the transport's own: the reader answers them with this node's wall clock
+//! (`probe_clock` turns the exchange into an offset estimate); what to make of offsets is the
+//! cluster layer's business.
+//!
 //! Architecture invariant: the transport knows Raft's message types but not what application
-//! requests mean; the cluster layer's `InboundHandler` answers every inbound request.
+//! requests mean; the cluster layer's `InboundHandler` answers every other inbound request.
 
 mod conn;
 pub mod frame;
@@ -35,7 +39,20 @@ pub use frame::PROTOCOL_VERSION;
 use frame::{read_frame, FrameError, Hello, Message};
 pub use messages::{AppRequest, PeerRequest, PeerResponse};
 
+use crate::clock::{wall_clock_ms, ClockSample};
 use crate::types::NodeId;
+
+/// What kind of response `response` is, for errors (its body may be large).
+fn response_name(response: &PeerResponse) -> &'static str {
+    match response {
+        PeerResponse::AppendEntries(_) => "append_entries",
+        PeerResponse::Vote(_) => "vote",
+        PeerResponse::InstallSnapshot(_) => "install_snapshot",
+        PeerResponse::App(_) => "app",
+        PeerResponse::Refused(_) => "refused",
+        PeerResponse::ClockProbe { .. } => "clock_probe",
+    }
+}
 
 /// Answers requests that arrive from peers.
 pub trait InboundHandler: Send + Sync + 'static {
@@ -98,6 +115,8 @@ pub enum CallError {
     Disconnected { peer: NodeId },
     #[error("cannot send to node {peer}: {reason}")]
     Encode { peer: NodeId, reason: String },
+    #[error("node {peer} answered out of protocol: {reason}")]
+    Unexpected { peer: NodeId, reason: String },
 }
 
 /// What this node knows about one peer, for `/cluster`.
@@ -228,6 +247,46 @@ impl Transport {
             }
         };
         conn.call(group, request, deadline, timeout).await
+    }
+
+    /// Asks `peer` for its wall clock and estimates its offset from this node's (see
+    /// [`ClockSample::from_exchange`]). The round trip is timed from the moment a connection
+    /// exists, so waiting for one does not inflate the uncertainty.
+    pub async fn probe_clock(
+        &self,
+        peer: NodeId,
+        timeout: Duration,
+    ) -> Result<ClockSample, CallError> {
+        let deadline = Instant::now() + timeout;
+        let conn = match tokio::time::timeout(timeout, self.connection(peer)).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(reason)) => return Err(CallError::Unreachable { peer, reason }),
+            Err(_) => {
+                return Err(CallError::Unreachable {
+                    peer,
+                    reason: format!("no connection within {} ms", timeout.as_millis()),
+                })
+            }
+        };
+        let sent = Instant::now();
+        let sent_ms = wall_clock_ms();
+        let request = PeerRequest::ClockProbe { sent_ms };
+        let response = conn.call(0, request, deadline, timeout).await?;
+        let taken_at = Instant::now();
+        let round_trip_ms =
+            i64::try_from(taken_at.duration_since(sent).as_millis()).unwrap_or(i64::MAX);
+        match response {
+            PeerResponse::ClockProbe { now_ms } => Ok(ClockSample::from_exchange(
+                sent_ms,
+                round_trip_ms,
+                now_ms,
+                taken_at.into_std(),
+            )),
+            other => Err(CallError::Unexpected {
+                peer,
+                reason: format!("a clock probe answered with {}", response_name(&other)),
+            }),
+        }
     }
 
     pub fn shutdown(&self) {
