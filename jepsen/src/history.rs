@@ -21,7 +21,8 @@ pub type WallMs = i64;
 /// A node's id in the cluster (1-based).
 pub type NodeId = u64;
 
-/// One line of a history file.
+/// One line of a history file. Lines are few and short-lived: their sizes need not match.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "record", rename_all = "snake_case")]
 pub enum Record {

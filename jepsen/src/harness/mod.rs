@@ -15,7 +15,7 @@ pub mod report;
 pub mod scenario;
 pub mod workload;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -78,7 +78,7 @@ impl RunReport {
     }
 }
 
-fn mint(bin: &PathBuf, secret: &PathBuf, sub: &str, roles: &[&str]) -> anyhow::Result<String> {
+fn mint(bin: &Path, secret: &Path, sub: &str, roles: &[&str]) -> anyhow::Result<String> {
     let mut args = vec!["token", "--auth-secret-file"];
     let secret = secret.display().to_string();
     args.push(&secret);
@@ -97,7 +97,7 @@ fn mint(bin: &PathBuf, secret: &PathBuf, sub: &str, roles: &[&str]) -> anyhow::R
         .context("gavel token printed nothing")
 }
 
-fn mint_tokens(bin: &PathBuf, secret: &PathBuf, bidders: usize) -> anyhow::Result<Tokens> {
+fn mint_tokens(bin: &Path, secret: &Path, bidders: usize) -> anyhow::Result<Tokens> {
     let mut minted = Vec::new();
     for index in 0..bidders {
         let sub = format!("bidder-{index}");
@@ -205,7 +205,7 @@ async fn run_inner(
     };
     let api = match Api::new() {
         Ok(api) => api,
-        Err(e) => return (Err(e.into()), net),
+        Err(e) => return (Err(e), net),
     };
     let recorder = Recorder::new();
     let mut nemesis = Nemesis::new(
