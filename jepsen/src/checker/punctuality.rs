@@ -6,6 +6,11 @@
 //! - A bid answered `accepted` (not a replay) was stamped after its invoke minus the offset
 //!   and before the end in force, which is at most the answer's endAt and the final endAt (endAt
 //!   only moves later). So an invoke later than that bound plus the offset is a late bid.
+//! - A bid answered `rejected` as `ended` (not a replay) was stamped at or after the end in
+//!   force, which is the answer's endAt (a rejection changes nothing), and before its completion
+//!   plus the offset. So a completion earlier than that endAt minus the offset means the auction
+//!   ended early: a leader's clock ran ahead of the bound. Auctions an `end` action closed
+//!   (final endedAt before endAt) are left out.
 //! - In the final state, no auction whose endAt (plus offset plus SLA, counted from the last
 //!   heal if that was later) has passed may still be scheduled or active.
 //! - A linearizable read invoked past that same deadline that still shows the auction scheduled
@@ -28,6 +33,8 @@ pub fn check(history: &History) -> Verdict {
     let mut findings = Findings::default();
     let faults = FaultTimeline::new(history);
     late_bids(history, &mut findings);
+    early_ends(history, &mut findings);
+    viewer_lateness(history, &mut findings);
     final_state(history, &faults, &mut findings);
     open_after_end(history, &faults, &mut findings);
     if let Some(note) = unreadable_note(&history.final_state) {
@@ -65,6 +72,82 @@ fn late_bids(history: &History, findings: &mut Findings) {
                 invoked - end_ms
             ));
         }
+    }
+}
+
+/// Bids rejected as `ended` before the auction's end (minus the clock offset bound).
+fn early_ends(history: &History, findings: &mut Findings) {
+    let offset_ms = history.meta.max_clock_offset_ms;
+    let replicas = readable_replicas(&history.final_state);
+    for op in history.operations() {
+        let (Call::Bid { auction_id, .. }, Some(OpResult::Bid(view)), Some(done)) =
+            (&op.invoke.call, op.result(), op.completion)
+        else {
+            continue;
+        };
+        if view.status != BidStatus::Rejected
+            || view.reason.as_deref() != Some("ended")
+            || view.replayed
+        {
+            continue;
+        }
+        let ended_by_action = replicas.iter().any(|(_, r)| {
+            r.auctions
+                .get(auction_id)
+                .is_some_and(|a| a.ended_at_ms.is_some_and(|e| e < a.end_at_ms))
+        });
+        if ended_by_action {
+            continue;
+        }
+        let completed = done.wall_ms;
+        if completed.saturating_add(offset_ms) < view.end_at_ms {
+            findings.problem(format!(
+                "auction {auction_id}: early end: {} was rejected as ended by {completed}, {} ms \
+                 before the end {} (clock offset bound {offset_ms} ms)",
+                describe(&op),
+                view.end_at_ms - completed,
+                view.end_at_ms
+            ));
+        }
+    }
+}
+
+/// Notes how long after endAt the first viewer heard `ended`, for auctions that ended by their
+/// deadline: the end-event lateness as clients see it (the final state's endedAt is the
+/// deadline itself, so it cannot show lateness).
+fn viewer_lateness(history: &History, findings: &mut Findings) {
+    let replicas = readable_replicas(&history.final_state);
+    let mut first_ended: std::collections::BTreeMap<&str, WallMs> = Default::default();
+    for event in &history.streams {
+        if let crate::history::StreamWhat::Frame(frame) = &event.what {
+            if frame.kind == crate::history::FrameKind::Ended {
+                let at = first_ended
+                    .entry(&event.auction_id)
+                    .or_insert(event.wall_ms);
+                *at = (*at).min(event.wall_ms);
+            }
+        }
+    }
+    let mut worst: Option<(i64, &str)> = None;
+    for (auction_id, heard) in first_ended {
+        let Some(auction) = replicas
+            .iter()
+            .find_map(|(_, r)| r.auctions.get(auction_id))
+        else {
+            continue;
+        };
+        if auction.ended_at_ms != Some(auction.end_at_ms) {
+            continue;
+        }
+        let late = heard - auction.end_at_ms;
+        if worst.is_none_or(|(w, _)| late > w) {
+            worst = Some((late, auction_id));
+        }
+    }
+    if let Some((late, auction_id)) = worst {
+        findings.note(format!(
+            "worst end-event lateness heard by a viewer: {late} ms after endAt (auction {auction_id})"
+        ));
     }
 }
 
@@ -254,6 +337,38 @@ mod tests {
     #[test]
     fn late_bid_is_flagged() {
         assert_eq!(accepted_at(61_000), Validity::Invalid);
+    }
+
+    /// A bid rejected as ended on an auction ending 60 s in, answered at `done_ms`.
+    fn rejected_as_ended_at(done_ms: u64) -> Validity {
+        let mut b = Builder::new();
+        let mut ended = auction("a1");
+        ended.status = AuctionStatus::Ended;
+        ended.version += 1;
+        ended.ended_at_ms = Some(ended.end_at_ms);
+        let view = bid_view("b1", "10", Some("ended"), &ended);
+        b.op(
+            1,
+            bid_call("a1", "alice", "k1", "10"),
+            done_ms - 5,
+            Done::Ok(done_ms, OpResult::Bid(view)),
+        );
+        b.replicas(&[1, 2, 3], &[ended], &[]);
+        let verdict = check(&b.build());
+        println!("{verdict:#?}");
+        verdict.validity
+    }
+
+    #[test]
+    fn bid_rejected_as_ended_after_the_end_passes() {
+        // Answered 50 ms before the end: within the 100 ms clock offset bound.
+        assert_eq!(rejected_as_ended_at(59_950), Validity::Valid);
+    }
+
+    #[test]
+    fn early_end_is_flagged() {
+        // A leader 3 s ahead rejects a bid as ended 3 s before the true end.
+        assert_eq!(rejected_as_ended_at(57_000), Validity::Invalid);
     }
 
     #[test]

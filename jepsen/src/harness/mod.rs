@@ -40,6 +40,8 @@ pub const END_SLA_MS: i64 = 5_000;
 const LEADERS_WAIT: Duration = Duration::from_secs(30);
 /// How long the replicas may take to apply the same log after the final heal.
 const CONVERGE_WAIT: Duration = Duration::from_secs(45);
+/// Final reads taken before the replicas' applied indexes are accepted as they are.
+const FINAL_READS_MAX: u32 = 5;
 /// The longest the run waits for the last auction's deadline after the clients stop.
 const DEADLINE_WAIT_MAX: Duration = Duration::from_secs(45);
 
@@ -280,8 +282,7 @@ async fn drive(
     workload.stop(grace + Duration::from_secs(2)).await;
     tokio::time::sleep(grace.saturating_sub(Duration::from_secs(2))).await;
     let members = nemesis.members().to_vec();
-    let converged = await_converged(&api, &tokens.admin, &members).await;
-    let final_state = read_final(&api, &tokens, &members).await;
+    let (final_state, converged) = settle_and_read(&api, &tokens, &members).await;
     let (ops, nemesis_events, streams) = recorder.take();
     let history = History {
         meta: Meta {
@@ -386,6 +387,31 @@ fn applied_spread(status: &serde_json::Value, members: &[NodeId]) -> Option<Stri
         }
     }
     None
+}
+
+/// Reads every replica once the replicas applied the same log. Entries may still arrive while
+/// the replicas are read one after the other (a leader placement's blank entry, a deadline), so
+/// a read whose replicas disagree on an applied index is taken again, a bounded number of times.
+async fn settle_and_read(
+    api: &Api,
+    tokens: &Tokens,
+    members: &[NodeId],
+) -> (FinalState, anyhow::Result<()>) {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let converged = await_converged(api, &tokens.admin, members).await;
+        let state = read_final(api, tokens, members).await;
+        let indexes: std::collections::BTreeSet<Vec<u64>> = state
+            .nodes
+            .values()
+            .map(|r| r.digests.values().map(|(applied, _)| *applied).collect())
+            .collect();
+        if indexes.len() <= 1 || attempt >= FINAL_READS_MAX {
+            return (state, converged);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 async fn read_final(api: &Api, tokens: &Tokens, members: &[NodeId]) -> FinalState {
