@@ -118,6 +118,16 @@ impl Shared {
         let _ = tokio::time::timeout(wait, stop.wait_for(|s| *s)).await;
     }
 
+    /// A random open auction, or `None` after a short wait when there is none yet.
+    async fn next_target(&self, rng: &mut StdRng) -> Option<Hot> {
+        let hot = self.hot_list();
+        if hot.is_empty() {
+            self.pause_between(rng, (50, 100)).await;
+            return None;
+        }
+        Some(hot[rng.gen_range(0..hot.len())].clone())
+    }
+
     fn pick_node(&self, rng: &mut StdRng, not: Option<NodeId>) -> NodeId {
         let choices: Vec<NodeId> = self
             .nodes
@@ -315,12 +325,9 @@ async fn bidder(shared: Shared, index: usize, seed: u64) {
         if shared.stopped() {
             return;
         }
-        let hot = shared.hot_list();
-        if hot.is_empty() {
-            shared.pause_between(&mut rng, (50, 100)).await;
+        let Some(target) = shared.next_target(&mut rng).await else {
             continue;
-        }
-        let target = &hot[rng.gen_range(0..hot.len())];
+        };
         // Mostly a valid raise, sometimes one below the minimum (a rejection to decide).
         let steps = if rng.gen_bool(0.1) {
             0
@@ -414,12 +421,9 @@ async fn reader(shared: Shared, index: usize, seed: u64) {
         if shared.stopped() {
             return;
         }
-        let hot = shared.hot_list();
-        if hot.is_empty() {
-            shared.pause_between(&mut rng, (50, 100)).await;
+        let Some(Hot { id: target, .. }) = shared.next_target(&mut rng).await else {
             continue;
-        }
-        let target = hot[rng.gen_range(0..hot.len())].id.clone();
+        };
         let local = rng.gen_bool(0.3);
         let node = shared.pick_node(&mut rng, None);
         let call = Call::Read {
