@@ -27,6 +27,9 @@ use crate::routing::group_of;
 /// The most groups a node may host.
 pub const GROUPS_MAX: u32 = 1024;
 
+/// How long shutdown waits for stopped tasks to let go of the database.
+const STORAGE_RELEASE_WAIT: Duration = Duration::from_secs(5);
+
 const META_NODE_ID: &str = "node_id";
 const META_GROUPS: &str = "groups";
 
@@ -353,7 +356,29 @@ impl Node {
         if let Err(e) = self.store.flush().await {
             tracing::error!(error = %e, "final flush failed");
         }
+        self.await_storage_released().await;
         tracing::info!(node_id = self.config.node_id, "node stopped");
+    }
+}
+
+impl Node {
+    /// Waits (bounded) until only this node's own handles keep the database open: openraft's
+    /// state machine worker, the log flusher and a snapshot build drop theirs when their tasks
+    /// end, shortly after the groups stopped. The data dir can then be opened again at once.
+    async fn await_storage_released(&self) {
+        // The node's store and each group's read side stay until the node itself is dropped.
+        let own_handles = self.groups.len();
+        let deadline = tokio::time::Instant::now() + STORAGE_RELEASE_WAIT;
+        while self.store.handles_elsewhere() > own_handles {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    handles = self.store.handles_elsewhere() - own_handles,
+                    "storage still held by stopped tasks"
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }
 

@@ -64,7 +64,13 @@ pub struct Store {
     db: sled::Db,
     /// Flushes run one at a time, see `flush`.
     flushing: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Shared by every handle that keeps the database open (stores and trees), so a node can
+    /// wait for the last one before its data dir is opened again.
+    handles: HandleToken,
 }
+
+/// Counts the handles that keep one database open.
+pub(crate) type HandleToken = std::sync::Arc<()>;
 
 impl Store {
     pub fn open(dir: &Path, config: &StoreConfig) -> Result<Store, StorageError> {
@@ -78,15 +84,22 @@ impl Store {
         Ok(Store {
             db,
             flushing: std::sync::Arc::new(tokio::sync::Mutex::new(())),
+            handles: HandleToken::default(),
         })
     }
 
+    /// Handles to this database (stores and trees) besides this one. sled releases the data
+    /// dir's lock only when the last of them is dropped.
+    pub fn handles_elsewhere(&self) -> usize {
+        std::sync::Arc::strong_count(&self.handles) - 1
+    }
+
     pub fn log(&self, group: u32) -> Result<LogTree, StorageError> {
-        LogTree::open(&self.db, group)
+        LogTree::open(&self.db, group, self.handles.clone())
     }
 
     pub fn state(&self, group: u32) -> Result<StateTree, StorageError> {
-        StateTree::open(&self.db, group)
+        StateTree::open(&self.db, group, self.handles.clone())
     }
 
     /// Makes every write so far durable (fsync). Appends await this before they report done.

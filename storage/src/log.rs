@@ -11,11 +11,17 @@ use crate::StorageError;
 pub struct LogTree {
     entries: sled::Tree,
     records: sled::Tree,
+    _open: crate::HandleToken,
 }
 
 impl LogTree {
-    pub(crate) fn open(db: &sled::Db, group: u32) -> Result<LogTree, StorageError> {
+    pub(crate) fn open(
+        db: &sled::Db,
+        group: u32,
+        open: crate::HandleToken,
+    ) -> Result<LogTree, StorageError> {
         Ok(LogTree {
+            _open: open,
             entries: db.open_tree(format!("log/{group}"))?,
             records: db.open_tree(format!("raft/{group}"))?,
         })

@@ -33,6 +33,7 @@ const SNAPSHOT_POSITION: &str = "position";
 pub struct StateTree {
     tree: sled::Tree,
     snapshots: sled::Tree,
+    _open: crate::HandleToken,
 }
 
 /// A position in the newest-first auction listing: continue strictly below it.
@@ -89,8 +90,13 @@ pub struct SnapshotBlob {
 }
 
 impl StateTree {
-    pub(crate) fn open(db: &sled::Db, group: u32) -> Result<StateTree, StorageError> {
+    pub(crate) fn open(
+        db: &sled::Db,
+        group: u32,
+        open: crate::HandleToken,
+    ) -> Result<StateTree, StorageError> {
         Ok(StateTree {
+            _open: open,
             tree: db.open_tree(format!("sm/{group}"))?,
             snapshots: db.open_tree(format!("snap/{group}"))?,
         })
