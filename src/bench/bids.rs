@@ -191,14 +191,15 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(digits);
-    let n: u64 = number.parse().map_err(|_| {
-        format!("{text:?}: expected a whole number and a unit, such as 20s, 500ms, 2m")
-    })?;
+    let expected = || {
+        format!("{text:?}: expected a whole number and a unit (ms, s, m), such as 20s, 1500ms, 2m")
+    };
+    let n: u64 = number.parse().map_err(|_| expected())?;
     let duration = match unit {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
-        _ => return Err(format!("{text:?}: the unit must be ms, s or m")),
+        _ => return Err(expected()),
     };
     Ok(duration)
 }
