@@ -303,7 +303,7 @@ async fn measure(args: &BidsArgs, plan: Arc<Plan>, connections: u32) -> anyhow::
     };
     let progress = progress_bar(args.warmup + args.duration);
     let schedule = Schedule::new(args.warmup, args.duration, args.timeout);
-    let recorder = Arc::new(Recorder::new(schedule, args.duration)?);
+    let recorder = Arc::new(Recorder::new(schedule)?);
     bids_load::run(plan.clone(), recorder.clone(), clients, mode, progress).await?;
     let recorder = Arc::into_inner(recorder).context("a client outlived the run")?;
     let tally = recorder.into_tally();
@@ -320,13 +320,7 @@ async fn measure(args: &BidsArgs, plan: Arc<Plan>, connections: u32) -> anyhow::
     };
     let summary = Summary::new(shape, &tally);
     if let Some(path) = &args.plot {
-        super::plot::write(
-            path,
-            &summary.title(),
-            summary.unit,
-            &tally.series,
-            tally.series_interval,
-        )?;
+        super::plot::write(path, &summary.title(), summary.unit, &tally)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(summary)

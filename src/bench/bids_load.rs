@@ -60,6 +60,9 @@ pub struct Tally {
     pub latency_us: Histogram<u64>,
     /// Per series interval: the latencies of decisions due or sent in it.
     pub series: Vec<Histogram<u64>>,
+    /// Per series interval: decisions answered in it (from the window's start to the give-up
+    /// time, so the drain after the end shows too).
+    pub answered: Vec<u64>,
     pub series_interval: Duration,
     pub accepted: u64,
     pub rejected: BTreeMap<String, u64>,
@@ -72,15 +75,18 @@ pub struct Tally {
 }
 
 impl Tally {
-    fn new(duration: Duration) -> anyhow::Result<Tally> {
+    /// `drain` is how long after the end answers may still come (the request timeout).
+    fn new(duration: Duration, drain: Duration) -> anyhow::Result<Tally> {
         let interval = (duration / SERIES_POINTS_MAX).max(SERIES_INTERVAL_MIN);
         let points = duration.as_nanos().div_ceil(interval.as_nanos()).max(1);
+        let answered_points = (duration + drain).as_nanos().div_ceil(interval.as_nanos()) + 1;
         let series = (0..points)
             .map(|_| Histogram::new_with_bounds(1, LATENCY_US_MAX, 2))
             .collect::<Result<_, _>>()?;
         Ok(Tally {
             latency_us: Histogram::new_with_bounds(1, LATENCY_US_MAX, 3)?,
             series,
+            answered: vec![0; usize::try_from(answered_points)?],
             series_interval: interval,
             accepted: 0,
             rejected: BTreeMap::new(),
@@ -127,10 +133,12 @@ pub struct Recorder {
 }
 
 impl Recorder {
-    pub fn new(schedule: Schedule, duration: Duration) -> anyhow::Result<Recorder> {
+    pub fn new(schedule: Schedule) -> anyhow::Result<Recorder> {
+        let duration = schedule.end.duration_since(schedule.measure_from);
+        let drain = schedule.give_up.duration_since(schedule.end);
         Ok(Recorder {
             schedule,
-            tally: Mutex::new(Tally::new(duration)?),
+            tally: Mutex::new(Tally::new(duration, drain)?),
             answered: AtomicU64::new(0),
             failed: AtomicU64::new(0),
         })
@@ -166,9 +174,14 @@ impl Recorder {
         }
         tally.latency_us.saturating_record(latency_us.max(1));
         let offset = from.duration_since(self.schedule.measure_from);
-        let index = (offset.as_nanos() / tally.series_interval.as_nanos()) as usize;
+        let interval_ns = tally.series_interval.as_nanos();
+        let index = (offset.as_nanos() / interval_ns) as usize;
         let last = tally.series.len() - 1;
         tally.series[index.min(last)].saturating_record(latency_us.max(1));
+        let index =
+            (now.duration_since(self.schedule.measure_from).as_nanos() / interval_ns) as usize;
+        let last = tally.answered.len() - 1;
+        tally.answered[index.min(last)] += 1;
     }
 
     pub fn into_tally(self) -> Tally {

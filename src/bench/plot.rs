@@ -1,6 +1,6 @@
 //! The latency-over-time PNG of `gavel bench bids --plot`: per interval of the measured window,
-//! the p50, p99 and max latency of the decisions due or sent in it, on a log scale, and the
-//! decisions (or etcd puts) per second on a second chart below.
+//! the p50, p99 and max latency of the decisions due or sent in it, on a log scale, and below
+//! the decisions (or etcd puts) answered per second, through the drain after the end.
 //!
 //! Drawn with plotters' bitmap backend; the labels use a font embedded in the binary (DejaVu
 //! Sans Mono cut down to ASCII, see `DejaVuSansMono-LICENSE.txt`), so nothing depends on the
@@ -14,6 +14,8 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use plotters::prelude::*;
 
+use super::bids_load::Tally;
+
 /// The embedded font: printable ASCII and the micro sign, 8 KiB.
 const FONT_TTF: &[u8] = include_bytes!("DejaVuSansMono-ascii.ttf");
 /// The family name plotters knows the embedded font by.
@@ -21,13 +23,12 @@ const FONT_FAMILY: &str = "sans-serif";
 const WIDTH_PX: u32 = 1200;
 const HEIGHT_PX: u32 = 800;
 
-/// One point of the series.
+/// One point of the latency series (by due or send time).
 struct Point {
     t_s: f64,
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
-    per_s: f64,
 }
 
 fn register_font() -> anyhow::Result<()> {
@@ -51,28 +52,40 @@ fn points(series: &[Histogram<u64>], interval: Duration) -> Vec<Point> {
             p50_ms: ms(h.value_at_quantile(0.5)),
             p99_ms: ms(h.value_at_quantile(0.99)),
             max_ms: ms(h.max()),
-            per_s: h.len() as f64 / interval.as_secs_f64(),
+        })
+        .collect()
+}
+
+/// Decisions per second by the time they were answered, up to the last answer.
+fn rates(answered: &[u64], interval: Duration) -> Vec<(f64, f64)> {
+    let last = answered.iter().rposition(|&n| n > 0).map_or(0, |i| i + 1);
+    answered[..last]
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            let t_s = (i as f64 + 0.5) * interval.as_secs_f64();
+            (t_s, n as f64 / interval.as_secs_f64())
         })
         .collect()
 }
 
 /// Writes the PNG to `path`.
-pub fn write(
-    path: &Path,
-    title: &str,
-    unit: &str,
-    series: &[Histogram<u64>],
-    interval: Duration,
-) -> anyhow::Result<()> {
+pub fn write(path: &Path, title: &str, unit: &str, tally: &Tally) -> anyhow::Result<()> {
     register_font()?;
-    let points = points(series, interval);
-    let t_max = (series.len() as f64 * interval.as_secs_f64()).max(0.1);
+    let interval = tally.series_interval;
+    let points = points(&tally.series, interval);
+    let rates = rates(&tally.answered, interval);
+    let window_s = tally.series.len() as f64 * interval.as_secs_f64();
+    let t_max = rates
+        .last()
+        .map_or(window_s, |(t_s, _)| t_s.max(window_s))
+        .max(0.1);
     let root = BitMapBackend::new(path, (WIDTH_PX, HEIGHT_PX)).into_drawing_area();
     let draw = || -> Result<(), Box<dyn std::error::Error>> {
         root.fill(&WHITE)?;
         let (top, bottom) = root.split_vertically(HEIGHT_PX * 2 / 3);
         latency_chart(&top, title, &points, t_max)?;
-        rate_chart(&bottom, unit, &points, t_max)?;
+        rate_chart(&bottom, unit, &rates, t_max)?;
         root.present()?;
         Ok(())
     };
@@ -107,7 +120,7 @@ fn latency_chart(
         .build_cartesian_2d(0f64..t_max, (y_min..y_max).log_scale())?;
     chart
         .configure_mesh()
-        .x_desc("seconds into the measured window")
+        .x_desc("seconds into the measured window (by due or send time)")
         .y_desc("latency, ms (log)")
         .y_label_formatter(&|ms| format!("{ms:.prec$}", prec = usize::from(*ms < 10.0)))
         .x_label_formatter(&|s| format!("{s:.1}"))
@@ -139,10 +152,10 @@ fn latency_chart(
 fn rate_chart(
     area: &Area<'_>,
     unit: &str,
-    points: &[Point],
+    rates: &[(f64, f64)],
     t_max: f64,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let y_max = points.iter().map(|p| p.per_s).fold(1.0, f64::max) * 1.2;
+    let y_max = rates.iter().map(|(_, r)| *r).fold(1.0, f64::max) * 1.2;
     let mut chart = ChartBuilder::on(area)
         .margin(12)
         .x_label_area_size(36)
@@ -150,14 +163,14 @@ fn rate_chart(
         .build_cartesian_2d(0f64..t_max, 0f64..y_max)?;
     chart
         .configure_mesh()
-        .x_desc("seconds into the measured window")
+        .x_desc("seconds into the measured window (by answer time)")
         .y_desc(format!("{unit}/s"))
         .y_label_formatter(&|n| format!("{n:.0}"))
         .x_label_formatter(&|s| format!("{s:.1}"))
         .label_style((FONT_FAMILY, 14))
         .draw()?;
     chart.draw_series(LineSeries::new(
-        points.iter().map(|p| (p.t_s, p.per_s)),
+        rates.iter().copied(),
         BLACK.stroke_width(2),
     ))?;
     Ok(())
