@@ -1,14 +1,16 @@
 //! `gavel`: the Gavel binary. `gavel serve` runs a node (HTTP API over the multi-Raft engine);
 //! `gavel token` mints a token signed with the node's secret; `gavel cluster` administers a
-//! cluster through any node; `gavel bench viewers` measures live fan-out.
+//! cluster through any node; `gavel bench viewers` measures live fan-out and `gavel bench bids`
+//! bid throughput and latency.
 //!
 //! # Layout
 //!
 //! - `main.rs`: the command line (clap), logging setup, exit codes.
 //! - `config.rs`: the flags of each command and their strict parsers; cross-flag checks.
 //! - `cluster_cli.rs`: `gavel cluster ...`, the operator's commands over `/cluster`.
-//! - `bench_viewers.rs`: `gavel bench viewers`, the fan-out load tool (it runs its viewers in
-//!   worker processes of this binary).
+//! - `bench/`: the load tools: `gavel bench viewers` (fan-out; its viewers run in worker
+//!   processes of this binary) and `gavel bench bids` (bid throughput and latency, also against
+//!   etcd for comparison).
 //! - `server.rs`: the axum application (routes, layers, limits) and graceful shutdown.
 //! - `api/`: one file per resource: `auctions.rs`, `bids.rs`, `ops.rs` (health, readiness,
 //!   metrics, OpenAPI); `mod.rs` has the route table and the shared extractors.
@@ -31,7 +33,7 @@
 
 mod api;
 mod auth;
-mod bench_viewers;
+mod bench;
 mod cluster_cli;
 mod config;
 mod cursor;
@@ -71,8 +73,8 @@ enum Commands {
     Token(config::TokenArgs),
     /// Administer a cluster through any node: status, add, remove, transfer-leader.
     Cluster(cluster_cli::ClusterArgs),
-    /// Load tools: `gavel bench viewers` holds N WebSocket viewers on one auction.
-    Bench(bench_viewers::BenchArgs),
+    /// Load tools: `gavel bench viewers` (live fan-out), `gavel bench bids` (bid load).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -95,7 +97,7 @@ fn main() -> ExitCode {
         }
         Commands::Token(args) => token(args),
         Commands::Cluster(args) => cluster_cli::run(args),
-        Commands::Bench(args) => bench_viewers::run(args),
+        Commands::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

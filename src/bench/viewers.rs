@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use clap::{Args, Subcommand};
+use clap::Args;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
@@ -30,6 +30,7 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::own_node::OwnNode;
 use crate::auth::{load_secret, Role, Secret};
 
 /// The environment variable workers get the viewer token from (not argv: `ps` shows argv).
@@ -38,27 +39,10 @@ const WORKER_TOKEN_ENV: &str = "GAVEL_BENCH_VIEWER_TOKEN";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long workers may take to report after the auction ended.
 const RESULT_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long a node this tool started may take to become ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Viewer slots the started node has beyond the viewers asked for.
 const VIEWERS_SLACK: u32 = 100;
 /// A client WebSocket's read buffer: frames are a few hundred bytes.
 const CLIENT_READ_BUFFER_BYTES: usize = 4 * 1024;
-
-#[derive(Args, Debug)]
-pub struct BenchArgs {
-    #[command(subcommand)]
-    pub command: BenchCommand,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum BenchCommand {
-    /// Hold N WebSocket viewers on one auction; report connect rate and bid-to-last-viewer latency.
-    Viewers(ViewersArgs),
-    /// One process's share of the viewers (started by `gavel bench viewers`).
-    #[command(hide = true)]
-    ViewersWorker(WorkerArgs),
-}
 
 #[derive(Args, Debug, Clone)]
 pub struct ViewersArgs {
@@ -108,17 +92,20 @@ pub struct WorkerArgs {
     pub timeout_s: u64,
 }
 
-pub fn run(args: BenchArgs) -> anyhow::Result<()> {
-    match args.command {
-        BenchCommand::Viewers(args) => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()?
-            .block_on(coordinate(args)),
-        BenchCommand::ViewersWorker(args) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-            .block_on(worker(args)),
-    }
+/// `gavel bench viewers`: the coordinator.
+pub fn run(args: ViewersArgs) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(coordinate(args))
+}
+
+/// `gavel bench viewers-worker`: one process's share of the viewers.
+pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(worker(args))
 }
 
 fn now_us() -> u64 {
@@ -136,14 +123,14 @@ struct Target {
     creator: String,
     bidder: String,
     viewer: String,
-    /// The node this tool started, killed on drop, and its data dir.
-    own: Option<(Child, PathBuf)>,
+    /// The node this tool started, if it started one.
+    own: Option<OwnNode>,
 }
 
 impl Target {
     /// The resident memory of the node this tool started, in KiB.
     fn rss_kib(&self) -> Option<u64> {
-        let pid = self.own.as_ref()?.0.id()?;
+        let pid = self.own.as_ref()?.pid()?;
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
         status
             .lines()
@@ -153,15 +140,6 @@ impl Target {
             .trim()
             .parse()
             .ok()
-    }
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        if let Some((child, dir)) = &mut self.own {
-            let _ = child.start_kill();
-            let _ = std::fs::remove_dir_all(dir);
-        }
     }
 }
 
@@ -187,57 +165,23 @@ async fn target(args: &ViewersArgs, http: &reqwest::Client) -> anyhow::Result<Ta
             own: None,
         });
     }
-    let secret_text = format!("{:032x}", rand::random::<u128>());
-    let secret = Secret::new(secret_text.clone().into_bytes()).map_err(anyhow::Error::msg)?;
-    let (creator, bidder, viewer) = tokens(&secret);
-    let dir = std::env::temp_dir().join(format!("gavel-bench-viewers-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let listen = format!("127.0.0.1:{}", free_port()?);
-    let log = std::fs::File::create(dir.join("server.log"))?;
-    let child = Command::new(std::env::current_exe()?)
-        .args(["serve", "--listen", &listen, "--peer-listen"])
-        .arg(format!("127.0.0.1:{}", free_port()?))
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .args(["--groups", &args.groups.to_string()])
-        .args(["--viewers-max", &(args.viewers + VIEWERS_SLACK).to_string()])
-        .args(["--bid-rate-per-bidder", "0"])
-        .env("GAVEL_AUTH_SECRET", &secret_text)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot start a gavel node")?;
-    let target = Target {
-        base: format!("http://{listen}"),
+    let extra = [
+        "--groups".to_owned(),
+        args.groups.to_string(),
+        "--viewers-max".to_owned(),
+        (args.viewers + VIEWERS_SLACK).to_string(),
+        "--bid-rate-per-bidder".to_owned(),
+        "0".to_owned(),
+    ];
+    let node = OwnNode::start("bench-viewers", &extra, http).await?;
+    let (creator, bidder, viewer) = tokens(&node.secret);
+    Ok(Target {
+        base: node.base.clone(),
         creator,
         bidder,
         viewer,
-        own: Some((child, dir)),
-    };
-    wait_ready(http, &target.base).await?;
-    Ok(target)
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-async fn wait_ready(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + READY_TIMEOUT;
-    while Instant::now() < deadline {
-        if let Ok(response) = http.get(format!("{base}/readyz")).send().await {
-            if response.status().is_success() {
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("the node at {base} was not ready within {READY_TIMEOUT:?}")
+        own: Some(node),
+    })
 }
 
 async fn post(

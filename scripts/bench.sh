@@ -1,0 +1,178 @@
+#!/usr/bin/env bash
+# Gavel against etcd, the same shapes driven by one tool (`gavel bench bids`), on loopback:
+#   scripts/bench.sh            # about 6 minutes; prints a markdown table for the README
+# It starts a three-node Gavel (release build, --bid-rate-per-bidder 0) and runs every shape,
+# then a three-member etcd (fsync on, as by default) and runs the same shapes as etcd puts
+# through its v3 JSON gateway. Gavel goes first because the open-loop shape runs both at 80% of
+# Gavel's measured peak. Shapes: 3 x 32 clients (spread over all members), the same on one hot
+# auction, 3 x 400 (a spike: no warm-up), one member with 96 clients, one sequential client,
+# open loop. Knobs: BENCH_DURATION (20s), BENCH_WARMUP (2s), BENCH_AUCTIONS (128),
+# BENCH_OUT (where the JSON summaries and PNG plots stay; default target/bench).
+# Installs nothing; needs etcd (apt-get install -y etcd-server), curl and jq. Every wait is
+# bounded; processes and temp dirs are removed on exit and on Ctrl-C.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${BENCH_DURATION:-20s}
+WARMUP=${BENCH_WARMUP:-2s}
+AUCTIONS=${BENCH_AUCTIONS:-128}
+OUT=${BENCH_OUT:-target/bench}
+BIN=./target/release/gavel
+# Loopback ports: Gavel clients 18181-18183, peers 19181-19183; etcd clients 23791-23793,
+# peers 23801-23803.
+GAVEL_URLS=(http://127.0.0.1:18181 http://127.0.0.1:18182 http://127.0.0.1:18183)
+ETCD_URLS=(http://127.0.0.1:23791 http://127.0.0.1:23792 http://127.0.0.1:23793)
+READY_WAIT_S=60
+# One run may take its duration, warm-up, request timeout and setup; this bounds it all.
+RUN_TIMEOUT_S=300
+ETCD_QUOTA_BYTES=$((2 * 1024 * 1024 * 1024))
+
+need() {
+  command -v "$1" >/dev/null || { echo "bench.sh: $1 is missing; install it: apt-get install -y $2" >&2; exit 2; }
+}
+need etcd etcd-server
+need curl curl
+need jq jq
+
+WORK=$(mktemp -d -t gavel-bench.XXXXXX)
+PIDS=()   # servers
+RUNNING=  # the `timeout` of the load run in progress, if any
+# Stops the load run and the servers: TERM, then KILL after 10 s.
+stop_all() {
+  local pids=("${PIDS[@]}")
+  [ -n "$RUNNING" ] && pids+=("$RUNNING")
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  PIDS=()
+  RUNNING=
+}
+cleanup() {
+  stop_all
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+# Long steps run in the background and are awaited with `wait`, which a signal interrupts, so
+# Ctrl-C ends the script at once (bash defers traps until a foreground command returns).
+trap 'echo "bench.sh: interrupted" >&2; exit 130' INT TERM
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for port in 18181 18182 18183 19181 19182 19183 23791 23792 23793 23801 23802 23803; do
+  port_free "$port" || { echo "bench.sh: port $port is in use" >&2; exit 1; }
+done
+# 3 x 400 clients are 1,200 sockets in the load process, and as many in the servers.
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+wait_url() { # URL LOG: until URL answers 2xx, at most READY_WAIT_S
+  for _ in $(seq 1 $((READY_WAIT_S * 5))); do
+    curl -sf -o /dev/null "$1" && return 0
+    sleep 0.2
+  done
+  echo "bench.sh: $1 was not ready within ${READY_WAIT_S}s; last lines of $2:" >&2
+  tail -20 "$2" >&2
+  exit 1
+}
+
+start_gavel() {
+  head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$WORK/secret"
+  chmod 600 "$WORK/secret"
+  local initial="1=127.0.0.1:19181,2=127.0.0.1:19182,3=127.0.0.1:19183"
+  for n in 1 2 3; do
+    "$BIN" serve --node-id "$n" --listen "127.0.0.1:1818$n" --peer-listen "127.0.0.1:1918$n" \
+      --data-dir "$WORK/gavel$n" --initial-cluster "$initial" --auth-secret-file "$WORK/secret" \
+      --bid-rate-per-bidder 0 >"$WORK/gavel$n.log" 2>&1 &
+    PIDS+=($!)
+  done
+  for n in 1 2 3; do wait_url "${GAVEL_URLS[$((n - 1))]}/readyz" "$WORK/gavel$n.log"; done
+}
+
+start_etcd() {
+  local initial="e1=http://127.0.0.1:23801,e2=http://127.0.0.1:23802,e3=http://127.0.0.1:23803"
+  for n in 1 2 3; do
+    etcd --name "e$n" --data-dir "$WORK/etcd$n" \
+      --listen-client-urls "http://127.0.0.1:2379$n" --advertise-client-urls "http://127.0.0.1:2379$n" \
+      --listen-peer-urls "http://127.0.0.1:2380$n" --initial-advertise-peer-urls "http://127.0.0.1:2380$n" \
+      --initial-cluster "$initial" --initial-cluster-state new --initial-cluster-token gavel-bench \
+      --quota-backend-bytes "$ETCD_QUOTA_BYTES" --logger zap --log-level warn >"$WORK/etcd$n.log" 2>&1 &
+    PIDS+=($!)
+  done
+  for n in 1 2 3; do wait_url "${ETCD_URLS[$((n - 1))]}/health" "$WORK/etcd$n.log"; done
+}
+
+# run TARGET SHAPE ARGS...: one `gavel bench bids` run; its JSON summary goes to $OUT.
+run() {
+  local target=$1 shape=$2; shift 2
+  local extra=()
+  [ "$target" = gavel ] && extra=(--auth-secret-file "$WORK/secret")
+  echo "== $target $shape: gavel bench bids $*" >&2
+  timeout "$RUN_TIMEOUT_S" "$BIN" bench bids --target "$target" "${extra[@]}" \
+    --duration "$DURATION" --json --plot "$OUT/$target-$shape.png" "$@" >"$OUT/$target-$shape.json" &
+  RUNNING=$!
+  local status=0
+  wait "$RUNNING" || status=$?
+  RUNNING=
+  if [ "$status" -ne 0 ]; then
+    echo "   FAILED (see above); the table marks it" >&2
+    echo '{"failed": true}' >"$OUT/$target-$shape.json"
+    return 0
+  fi
+  jq -r '"   \(.unit)/s \(.decisions_per_s|floor)  accepted \(.accepted) rejected \(.rejected) shed \(.shed) errors \(.errors) unsent \(.unsent)  p50 \(.latency_ms.p50) p99 \(.latency_ms.p99) p99.9 \(.latency_ms.p999) max \(.latency_ms.max) ms"' \
+    "$OUT/$target-$shape.json" >&2
+}
+
+# closed_shapes TARGET URL,URL,URL FIRST_URL / open_shape TARGET URL,URL,URL RATE
+closed_shapes() {
+  local target=$1 all=$2 one=$3
+  run "$target" 3x32 --endpoints "$all" --connections 96 --auctions "$AUCTIONS" --warmup "$WARMUP"
+  run "$target" 3x32-hot --endpoints "$all" --connections 96 --hot --warmup "$WARMUP"
+  run "$target" 3x400-spike --endpoints "$all" --connections 1200 --auctions "$AUCTIONS" --warmup 0s
+  run "$target" 1x96 --endpoints "$one" --connections 96 --auctions "$AUCTIONS" --warmup "$WARMUP"
+  run "$target" sequential --endpoints "$one" --connections 1 --auctions 1 --warmup "$WARMUP"
+}
+open_shape() {
+  local target=$1 all=$2 rate=$3
+  run "$target" open-80 --endpoints "$all" --rate "$rate" --connections 1024 --auctions "$AUCTIONS" --warmup "$WARMUP"
+}
+
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+cargo build --release --quiet &
+wait $!
+mkdir -p "$OUT"
+rm -f "$OUT"/*.json "$OUT"/*.png
+join() { local IFS=,; echo "$*"; }
+
+start_gavel
+closed_shapes gavel "$(join "${GAVEL_URLS[@]}")" "${GAVEL_URLS[0]}"
+PEAK=$(jq -s 'map(.decisions_per_s) | max | floor' "$OUT"/gavel-*.json)
+RATE=$((PEAK * 8 / 10))
+[ "$RATE" -ge 1 ] || { echo "bench.sh: Gavel's peak was $PEAK/s; no open-loop rate" >&2; exit 1; }
+open_shape gavel "$(join "${GAVEL_URLS[@]}")" "$RATE"
+stop_all
+
+start_etcd
+closed_shapes etcd "$(join "${ETCD_URLS[@]}")" "${ETCD_URLS[0]}"
+open_shape etcd "$(join "${ETCD_URLS[@]}")" "$RATE"
+stop_all
+
+cell() { # FILE: "rate | p50 / p99 / p99.9 ms", and how many requests failed
+  jq -r 'def ms: . * 10 | round / 10;
+    if .failed then "failed | -" else "\(.decisions_per_s|floor) | \(.latency_ms.p50|ms) / \(.latency_ms.p99|ms) / \(.latency_ms.p999|ms)"
+    + (if (.shed + .errors + .unsent) > 0 then " (\(.shed + .errors + .unsent) failed)" else "" end) end' "$1"
+}
+ratio() { # GAVEL ETCD FIELD
+  jq -rn --slurpfile g "$1" --slurpfile e "$2" \
+    "if (\$g[0].failed or \$e[0].failed) then \"-\" elif \$e[0]$3 > 0 then (\$g[0]$3 / \$e[0]$3 * 100 | round / 100) else \"-\" end"
+}
+echo
+echo "$(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), load average $LOAD_BEFORE before the run and $(cut -d' ' -f1-3 /proc/loadavg) after; duration $DURATION, warm-up $WARMUP (spike: none), $AUCTIONS auctions/keys; open loop at $RATE/s (80% of Gavel's peak $PEAK/s)"
+echo
+echo "| shape | Gavel decisions/s | Gavel p50 / p99 / p99.9 ms | etcd puts/s | etcd p50 / p99 / p99.9 ms | throughput Gavel/etcd | p99 Gavel/etcd |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+for shape in 3x32 3x32-hot 3x400-spike 1x96 sequential open-80; do
+  g="$OUT/gavel-$shape.json" e="$OUT/etcd-$shape.json"
+  echo "| $shape | $(cell "$g") | $(cell "$e") | $(ratio "$g" "$e" .decisions_per_s) | $(ratio "$g" "$e" .latency_ms.p99) |"
+done
+echo
+echo "JSON summaries and latency plots: $OUT"
