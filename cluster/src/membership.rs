@@ -310,6 +310,9 @@ impl Node {
         {
             Ok(PeerResponse::App(bytes)) => decode_answer(&bytes),
             Ok(PeerResponse::Refused(reason)) => Err(reason),
+            Ok(PeerResponse::Busy { in_flight_max }) => {
+                Err(format!("peer busy: {in_flight_max} requests in flight"))
+            }
             Ok(other) => Err(format!("unexpected response {other:?}")),
             Err(e) => Err(e.to_string()),
         }

@@ -110,6 +110,10 @@ impl InboundHandler for Gate {
                     PeerResponse::InstallSnapshot(group.raft.install_snapshot(rpc).await)
                 }
                 PeerRequest::App(_) => PeerResponse::Refused("no application here".into()),
+                // The transport answers probes itself; this arm only keeps the match whole.
+                PeerRequest::ClockProbe { .. } => PeerResponse::ClockProbe {
+                    now_ms: gavel_raft::wall_clock_ms(),
+                },
             }
         })
     }
@@ -332,6 +336,7 @@ fn node_config(dir: &std::path::Path, id: u64, peers: &[(u64, String)]) -> NodeC
         join: false,
         propose_timeout_ms: PROPOSE_TIMEOUT.as_millis() as u64,
         snapshot_after_entries: 20_000,
+        max_clock_offset_ms: 500,
     }
 }
 

@@ -117,6 +117,17 @@ impl Node {
             },
             // The peer refused before serving it (starting, stopping, no such group).
             Ok(PeerResponse::Refused(reason)) => Err(Attempt::Retry(reason)),
+            // The leader's connection had no room for it: never proposed, and the leader is
+            // loaded, so the client should back off rather than this node retry at once.
+            Ok(PeerResponse::Busy { in_flight_max }) => {
+                metrics::counter!("gavel_writes_shed_total").increment(1);
+                Err(Attempt::Final(ProposeError::Unavailable {
+                    reason: format!(
+                        "node {leader} has {in_flight_max} forwarded requests in flight; not proposed"
+                    ),
+                    retry_after_s: RETRY_AFTER_S,
+                }))
+            }
             Ok(other) => Err(Attempt::Final(ProposeError::Unknown(format!(
                 "unexpected response from node {leader}: {other:?}"
             )))),
