@@ -10,7 +10,7 @@ use std::time::Duration;
 use gavel_raft::transport::{InboundHandler, PeerRequest, PeerResponse};
 use gavel_raft::Group;
 
-use crate::membership::{add_learner_local, campaign, change_membership_local};
+use crate::membership::{add_learner_local, campaign, change_membership_local, Writer};
 use crate::node::Node;
 use crate::peer_api::{decode_call, encode_answer, AppAnswer, AppCall, RemoteFailure};
 use crate::raft_ops::{read_index_local, wait_applied};
@@ -77,7 +77,7 @@ pub(crate) async fn serve_local(node: &Node, group: &Arc<Group>, call: AppCall) 
     let holds = &node.holds[group.id as usize];
     match call {
         AppCall::Propose(command) => AppAnswer::Proposed(
-            node.propose_here(group, command)
+            node.propose_here(group, command, Writer::Client)
                 .await
                 .map(Box::new)
                 .map_err(Into::into),

@@ -91,7 +91,7 @@ impl Node {
         let node = Arc::new(Node {
             holds: groups
                 .iter()
-                .map(|_| Holds::new(clock.elect_ok()))
+                .map(|group| Holds::new(group.id, clock.elect_ok()))
                 .collect(),
             pinned: groups.iter().map(|_| Default::default()).collect(),
             clock,

@@ -12,6 +12,7 @@ use gavel_raft::{Group, Proposal};
 use gavel_rules::{Command, Reply};
 
 use crate::api::ProposeError;
+use crate::membership::{NotAdmitted, Writer, WRITES_QUEUED_PER_GROUP_MAX};
 use crate::node::{Node, LEADER_WAIT};
 use crate::peer_api::{decode_answer, encode_call, AppAnswer, AppCall, RemoteFailure};
 use crate::raft_ops::{propose_local, wait_for_leader, wait_for_leader_change, Attempt};
@@ -39,7 +40,8 @@ impl Node {
                 break;
             };
             let attempt = if leader == self.node_id() {
-                self.propose_here(&group, command.clone()).await
+                self.propose_here(&group, command.clone(), Writer::Client)
+                    .await
             } else {
                 self.forward(leader, &group, command.clone()).await
             };
@@ -65,6 +67,7 @@ impl Node {
         &self,
         group: &Arc<Group>,
         command: Command,
+        writer: Writer,
     ) -> Result<Reply, Attempt> {
         if let Some(problem) = self.clock.problem() {
             return Err(Attempt::Final(ProposeError::Unavailable {
@@ -74,14 +77,27 @@ impl Node {
         }
         // Counted in flight until decided, so that a yielding leader's log stops growing
         // before a transfer's target campaigns.
-        let Some(_admitted) = self.holds[group.id as usize]
-            .admit_write(self.propose_timeout())
-            .await
-        else {
-            return Err(Attempt::Retry(format!(
-                "group {} is transferring its leadership",
-                group.id
-            )));
+        let admitted = self.holds[group.id as usize]
+            .admit_write(writer, self.propose_timeout())
+            .await;
+        let _admitted = match admitted {
+            Ok(admitted) => admitted,
+            Err(NotAdmitted::Held) => {
+                return Err(Attempt::Retry(format!(
+                    "group {} is transferring its leadership",
+                    group.id
+                )))
+            }
+            Err(NotAdmitted::Full) => {
+                metrics::counter!("gavel_writes_shed_total").increment(1);
+                return Err(Attempt::Final(ProposeError::Unavailable {
+                    reason: format!(
+                        "group {} has {WRITES_QUEUED_PER_GROUP_MAX} writes queued; not proposed",
+                        group.id
+                    ),
+                    retry_after_s: RETRY_AFTER_S,
+                }));
+            }
         };
         let proposal = Proposal {
             stamp_ms: wall_clock_ms(),
