@@ -34,6 +34,7 @@ mod node;
 mod observe;
 mod peer_api;
 mod placement;
+mod proposer;
 mod raft_ops;
 mod read_path;
 mod routing;

@@ -8,15 +8,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gavel_raft::transport::{CallError, PeerRequest, PeerResponse};
-use gavel_raft::{Group, Proposal};
+use gavel_raft::Group;
 use gavel_rules::{Command, Reply};
 
 use crate::api::ProposeError;
 use crate::membership::{NotAdmitted, Writer, WRITES_QUEUED_PER_GROUP_MAX};
 use crate::node::{Node, LEADER_WAIT};
 use crate::peer_api::{decode_answer, encode_call, AppAnswer, AppCall, RemoteFailure};
-use crate::raft_ops::{propose_local, wait_for_leader, wait_for_leader_change, Attempt};
-use gavel_raft::wall_clock_ms;
+use crate::proposer::Queued;
+use crate::raft_ops::{wait_for_leader, wait_for_leader_change, Attempt};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 /// Leaders tried before a write gives up as unavailable.
 /// With the half-second wait for a new leader between attempts, a write rides out an election
@@ -27,7 +29,7 @@ const FORWARD_MARGIN: Duration = Duration::from_millis(500);
 const RETRY_AFTER_S: u32 = 1;
 
 impl Node {
-    fn propose_timeout(&self) -> Duration {
+    pub(crate) fn propose_timeout(&self) -> Duration {
         Duration::from_millis(self.config.propose_timeout_ms)
     }
 
@@ -99,11 +101,30 @@ impl Node {
                 }));
             }
         };
-        let proposal = Proposal {
-            stamp_ms: wall_clock_ms(),
+        let (reply, answer) = oneshot::channel();
+        let queued = Queued {
             command,
+            queued_at: Instant::now(),
+            reply,
         };
-        propose_local(group, proposal, self.propose_timeout()).await
+        if self.proposers[group.id as usize].try_send(queued).is_err() {
+            metrics::counter!("gavel_writes_shed_total").increment(1);
+            return Err(Attempt::Final(ProposeError::Unavailable {
+                reason: format!(
+                    "group {}'s proposer is full or stopped; not proposed",
+                    group.id
+                ),
+                retry_after_s: RETRY_AFTER_S,
+            }));
+        }
+        // The proposer answers every command it took; without an answer it failed mid-way and
+        // the command may have been proposed.
+        answer.await.unwrap_or_else(|_| {
+            Err(Attempt::Final(ProposeError::Unknown(format!(
+                "group {}'s proposer stopped before answering",
+                group.id
+            ))))
+        })
     }
 
     pub(crate) async fn forward(

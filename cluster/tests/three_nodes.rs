@@ -169,6 +169,17 @@ async fn three_nodes_replicate_forward_and_rebalance() {
     }
 }
 
+/// The highest log index any replica of group 0 has, as `node` sees it.
+async fn last_log_index(node: &Node) -> u64 {
+    let status = node.cluster_status().await;
+    status.groups[0]
+        .replicas
+        .iter()
+        .map(|r| r.last_log_index)
+        .max()
+        .unwrap_or(0)
+}
+
 /// Forwarded writes in flight on each follower's connection to the leader, well past the peer
 /// transport's per-connection budget for application requests (256).
 const FORWARDED_WRITES_PER_FOLLOWER: usize = 400;
@@ -210,6 +221,7 @@ async fn forwarded_write_spike_never_stalls_the_transport() {
             .unwrap();
     }
 
+    let log_before = last_log_index(&nodes[0]).await;
     let started = tokio::time::Instant::now();
     let mut writes = tokio::task::JoinSet::new();
     for n in 0..2 * FORWARDED_WRITES_PER_FOLLOWER {
@@ -257,6 +269,13 @@ async fn forwarded_write_spike_never_stalls_the_transport() {
     assert_eq!(
         logged, decided,
         "decision logs hold exactly the decided writes"
+    );
+    // The leader batches the writes that arrive while a proposal is in flight.
+    let entries = last_log_index(&nodes[0]).await - log_before;
+    eprintln!("{decided} decided writes in {entries} entries");
+    assert!(
+        entries < decided as u64,
+        "{decided} writes took {entries} entries"
     );
     for node in &nodes {
         node.shutdown().await;
