@@ -27,6 +27,7 @@ mod api;
 mod clock_guard;
 mod clock_offsets;
 mod deadlines;
+mod forwarder;
 mod inbound;
 mod listing;
 mod membership;

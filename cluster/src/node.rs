@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use crate::api::*;
 use crate::clock_guard::{run_clock_guard, ClockGuard};
 use crate::deadlines::run_deadlines;
+use crate::forwarder::Forwarders;
 use crate::inbound::Inbound;
 use crate::listing::merge_pages;
 use crate::membership::Holds;
@@ -39,6 +40,8 @@ pub struct Node {
     pub(crate) groups: Vec<Arc<Group>>,
     pub(crate) transport: Transport,
     pub(crate) holds: Vec<Holds>,
+    /// Writes this node forwards to other groups' leaders, batched per (group, leader).
+    pub(crate) forwarders: Forwarders,
     /// Per group: the queue of this node's proposer (see `proposer`).
     pub(crate) proposers: Vec<mpsc::Sender<Queued>>,
     proposer_queues: std::sync::Mutex<Vec<mpsc::Receiver<Queued>>>,
@@ -95,6 +98,7 @@ impl Node {
         let (proposers, proposer_queues): (Vec<_>, Vec<_>) =
             groups.iter().map(|_| proposer::queue()).unzip();
         let node = Arc::new(Node {
+            forwarders: Forwarders::new(transport.clone(), stop.subscribe()),
             proposers,
             proposer_queues: std::sync::Mutex::new(proposer_queues),
             holds: groups

@@ -1,5 +1,6 @@
-//! Writes: a command goes to its group's leader. On the leader it is stamped and proposed; on
-//! any other node it is forwarded over the peer transport and the leader's reply comes back
+//! Writes: a command goes to its group's leader. On the leader it is admitted and queued for
+//! the group's proposer (`proposer`), which stamps and proposes it in a batch; on any other
+//! node it is forwarded (`forwarder`, batched per leader) and the leader's reply comes back
 //! unchanged. During an election the node waits a bounded time for a leader, then gives up
 //! with "unavailable" (HTTP 503). Once a command may have reached a leader, failures are
 //! "unknown" (HTTP 504), never "failed": the client retries with the same key.
@@ -7,14 +8,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gavel_raft::transport::{CallError, PeerRequest, PeerResponse};
 use gavel_raft::Group;
 use gavel_rules::{Command, Reply};
 
 use crate::api::ProposeError;
 use crate::membership::{NotAdmitted, Writer, WRITES_QUEUED_PER_GROUP_MAX};
 use crate::node::{Node, LEADER_WAIT};
-use crate::peer_api::{decode_answer, encode_call, AppAnswer, AppCall, RemoteFailure};
 use crate::proposer::Queued;
 use crate::raft_ops::{wait_for_leader, wait_for_leader_change, Attempt};
 use tokio::sync::oneshot;
@@ -127,66 +126,17 @@ impl Node {
         })
     }
 
+    /// Forwards `command` to `leader`, batched with the other writes this node forwards to it
+    /// for the group (see `forwarder`).
     pub(crate) async fn forward(
         &self,
         leader: u64,
         group: &Group,
         command: Command,
     ) -> Result<Reply, Attempt> {
-        let request = encode_call(&AppCall::Propose(command))
-            .map_err(|e| Attempt::Final(ProposeError::Internal(e)))?;
         let timeout = self.propose_timeout() + FORWARD_MARGIN;
-        let response = self
-            .transport
-            .call(leader, group.id, PeerRequest::App(request), timeout)
-            .await;
-        match response {
-            Ok(PeerResponse::App(bytes)) => match decode_answer(&bytes) {
-                Ok(AppAnswer::Proposed(Ok(reply))) => Ok(*reply),
-                Ok(AppAnswer::Proposed(Err(failure))) => Err(failure_attempt(failure)),
-                // The leader had the write and may have decided it: the outcome is unknown.
-                Ok(other) => Err(Attempt::Final(ProposeError::Unknown(format!(
-                    "unexpected answer from node {leader}: {other:?}"
-                )))),
-                Err(e) => Err(Attempt::Final(ProposeError::Unknown(format!(
-                    "unreadable answer from node {leader}: {e}"
-                )))),
-            },
-            // The peer refused before serving it (starting, stopping, no such group).
-            Ok(PeerResponse::Refused(reason)) => Err(Attempt::Retry(reason)),
-            // The leader's connection had no room for it: never proposed, and the leader is
-            // loaded, so the client should back off rather than this node retry at once.
-            Ok(PeerResponse::Busy { in_flight_max }) => {
-                metrics::counter!("gavel_writes_shed_total").increment(1);
-                Err(Attempt::Final(ProposeError::Unavailable {
-                    reason: format!(
-                        "node {leader} has {in_flight_max} forwarded requests in flight; not proposed"
-                    ),
-                    retry_after_s: RETRY_AFTER_S,
-                }))
-            }
-            Ok(other) => Err(Attempt::Final(ProposeError::Unknown(format!(
-                "unexpected response from node {leader}: {other:?}"
-            )))),
-            // Never sent: safe to try another leader.
-            Err(e @ CallError::Unreachable { .. }) => Err(Attempt::Retry(e.to_string())),
-            Err(e @ CallError::Encode { .. }) => {
-                Err(Attempt::Final(ProposeError::Internal(e.to_string())))
-            }
-            // Sent, answer lost: the leader may have decided.
-            Err(e) => Err(Attempt::Final(ProposeError::Unknown(e.to_string()))),
-        }
-    }
-}
-
-fn failure_attempt(failure: RemoteFailure) -> Attempt {
-    match failure {
-        RemoteFailure::NotLeader => Attempt::Retry("the leader moved while forwarding".into()),
-        RemoteFailure::Unavailable(reason) => Attempt::Final(ProposeError::Unavailable {
-            reason,
-            retry_after_s: RETRY_AFTER_S,
-        }),
-        RemoteFailure::Unknown(reason) => Attempt::Final(ProposeError::Unknown(reason)),
-        RemoteFailure::Refused(reason) => Attempt::Final(ProposeError::Internal(reason)),
+        self.forwarders
+            .forward(leader, group.id, command, timeout)
+            .await
     }
 }
