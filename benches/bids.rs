@@ -13,6 +13,10 @@
 //! `GAVEL_BENCH_SECONDS` per concurrent scenario (10), `GAVEL_BENCH_GROUPS` (16),
 //! `GAVEL_BENCH_NODES` (1, or 3 for a replicated cluster: clients then spread over the nodes,
 //! so two thirds of the bids are forwarded to their group's leader).
+//!
+//! In the concurrent scenarios an overloaded node's answers are counted, not fatal: `shed` is
+//! 503 (never proposed; that client waits the `Retry-After` before its next bid) and `unknown`
+//! is 504; neither is in the latency histogram or the decisions.
 
 use std::net::TcpListener;
 use std::path::Path;
