@@ -1,19 +1,21 @@
 //! Write forwarding from a node that does not lead the group: per (group, leader), one task
-//! sends the commands that queued while its previous call was in flight to the leader in ONE
-//! peer frame (`AppCall::ProposeBatch`), where the leader's proposer batches them further, and
-//! hands each waiter its own answer.
+//! sends the commands that queued while its calls were in flight to the leader in ONE peer
+//! frame (`AppCall::ProposeBatch`), where the leader's proposer batches them further, and hands
+//! each waiter its own answer. Up to `FORWARD_CALLS_IN_FLIGHT_MAX` calls are in flight per
+//! (group, leader): with only one, a command arriving mid-call waited a whole commit round
+//! before it was even sent, and measured slower than forwarding each command alone.
 //!
 //! Outcomes are those of forwarding each command alone: a call that was never sent (no
 //! connection, a `Busy` or `Refused` peer) ends every command in it as retry or unavailable;
 //! once sent, a lost answer is "unknown" for each command in it.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gavel_raft::transport::{CallError, PeerRequest, PeerResponse, Transport};
 use gavel_rules::{Command, Reply};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::time::Instant;
 
 use crate::api::ProposeError;
@@ -22,6 +24,9 @@ use crate::proposer::{COMMANDS_PER_PROPOSAL_MAX, PROPOSER_QUEUE_MAX, QUEUED_WAIT
 use crate::raft_ops::Attempt;
 
 const RETRY_AFTER_S: u32 = 1;
+/// Forwarding calls in flight per (group, leader). Times the groups (16 by default) it stays
+/// well below the 256 application requests a peer connection takes on at once.
+const FORWARD_CALLS_IN_FLIGHT_MAX: usize = 4;
 
 struct Forwarded {
     command: Command,
@@ -93,6 +98,7 @@ impl Forwarders {
     }
 }
 
+#[derive(Clone)]
 struct Link {
     transport: Transport,
     leader: u64,
@@ -102,7 +108,12 @@ struct Link {
 
 impl Link {
     async fn run(self, mut queue: mpsc::Receiver<Forwarded>, mut stop: watch::Receiver<bool>) {
+        let calls = Arc::new(Semaphore::new(FORWARD_CALLS_IN_FLIGHT_MAX));
         loop {
+            // A free call slot first, so what queues meanwhile goes out in one frame.
+            let Ok(slot) = calls.clone().acquire_owned().await else {
+                break;
+            };
             let first = tokio::select! {
                 first = queue.recv() => first,
                 _ = stop.changed() => None,
@@ -115,7 +126,11 @@ impl Link {
                     Err(_) => break,
                 }
             }
-            self.send(batch).await;
+            let link = self.clone();
+            tokio::spawn(async move {
+                link.send(batch).await;
+                drop(slot);
+            });
         }
         queue.close();
         while let Ok(forwarded) = queue.try_recv() {
