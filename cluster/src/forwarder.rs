@@ -7,7 +7,8 @@
 //!
 //! Outcomes are those of forwarding each command alone: a call that was never sent (no
 //! connection, a `Busy` or `Refused` peer) ends every command in it as retry or unavailable;
-//! once sent, a lost answer is "unknown" for each command in it.
+//! once sent, a lost answer is "unknown" for each command in it. A command that waited in the
+//! queue over `QUEUED_WAIT_MS_MAX` is not sent but retried (the leader may be gone).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -146,13 +147,14 @@ impl Link {
         let (stale, batch): (Vec<Forwarded>, Vec<Forwarded>) = batch
             .into_iter()
             .partition(|f| now.saturating_duration_since(f.queued_at) > wait_max);
+        // Never sent, and slow calls usually mean the leader is gone: retried like a call that
+        // found no connection (on the new leader, within the write's attempts), not shed.
         for forwarded in stale {
-            metrics::counter!("gavel_writes_shed_total").increment(1);
             let why = format!(
                 "queued over {QUEUED_WAIT_MS_MAX} ms for node {}; not sent",
                 self.leader
             );
-            let _ = forwarded.reply.send(Err(unavailable(why)));
+            let _ = forwarded.reply.send(Err(Attempt::Retry(why)));
         }
         if batch.is_empty() {
             return;
