@@ -13,6 +13,10 @@
 //! `GAVEL_BENCH_SECONDS` per concurrent scenario (10), `GAVEL_BENCH_GROUPS` (16),
 //! `GAVEL_BENCH_NODES` (1, or 3 for a replicated cluster: clients then spread over the nodes,
 //! so two thirds of the bids are forwarded to their group's leader).
+//!
+//! In the concurrent scenarios an overloaded node's answers are counted, not fatal: `shed` is
+//! 503 (never proposed; that client waits the `Retry-After` before its next bid) and `unknown`
+//! is 504; neither is in the latency histogram or the decisions.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -188,6 +192,30 @@ async fn bid(
     token: &str,
     amount: &str,
 ) -> Result<(bool, f64)> {
+    match try_bid(client, url, token, amount).await? {
+        Answer::Decided { accepted, price } => Ok((accepted, price)),
+        Answer::Shed { .. } => bail!("bid answered 503"),
+        Answer::Unknown => bail!("bid answered 504"),
+    }
+}
+
+/// How the node answered a bid.
+enum Answer {
+    Decided {
+        accepted: bool,
+        price: f64,
+    },
+    /// 503: not proposed; the client should come back after `retry_after`.
+    Shed {
+        retry_after: Duration,
+    },
+    /// 504: the outcome is unknown.
+    Unknown,
+}
+
+/// One bid, with 503 and 504 counted rather than fatal (the concurrent scenarios drive the
+/// node into overload on purpose).
+async fn try_bid(client: &reqwest::Client, url: &str, token: &str, amount: &str) -> Result<Answer> {
     let response = client
         .post(url)
         .bearer_auth(token)
@@ -195,6 +223,20 @@ async fn bid(
         .json(&json!({ "amount": amount }))
         .send()
         .await?;
+    if response.status() == 503 {
+        let seconds = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        return Ok(Answer::Shed {
+            retry_after: Duration::from_secs(seconds),
+        });
+    }
+    if response.status() == 504 {
+        return Ok(Answer::Unknown);
+    }
     if response.status() != 200 {
         bail!(
             "bid answered {}: {}",
@@ -208,12 +250,15 @@ async fn bid(
         .as_str()
         .and_then(|p| p.parse().ok())
         .context("no price")?;
-    Ok((accepted, price))
+    Ok(Answer::Decided { accepted, price })
 }
 
 struct Outcome {
     latencies_us: Histogram<u64>,
     accepted: u64,
+    /// Answered 503 (never proposed), and 504 (unknown); neither is in the histogram.
+    shed: u64,
+    unknown: u64,
     elapsed: Duration,
 }
 
@@ -222,6 +267,8 @@ impl Outcome {
         Ok(Outcome {
             latencies_us: Histogram::new_with_bounds(1, 60_000_000, 3)?,
             accepted: 0,
+            shed: 0,
+            unknown: 0,
             elapsed: Duration::ZERO,
         })
     }
@@ -230,10 +277,12 @@ impl Outcome {
         let h = &self.latencies_us;
         let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
         println!(
-            "{scenario:<12} clients={clients:<3} decisions={:<7} decisions/s={:<8.0} accepted={:<7} p50={:.2}ms p99={:.2}ms p999={:.2}ms max={:.2}ms",
+            "{scenario:<12} clients={clients:<3} decisions={:<7} decisions/s={:<8.0} accepted={:<7} shed={} unknown={} p50={:.2}ms p99={:.2}ms p999={:.2}ms max={:.2}ms",
             h.len(),
             h.len() as f64 / self.elapsed.as_secs_f64(),
             self.accepted,
+            self.shed,
+            self.unknown,
             ms(0.5),
             ms(0.99),
             ms(0.999),
@@ -284,8 +333,20 @@ async fn concurrent(
             let mut price = 0.0f64;
             while started.elapsed() < duration {
                 let sent = Instant::now();
-                let (accepted, seen) =
-                    bid(&client, url, &token, &format!("{:.2}", price + 1.0)).await?;
+                let amount = format!("{:.2}", price + 1.0);
+                let (accepted, seen) = match try_bid(&client, url, &token, &amount).await? {
+                    Answer::Decided { accepted, price } => (accepted, price),
+                    // A well-behaved client comes back after Retry-After.
+                    Answer::Shed { retry_after } => {
+                        outcome.shed += 1;
+                        tokio::time::sleep(retry_after).await;
+                        continue;
+                    }
+                    Answer::Unknown => {
+                        outcome.unknown += 1;
+                        continue;
+                    }
+                };
                 outcome
                     .latencies_us
                     .record(sent.elapsed().as_micros() as u64)?;
@@ -300,6 +361,8 @@ async fn concurrent(
         let outcome = done??;
         total.latencies_us.add(&outcome.latencies_us)?;
         total.accepted += outcome.accepted;
+        total.shed += outcome.shed;
+        total.unknown += outcome.unknown;
     }
     total.elapsed = started.elapsed();
     Ok(total)

@@ -38,7 +38,7 @@ pub enum Consistency {
     Local,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum ProposeError {
     /// No leader or no quorum right now: nothing was decided, retry later.
     #[error("{reason}")]

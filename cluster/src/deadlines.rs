@@ -14,6 +14,7 @@ use gavel_rules::Command;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::membership::Writer;
 use crate::node::Node;
 use crate::raft_ops::is_leader;
 use gavel_raft::wall_clock_ms;
@@ -79,7 +80,10 @@ async fn propose_deadlines(node: &Arc<Node>, group: &Arc<Group>, auction_ids: Ve
             let command = Command::Deadline {
                 auction_id: auction_id.clone(),
             };
-            (auction_id, node.propose_here(&group, command).await)
+            (
+                auction_id,
+                node.propose_here(&group, command, Writer::Deadlines).await,
+            )
         });
     }
     let mut failed = false;

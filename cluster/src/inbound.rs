@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use gavel_raft::transport::{InboundHandler, PeerRequest, PeerResponse};
 use gavel_raft::Group;
+use gavel_rules::{Command, Reply};
 
-use crate::membership::{add_learner_local, campaign, change_membership_local};
+use crate::membership::{add_learner_local, campaign, change_membership_local, Writer};
 use crate::node::Node;
 use crate::peer_api::{decode_call, encode_answer, AppAnswer, AppCall, RemoteFailure};
+use crate::proposer::COMMANDS_PER_PROPOSAL_MAX;
 use crate::raft_ops::{read_index_local, wait_applied};
 
 const READ_INDEX_TIMEOUT: Duration = Duration::from_millis(5_000);
@@ -77,11 +79,14 @@ pub(crate) async fn serve_local(node: &Node, group: &Arc<Group>, call: AppCall) 
     let holds = &node.holds[group.id as usize];
     match call {
         AppCall::Propose(command) => AppAnswer::Proposed(
-            node.propose_here(group, command)
+            node.propose_here(group, command, Writer::Client)
                 .await
                 .map(Box::new)
                 .map_err(Into::into),
         ),
+        AppCall::ProposeBatch(commands) => {
+            AppAnswer::ProposedBatch(propose_batch(node, group, commands).await)
+        }
         AppCall::ReadIndex => {
             AppAnswer::ReadIndex(read_index_local(group, READ_INDEX_TIMEOUT).await)
         }
@@ -125,4 +130,27 @@ pub(crate) async fn serve_local(node: &Node, group: &Arc<Group>, call: AppCall) 
         }
         AppCall::Status { digests } => AppAnswer::Status(node.local_views(digests)),
     }
+}
+
+/// Proposes forwarded commands here, each as if forwarded alone; the proposer batches them
+/// with whatever else this leader is proposing. A batch over the bound is refused whole, unproposed.
+async fn propose_batch(
+    node: &Node,
+    group: &Arc<Group>,
+    commands: Vec<Command>,
+) -> Vec<Result<Box<Reply>, RemoteFailure>> {
+    if commands.len() > COMMANDS_PER_PROPOSAL_MAX {
+        let why = format!(
+            "{} commands in one frame; at most {COMMANDS_PER_PROPOSAL_MAX}",
+            commands.len()
+        );
+        return vec![Err(RemoteFailure::Unavailable(why)); commands.len()];
+    }
+    let proposals = commands.into_iter().map(|command| async move {
+        node.propose_here(group, command, Writer::Client)
+            .await
+            .map(Box::new)
+            .map_err(Into::into)
+    });
+    futures::future::join_all(proposals).await
 }

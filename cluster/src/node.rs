@@ -11,17 +11,19 @@ use gavel_raft::{AuctionEvent, Flusher, GavelNode, Group, RaftSettings, APPLIED_
 use gavel_rules::Auction;
 use gavel_storage::{Store, StoreConfig};
 use openraft::error::{InitializeError, RaftError};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 
 use crate::api::*;
 use crate::clock_guard::{run_clock_guard, ClockGuard};
 use crate::deadlines::run_deadlines;
+use crate::forwarder::Forwarders;
 use crate::inbound::Inbound;
 use crate::listing::merge_pages;
 use crate::membership::Holds;
 use crate::observe::run_metrics;
 use crate::placement::run_placement;
+use crate::proposer::{self, run_proposer, Queued};
 use crate::routing::group_of;
 
 /// The most groups a node may host.
@@ -41,6 +43,11 @@ pub struct Node {
     pub(crate) groups: Vec<Arc<Group>>,
     pub(crate) transport: Transport,
     pub(crate) holds: Vec<Holds>,
+    /// Writes this node forwards to other groups' leaders, batched per (group, leader).
+    pub(crate) forwarders: Forwarders,
+    /// Per group: the queue of this node's proposer (see `proposer`).
+    pub(crate) proposers: Vec<mpsc::Sender<Queued>>,
+    proposer_queues: std::sync::Mutex<Vec<mpsc::Receiver<Queued>>>,
     /// Per group: this node leads it because an operator asked; placement leaves it alone.
     pub(crate) pinned: Vec<std::sync::atomic::AtomicBool>,
     stop: watch::Sender<bool>,
@@ -91,10 +98,15 @@ impl Node {
         let groups = open_groups(&config, &store, &transport, &events).await?;
         let (stop, _) = watch::channel(false);
         let clock = ClockGuard::new(config.node_id, config.max_clock_offset_ms);
+        let (proposers, proposer_queues): (Vec<_>, Vec<_>) =
+            groups.iter().map(|_| proposer::queue()).unzip();
         let node = Arc::new(Node {
+            forwarders: Forwarders::new(transport.clone(), stop.subscribe()),
+            proposers,
+            proposer_queues: std::sync::Mutex::new(proposer_queues),
             holds: groups
                 .iter()
-                .map(|_| Holds::new(clock.elect_ok()))
+                .map(|group| Holds::new(group.id, clock.elect_ok()))
                 .collect(),
             pinned: groups.iter().map(|_| Default::default()).collect(),
             clock,
@@ -226,6 +238,16 @@ impl Node {
         }
         for group in &self.groups {
             tasks.spawn(run_deadlines(self.clone(), group.id, self.stop.subscribe()));
+        }
+        let queues = std::mem::take(
+            &mut *self
+                .proposer_queues
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for (group, queue) in self.groups.iter().zip(queues) {
+            let stop = self.stop.subscribe();
+            tasks.spawn(run_proposer(self.clone(), group.id, queue, stop));
         }
         tasks.spawn(run_metrics(self.groups.clone(), self.stop.subscribe()));
         tasks.spawn(run_placement(Arc::downgrade(self), self.stop.subscribe()));

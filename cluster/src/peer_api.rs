@@ -46,6 +46,9 @@ pub enum AppCall {
     Status {
         digests: bool,
     },
+    /// Propose each of these commands in the group, as `Propose` would one by one; answered
+    /// with one outcome per command, in order. At most `COMMANDS_PER_PROPOSAL_MAX`.
+    ProposeBatch(Vec<Command>),
 }
 
 /// Why a request failed on the node that received it.
@@ -90,6 +93,7 @@ pub enum AppAnswer {
     ReadIndex(Result<u64, RemoteFailure>),
     Done(Result<(), RemoteFailure>),
     Status(Vec<GroupView>),
+    ProposedBatch(Vec<Result<Box<Reply>, RemoteFailure>>),
 }
 
 pub fn encode_call(call: &AppCall) -> Result<AppRequest, String> {

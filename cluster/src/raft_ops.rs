@@ -12,7 +12,7 @@ use crate::api::ProposeError;
 use crate::peer_api::RemoteFailure;
 
 /// How a write attempt on a node ended when it did not produce a reply.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) enum Attempt {
     /// Nothing was decided; try again (possibly on another node) once leadership settles.
     Retry(String),
@@ -65,12 +65,12 @@ pub(crate) async fn wait_for_leader_change(group: &Group, old: u64, wait: Durati
 /// as possibly appended.
 const VOTE_READ_TIMEOUT: Duration = Duration::from_millis(1_000);
 
-/// Proposes on this node, which must lead the group.
+/// Proposes on this node, which must lead the group; the replies are in command order.
 pub(crate) async fn propose_local(
     group: &Group,
     proposal: Proposal,
     timeout: Duration,
-) -> Result<Reply, Attempt> {
+) -> Result<Vec<Reply>, Attempt> {
     let node_id = group.raft.metrics().borrow().id;
     if !is_leader(group, node_id) {
         // Not handed to openraft at all: safe to send to the leader the metrics will name.
@@ -90,7 +90,7 @@ pub(crate) async fn submit(
     node_id: u64,
     proposal: Proposal,
     timeout: Duration,
-) -> Result<Reply, Attempt> {
+) -> Result<Vec<Reply>, Attempt> {
     let unknown = |why: String| Attempt::Final(ProposeError::Unknown(why));
     let vote_before = core_vote(group);
     let answer = match group.raft.client_write_ff(proposal).await {
@@ -115,11 +115,7 @@ pub(crate) async fn submit(
             "group {} stopped before deciding",
             group.id
         ))),
-        Ok(Ok(Ok(response))) => response.data.0.ok_or_else(|| {
-            Attempt::Final(ProposeError::Internal(
-                "applied entry carried no reply".into(),
-            ))
-        }),
+        Ok(Ok(Ok(response))) => Ok(response.data.0),
         Ok(Ok(Err(ClientWriteError::ForwardToLeader(_)))) => {
             if rejected_unappended(group, node_id, vote_before).await {
                 Err(Attempt::Retry(format!(

@@ -75,6 +75,9 @@ impl Node {
                 Err(e) => Err(RemoteFailure::Refused(e)),
             },
             Ok(PeerResponse::Refused(reason)) => Err(RemoteFailure::Unavailable(reason)),
+            Ok(PeerResponse::Busy { in_flight_max }) => Err(RemoteFailure::Unavailable(format!(
+                "node {leader} has {in_flight_max} requests in flight"
+            ))),
             Ok(other) => Err(RemoteFailure::Refused(format!(
                 "unexpected response {other:?}"
             ))),

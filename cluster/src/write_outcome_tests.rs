@@ -58,7 +58,7 @@ fn create(id: &str) -> Command {
 fn proposal(id: &str) -> Proposal {
     Proposal {
         stamp_ms: wall_clock_ms(),
-        command: create(id),
+        commands: vec![create(id)],
     }
 }
 
@@ -218,7 +218,7 @@ async fn write_stuck_on_isolated_leader(
     trio: &Trio,
 ) -> (
     u64,
-    tokio::task::JoinHandle<Result<gavel_rules::Reply, Attempt>>,
+    tokio::task::JoinHandle<Result<Vec<gavel_rules::Reply>, Attempt>>,
 ) {
     let leader = trio.leader().expect("a leader");
     let group = trio.groups[&leader].clone();

@@ -1,5 +1,6 @@
-//! Writes: a command goes to its group's leader. On the leader it is stamped and proposed; on
-//! any other node it is forwarded over the peer transport and the leader's reply comes back
+//! Writes: a command goes to its group's leader. On the leader it is admitted and queued for
+//! the group's proposer (`proposer`), which stamps and proposes it in a batch; on any other
+//! node it is forwarded (`forwarder`, batched per leader) and the leader's reply comes back
 //! unchanged. During an election the node waits a bounded time for a leader, then gives up
 //! with "unavailable" (HTTP 503). Once a command may have reached a leader, failures are
 //! "unknown" (HTTP 504), never "failed": the client retries with the same key.
@@ -7,15 +8,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gavel_raft::transport::{CallError, PeerRequest, PeerResponse};
-use gavel_raft::{Group, Proposal};
+use gavel_raft::Group;
 use gavel_rules::{Command, Reply};
 
 use crate::api::ProposeError;
+use crate::membership::{NotAdmitted, Writer, WRITES_QUEUED_PER_GROUP_MAX};
 use crate::node::{Node, LEADER_WAIT};
-use crate::peer_api::{decode_answer, encode_call, AppAnswer, AppCall, RemoteFailure};
-use crate::raft_ops::{propose_local, wait_for_leader, wait_for_leader_change, Attempt};
-use gavel_raft::wall_clock_ms;
+use crate::proposer::Queued;
+use crate::raft_ops::{wait_for_leader, wait_for_leader_change, Attempt};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 /// Leaders tried before a write gives up as unavailable.
 /// With the half-second wait for a new leader between attempts, a write rides out an election
@@ -26,7 +28,7 @@ const FORWARD_MARGIN: Duration = Duration::from_millis(500);
 const RETRY_AFTER_S: u32 = 1;
 
 impl Node {
-    fn propose_timeout(&self) -> Duration {
+    pub(crate) fn propose_timeout(&self) -> Duration {
         Duration::from_millis(self.config.propose_timeout_ms)
     }
 
@@ -39,7 +41,8 @@ impl Node {
                 break;
             };
             let attempt = if leader == self.node_id() {
-                self.propose_here(&group, command.clone()).await
+                self.propose_here(&group, command.clone(), Writer::Client)
+                    .await
             } else {
                 self.forward(leader, &group, command.clone()).await
             };
@@ -65,6 +68,7 @@ impl Node {
         &self,
         group: &Arc<Group>,
         command: Command,
+        writer: Writer,
     ) -> Result<Reply, Attempt> {
         if let Some(problem) = self.clock.problem() {
             return Err(Attempt::Final(ProposeError::Unavailable {
@@ -74,71 +78,65 @@ impl Node {
         }
         // Counted in flight until decided, so that a yielding leader's log stops growing
         // before a transfer's target campaigns.
-        let Some(_admitted) = self.holds[group.id as usize]
-            .admit_write(self.propose_timeout())
-            .await
-        else {
-            return Err(Attempt::Retry(format!(
-                "group {} is transferring its leadership",
-                group.id
-            )));
+        let admitted = self.holds[group.id as usize]
+            .admit_write(writer, self.propose_timeout())
+            .await;
+        let _admitted = match admitted {
+            Ok(admitted) => admitted,
+            Err(NotAdmitted::Held) => {
+                return Err(Attempt::Retry(format!(
+                    "group {} is transferring its leadership",
+                    group.id
+                )))
+            }
+            Err(NotAdmitted::Full) => {
+                metrics::counter!("gavel_writes_shed_total").increment(1);
+                return Err(Attempt::Final(ProposeError::Unavailable {
+                    reason: format!(
+                        "group {} has {WRITES_QUEUED_PER_GROUP_MAX} writes queued; not proposed",
+                        group.id
+                    ),
+                    retry_after_s: RETRY_AFTER_S,
+                }));
+            }
         };
-        let proposal = Proposal {
-            stamp_ms: wall_clock_ms(),
+        let (reply, answer) = oneshot::channel();
+        let queued = Queued {
             command,
+            queued_at: Instant::now(),
+            reply,
         };
-        propose_local(group, proposal, self.propose_timeout()).await
+        if self.proposers[group.id as usize].try_send(queued).is_err() {
+            metrics::counter!("gavel_writes_shed_total").increment(1);
+            return Err(Attempt::Final(ProposeError::Unavailable {
+                reason: format!(
+                    "group {}'s proposer is full or stopped; not proposed",
+                    group.id
+                ),
+                retry_after_s: RETRY_AFTER_S,
+            }));
+        }
+        // The proposer answers every command it took; without an answer it failed mid-way and
+        // the command may have been proposed.
+        answer.await.unwrap_or_else(|_| {
+            Err(Attempt::Final(ProposeError::Unknown(format!(
+                "group {}'s proposer stopped before answering",
+                group.id
+            ))))
+        })
     }
 
+    /// Forwards `command` to `leader`, batched with the other writes this node forwards to it
+    /// for the group (see `forwarder`).
     pub(crate) async fn forward(
         &self,
         leader: u64,
         group: &Group,
         command: Command,
     ) -> Result<Reply, Attempt> {
-        let request = encode_call(&AppCall::Propose(command))
-            .map_err(|e| Attempt::Final(ProposeError::Internal(e)))?;
         let timeout = self.propose_timeout() + FORWARD_MARGIN;
-        let response = self
-            .transport
-            .call(leader, group.id, PeerRequest::App(request), timeout)
-            .await;
-        match response {
-            Ok(PeerResponse::App(bytes)) => match decode_answer(&bytes) {
-                Ok(AppAnswer::Proposed(Ok(reply))) => Ok(*reply),
-                Ok(AppAnswer::Proposed(Err(failure))) => Err(failure_attempt(failure)),
-                // The leader had the write and may have decided it: the outcome is unknown.
-                Ok(other) => Err(Attempt::Final(ProposeError::Unknown(format!(
-                    "unexpected answer from node {leader}: {other:?}"
-                )))),
-                Err(e) => Err(Attempt::Final(ProposeError::Unknown(format!(
-                    "unreadable answer from node {leader}: {e}"
-                )))),
-            },
-            // The peer refused before serving it (starting, stopping, no such group).
-            Ok(PeerResponse::Refused(reason)) => Err(Attempt::Retry(reason)),
-            Ok(other) => Err(Attempt::Final(ProposeError::Unknown(format!(
-                "unexpected response from node {leader}: {other:?}"
-            )))),
-            // Never sent: safe to try another leader.
-            Err(e @ CallError::Unreachable { .. }) => Err(Attempt::Retry(e.to_string())),
-            Err(e @ CallError::Encode { .. }) => {
-                Err(Attempt::Final(ProposeError::Internal(e.to_string())))
-            }
-            // Sent, answer lost: the leader may have decided.
-            Err(e) => Err(Attempt::Final(ProposeError::Unknown(e.to_string()))),
-        }
-    }
-}
-
-fn failure_attempt(failure: RemoteFailure) -> Attempt {
-    match failure {
-        RemoteFailure::NotLeader => Attempt::Retry("the leader moved while forwarding".into()),
-        RemoteFailure::Unavailable(reason) => Attempt::Final(ProposeError::Unavailable {
-            reason,
-            retry_after_s: RETRY_AFTER_S,
-        }),
-        RemoteFailure::Unknown(reason) => Attempt::Final(ProposeError::Unknown(reason)),
-        RemoteFailure::Refused(reason) => Attempt::Final(ProposeError::Internal(reason)),
+        self.forwarders
+            .forward(leader, group.id, command, timeout)
+            .await
     }
 }

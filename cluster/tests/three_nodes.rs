@@ -168,3 +168,116 @@ async fn three_nodes_replicate_forward_and_rebalance() {
         node.shutdown().await;
     }
 }
+
+/// The highest log index any replica of group 0 has, as `node` sees it.
+async fn last_log_index(node: &Node) -> u64 {
+    let status = node.cluster_status().await;
+    status.groups[0]
+        .replicas
+        .iter()
+        .map(|r| r.last_log_index)
+        .max()
+        .unwrap_or(0)
+}
+
+/// Forwarded writes in flight on each follower's connection to the leader, well past the peer
+/// transport's per-connection budget for application requests (256).
+const FORWARDED_WRITES_PER_FOLLOWER: usize = 400;
+
+/// The peer transport must never stall itself: a forwarded write holds its slot on the
+/// leader's reader until it is committed, and commit needs the AppendEntries answers that
+/// arrive on those same connections. With more forwarded writes in flight than the reader has
+/// slots, on both followers' connections, a reader that waited for a slot stopped reading those
+/// answers, nothing committed, and every write ended as "unknown" after its whole propose
+/// timeout. Now every write is answered well within that timeout, decided or "unavailable"
+/// (never proposed), and none is unknown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forwarded_write_spike_never_stalls_the_transport() {
+    let dir = tempfile::tempdir().unwrap();
+    let peers: Vec<(u64, String)> = (1..=3).map(|id| (id, free_addr())).collect();
+    let mut nodes: Vec<Arc<Node>> = Vec::new();
+    for (id, peer) in &peers {
+        let mut config = config(dir.path(), *id, peer, &peers, false);
+        config.groups = 1;
+        nodes.push(Node::start(config).await.unwrap());
+    }
+    until(
+        "the group ready on all nodes",
+        Duration::from_secs(20),
+        || nodes.iter().all(|n| n.readiness().is_ok()),
+    )
+    .await;
+    let status = nodes[0].cluster_status().await;
+    let leader = status.groups[0].leader.expect("a leader");
+    let followers: Vec<Arc<Node>> = nodes
+        .iter()
+        .filter(|n| n.node_id() != leader)
+        .cloned()
+        .collect();
+    for a in 0..8 {
+        followers[a % 2]
+            .propose(create(&format!("spike-{a}")))
+            .await
+            .unwrap();
+    }
+
+    let log_before = last_log_index(&nodes[0]).await;
+    let started = tokio::time::Instant::now();
+    let mut writes = tokio::task::JoinSet::new();
+    for n in 0..2 * FORWARDED_WRITES_PER_FOLLOWER {
+        let follower = followers[n % 2].clone();
+        writes.spawn(async move {
+            let auction = format!("spike-{}", n % 8);
+            follower
+                .propose(bid(&auction, &format!("b{n}"), n as i64 + 1))
+                .await
+        });
+    }
+    let (mut decided, mut unavailable) = (0, 0);
+    while let Some(outcome) = writes.join_next().await {
+        match outcome.unwrap() {
+            Ok(_) => decided += 1,
+            Err(gavel_cluster::ProposeError::Unavailable { .. }) => unavailable += 1,
+            Err(e) => panic!("a forwarded write ended as {e:?} ({decided} decided so far)"),
+        }
+    }
+    let elapsed = started.elapsed();
+    eprintln!("{decided} decided, {unavailable} answered unavailable, in {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(4),
+        "{} forwarded writes took {elapsed:?}",
+        2 * FORWARDED_WRITES_PER_FOLLOWER
+    );
+    // The leader takes on 128 writes per group at once (`WRITES_QUEUED_PER_GROUP_MAX`) and
+    // sheds the rest with 503: at least that many were decided.
+    assert!(decided >= 128, "{decided} decided, {unavailable} shed");
+    // Every decided write is in the decision logs and no shed one is: shed means never proposed.
+    let mut logged = 0;
+    for a in 0..8 {
+        let filter = BidFilter {
+            accepted_only: false,
+            limit: 1_000,
+            after_seq: 0,
+        };
+        let page = nodes[0]
+            .bids(&format!("spike-{a}"), filter, Consistency::Linearizable)
+            .await
+            .unwrap()
+            .unwrap();
+        logged += page.bids.len();
+    }
+    assert_eq!(
+        logged, decided,
+        "decision logs hold exactly the decided writes"
+    );
+    // The leader batches the writes that arrive while a proposal is in flight.
+    let entries = last_log_index(&nodes[0]).await - log_before;
+    eprintln!("{decided} decided writes in {entries} entries");
+    assert!(
+        entries < decided as u64,
+        "{decided} writes took {entries} entries"
+    );
+    for node in &nodes {
+        node.shutdown().await;
+    }
+}

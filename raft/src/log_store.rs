@@ -9,12 +9,15 @@ use std::ops::RangeBounds;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use gavel_storage::{decode, encode, LogTree, Store};
+use gavel_storage::{decode, decode_as, encode, encode_as, format_of, LogTree, Store};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, StorageIOError};
 
 use crate::flusher::Flusher;
-use crate::types::{Entry, LogId, RaftStorageError, TypeConfig, Vote};
+use crate::types::{
+    upgrade_entry, Entry, LogId, RaftStorageError, TypeConfig, TypeConfigV1, Vote,
+    ENTRY_FORMAT_VERSION,
+};
 
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
@@ -55,6 +58,15 @@ impl LogStore {
     }
 }
 
+/// Decodes a log entry of any format this build reads: today's, or format 1 (one command per
+/// entry), which data dirs written before batching still hold.
+fn decode_entry(bytes: &[u8]) -> Result<Entry, gavel_storage::StorageError> {
+    match format_of(bytes)? {
+        1 => decode_as::<openraft::Entry<TypeConfigV1>>(1, bytes).map(upgrade_entry),
+        _ => decode_as(ENTRY_FORMAT_VERSION, bytes),
+    }
+}
+
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -66,7 +78,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             .map_err(|e| StorageIOError::read_logs(&e))?;
         rows.into_iter()
             .map(|(_, bytes)| {
-                decode::<Entry>(&bytes).map_err(|e| StorageIOError::read_logs(&e).into())
+                decode_entry(&bytes).map_err(|e| StorageIOError::read_logs(&e).into())
             })
             .collect()
     }
@@ -81,7 +93,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| StorageIOError::read_logs(&e))?;
         let last = match self.log.last().map_err(|e| StorageIOError::read_logs(&e))? {
             Some((_, bytes)) => {
-                let entry: Entry = decode(&bytes).map_err(|e| StorageIOError::read_logs(&e))?;
+                let entry = decode_entry(&bytes).map_err(|e| StorageIOError::read_logs(&e))?;
                 Some(entry.log_id)
             }
             None => purged,
@@ -145,7 +157,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let rows = entries
             .into_iter()
-            .map(|entry| Ok((entry.log_id.index, encode(&entry)?)))
+            .map(|entry| {
+                let bytes = encode_as(ENTRY_FORMAT_VERSION, &entry)?;
+                Ok((entry.log_id.index, bytes))
+            })
             .collect::<Result<Vec<_>, gavel_storage::StorageError>>()
             .map_err(|e| StorageIOError::write_logs(&e))?;
         self.log
@@ -176,5 +191,74 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .purge_through(log_id.index)
             .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gavel_rules::Command;
+    use openraft::{CommittedLeaderId, EntryPayload, Membership};
+    use std::collections::BTreeSet;
+
+    fn log_id(index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(3, 1), index)
+    }
+
+    fn deadline(auction: &str) -> Command {
+        Command::Deadline {
+            auction_id: auction.into(),
+        }
+    }
+
+    /// Data dirs written before batching hold format-1 entries (one command each), written as
+    /// `encode` wrote every record then: version byte 1, then openraft's entry.
+    #[test]
+    fn format_1_entries_still_decode_as_batches_of_one() {
+        let old = openraft::Entry::<TypeConfigV1> {
+            log_id: log_id(7),
+            payload: EntryPayload::Normal(crate::types::ProposalV1 {
+                stamp_ms: 1_764_547_200_000,
+                command: deadline("a"),
+            }),
+        };
+        let bytes = gavel_storage::encode(&old).unwrap();
+        assert_eq!(bytes[0], 1);
+        let entry = decode_entry(&bytes).unwrap();
+        assert_eq!(entry.log_id, log_id(7));
+        let EntryPayload::Normal(proposal) = entry.payload else {
+            panic!("a normal entry stays normal");
+        };
+        assert_eq!(proposal.stamp_ms, 1_764_547_200_000);
+        assert_eq!(proposal.commands, vec![deadline("a")]);
+
+        let members = Membership::new(vec![BTreeSet::from([1u64])], None);
+        for payload in [EntryPayload::Blank, EntryPayload::Membership(members)] {
+            let old = openraft::Entry::<TypeConfigV1> {
+                log_id: log_id(8),
+                payload,
+            };
+            let entry = decode_entry(&gavel_storage::encode(&old).unwrap()).unwrap();
+            assert_eq!(entry.log_id, log_id(8));
+            assert!(!matches!(entry.payload, EntryPayload::Normal(_)));
+        }
+    }
+
+    #[test]
+    fn batches_round_trip_under_their_own_format() {
+        let entry = Entry {
+            log_id: log_id(9),
+            payload: EntryPayload::Normal(crate::types::Proposal {
+                stamp_ms: 5,
+                commands: vec![deadline("a"), deadline("b")],
+            }),
+        };
+        let bytes = encode_as(ENTRY_FORMAT_VERSION, &entry).unwrap();
+        assert_eq!(bytes[0], ENTRY_FORMAT_VERSION);
+        assert_eq!(decode_entry(&bytes).unwrap(), entry);
+        let mut future = bytes.clone();
+        future[0] = ENTRY_FORMAT_VERSION + 1;
+        assert!(decode_entry(&future).is_err());
+        assert!(decode_entry(&[]).is_err());
     }
 }

@@ -61,6 +61,10 @@ impl PeerClient {
             Ok(PeerResponse::Refused(reason)) => {
                 Err(RPCError::Network(NetworkError::new(&Unexpected(reason))))
             }
+            Ok(PeerResponse::Busy { in_flight_max }) => {
+                let why = format!("node {} is busy ({in_flight_max} in flight)", self.target);
+                Err(RPCError::Network(NetworkError::new(&Unexpected(why))))
+            }
             Ok(response) => Ok(response),
             Err(e @ CallError::Unreachable { .. }) => {
                 Err(RPCError::Unreachable(Unreachable::new(&e)))

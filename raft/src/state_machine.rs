@@ -142,29 +142,32 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         for entry in entries {
             last_applied = Some(entry.log_id);
             let response = match entry.payload {
-                EntryPayload::Blank => Response(None),
+                EntryPayload::Blank => Response::default(),
                 EntryPayload::Normal(proposal) => {
-                    let applied = writer
-                        .apply(proposal.stamp_ms, &proposal.command)
-                        .map_err(sm_error)?;
-                    deadlines_moved |= applied.deadline_moved;
-                    if let (false, Some(auction)) =
-                        (applied.effects.changes.is_empty(), &applied.effects.auction)
-                    {
-                        events.push(AuctionEvent {
-                            group: self.group,
-                            auction: Arc::new(auction.clone()),
-                            changes: applied.effects.changes,
-                            applied_at: Instant::now(),
-                        });
+                    // In order, each with the entry's stamp, exactly as if alone in its entry.
+                    let mut replies = Vec::with_capacity(proposal.commands.len());
+                    for command in &proposal.commands {
+                        let applied = writer.apply(proposal.stamp_ms, command).map_err(sm_error)?;
+                        deadlines_moved |= applied.deadline_moved;
+                        if let (false, Some(auction)) =
+                            (applied.effects.changes.is_empty(), &applied.effects.auction)
+                        {
+                            events.push(AuctionEvent {
+                                group: self.group,
+                                auction: Arc::new(auction.clone()),
+                                changes: applied.effects.changes,
+                                applied_at: Instant::now(),
+                            });
+                        }
+                        ended_at_deadlines.extend(applied.effects.ended_at_deadline_ms);
+                        replies.push(applied.effects.reply);
                     }
-                    ended_at_deadlines.extend(applied.effects.ended_at_deadline_ms);
-                    Response(Some(applied.effects.reply))
+                    Response(replies)
                 }
                 EntryPayload::Membership(membership) => {
                     let stored = StoredMembership::new(Some(entry.log_id), membership);
                     writer.set_meta(MEMBERSHIP, encode(&stored).map_err(sm_error)?);
-                    Response(None)
+                    Response::default()
                 }
             };
             responses.push(response);

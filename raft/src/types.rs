@@ -1,5 +1,6 @@
-//! The Raft type configuration shared by every group: what a log entry carries (a stamped
-//! command), what applying it answers, and what a node's address record holds.
+//! The Raft type configuration shared by every group: what a log entry carries (a batch of
+//! commands stamped once), what applying it answers, and what a node's address record holds;
+//! and the entry format older versions wrote (one command per entry), still read.
 
 use std::fmt;
 use std::io::Cursor;
@@ -7,28 +8,75 @@ use std::io::Cursor;
 use gavel_rules::{Command, Reply, StampMs};
 use serde::{Deserialize, Serialize};
 
-/// A command as proposed by a group leader, stamped with the leader's wall clock.
+/// Commands as proposed by a group leader, stamped once with the leader's wall clock. The state
+/// machine decides them in order, each exactly as if it were alone in its entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
     pub stamp_ms: StampMs,
-    pub command: Command,
+    pub commands: Vec<Command>,
 }
 
 impl fmt::Display for Proposal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "proposal@{} for {}",
+            "proposal@{} of {} commands",
             self.stamp_ms,
-            self.command.auction_id()
+            self.commands.len()
         )
     }
 }
 
-/// What applying an entry answers: the rules' reply for a proposal, nothing for blank and
-/// membership entries.
+/// What applying an entry answers: the rules' reply for each command of a proposal, in order;
+/// nothing for blank and membership entries.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Response(pub Option<Reply>);
+pub struct Response(pub Vec<Reply>);
+
+/// The log entry format version this build writes. 1: one command per entry
+/// ([`ProposalV1`]); 2: a batch ([`Proposal`]).
+pub const ENTRY_FORMAT_VERSION: u8 = 2;
+
+/// The proposal of entry format 1, read from data dirs written before batching.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProposalV1 {
+    pub stamp_ms: StampMs,
+    pub command: Command,
+}
+
+impl fmt::Display for ProposalV1 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "proposal@{} (format 1)", self.stamp_ms)
+    }
+}
+
+openraft::declare_raft_types!(
+    /// Entry format 1, only to decode it with openraft's own serde shape.
+    pub TypeConfigV1:
+        D = ProposalV1,
+        R = Response,
+        NodeId = NodeId,
+        Node = GavelNode,
+        Entry = openraft::Entry<TypeConfigV1>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// An entry of format 1 as the same entry in today's format (a batch of one).
+pub fn upgrade_entry(entry: openraft::Entry<TypeConfigV1>) -> Entry {
+    use openraft::EntryPayload;
+    let payload = match entry.payload {
+        EntryPayload::Blank => EntryPayload::Blank,
+        EntryPayload::Normal(old) => EntryPayload::Normal(Proposal {
+            stamp_ms: old.stamp_ms,
+            commands: vec![old.command],
+        }),
+        EntryPayload::Membership(membership) => EntryPayload::Membership(membership),
+    };
+    Entry {
+        log_id: entry.log_id,
+        payload,
+    }
+}
 
 /// How the cluster reaches a node: clients (and forwarded requests) at `client_addr`, Raft
 /// peers at `peer_addr`.

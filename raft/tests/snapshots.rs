@@ -59,9 +59,14 @@ async fn lead_alone(group: &Group) {
 }
 
 async fn write(group: &Group, stamp_ms: i64, command: Command) -> Reply {
-    let proposal = Proposal { stamp_ms, command };
+    let proposal = Proposal {
+        stamp_ms,
+        commands: vec![command],
+    };
     let response = group.raft.client_write(proposal).await.unwrap();
-    response.data.0.expect("a proposal always gets a reply")
+    let mut replies = response.data.0;
+    assert_eq!(replies.len(), 1, "one reply per command");
+    replies.remove(0)
 }
 
 fn create(id: &str) -> Command {
@@ -273,4 +278,41 @@ async fn older_build_never_replaces_a_newer_installed_snapshot() {
         "the late build of an older state replaced the newer installed snapshot"
     );
     source.raft.shutdown().await.unwrap();
+}
+
+/// A batch entry decides each of its commands exactly as if each were alone in its own entry
+/// with the same stamp: same replies, in order (accepted, outbid, duplicate key, too low).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_decides_each_command_as_if_alone() {
+    let commands = vec![
+        create("batch"),
+        bid("batch", 5),
+        bid("batch", 7),
+        bid("batch", 7),
+        bid("batch", 6),
+        bid("batch", 9),
+    ];
+    let stamp_ms = START_MS + 10;
+
+    let alone_dir = tempfile::tempdir().unwrap();
+    let (_alone_store, alone) = open(alone_dir.path()).await;
+    lead_alone(&alone).await;
+    let mut one_by_one = Vec::new();
+    for command in &commands {
+        one_by_one.push(write(&alone, stamp_ms, command.clone()).await);
+    }
+
+    let batch_dir = tempfile::tempdir().unwrap();
+    let (_batch_store, batched) = open(batch_dir.path()).await;
+    lead_alone(&batched).await;
+    let proposal = Proposal {
+        stamp_ms,
+        commands: commands.clone(),
+    };
+    let replies = batched.raft.client_write(proposal).await.unwrap().data.0;
+
+    assert_eq!(replies.len(), commands.len(), "one reply per command");
+    assert_eq!(replies, one_by_one);
+    alone.raft.shutdown().await.unwrap();
+    batched.raft.shutdown().await.unwrap();
 }

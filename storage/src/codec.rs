@@ -19,6 +19,34 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
     Ok(bytes)
 }
 
+/// Encodes `value` under a format version of its own: for records whose shape changed (Raft
+/// log entries), so old records stay readable beside new ones.
+pub fn encode_as<T: Serialize>(version: u8, value: &T) -> Result<Vec<u8>, StorageError> {
+    let mut bytes = Vec::with_capacity(64);
+    bytes.push(version);
+    bincode::serialize_into(&mut bytes, value).map_err(|e| StorageError::Encode(e.to_string()))?;
+    Ok(bytes)
+}
+
+/// The format version a record was written with.
+pub fn format_of(bytes: &[u8]) -> Result<u8, StorageError> {
+    bytes
+        .first()
+        .copied()
+        .ok_or_else(|| StorageError::Decode("empty record".into()))
+}
+
+/// Decodes a record written by [`encode_as`] with `version`.
+pub fn decode_as<T: DeserializeOwned>(version: u8, bytes: &[u8]) -> Result<T, StorageError> {
+    match bytes.split_first() {
+        Some((&found, body)) if found == version => {
+            bincode::deserialize(body).map_err(|e| StorageError::Decode(e.to_string()))
+        }
+        Some((&other, _)) => Err(StorageError::UnknownFormat(other)),
+        None => Err(StorageError::Decode("empty record".into())),
+    }
+}
+
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageError> {
     match bytes.split_first() {
         Some((&FORMAT_VERSION, body)) => {

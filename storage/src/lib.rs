@@ -18,7 +18,7 @@ mod state;
 
 use std::path::Path;
 
-pub use codec::{decode, encode, FORMAT_VERSION};
+pub use codec::{decode, decode_as, encode, encode_as, format_of, FORMAT_VERSION};
 pub use log::LogTree;
 pub use state::{
     Applied, AuctionCursor, AuctionFilter, AuctionPage, BidFilter, BidPage, SnapshotBlob,

@@ -1,6 +1,7 @@
 //! One established peer connection: a writer task that drains a bounded queue of encoded
 //! frames, and a reader task that completes pending calls, answers clock probes and hands
-//! every other inbound request to the handler.
+//! every other inbound request to the handler, within a budget of requests in flight (Raft
+//! RPCs and application requests apart); beyond it a request is answered `Busy` at once.
 //!
 //! Any read or write error, a malformed or oversized frame, or an unexpected handshake frame
 //! closes the connection: the stream can no longer be trusted to be in sync. Pending calls then
@@ -31,6 +32,11 @@ pub(super) struct ConnParams {
 }
 
 type Handler = Arc<OnceLock<Arc<dyn InboundHandler>>>;
+
+/// Raft RPCs one connection handles at once. openraft sends each peer at most one replication
+/// request and one vote per group at a time (plus a snapshot chunk), so this is a backstop
+/// against a misbehaving peer rather than a limit a healthy cluster meets.
+const RAFT_REQUESTS_IN_FLIGHT_MAX: usize = 4 * 1024;
 
 pub(super) struct Conn {
     peer: NodeId,
@@ -79,11 +85,15 @@ impl Conn {
             close_signal: Notify::new(),
         });
         let (reader, writer) = stream.into_split();
-        let permits = Arc::new(Semaphore::new(params.inbound_requests_in_flight_max));
+        let budgets = Budgets {
+            raft: Arc::new(Semaphore::new(RAFT_REQUESTS_IN_FLIGHT_MAX)),
+            app: Arc::new(Semaphore::new(params.inbound_requests_in_flight_max)),
+            app_max: params.inbound_requests_in_flight_max,
+        };
         tokio::spawn(write_loop(conn.clone(), writer, queue));
         let reading = conn.clone();
         tokio::spawn(async move {
-            let outcome = read_loop(&reading, reader, handler, permits).await;
+            let outcome = read_loop(&reading, reader, handler, budgets).await;
             if let Err(e) = outcome {
                 tracing::warn!(peer = reading.peer, error = %e, "peer connection closed");
                 if matches!(
@@ -186,11 +196,24 @@ async fn write_loop(conn: Arc<Conn>, writer: OwnedWriteHalf, mut queue: mpsc::Re
     let _ = writer.shutdown().await;
 }
 
+/// The reader's two budgets of inbound requests handled at once.
+struct Budgets {
+    /// Raft RPCs: bounded by the peer's own Raft (a few per group), so a spare budget.
+    raft: Arc<Semaphore>,
+    /// Application requests, which may wait long (a forwarded write until it is applied).
+    app: Arc<Semaphore>,
+    app_max: usize,
+}
+
+// The reader never awaits anything that needs the reader: a request it cannot take on at once
+// is answered `Busy` at once. Waiting for a slot instead stalled the pair: forwarded writes
+// held every slot until committed, and commit waited for AppendEntries answers that only this
+// reader could read.
 async fn read_loop(
     conn: &Arc<Conn>,
     mut reader: OwnedReadHalf,
     handler: Handler,
-    permits: Arc<Semaphore>,
+    budgets: Budgets,
 ) -> Result<(), FrameError> {
     loop {
         let frame = tokio::select! {
@@ -204,24 +227,33 @@ async fn read_loop(
                     let _ = answer.send(response);
                 }
             }
+            Message::Request(PeerRequest::ClockProbe { .. }) => {
+                // Read at once, so the reading is as close to the probe's arrival as this node
+                // can make it; answered even while the node starts.
+                let now_ms = crate::clock::wall_clock_ms();
+                let response = PeerResponse::ClockProbe { now_ms };
+                respond_now(conn, envelope.request_id, envelope.group, response);
+            }
             Message::Request(request) => {
-                // Read before anything can wait, so the reading is as close to the probe's
-                // arrival as this node can make it.
-                let clock_ms = matches!(request, PeerRequest::ClockProbe { .. })
-                    .then(crate::clock::wall_clock_ms);
-                let Ok(permit) = permits.clone().acquire_owned().await else {
-                    return Ok(());
+                let (budget, in_flight_max) = match request {
+                    PeerRequest::App(_) => (&budgets.app, budgets.app_max),
+                    _ => (&budgets.raft, RAFT_REQUESTS_IN_FLIGHT_MAX),
+                };
+                let Ok(permit) = budget.clone().try_acquire_owned() else {
+                    metrics::counter!("gavel_peer_requests_busy_total", "kind" => request.name())
+                        .increment(1);
+                    let busy = PeerResponse::Busy {
+                        in_flight_max: u32::try_from(in_flight_max).unwrap_or(u32::MAX),
+                    };
+                    respond_now(conn, envelope.request_id, envelope.group, busy);
+                    continue;
                 };
                 let conn = conn.clone();
                 let handler = handler.clone();
                 tokio::spawn(async move {
-                    // Clock probes are the transport's own: answered even while the node starts.
-                    let response = match (clock_ms, handler.get()) {
-                        (Some(now_ms), _) => PeerResponse::ClockProbe { now_ms },
-                        (None, Some(handler)) => {
-                            handler.handle(conn.peer, envelope.group, request).await
-                        }
-                        (None, None) => PeerResponse::Refused("node is starting".into()),
+                    let response = match handler.get() {
+                        Some(handler) => handler.handle(conn.peer, envelope.group, request).await,
+                        None => PeerResponse::Refused("node is starting".into()),
                     };
                     respond(&conn, envelope.request_id, envelope.group, response).await;
                     drop(permit);
@@ -234,14 +266,37 @@ async fn read_loop(
     }
 }
 
+/// Answers without waiting: queues the response if the writer has room. A writer so far behind
+/// that its queue is full drops the answer, and the caller's timeout covers it (the reader must
+/// not wait on the writer's peer to read).
+fn respond_now(conn: &Conn, request_id: u64, group: u32, response: PeerResponse) {
+    let Some(frame) = response_frame(conn, request_id, group, response) else {
+        return;
+    };
+    if conn.outbound.try_send(frame).is_err() {
+        metrics::counter!("gavel_peer_answers_dropped_total").increment(1);
+    }
+}
+
 async fn respond(conn: &Conn, request_id: u64, group: u32, response: PeerResponse) {
+    if let Some(frame) = response_frame(conn, request_id, group, response) {
+        let _ = conn.outbound.send(frame).await;
+    }
+}
+
+fn response_frame(
+    conn: &Conn,
+    request_id: u64,
+    group: u32,
+    response: PeerResponse,
+) -> Option<Vec<u8>> {
     let envelope = Envelope {
         request_id,
         group,
         message: Message::Response(response),
     };
-    let frame = match encode_frame(&envelope, conn.frame_bytes_max) {
-        Ok(frame) => frame,
+    match encode_frame(&envelope, conn.frame_bytes_max) {
+        Ok(frame) => Some(frame),
         Err(e) => {
             tracing::error!(peer = conn.peer, error = %e, "cannot encode a response");
             let refused = Envelope {
@@ -249,11 +304,7 @@ async fn respond(conn: &Conn, request_id: u64, group: u32, response: PeerRespons
                 group,
                 message: Message::Response(PeerResponse::Refused(e.to_string())),
             };
-            match encode_frame(&refused, conn.frame_bytes_max) {
-                Ok(frame) => frame,
-                Err(_) => return,
-            }
+            encode_frame(&refused, conn.frame_bytes_max).ok()
         }
-    };
-    let _ = conn.outbound.send(frame).await;
+    }
 }

@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use super::messages::{PeerRequest, PeerResponse};
 
 /// The peer protocol version; both ends must speak the same one.
-/// 2: clock probes (a version-1 node would drop the connection on one).
+/// 2: clock probes (a version-1 node would drop the connection on one) and `Busy` answers.
 pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Bytes of the length prefix.
@@ -194,6 +194,32 @@ mod tests {
         assert!(decode_payload(&longer, MAX).is_err());
     }
 
+    fn busy(request_id: u64, in_flight_max: u32) -> Envelope {
+        Envelope {
+            request_id,
+            group: 5,
+            message: Message::Response(PeerResponse::Busy { in_flight_max }),
+        }
+    }
+
+    #[test]
+    fn busy_answers_round_trip() {
+        for in_flight_max in [0, 1, 256, u32::MAX] {
+            let frame = encode_frame(&busy(11, in_flight_max), MAX).unwrap();
+            let decoded = decode_payload(&frame[4..], MAX).unwrap();
+            assert_eq!((decoded.request_id, decoded.group), (11, 5));
+            assert!(matches!(
+                decoded.message,
+                Message::Response(PeerResponse::Busy { in_flight_max: m }) if m == in_flight_max
+            ));
+        }
+        let frame = encode_frame(&busy(1, 256), MAX).unwrap();
+        assert!(decode_payload(&frame[4..frame.len() - 1], MAX).is_err());
+        let mut longer = frame[4..].to_vec();
+        longer.push(0);
+        assert!(decode_payload(&longer, MAX).is_err());
+    }
+
     #[tokio::test]
     async fn refuses_oversized_and_foreign_frames() {
         let mut oversized = ((MAX + 1) as u32).to_be_bytes().to_vec();
@@ -252,6 +278,31 @@ mod tests {
                 frame[4 + at % (len - 4)] = byte;
             }
             let _ = decode_payload(&frame[4..], MAX);
+        }
+
+        #[test]
+        fn decoder_survives_mutated_busy_answers(
+            in_flight_max in any::<u32>(),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
+        ) {
+            let mut frame = encode_frame(&busy(3, in_flight_max), MAX).unwrap();
+            for (at, byte) in flips {
+                let len = frame.len();
+                frame[4 + at % (len - 4)] = byte;
+            }
+            let _ = decode_payload(&frame[4..], MAX);
+        }
+
+        #[test]
+        fn busy_answers_round_trip_any_bound(in_flight_max in any::<u32>(), id in any::<u64>()) {
+            let frame = encode_frame(&busy(id, in_flight_max), MAX).unwrap();
+            let decoded = decode_payload(&frame[4..], MAX).unwrap();
+            prop_assert_eq!(decoded.request_id, id);
+            let same = matches!(
+                decoded.message,
+                Message::Response(PeerResponse::Busy { in_flight_max: m }) if m == in_flight_max
+            );
+            prop_assert!(same);
         }
 
         #[test]

@@ -57,4 +57,9 @@ pub enum PeerResponse {
     ClockProbe {
         now_ms: i64,
     },
+    /// The receiver's connection already handles `in_flight_max` requests of this kind, so it
+    /// did not take this one on: nothing was done, the sender may try again later.
+    Busy {
+        in_flight_max: u32,
+    },
 }

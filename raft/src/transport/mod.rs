@@ -51,6 +51,7 @@ fn response_name(response: &PeerResponse) -> &'static str {
         PeerResponse::App(_) => "app",
         PeerResponse::Refused(_) => "refused",
         PeerResponse::ClockProbe { .. } => "clock_probe",
+        PeerResponse::Busy { .. } => "busy",
     }
 }
 
@@ -82,8 +83,8 @@ pub struct TransportConfig {
     pub reconnect_backoff_max_ms: u64,
     /// Encoded frames queued for one connection's writer.
     pub outbound_frames_max: usize,
-    /// Inbound requests one connection handles concurrently; beyond it the reader waits,
-    /// which pushes back on the sender through TCP.
+    /// Inbound application requests one connection handles concurrently; beyond it the reader
+    /// answers `Busy` at once (it never waits: what it would wait for may need its reading).
     pub inbound_requests_in_flight_max: usize,
 }
 
