@@ -21,7 +21,7 @@ use tokio::time::Instant;
 
 use crate::api::ProposeError;
 use crate::peer_api::{decode_answer, encode_call, AppAnswer, AppCall, RemoteFailure};
-use crate::proposer::{COMMANDS_PER_PROPOSAL_MAX, PROPOSER_QUEUE_MAX, QUEUED_WAIT_MS_MAX};
+use crate::proposer::{next_batch, PROPOSER_QUEUE_MAX, QUEUED_WAIT_MS_MAX};
 use crate::raft_ops::Attempt;
 
 const RETRY_AFTER_S: u32 = 1;
@@ -115,18 +115,9 @@ impl Link {
             let Ok(slot) = calls.clone().acquire_owned().await else {
                 break;
             };
-            let first = tokio::select! {
-                first = queue.recv() => first,
-                _ = stop.changed() => None,
+            let Some(batch) = next_batch(&mut queue, &mut stop).await else {
+                break;
             };
-            let Some(first) = first else { break };
-            let mut batch = vec![first];
-            while batch.len() < COMMANDS_PER_PROPOSAL_MAX {
-                match queue.try_recv() {
-                    Ok(next) => batch.push(next),
-                    Err(_) => break,
-                }
-            }
             let link = self.clone();
             tokio::spawn(async move {
                 link.send(batch).await;

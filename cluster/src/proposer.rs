@@ -58,18 +58,9 @@ pub(crate) async fn run_proposer(
 ) {
     let group = node.groups[group_id as usize].clone();
     loop {
-        let first = tokio::select! {
-            first = queue.recv() => first,
-            _ = stop.changed() => None,
+        let Some(batch) = next_batch(&mut queue, &mut stop).await else {
+            break;
         };
-        let Some(first) = first else { break };
-        let mut batch = vec![first];
-        while batch.len() < COMMANDS_PER_PROPOSAL_MAX {
-            match queue.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
-            }
-        }
         propose_batch(&node, &group, batch).await;
     }
     queue.close();
@@ -138,4 +129,19 @@ async fn propose_batch(node: &Node, group: &Arc<Group>, batch: Vec<Queued>) {
             }
         }
     }
+}
+
+/// Waits for the next queued item, then takes whatever else is already queued, up to a
+/// proposal's worth: what arrived while the previous batch was in flight goes out together.
+/// `None` once the queue closed or the node stops.
+pub(crate) async fn next_batch<T>(
+    queue: &mut mpsc::Receiver<T>,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<Vec<T>> {
+    let mut batch = Vec::new();
+    let received = tokio::select! {
+        received = queue.recv_many(&mut batch, COMMANDS_PER_PROPOSAL_MAX) => received,
+        _ = stop.changed() => 0,
+    };
+    (received > 0).then_some(batch)
 }
