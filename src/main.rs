@@ -5,148 +5,27 @@
 //!
 //! # Layout
 //!
-//! - `main.rs`: the command line (clap), logging setup, exit codes.
-//! - `config.rs`: the flags of each command and their strict parsers; cross-flag checks.
-//! - `cluster_cli.rs`: `gavel cluster ...`, the operator's commands over `/cluster`.
-//! - `bench/`: the load tools: `gavel bench viewers` (fan-out; its viewers run in worker
-//!   processes of this binary) and `gavel bench bids` (bid throughput and latency, also against
-//!   etcd for comparison).
-//! - `server.rs`: the axum application (routes, layers, limits) and graceful shutdown.
-//! - `api/`: one file per resource: `auctions.rs`, `bids.rs`, `ops.rs` (health, readiness,
-//!   metrics, OpenAPI); `mod.rs` has the route table and the shared extractors.
-//! - `live/`: live updates: the per-node fan-out hub fed by the apply path, SSE
-//!   (`/auctions/{id}/stream`) and WebSocket (`/auctions/{id}/ws`) viewers, their limits.
-//! - `page/`: the live auction page (`/`, `/a/{id}`), HTML/JS/CSS embedded at build time.
-//! - `auth.rs`: HS256 JWTs by hand, the secret, roles and the `Principal` extractor.
-//! - `json.rs`: the JSON body extractor, exact money, RFC 3339 times, `Idempotency-Key`.
-//! - `problem.rs`: `ApiError`, the one mapping of errors to RFC 9457 problems.
-//! - `cursor.rs`: opaque pagination cursors.
-//! - `limits.rs`: the in-flight request bound and the per-bidder bid rate limit.
-//! - `metrics.rs`: the Prometheus recorder and the HTTP-level metrics.
-//! - `engine.rs`: the narrow engine interface handlers use (the cluster node, or a fake in
-//!   unit tests).
-//! - `openapi.json`: the OpenAPI 3.1 document served at `/openapi.json`.
+//! Three parts, each a folder:
+//!
+//! - `cli/`: the command line (clap), its flags and their checks, logging setup, exit codes;
+//!   the operator's `gavel cluster ...` and the load tools `gavel bench ...`.
+//! - `http/`: the HTTP edge. `server.rs` (the axum application, layers, graceful shutdown),
+//!   `api/` (one file per resource and the route table), `auth.rs` (tokens, roles, the
+//!   `Principal` extractor), `json.rs` (the body extractor, exact money, RFC 3339 times,
+//!   `Idempotency-Key`), `problem.rs` (the one mapping of errors to RFC 9457 problems),
+//!   `cursor.rs`, `limits.rs`, `metrics.rs`, `engine.rs` (the narrow engine interface the
+//!   handlers use: the cluster node, or a fake in unit tests) and `openapi.json` (the contract).
+//! - `live/`: live updates: the per-node fan-out hub fed by the apply path, SSE and WebSocket
+//!   viewers and their limits, and `page/`, the live auction page embedded at build time.
 //!
 //! Architecture invariant: `src/` is the only place that knows HTTP and JSON. It decides no
 //! auction rule itself: it validates input early for clear errors, proposes commands to the
 //! node and renders the node's replies.
 
-mod api;
-mod auth;
-mod bench;
-mod cluster_cli;
-mod config;
-mod cursor;
-mod engine;
-mod json;
-mod limits;
+mod cli;
+mod http;
 mod live;
-mod metrics;
-mod page;
-mod problem;
-mod server;
 
-use std::process::ExitCode;
-
-use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use tracing_subscriber::EnvFilter;
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "gavel",
-    version,
-    about = "Gavel: a real-time auction engine on Raft and sled"
-)]
-struct Cli {
-    /// Log format (the level comes from RUST_LOG, default info).
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
-    #[command(subcommand)]
-    command: Commands,
-}
-
-#[derive(Subcommand, Debug)]
-enum Commands {
-    /// Run a node: the HTTP API on --listen, Raft peers on --peer-listen.
-    Serve(config::ServeArgs),
-    /// Print a token signed with the node's secret.
-    Token(config::TokenArgs),
-    /// Administer a cluster through any node: status, add, remove, transfer-leader.
-    Cluster(cluster_cli::ClusterArgs),
-    /// Load tools: `gavel bench viewers` (live fan-out), `gavel bench bids` (bid load).
-    Bench(bench::BenchArgs),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
-}
-
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_tracing(cli.log_format);
-    let result = match cli.command {
-        Commands::Serve(args) => {
-            if let Err(message) = args.check() {
-                Cli::command()
-                    .error(clap::error::ErrorKind::ArgumentConflict, message)
-                    .exit();
-            }
-            run_server(args)
-        }
-        Commands::Token(args) => token(args),
-        Commands::Cluster(args) => cluster_cli::run(args),
-        Commands::Bench(args) => bench::run(args),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn run_server(args: config::ServeArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("gavel")
-        .build()?;
-    let result = runtime.block_on(server::serve(args));
-    if let Err(error) = &result {
-        tracing::error!(error = format!("{error:#}"), "gavel serve failed");
-    }
-    result
-}
-
-/// `gavel token`: prints the token (the one line this command writes to stdout).
-fn token(args: config::TokenArgs) -> anyhow::Result<()> {
-    let (secret, _) = auth::load_secret(args.auth_secret_file.as_deref(), &args.data_dir, false)?;
-    let now_s = auth::now_s();
-    let token = secret.sign(
-        &args.sub,
-        &args.roles,
-        now_s,
-        now_s.saturating_add(args.ttl),
-    );
-    println!("{token}");
-    Ok(())
-}
-
-/// The log filter when RUST_LOG is unset: our own info, but only warnings from openraft, whose
-/// info level logs every group's startup state at length.
-const DEFAULT_LOG_FILTER: &str = "info,openraft=warn";
-
-/// Logs go to stderr (stdout is for command output such as tokens), filtered by RUST_LOG.
-fn init_tracing(format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+fn main() -> std::process::ExitCode {
+    cli::main()
 }

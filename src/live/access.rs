@@ -9,9 +9,9 @@ use axum::extract::{FromRef, FromRequestParts, Query};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Request, Uri};
 
-use crate::api::AuctionId;
-use crate::auth::{now_s, Permission, Principal, Secret};
-use crate::problem::ApiError;
+use crate::http::api::AuctionId;
+use crate::http::auth::{now_s, Permission, Principal, Secret};
+use crate::http::problem::ApiError;
 
 /// The query parameter a stream's token may come in.
 pub const ACCESS_TOKEN_PARAM: &str = "access_token";

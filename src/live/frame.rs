@@ -13,7 +13,7 @@ use bytes::Bytes;
 use gavel_rules::{Auction, ChangeKind, Status};
 use serde::Serialize;
 
-use crate::json::{format_money, format_time};
+use crate::http::json::{format_money, format_time};
 
 /// The SSE reconnection delay a browser's `EventSource` is told to use, in milliseconds.
 pub const SSE_RETRY_MS: u64 = 2_000;

@@ -30,7 +30,7 @@ use tokio::time::MissedTickBehavior;
 
 use super::frame::{Frame, FrameKind};
 use super::{LiveConfig, Transport, TICK_INTERVAL_MS, VIEWERS, VIEWERS_REFUSED_TOTAL};
-use crate::engine::Engine;
+use crate::http::engine::Engine;
 
 /// The newest state of one watched auction, as every viewer of it should next see it.
 #[derive(Clone, Debug, Default)]

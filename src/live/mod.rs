@@ -9,6 +9,7 @@
 //! - `access.rs`: stream authentication (header or `?access_token=`), resume versions, and the
 //!   request span that redacts tokens.
 //! - `stall.rs`: the listener that fails writes to peers that stopped reading.
+//! - `page/`: the live auction page (`/`, `/a/{id}`), HTML/JS/CSS embedded at build time.
 //!
 //! Architecture invariant: nothing here can make the apply path wait. The node's event channel
 //! overwrites its oldest entry when the pump lags (the pump then re-reads what it serves), the
@@ -18,6 +19,7 @@
 mod access;
 mod frame;
 mod hub;
+pub mod page;
 mod sse;
 mod stall;
 mod viewer;

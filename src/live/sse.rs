@@ -20,8 +20,8 @@ use super::access::StreamRequest;
 use super::frame::FrameKind;
 use super::viewer::Viewer;
 use super::{Transport, SSE_KEEPALIVE_MS};
-use crate::problem::ApiError;
-use crate::server::AppState;
+use crate::http::problem::ApiError;
+use crate::http::server::AppState;
 
 /// A comment record: ignored by `EventSource`, keeps the connection visibly alive.
 const KEEPALIVE_COMMENT: &[u8] = b": keepalive\n\n";

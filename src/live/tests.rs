@@ -12,8 +12,8 @@ use serde_json::Value;
 use super::frame::{Frame, FrameKind};
 use super::viewer::Viewer;
 use super::*;
-use crate::engine::fake::FakeEngine;
-use crate::engine::Engine;
+use crate::http::engine::fake::FakeEngine;
+use crate::http::engine::Engine;
 
 /// 2026-11-25T22:00:00Z
 const NOW_MS: i64 = 1_795_644_000_000;

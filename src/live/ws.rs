@@ -22,8 +22,8 @@ use super::access::StreamRequest;
 use super::frame::FrameKind;
 use super::viewer::Viewer;
 use super::{LiveConfig, Transport, VIEWERS_DROPPED_TOTAL};
-use crate::problem::ApiError;
-use crate::server::AppState;
+use crate::http::problem::ApiError;
+use crate::http::server::AppState;
 
 /// Bytes tungstenite reads from the socket at a time (its default is 128 KiB). Viewers only
 /// send control frames.

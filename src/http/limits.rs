@@ -13,7 +13,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
 
-use crate::problem::ApiError;
+use crate::http::problem::ApiError;
 
 /// The most bidders whose buckets are remembered at once.
 pub const RATE_LIMITED_BIDDERS_MAX: usize = 100_000;

@@ -11,11 +11,11 @@ use gavel_cluster::ProposeError;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use crate::auth::{Role, Secret};
-use crate::engine::fake::FakeEngine;
-use crate::json::format_time;
-use crate::limits::BidRateLimiter;
-use crate::server::{app, AppState, HttpLimits};
+use crate::http::auth::{Role, Secret};
+use crate::http::engine::fake::FakeEngine;
+use crate::http::json::format_time;
+use crate::http::limits::BidRateLimiter;
+use crate::http::server::{app, AppState, HttpLimits};
 
 /// 2026-11-25T22:00:00Z
 const NOW_MS: i64 = 1_795_644_000_000;
@@ -61,7 +61,7 @@ impl Harness {
     }
 
     fn token(&self, sub: &str, roles: &[Role]) -> String {
-        let now_s = crate::auth::now_s();
+        let now_s = crate::http::auth::now_s();
         self.secret.sign(sub, roles, now_s, now_s + 3600)
     }
 
@@ -829,7 +829,7 @@ async fn ops_endpoints() {
 
 #[test]
 fn openapi_documents_every_path() {
-    let doc: Value = serde_json::from_str(crate::api::ops::OPENAPI_JSON).unwrap();
+    let doc: Value = serde_json::from_str(crate::http::api::ops::OPENAPI_JSON).unwrap();
     let paths = doc["paths"].as_object().unwrap();
     for path in [
         "/auctions",
@@ -853,7 +853,7 @@ fn openapi_documents_every_path() {
         assert!(paths.contains_key(path), "{path} is not documented");
     }
     // Every $ref resolves.
-    let text = crate::api::ops::OPENAPI_JSON;
+    let text = crate::http::api::ops::OPENAPI_JSON;
     for part in text.split("\"$ref\": \"#/").skip(1) {
         let pointer = format!("/{}", &part[..part.find('"').unwrap()]);
         assert!(doc.pointer(&pointer).is_some(), "dangling $ref {pointer}");

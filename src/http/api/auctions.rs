@@ -22,12 +22,12 @@ use super::{
     parse_limit, unexpected_reply, AuctionId, Authorized, ConsistencyParam, Manage, Read,
     StrictQuery,
 };
-use crate::cursor::{decode_auction_cursor, encode_auction_cursor};
-use crate::json::{
+use crate::http::cursor::{decode_auction_cursor, encode_auction_cursor};
+use crate::http::json::{
     format_money, format_time, idempotency_key, parse_money, parse_time, JsonBody, MoneyText,
 };
-use crate::problem::ApiError;
-use crate::server::AppState;
+use crate::http::problem::ApiError;
+use crate::http::server::AppState;
 
 /// Namespace of the UUID v5 auction ids derived from (creator, `Idempotency-Key`).
 const CREATE_ID_NAMESPACE: Uuid = Uuid::from_u128(0x9c3e_4f0a_7b21_4d58_8e6f_2a1b_5c3d_7e90);
@@ -271,7 +271,7 @@ pub async fn list(
     StrictQuery(query): StrictQuery<ListQuery>,
 ) -> Result<Response, ApiError> {
     if let Some(creator) = &query.creator_id {
-        crate::auth::check_sub(creator)
+        crate::http::auth::check_sub(creator)
             .map_err(|_| ApiError::BadRequest("creatorId is not a valid user id".into()))?;
     }
     let filter = AuctionFilter {
@@ -333,7 +333,7 @@ pub async fn end(
 
 async fn control(
     state: &AppState,
-    principal: crate::auth::Principal,
+    principal: crate::http::auth::Principal,
     auction_id: String,
     action: ControlAction,
 ) -> Result<Response, ApiError> {

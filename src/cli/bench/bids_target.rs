@@ -16,7 +16,7 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::auth::{Role, Secret};
+use crate::http::auth::{Role, Secret};
 
 /// How long the tool waits for a cluster's group leaders to spread before it measures anyway.
 const BALANCE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -82,7 +82,7 @@ impl Tokens {
     /// Distinct bidders (`bench-bidder-<n>`), so no per-bidder limit and no self-bid shapes
     /// the result; the creator is a user of its own.
     pub fn signed(secret: &Secret, clients: usize, run: Duration) -> Tokens {
-        let now_s = crate::auth::now_s();
+        let now_s = crate::http::auth::now_s();
         let run_s = i64::try_from(run.as_secs()).unwrap_or(i64::MAX / 2);
         let exp_s = now_s.saturating_add(run_s).saturating_add(TOKEN_SLACK_S);
         Tokens {

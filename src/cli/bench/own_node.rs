@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tokio::process::{Child, Command};
 
-use crate::auth::Secret;
+use crate::http::auth::Secret;
 
 /// How long a node this tool started may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);

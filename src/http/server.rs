@@ -18,12 +18,12 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::{watch, Semaphore};
 use tower_http::trace::TraceLayer;
 
-use crate::api;
-use crate::auth::{load_secret, Secret, SecretSource};
-use crate::config::ServeArgs;
-use crate::engine::{Engine, NodeEngine};
-use crate::limits::{bound_in_flight, BidRateLimiter, InFlight};
-use crate::problem::not_found_fallback;
+use crate::cli::config::ServeArgs;
+use crate::http::api;
+use crate::http::auth::{load_secret, Secret, SecretSource};
+use crate::http::engine::{Engine, NodeEngine};
+use crate::http::limits::{bound_in_flight, BidRateLimiter, InFlight};
+use crate::http::problem::not_found_fallback;
 
 /// Everything handlers share. Cheap to clone.
 #[derive(Clone)]
@@ -59,10 +59,10 @@ pub fn app(state: AppState, limits: HttpLimits) -> Router {
     Router::new()
         .merge(api)
         .merge(api::ops::routes())
-        .merge(crate::page::routes())
+        .merge(crate::live::page::routes())
         .fallback(not_found_fallback)
         .layer(DefaultBodyLimit::max(limits.body_limit_bytes))
-        .layer(from_fn(crate::metrics::track_requests))
+        .layer(from_fn(crate::http::metrics::track_requests))
         .layer(TraceLayer::new_for_http().make_span_with(crate::live::request_span))
         .with_state(state)
 }
@@ -72,7 +72,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create the data dir {}", args.data_dir.display()))?;
     let (secret, source) = load_secret(args.auth_secret_file.as_deref(), &args.data_dir, true)?;
-    let metrics = crate::metrics::install()?;
+    let metrics = crate::http::metrics::install()?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -84,7 +84,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .context("cannot start the node")?;
     let engine: Arc<dyn Engine> = Arc::new(NodeEngine(node.clone()));
     let live = crate::live::Hub::start(engine.clone(), args.live_config());
-    crate::metrics::spawn_upkeep(metrics.clone());
+    crate::http::metrics::spawn_upkeep(metrics.clone());
     let state = AppState {
         engine,
         secret,

@@ -9,7 +9,7 @@
 //! - `own_node.rs`: the single node a tool starts when it is given no endpoint.
 //!
 //! The tools know the HTTP API as any client does; they share no code with the server's
-//! handlers, only the token signing in `crate::auth`.
+//! handlers, only the token signing in `crate::http::auth`.
 
 mod bids;
 mod bids_load;

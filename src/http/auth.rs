@@ -20,7 +20,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use crate::problem::ApiError;
+use crate::http::problem::ApiError;
 
 /// The environment variable that holds the HMAC secret.
 pub const SECRET_ENV: &str = "GAVEL_AUTH_SECRET";

@@ -8,7 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use gavel_cluster::AuctionCursor;
 
-use crate::problem::ApiError;
+use crate::http::problem::ApiError;
 
 /// The longest cursor text we decode, in bytes.
 const CURSOR_LEN_MAX: usize = 512;
@@ -29,7 +29,7 @@ pub fn decode_auction_cursor(text: &str) -> Result<AuctionCursor, ApiError> {
         .and_then(|rest| rest.split_once(':'))
         .ok_or_else(invalid)?;
     let created_at_ms = parse_canonical_i64(stamp).ok_or_else(invalid)?;
-    if !crate::api::is_valid_id(id) {
+    if !crate::http::api::is_valid_id(id) {
         return Err(invalid());
     }
     Ok(AuctionCursor {

@@ -11,8 +11,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::problem::{method_not_allowed_fallback, ApiError};
-use crate::server::AppState;
+use crate::http::problem::{method_not_allowed_fallback, ApiError};
+use crate::http::server::AppState;
 
 /// The OpenAPI 3.1 document of this API.
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");

@@ -12,9 +12,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use crate::api::is_valid_id;
-use crate::problem::{method_not_allowed_fallback, ApiError};
-use crate::server::AppState;
+use crate::http::api::is_valid_id;
+use crate::http::problem::{method_not_allowed_fallback, ApiError};
+use crate::http::server::AppState;
 
 const INDEX_HTML: &str = include_str!("index.html");
 const APP_JS: &str = include_str!("app.js");

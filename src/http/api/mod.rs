@@ -21,9 +21,9 @@ use gavel_cluster::Consistency;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::auth::{Permission, Principal, Secret};
-use crate::problem::{method_not_allowed_fallback, ApiError};
-use crate::server::AppState;
+use crate::http::auth::{Permission, Principal, Secret};
+use crate::http::problem::{method_not_allowed_fallback, ApiError};
+use crate::http::server::AppState;
 
 /// The longest id accepted in a path, in bytes.
 pub const PATH_ID_LEN_MAX: usize = 128;

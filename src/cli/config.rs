@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use clap::Args;
 use gavel_cluster::NodeConfig;
 
-use crate::auth::Role;
+use crate::http::auth::Role;
 
 /// The most Raft groups a cluster may be created with.
 pub const GROUPS_MAX: u32 = 1024;
@@ -89,7 +89,7 @@ pub struct TokenArgs {
     #[arg(long = "role", value_enum, required = true)]
     pub roles: Vec<Role>,
     /// Lifetime: 3600s, 30m, 1h, 2d (at most a year).
-    #[arg(long, default_value = "1h", value_parser = crate::auth::parse_ttl)]
+    #[arg(long, default_value = "1h", value_parser = crate::http::auth::parse_ttl)]
     pub ttl: i64,
     /// Data dir whose auth-secret to sign with (when neither GAVEL_AUTH_SECRET nor
     /// --auth-secret-file is given).
@@ -105,7 +105,7 @@ pub struct TokenArgs {
 pub struct InitialCluster(pub Vec<(u64, String)>);
 
 fn parse_sub(text: &str) -> Result<String, String> {
-    crate::auth::check_sub(text).map(|()| text.to_owned())
+    crate::http::auth::check_sub(text).map(|()| text.to_owned())
 }
 
 /// Checks `HOST:PORT` (a name, an IPv4 address or a bracketed IPv6 address, and a port).

@@ -15,7 +15,7 @@ use gavel_rules::{check_money, Decimal, StampMs, MONEY_SCALE_MAX};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
-use crate::problem::ApiError;
+use crate::http::problem::ApiError;
 
 /// The longest `Idempotency-Key`, in bytes.
 pub const IDEMPOTENCY_KEY_LEN_MAX: usize = 255;

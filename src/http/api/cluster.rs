@@ -9,11 +9,11 @@ use gavel_cluster::{ClusterStatus, MembershipError};
 use serde::{Deserialize, Serialize};
 
 use super::{Admin, Authorized};
-use crate::config::parse_host_port;
-use crate::engine::NewMember;
-use crate::json::JsonBody;
-use crate::problem::ApiError;
-use crate::server::AppState;
+use crate::cli::config::parse_host_port;
+use crate::http::engine::NewMember;
+use crate::http::json::JsonBody;
+use crate::http::problem::ApiError;
+use crate::http::server::AppState;
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]

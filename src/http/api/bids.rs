@@ -18,10 +18,12 @@ use uuid::Uuid;
 use super::{
     parse_limit, unexpected_reply, AuctionId, Authorized, Bid, ConsistencyParam, Read, StrictQuery,
 };
-use crate::cursor::{decode_bid_cursor, encode_bid_cursor};
-use crate::json::{format_money, format_time, idempotency_key, parse_money, JsonBody, MoneyText};
-use crate::problem::ApiError;
-use crate::server::AppState;
+use crate::http::cursor::{decode_bid_cursor, encode_bid_cursor};
+use crate::http::json::{
+    format_money, format_time, idempotency_key, parse_money, JsonBody, MoneyText,
+};
+use crate::http::problem::ApiError;
+use crate::http::server::AppState;
 
 /// `GET /auctions/{id}/bids` page size bounds.
 const HISTORY_LIMIT_DEFAULT: usize = 100;
@@ -121,7 +123,7 @@ pub async fn place(
             if !replayed {
                 let outcome = decision.status.as_str();
                 let reason = decision.reason.map_or("none", |r| r.as_str());
-                crate::metrics::record_bid_decision(outcome, reason);
+                crate::http::metrics::record_bid_decision(outcome, reason);
             }
             tracing::debug!(%auction_id, bid_id = %decision.bid_id, seq = decision.seq, replayed, "bid decided");
             let mut response = Json(DecisionView::from(&decision)).into_response();

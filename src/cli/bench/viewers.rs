@@ -31,7 +31,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::own_node::OwnNode;
-use crate::auth::{load_secret, Role, Secret};
+use crate::http::auth::{load_secret, Role, Secret};
 
 /// The environment variable workers get the viewer token from (not argv: `ps` shows argv).
 const WORKER_TOKEN_ENV: &str = "GAVEL_BENCH_VIEWER_TOKEN";
@@ -144,7 +144,7 @@ impl Target {
 }
 
 fn tokens(secret: &Secret) -> (String, String, String) {
-    let now_s = crate::auth::now_s();
+    let now_s = crate::http::auth::now_s();
     let exp = now_s + 4 * 3600;
     (
         secret.sign("bench-creator", &[Role::Creator], now_s, exp),

@@ -17,7 +17,7 @@ use super::bids_load::{self, Loop, Recorder, Schedule};
 use super::bids_report::{Shape, Summary};
 use super::bids_target::{Plan, TargetKind, Tokens};
 use super::own_node::OwnNode;
-use crate::auth::{load_secret, Secret};
+use crate::http::auth::{load_secret, Secret};
 
 /// Clients (connections), at most.
 const CONNECTIONS_MAX: u32 = 10_000;

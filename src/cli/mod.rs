@@ -1,0 +1,120 @@
+//! The command line: `gavel serve`, `gavel token`, `gavel cluster ...`, `gavel bench ...`.
+//! Owns flag parsing (clap), logging setup and exit codes; each command's work lives in the
+//! part of the crate that owns it (`serve` in `crate::http::server`, the rest below).
+//!
+//! - `config.rs`: the flags of each command and their strict parsers; cross-flag checks.
+//! - `cluster.rs`: `gavel cluster ...`, the operator's commands over `/cluster`.
+//! - `bench/`: the load tools: `gavel bench viewers` (fan-out; its viewers run in worker
+//!   processes of this binary) and `gavel bench bids` (bid throughput and latency, also against
+//!   etcd for comparison).
+
+pub mod bench;
+pub mod cluster;
+pub mod config;
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "gavel",
+    version,
+    about = "Gavel: a real-time auction engine on Raft and sled"
+)]
+struct Cli {
+    /// Log format (the level comes from RUST_LOG, default info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand, Debug)]
+enum Commands {
+    /// Run a node: the HTTP API on --listen, Raft peers on --peer-listen.
+    Serve(config::ServeArgs),
+    /// Print a token signed with the node's secret.
+    Token(config::TokenArgs),
+    /// Administer a cluster through any node: status, add, remove, transfer-leader.
+    Cluster(cluster::ClusterArgs),
+    /// Load tools: `gavel bench viewers` (live fan-out), `gavel bench bids` (bid load).
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Parses the command line, runs the command and maps its outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let result = match cli.command {
+        Commands::Serve(args) => {
+            if let Err(message) = args.check() {
+                Cli::command()
+                    .error(clap::error::ErrorKind::ArgumentConflict, message)
+                    .exit();
+            }
+            run_server(args)
+        }
+        Commands::Token(args) => token(args),
+        Commands::Cluster(args) => cluster::run(args),
+        Commands::Bench(args) => bench::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_server(args: config::ServeArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("gavel")
+        .build()?;
+    let result = runtime.block_on(crate::http::server::serve(args));
+    if let Err(error) = &result {
+        tracing::error!(error = format!("{error:#}"), "gavel serve failed");
+    }
+    result
+}
+
+/// `gavel token`: prints the token (the one line this command writes to stdout).
+fn token(args: config::TokenArgs) -> anyhow::Result<()> {
+    let (secret, _) =
+        crate::http::auth::load_secret(args.auth_secret_file.as_deref(), &args.data_dir, false)?;
+    let now_s = crate::http::auth::now_s();
+    let token = secret.sign(
+        &args.sub,
+        &args.roles,
+        now_s,
+        now_s.saturating_add(args.ttl),
+    );
+    println!("{token}");
+    Ok(())
+}
+
+/// The log filter when RUST_LOG is unset: our own info, but only warnings from openraft, whose
+/// info level logs every group's startup state at length.
+const DEFAULT_LOG_FILTER: &str = "info,openraft=warn";
+
+/// Logs go to stderr (stdout is for command output such as tokens), filtered by RUST_LOG.
+fn init_tracing(format: LogFormat) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
