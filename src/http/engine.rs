@@ -168,6 +168,10 @@ pub mod fake {
         events: Events,
         /// Failures the next proposals answer with, first in first out.
         pub failures: Mutex<Vec<ProposeError>>,
+        /// Failures the next reads (auction, list, bids) answer with, first in first out.
+        pub read_failures: Mutex<Vec<ReadError>>,
+        /// Answers the next membership changes give instead of the fake's own, first in first out.
+        pub membership_answers: Mutex<Vec<Result<(), MembershipError>>>,
         pub not_ready: Mutex<Option<String>>,
     }
 
@@ -180,6 +184,23 @@ pub mod fake {
 
         pub fn advance_ms(&self, ms: i64) {
             self.now_ms.fetch_add(ms, Ordering::SeqCst);
+        }
+
+        /// Pretends `id` already decided `count` bids, to reach the decision log's bound.
+        pub fn set_decision_count(&self, id: &str, count: u64) {
+            if let Some(auction) = self.state.lock().unwrap().auctions.get_mut(id) {
+                auction.decision_count = count;
+            }
+        }
+
+        fn next_read_failure(&self) -> Option<ReadError> {
+            let mut failures = self.read_failures.lock().unwrap();
+            (!failures.is_empty()).then(|| failures.remove(0))
+        }
+
+        fn next_membership_answer(&self) -> Option<Result<(), MembershipError>> {
+            let mut answers = self.membership_answers.lock().unwrap();
+            (!answers.is_empty()).then(|| answers.remove(0))
         }
 
         fn apply(&self, command: Command) -> Reply {
@@ -244,8 +265,11 @@ pub mod fake {
             id: &'a str,
             _: Consistency,
         ) -> BoxFuture<'a, Result<Option<Auction>, ReadError>> {
-            let found = self.state.lock().unwrap().auctions.get(id).cloned();
-            Box::pin(async move { Ok(found) })
+            let found = match self.next_read_failure() {
+                Some(failure) => Err(failure),
+                None => Ok(self.state.lock().unwrap().auctions.get(id).cloned()),
+            };
+            Box::pin(async move { found })
         }
 
         fn list_auctions(
@@ -253,6 +277,9 @@ pub mod fake {
             filter: AuctionFilter,
             _: Consistency,
         ) -> BoxFuture<'_, Result<AuctionListing, ReadError>> {
+            if let Some(failure) = self.next_read_failure() {
+                return Box::pin(async move { Err(failure) });
+            }
             let state = self.state.lock().unwrap();
             let mut all: Vec<&Auction> = state
                 .auctions
@@ -286,6 +313,9 @@ pub mod fake {
             filter: BidFilter,
             _: Consistency,
         ) -> BoxFuture<'a, Result<Option<BidPage>, ReadError>> {
+            if let Some(failure) = self.next_read_failure() {
+                return Box::pin(async move { Err(failure) });
+            }
             let state = self.state.lock().unwrap();
             let page = state.auctions.contains_key(auction_id).then(|| {
                 let mut page = BidPage::default();
@@ -316,9 +346,10 @@ pub mod fake {
             }
         }
 
-        /// The fake is one replica of no Raft group: a cluster of itself alone.
+        /// The fake is a cluster of itself alone: node 1, leader of the one group 0.
         fn cluster_status(&self) -> BoxFuture<'_, ClusterStatus> {
-            Box::pin(async {
+            let applied = self.state.lock().unwrap().decisions.len() as u64;
+            Box::pin(async move {
                 ClusterStatus {
                     node_id: 1,
                     nodes: vec![gavel_cluster::NodeStatus {
@@ -327,19 +358,42 @@ pub mod fake {
                         peer_addr: "fake".into(),
                         reachable: true,
                     }],
-                    groups: Vec::new(),
+                    groups: vec![gavel_cluster::GroupStatus {
+                        id: 0,
+                        leader: Some(1),
+                        term: 1,
+                        voters: vec![1],
+                        learners: Vec::new(),
+                        replicas: vec![gavel_cluster::ReplicaStatus {
+                            node_id: 1,
+                            last_log_index: applied,
+                            committed_index: applied,
+                            applied_index: applied,
+                            digest: 0,
+                        }],
+                    }],
                 }
             })
         }
 
+        /// Unless told otherwise, the fake cannot grow: a new node is refused.
         fn add_node(&self, member: NewMember) -> BoxFuture<'_, Result<(), MembershipError>> {
-            let refusal = format!("the in-memory engine cannot add node {}", member.node_id);
-            Box::pin(async move { Err(MembershipError::Rejected(refusal)) })
+            let answer = self.next_membership_answer().unwrap_or_else(|| {
+                Err(MembershipError::Rejected(format!(
+                    "the in-memory engine cannot add node {}",
+                    member.node_id
+                )))
+            });
+            Box::pin(async move { answer })
         }
 
         fn remove_node(&self, node_id: u64) -> BoxFuture<'_, Result<(), MembershipError>> {
-            let refusal = format!("the in-memory engine has no node {node_id}");
-            Box::pin(async move { Err(MembershipError::NotFound(refusal)) })
+            let answer = self.next_membership_answer().unwrap_or_else(|| {
+                Err(MembershipError::NotFound(format!(
+                    "the in-memory engine has no node {node_id}"
+                )))
+            });
+            Box::pin(async move { answer })
         }
 
         fn transfer_leader(
@@ -347,8 +401,12 @@ pub mod fake {
             group: u32,
             _to: u64,
         ) -> BoxFuture<'_, Result<(), MembershipError>> {
-            let refusal = format!("the in-memory engine has no group {group}");
-            Box::pin(async move { Err(MembershipError::NotFound(refusal)) })
+            let answer = self.next_membership_answer().unwrap_or_else(|| {
+                Err(MembershipError::NotFound(format!(
+                    "the in-memory engine has no group {group}"
+                )))
+            });
+            Box::pin(async move { answer })
         }
 
         fn subscribe(&self) -> broadcast::Receiver<AuctionEvent> {

@@ -55,16 +55,28 @@ pub struct HttpLimits {
 /// the body limit, request metrics and tracing.
 pub fn app(state: AppState, limits: HttpLimits) -> Router {
     let in_flight = InFlight(Arc::new(Semaphore::new(limits.requests_in_flight_max)));
-    let api = api::routes().layer(from_fn_with_state(in_flight, bound_in_flight));
+    let api =
+        api::router_of(api::route_table()).layer(from_fn_with_state(in_flight, bound_in_flight));
     Router::new()
         .merge(api)
-        .merge(api::ops::routes())
-        .merge(crate::live::page::routes())
+        .merge(api::router_of(api::ops::route_table()))
+        .merge(api::router_of(crate::live::page::route_table()))
         .fallback(not_found_fallback)
         .layer(DefaultBodyLimit::max(limits.body_limit_bytes))
         .layer(from_fn(crate::http::metrics::track_requests))
         .layer(TraceLayer::new_for_http().make_span_with(crate::live::request_span))
         .with_state(state)
+}
+
+/// Every path [`app`] routes, for the contract test.
+#[cfg(test)]
+pub fn routed_paths() -> Vec<&'static str> {
+    let tables = [
+        api::route_table(),
+        api::ops::route_table(),
+        crate::live::page::route_table(),
+    ];
+    tables.into_iter().flatten().map(|(path, _)| path).collect()
 }
 
 /// Runs `gavel serve` to completion.

@@ -11,11 +11,14 @@ pub mod bids;
 pub mod cluster;
 pub mod ops;
 
+#[cfg(test)]
+mod contract_tests;
+
 use std::marker::PhantomData;
 
 use axum::extract::{FromRef, FromRequestParts, Path, Query};
 use axum::http::request::Parts;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post, MethodRouter};
 use axum::Router;
 use gavel_cluster::Consistency;
 use serde::de::DeserializeOwned;
@@ -28,28 +31,36 @@ use crate::http::server::AppState;
 /// The longest id accepted in a path, in bytes.
 pub const PATH_ID_LEN_MAX: usize = 128;
 
-/// The auction and bid routes (everything that needs a token).
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/auctions", post(auctions::create).get(auctions::list))
-        .route("/auctions/{id}", get(auctions::get_one))
-        .route("/auctions/{id}/start", post(auctions::start))
-        .route("/auctions/{id}/pause", post(auctions::pause))
-        .route("/auctions/{id}/resume", post(auctions::resume))
-        .route("/auctions/{id}/end", post(auctions::end))
-        .route("/auctions/{id}/bids", post(bids::place).get(bids::list))
-        .route("/auctions/{id}/stream", get(crate::live::stream))
-        .route("/auctions/{id}/ws", get(crate::live::upgrade))
-        .route("/cluster", get(cluster::status))
-        .route("/cluster/nodes", post(cluster::add_node))
-        .route(
-            "/cluster/nodes/{id}",
-            axum::routing::delete(cluster::remove_node),
-        )
-        .route(
+/// The auction, bid, stream and cluster routes (everything that needs a token), as a table so
+/// that the contract test can hold the router and `openapi.json` to the same list of paths.
+pub fn route_table() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    vec![
+        ("/auctions", post(auctions::create).get(auctions::list)),
+        ("/auctions/{id}", get(auctions::get_one)),
+        ("/auctions/{id}/start", post(auctions::start)),
+        ("/auctions/{id}/pause", post(auctions::pause)),
+        ("/auctions/{id}/resume", post(auctions::resume)),
+        ("/auctions/{id}/end", post(auctions::end)),
+        ("/auctions/{id}/bids", post(bids::place).get(bids::list)),
+        ("/auctions/{id}/stream", get(crate::live::stream)),
+        ("/auctions/{id}/ws", get(crate::live::upgrade)),
+        ("/cluster", get(cluster::status)),
+        ("/cluster/nodes", post(cluster::add_node)),
+        ("/cluster/nodes/{id}", delete(cluster::remove_node)),
+        (
             "/cluster/groups/{group}/transfer-leader",
             post(cluster::transfer_leader),
-        )
+        ),
+    ]
+}
+
+/// A router serving `table`, answering 405 for a known path called with another method.
+pub fn router_of(table: Vec<(&'static str, MethodRouter<AppState>)>) -> Router<AppState> {
+    table
+        .into_iter()
+        .fold(Router::new(), |router, (path, methods)| {
+            router.route(path, methods)
+        })
         .method_not_allowed_fallback(method_not_allowed_fallback)
 }
 

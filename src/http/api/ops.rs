@@ -7,11 +7,11 @@
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::routing::{get, MethodRouter};
+use axum::Json;
 use serde_json::json;
 
-use crate::http::problem::{method_not_allowed_fallback, ApiError};
+use crate::http::problem::ApiError;
 use crate::http::server::AppState;
 
 /// The OpenAPI 3.1 document of this API.
@@ -19,13 +19,14 @@ pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 /// How long a client should wait before asking an unready node again, in seconds.
 const READYZ_RETRY_AFTER_S: u32 = 1;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi))
-        .method_not_allowed_fallback(method_not_allowed_fallback)
+/// The operations routes (no token needed).
+pub fn route_table() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    vec![
+        ("/healthz", get(healthz)),
+        ("/readyz", get(readyz)),
+        ("/metrics", get(metrics)),
+        ("/openapi.json", get(openapi)),
+    ]
 }
 
 /// `GET /healthz`: 200 while the process runs.

@@ -18,8 +18,8 @@ use crate::http::limits::BidRateLimiter;
 use crate::http::server::{app, AppState, HttpLimits};
 
 /// 2026-11-25T22:00:00Z
-const NOW_MS: i64 = 1_795_644_000_000;
-const HOUR_MS: i64 = 3_600_000;
+pub(super) const NOW_MS: i64 = 1_795_644_000_000;
+pub(super) const HOUR_MS: i64 = 3_600_000;
 const BODY_LIMIT_BYTES: usize = 4096;
 const LIVE_CONFIG: crate::live::LiveConfig = crate::live::LiveConfig {
     viewers_max: 16,
@@ -27,18 +27,23 @@ const LIVE_CONFIG: crate::live::LiveConfig = crate::live::LiveConfig {
     ping_interval_ms: 1_000,
 };
 
-struct Harness {
-    engine: Arc<FakeEngine>,
-    app: Router,
-    secret: Secret,
+pub(super) struct Harness {
+    pub(super) engine: Arc<FakeEngine>,
+    pub(super) app: Router,
+    pub(super) secret: Secret,
 }
 
 impl Harness {
-    fn new() -> Harness {
+    pub(super) fn new() -> Harness {
         Harness::with_rate(0)
     }
 
-    fn with_rate(bids_per_s: u32) -> Harness {
+    pub(super) fn with_rate(bids_per_s: u32) -> Harness {
+        Harness::with_limits(bids_per_s, 64)
+    }
+
+    /// A harness whose API takes at most `requests_in_flight_max` requests at once.
+    pub(super) fn with_limits(bids_per_s: u32, requests_in_flight_max: usize) -> Harness {
         let engine = Arc::new(FakeEngine::new(NOW_MS));
         let secret = Secret::new(b"test-secret-test-secret-test-secret".to_vec()).unwrap();
         let state = AppState {
@@ -51,7 +56,7 @@ impl Harness {
         };
         let limits = HttpLimits {
             body_limit_bytes: BODY_LIMIT_BYTES,
-            requests_in_flight_max: 64,
+            requests_in_flight_max,
         };
         Harness {
             engine,
@@ -60,16 +65,16 @@ impl Harness {
         }
     }
 
-    fn token(&self, sub: &str, roles: &[Role]) -> String {
+    pub(super) fn token(&self, sub: &str, roles: &[Role]) -> String {
         let now_s = crate::http::auth::now_s();
         self.secret.sign(sub, roles, now_s, now_s + 3600)
     }
 
-    async fn send(&self, request: Request<Body>) -> Response {
+    pub(super) async fn send(&self, request: Request<Body>) -> Response {
         self.app.clone().oneshot(request).await.unwrap()
     }
 
-    async fn call(
+    pub(super) async fn call(
         &self,
         method: Method,
         uri: &str,
@@ -79,7 +84,7 @@ impl Harness {
         self.call_with(method, uri, who, body, &[]).await
     }
 
-    async fn call_with(
+    pub(super) async fn call_with(
         &self,
         method: Method,
         uri: &str,
@@ -108,7 +113,7 @@ impl Harness {
     }
 
     /// Creates an active auction by `alice` and returns its id.
-    async fn auction(&self) -> String {
+    pub(super) async fn auction(&self) -> String {
         let response = self
             .call(
                 Method::POST,
@@ -121,7 +126,7 @@ impl Harness {
         json_of(response).await["id"].as_str().unwrap().to_owned()
     }
 
-    async fn bid(&self, id: &str, bidder: &str, key: &str, amount: Value) -> Response {
+    pub(super) async fn bid(&self, id: &str, bidder: &str, key: &str, amount: Value) -> Response {
         self.call_with(
             Method::POST,
             &format!("/auctions/{id}/bids"),
@@ -133,7 +138,7 @@ impl Harness {
     }
 }
 
-fn create_body() -> Value {
+pub(super) fn create_body() -> Value {
     json!({
         "postId": "post-1",
         "startAt": format_time(NOW_MS - HOUR_MS),
@@ -144,14 +149,14 @@ fn create_body() -> Value {
     })
 }
 
-async fn bytes_of(response: Response) -> Vec<u8> {
+pub(super) async fn bytes_of(response: Response) -> Vec<u8> {
     axum::body::to_bytes(response.into_body(), 1 << 20)
         .await
         .unwrap()
         .to_vec()
 }
 
-async fn json_of(response: Response) -> Value {
+pub(super) async fn json_of(response: Response) -> Value {
     serde_json::from_slice(&bytes_of(response).await).unwrap()
 }
 
@@ -827,31 +832,10 @@ async fn ops_endpoints() {
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
 }
 
+/// Every `$ref` in the document resolves (the contract test follows only the ones bodies reach).
 #[test]
-fn openapi_documents_every_path() {
+fn openapi_refs_all_resolve() {
     let doc: Value = serde_json::from_str(crate::http::api::ops::OPENAPI_JSON).unwrap();
-    let paths = doc["paths"].as_object().unwrap();
-    for path in [
-        "/auctions",
-        "/auctions/{id}",
-        "/auctions/{id}/start",
-        "/auctions/{id}/pause",
-        "/auctions/{id}/resume",
-        "/auctions/{id}/end",
-        "/auctions/{id}/bids",
-        "/auctions/{id}/stream",
-        "/auctions/{id}/ws",
-        "/healthz",
-        "/readyz",
-        "/metrics",
-        "/openapi.json",
-        "/cluster",
-        "/cluster/nodes",
-        "/cluster/nodes/{id}",
-        "/cluster/groups/{group}/transfer-leader",
-    ] {
-        assert!(paths.contains_key(path), "{path} is not documented");
-    }
     // Every $ref resolves.
     let text = crate::http::api::ops::OPENAPI_JSON;
     for part in text.split("\"$ref\": \"#/").skip(1) {

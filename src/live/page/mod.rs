@@ -9,11 +9,10 @@
 use axum::extract::Path;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
+use axum::routing::{get, MethodRouter};
 
 use crate::http::api::is_valid_id;
-use crate::http::problem::{method_not_allowed_fallback, ApiError};
+use crate::http::problem::ApiError;
 use crate::http::server::AppState;
 
 const INDEX_HTML: &str = include_str!("index.html");
@@ -24,13 +23,14 @@ const STYLE_CSS: &str = include_str!("style.css");
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
      connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/", get(index))
-        .route("/a/{id}", get(auction))
-        .route("/assets/app.js", get(app_js))
-        .route("/assets/style.css", get(style_css))
-        .method_not_allowed_fallback(method_not_allowed_fallback)
+/// The live page and its assets.
+pub fn route_table() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    vec![
+        ("/", get(index)),
+        ("/a/{id}", get(auction)),
+        ("/assets/app.js", get(app_js)),
+        ("/assets/style.css", get(style_css)),
+    ]
 }
 
 /// `GET /`
