@@ -466,19 +466,29 @@ async fn auctions(run: &mut Run) -> String {
         run.expect(post().json(create_body()), status).await;
     }
 
-    let get = |id: &str| req(Method::GET, "/auctions/{id}", id).who(Who::As("vera", Role::Viewer));
-    let (headers, _) = run.expect(get(&id).query("consistency=local"), 200).await;
-    let etag = headers[header::ETAG].to_str().expect("ascii").to_owned();
-    run.expect(get(&id).header("if-none-match", &etag), 304)
-        .await;
-    run.expect(get(&id).query("consistency=sometimes"), 400)
-        .await;
-    run.expect(get(&id).who(Who::Nobody), 401).await;
-    run.expect(get(&id).who(Who::NoRole), 403).await;
-    run.expect(get("no-such-auction"), 404).await;
-    read_failures(run, get(&id)).await;
+    read_one(run, &id).await;
+    list(run).await;
+    control(run, &creator).await;
+    id
+}
 
-    run.expect(post().json(create_body()), 201).await;
+async fn read_one(run: &mut Run, id: &str) {
+    let get = |id: &str| req(Method::GET, "/auctions/{id}", id).who(Who::As("vera", Role::Viewer));
+    let (headers, _) = run.expect(get(id).query("consistency=local"), 200).await;
+    let etag = headers[header::ETAG].to_str().expect("ascii").to_owned();
+    run.expect(get(id).header("if-none-match", &etag), 304)
+        .await;
+    run.expect(get(id).query("consistency=sometimes"), 400)
+        .await;
+    run.expect(get(id).who(Who::Nobody), 401).await;
+    run.expect(get(id).who(Who::NoRole), 403).await;
+    run.expect(get("no-such-auction"), 404).await;
+    read_failures(run, get(id)).await;
+}
+
+async fn list(run: &mut Run) {
+    let post = req(Method::POST, "/auctions", "").who(Who::As("alice", Role::Creator));
+    run.expect(post.json(create_body()), 201).await;
     let list = || req(Method::GET, "/auctions", "").who(Who::As("vera", Role::Viewer));
     let (_, page) = run
         .expect(
@@ -496,9 +506,6 @@ async fn auctions(run: &mut Run) -> String {
     run.expect(list().who(Who::Nobody), 401).await;
     run.expect(list().who(Who::NoRole), 403).await;
     read_failures(run, list()).await;
-
-    control(run, &creator).await;
-    id
 }
 
 /// A read that fails inside the engine: 500 for a broken replica, 503 for no quorum.
@@ -636,6 +643,10 @@ async fn bids(run: &mut Run, id: &str) {
     run.open.engine.set_decision_count(id, 2);
     rate_limited_bid(run).await;
 
+    bid_history(run, id).await;
+}
+
+async fn bid_history(run: &mut Run, id: &str) {
     let history = || req(Method::GET, "/auctions/{id}/bids", id).who(Who::As("vera", Role::Viewer));
     let (_, page) = run
         .expect(
