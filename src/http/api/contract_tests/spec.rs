@@ -126,6 +126,9 @@ impl<'a> Validator<'a> {
             location = reference.to_owned();
         }
         let schema = self.spec.resolve(schema);
+        for branch in schema["allOf"].as_array().into_iter().flatten() {
+            self.visit(branch, location.clone(), value, at, errors);
+        }
         for keyword in ["oneOf", "anyOf"] {
             if let Some(branches) = schema.get(keyword).and_then(Value::as_array) {
                 self.visit_one_of(branches, &location, keyword, value, at, errors);
