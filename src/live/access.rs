@@ -5,6 +5,8 @@
 //! `Authorization: Bearer` or, failing that, from `?access_token=`. Checks run in the order of
 //! every other endpoint: 401/403, then the path (404), then the query and headers (400).
 
+use std::time::Duration;
+
 use axum::extract::{FromRef, FromRequestParts, Query};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Request, Uri};
@@ -19,6 +21,11 @@ pub const ACCESS_TOKEN_PARAM: &str = "access_token";
 pub const SINCE_VERSION_PARAM: &str = "sinceVersion";
 /// The header `EventSource` resumes with (it repeats the last `id:`, our version).
 pub const LAST_EVENT_ID: &str = "last-event-id";
+/// The query parameter that asks for sparser ticks (clients that count down by themselves).
+pub const TICK_MS_PARAM: &str = "tickMs";
+/// The tick period a viewer may ask for, in milliseconds: the default is the shortest.
+pub const TICK_MS_MIN: u64 = super::TICK_INTERVAL_MS;
+pub const TICK_MS_MAX: u64 = 60_000;
 
 /// A checked request to open a stream.
 #[derive(Debug)]
@@ -27,6 +34,8 @@ pub struct StreamRequest {
     pub auction_id: String,
     /// The first frame must show at least this version (`sinceVersion` / `Last-Event-ID`).
     pub since_version: Option<u64>,
+    /// A tick comes when this long passed without another frame (`tickMs`).
+    pub tick_period: Duration,
 }
 
 impl<S> FromRequestParts<S> for StreamRequest
@@ -44,12 +53,13 @@ where
         let principal = authenticate(parts, state, pairs.as_deref().unwrap_or_default()).await?;
         principal.require(Permission::Read)?;
         let AuctionId(auction_id) = AuctionId::from_request_parts(parts, state).await?;
-        let query_since = since_from_query(&pairs?)?;
+        let query = parse_query(&pairs?)?;
         let header_since = since_from_header(&parts.headers)?;
         Ok(StreamRequest {
             principal,
             auction_id,
-            since_version: query_since.max(header_since),
+            since_version: query.since_version.max(header_since),
+            tick_period: Duration::from_millis(query.tick_ms.unwrap_or(TICK_MS_MIN)),
         })
     }
 }
@@ -83,25 +93,48 @@ where
         })
 }
 
-fn since_from_query(pairs: &[(String, String)]) -> Result<Option<u64>, ApiError> {
-    let mut since = None;
+/// What a stream's query string asks for besides the token.
+#[derive(Default)]
+struct StreamQuery {
+    since_version: Option<u64>,
+    tick_ms: Option<u64>,
+}
+
+fn parse_query(pairs: &[(String, String)]) -> Result<StreamQuery, ApiError> {
+    let mut query = StreamQuery::default();
     for (key, value) in pairs {
-        match key.as_str() {
-            ACCESS_TOKEN_PARAM => {}
-            SINCE_VERSION_PARAM if since.is_none() => since = Some(parse_version(value)?),
-            SINCE_VERSION_PARAM => {
-                return Err(ApiError::BadRequest(
-                    "sinceVersion may be given once".into(),
-                ))
-            }
+        let slot = match key.as_str() {
+            ACCESS_TOKEN_PARAM => continue,
+            SINCE_VERSION_PARAM => &mut query.since_version,
+            TICK_MS_PARAM => &mut query.tick_ms,
             other => {
                 return Err(ApiError::BadRequest(format!(
-                    "invalid query string: unknown parameter `{other}` (expected access_token, sinceVersion)"
+                    "invalid query string: unknown parameter `{other}` (expected access_token, sinceVersion, tickMs)"
                 )))
             }
+        };
+        if slot.is_some() {
+            return Err(ApiError::BadRequest(format!("{key} may be given once")));
         }
+        *slot = Some(match key.as_str() {
+            SINCE_VERSION_PARAM => parse_version(value)?,
+            _ => parse_tick_ms(value)?,
+        });
     }
-    Ok(since)
+    Ok(query)
+}
+
+fn parse_tick_ms(text: &str) -> Result<u64, ApiError> {
+    text.parse::<u64>()
+        .ok()
+        .filter(|ms| {
+            (TICK_MS_MIN..=TICK_MS_MAX).contains(ms) && text.bytes().all(|b| b.is_ascii_digit())
+        })
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "tickMs must be an integer from {TICK_MS_MIN} to {TICK_MS_MAX}, got {text:?}"
+            ))
+        })
 }
 
 fn since_from_header(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
@@ -178,13 +211,33 @@ mod tests {
         assert_eq!(redacted_uri(&plain), "/auctions?limit=5");
     }
 
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn since_from_query(pairs: &[(String, String)]) -> Result<Option<u64>, ApiError> {
+        parse_query(pairs).map(|query| query.since_version)
+    }
+
+    #[test]
+    fn tick_periods() {
+        let tick_ms = |list: &[(&str, &str)]| parse_query(&pairs(list)).map(|q| q.tick_ms);
+        assert_eq!(tick_ms(&[]).unwrap(), None);
+        assert_eq!(tick_ms(&[("tickMs", "1000")]).unwrap(), Some(1_000));
+        assert_eq!(
+            tick_ms(&[("tickMs", "60000"), ("sinceVersion", "2")]).unwrap(),
+            Some(60_000)
+        );
+        for bad in ["999", "60001", "0", "-5", "+2000", "1e3", "", "5000.0"] {
+            assert!(tick_ms(&[("tickMs", bad)]).is_err(), "{bad:?}");
+        }
+        assert!(tick_ms(&[("tickMs", "2000"), ("tickMs", "3000")]).is_err());
+    }
+
     #[test]
     fn resume_versions() {
-        let pairs = |list: &[(&str, &str)]| -> Vec<(String, String)> {
-            list.iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        };
         assert_eq!(since_from_query(&pairs(&[])).unwrap(), None);
         assert_eq!(
             since_from_query(&pairs(&[("sinceVersion", "7"), ("access_token", "t")])).unwrap(),

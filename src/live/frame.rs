@@ -104,6 +104,12 @@ struct Rendered {
 }
 
 impl Frame {
+    /// Whether both are the same render (for tests of sharing).
+    #[cfg(test)]
+    pub fn shares_bytes_with(&self, other: &Frame) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// Renders `auction` as a `kind` frame at `now_ms` on this node's clock. `received_at` is when
     /// the change it reports was applied on this node.
     pub fn render(kind: FrameKind, auction: &Auction, now_ms: i64, received_at: Instant) -> Frame {

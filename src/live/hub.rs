@@ -10,10 +10,13 @@
 //! Every publication goes through a version check, so a watch only ever moves forward whoever
 //! publishes (the pump, a joining viewer's load, a re-read after the node channel lagged).
 //!
-//! Ticks are shared too: once a second the pump renders one `tick` per watched auction that has
-//! not ended and puts it next to the state. (Per-connection tick timers, each in the phase of
-//! its connect time, were measured with 10,000 viewers: the steady background of ticks made the
-//! median bid-to-last-viewer latency worse, and every tick was serialized per viewer.)
+//! Ticks are not published: a viewer sends one only when its own tick period passed without
+//! another frame (`viewer.rs`), so while bids flow no viewer ticks at all, and an idle crowd's
+//! ticks are spread over the second by connect time instead of waking everyone at once. The
+//! frame itself is shared: [`SharedTick`] renders a tick once per auction per `TICK_SHARE_MS`
+//! and every viewer due meanwhile sends the same bytes. (A shared once-a-second tick published
+//! through the watch woke every viewer each second, 100,000 wakeups a second at 100k viewers,
+//! even when the viewer had just been sent a bid.)
 //!
 //! This module knows the engine and the frame format, not HTTP: `sse.rs` and `ws.rs` turn a
 //! [`Subscription`] into bytes on a socket.
@@ -23,13 +26,12 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use gavel_cluster::{AuctionEvent, Consistency};
-use gavel_rules::{Auction, Status};
+use gavel_rules::Auction;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
-use tokio::time::MissedTickBehavior;
 
 use super::frame::{Frame, FrameKind};
-use super::{LiveConfig, Transport, TICK_INTERVAL_MS, VIEWERS, VIEWERS_REFUSED_TOTAL};
+use super::{LiveConfig, Transport, VIEWERS, VIEWERS_REFUSED_TOTAL};
 use crate::http::engine::Engine;
 
 /// The newest state of one watched auction, as every viewer of it should next see it.
@@ -39,10 +41,6 @@ pub struct Latest {
     pub auction: Option<Arc<Auction>>,
     /// The frame announcing `auction` to viewers that saw an older version.
     pub event: Option<Frame>,
-    /// The newest tick for `auction` (same version), if one was rendered since it changed.
-    pub tick: Option<Frame>,
-    /// Counts ticks, so a viewer sends each at most once.
-    pub tick_seq: u64,
 }
 
 impl Latest {
@@ -80,7 +78,37 @@ struct Inner {
 
 struct Watched {
     tx: watch::Sender<Latest>,
+    tick: Arc<SharedTick>,
     viewers: usize,
+}
+
+/// How long a rendered tick is shared before the next viewer due renders a fresh one, in
+/// milliseconds: its `serverTime` and `remainingMs` are at most this old when sent.
+pub const TICK_SHARE_MS: u64 = 100;
+
+/// The newest `tick` of one auction, shared by the viewers that come due within
+/// `TICK_SHARE_MS` of each other.
+#[derive(Default)]
+pub struct SharedTick(Mutex<Option<(Frame, tokio::time::Instant)>>);
+
+impl SharedTick {
+    /// A tick of `auction` rendered at most `TICK_SHARE_MS` ago, rendering it if needed.
+    pub fn get(&self, auction: &Auction, hub: &Hub) -> Frame {
+        // A panic while holding this lock leaves at worst a stale tick, which is re-rendered.
+        let mut newest = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = Duration::from_millis(TICK_SHARE_MS);
+        match &*newest {
+            Some((frame, at)) if frame.version() == auction.version && at.elapsed() < fresh => {
+                frame.clone()
+            }
+            _ => {
+                let frame = Frame::render(FrameKind::Tick, auction, hub.now_ms(), Instant::now());
+                // Tokio's clock, like the viewers' tick timers (and paused with them in tests).
+                *newest = Some((frame.clone(), tokio::time::Instant::now()));
+                frame
+            }
+        }
+    }
 }
 
 impl Hub {
@@ -136,8 +164,9 @@ impl Hub {
             metrics::counter!(VIEWERS_REFUSED_TOTAL).increment(1);
             JoinError::Full(self.0.config.viewers_max)
         })?;
-        let (tx, rx) = self.watch(auction_id)?;
-        let subscription = Subscription::new(self.clone(), auction_id, rx, permit, transport);
+        let (tx, rx, tick) = self.watch(auction_id)?;
+        let watching = Watching { rx, tick };
+        let subscription = Subscription::new(self.clone(), auction_id, watching, permit, transport);
         if tx.borrow().auction.is_none() {
             match self.0.engine.auction(auction_id, Consistency::Local).await {
                 Ok(Some(auction)) => self.0.publish(&tx, Arc::new(auction), None, Instant::now()),
@@ -162,7 +191,14 @@ impl Hub {
     fn watch(
         &self,
         auction_id: &str,
-    ) -> Result<(watch::Sender<Latest>, watch::Receiver<Latest>), JoinError> {
+    ) -> Result<
+        (
+            watch::Sender<Latest>,
+            watch::Receiver<Latest>,
+            Arc<SharedTick>,
+        ),
+        JoinError,
+    > {
         let mut watched = self.0.lock();
         if *self.0.closing.borrow() {
             return Err(JoinError::Closing);
@@ -171,10 +207,11 @@ impl Hub {
             .entry(auction_id.to_owned())
             .or_insert_with(|| Watched {
                 tx: watch::channel(Latest::default()).0,
+                tick: Arc::default(),
                 viewers: 0,
             });
         entry.viewers += 1;
-        Ok((entry.tx.clone(), entry.tx.subscribe()))
+        Ok((entry.tx.clone(), entry.tx.subscribe(), entry.tick.clone()))
     }
 
     /// One viewer of `auction_id` left; the entry goes with the last one.
@@ -226,7 +263,6 @@ impl Inner {
                 .unwrap_or_else(|| FrameKind::of_difference(latest.auction.as_deref(), &auction));
             latest.event = Some(Frame::render(kind, &auction, now_ms, received_at));
             latest.auction = Some(auction);
-            latest.tick = None;
             true
         });
     }
@@ -258,36 +294,15 @@ impl Inner {
             }
         }
     }
-
-    /// Renders one tick per watched auction that has not ended.
-    fn tick_all(&self) {
-        let senders: Vec<watch::Sender<Latest>> =
-            self.lock().values().map(|w| w.tx.clone()).collect();
-        let now_ms = self.engine.now_ms();
-        let at = Instant::now();
-        for tx in senders {
-            tx.send_if_modified(|latest| match &latest.auction {
-                Some(auction) if auction.status != Status::Ended => {
-                    latest.tick = Some(Frame::render(FrameKind::Tick, auction, now_ms, at));
-                    latest.tick_seq += 1;
-                    true
-                }
-                _ => false,
-            });
-        }
-    }
 }
 
-/// The pump: applied events in, frames out, plus the shared ticks. Ends when the hub is dropped
-/// or closed, or the node's channel closes.
+/// The pump: applied events in, frames out. Ends when the hub is dropped or closed, or the
+/// node's channel closes.
 async fn pump(
     inner: Weak<Inner>,
     mut events: broadcast::Receiver<AuctionEvent>,
     mut closing: watch::Receiver<bool>,
 ) {
-    let period = Duration::from_millis(TICK_INTERVAL_MS);
-    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             received = events.recv() => {
@@ -301,10 +316,6 @@ async fn pump(
                     Err(RecvError::Closed) => break,
                 }
             }
-            _ = ticks.tick() => {
-                let Some(inner) = inner.upgrade() else { break };
-                inner.tick_all();
-            }
             () = closed(&mut closing) => break,
         }
     }
@@ -317,12 +328,19 @@ async fn closed(closing: &mut watch::Receiver<bool>) {
     let _ = closing.wait_for(|closing| *closing).await;
 }
 
+/// What a viewer watches: the auction's newest state and its shared tick.
+pub struct Watching {
+    pub rx: watch::Receiver<Latest>,
+    pub tick: Arc<SharedTick>,
+}
+
 /// One admitted viewer: its slot, its place among the auction's watchers and its receiver.
 /// Dropping it frees both.
 pub struct Subscription {
     hub: Hub,
     auction_id: String,
     pub rx: watch::Receiver<Latest>,
+    pub tick: Arc<SharedTick>,
     transport: Transport,
     _permit: OwnedSemaphorePermit,
 }
@@ -331,7 +349,7 @@ impl Subscription {
     fn new(
         hub: Hub,
         auction_id: &str,
-        rx: watch::Receiver<Latest>,
+        watching: Watching,
         permit: OwnedSemaphorePermit,
         transport: Transport,
     ) -> Subscription {
@@ -339,7 +357,8 @@ impl Subscription {
         Subscription {
             hub,
             auction_id: auction_id.to_owned(),
-            rx,
+            rx: watching.rx,
+            tick: watching.tick,
             transport,
             _permit: permit,
         }

@@ -31,8 +31,8 @@ pub use sse::stream;
 pub use stall::StallGuardListener;
 pub use ws::upgrade;
 
-/// How often a viewer of an auction that has not ended gets a `tick`, in milliseconds (each
-/// connection on its own timer, in the phase of its connect time).
+/// A viewer of an auction that has not ended gets a `tick` when this long passed without
+/// another frame, in milliseconds, unless it asked for sparser ticks (`tickMs`).
 pub const TICK_INTERVAL_MS: u64 = 1_000;
 /// How often an SSE stream gets a keepalive comment, in milliseconds.
 pub const SSE_KEEPALIVE_MS: u64 = 15_000;

@@ -41,7 +41,7 @@ pub async fn stream(
     keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let body = futures_util::stream::unfold(
         SseState {
-            viewer: Viewer::new(subscription),
+            viewer: Viewer::new(subscription, request.tick_period),
             keepalive,
             done: false,
         },

@@ -18,6 +18,8 @@ use crate::http::engine::Engine;
 /// 2026-11-25T22:00:00Z
 const NOW_MS: i64 = 1_795_644_000_000;
 const HOUR_MS: i64 = 3_600_000;
+/// The default tick period.
+const TICK_PERIOD: Duration = Duration::from_millis(TICK_INTERVAL_MS);
 const CONFIG: LiveConfig = LiveConfig {
     viewers_max: 3,
     send_timeout_ms: 1_000,
@@ -89,7 +91,10 @@ impl Fixture {
     }
 
     async fn viewer(&self, id: &str) -> Viewer {
-        Viewer::new(self.hub.join(id, None, Transport::Ws).await.unwrap())
+        Viewer::new(
+            self.hub.join(id, None, Transport::Ws).await.unwrap(),
+            TICK_PERIOD,
+        )
     }
 }
 
@@ -221,20 +226,73 @@ async fn the_viewer_limit_answers_full_and_slots_come_back() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn ticks_carry_the_current_version_about_every_second() {
+async fn a_tick_comes_only_after_a_tick_period_without_frames() {
     let f = Fixture::new();
     f.auction("a").await;
     let mut viewer = f.viewer("a").await;
     next(&mut viewer).await;
+    tokio::time::sleep(TICK_PERIOD / 2).await;
     f.bid("a", 10).await;
     assert_eq!(next(&mut viewer).await.version(), 2);
-    let started = tokio::time::Instant::now();
+    let bid_sent = tokio::time::Instant::now();
     let tick = next(&mut viewer).await;
     assert_eq!((tick.kind(), tick.version()), (FrameKind::Tick, 2));
-    assert!(started.elapsed() <= Duration::from_millis(TICK_INTERVAL_MS));
+    assert_eq!(
+        bid_sent.elapsed(),
+        TICK_PERIOD,
+        "the bid frame put the tick off"
+    );
     let tick = next(&mut viewer).await;
     assert_eq!(tick.kind(), FrameKind::Tick);
-    assert!(started.elapsed() >= Duration::from_millis(TICK_INTERVAL_MS));
+    assert_eq!(bid_sent.elapsed(), 2 * TICK_PERIOD);
+}
+
+#[tokio::test(start_paused = true)]
+async fn frames_faster_than_the_tick_period_leave_no_room_for_ticks() {
+    let f = Fixture::new();
+    f.auction("a").await;
+    let mut viewer = f.viewer("a").await;
+    next(&mut viewer).await;
+    for amount in 10..20 {
+        tokio::time::sleep(TICK_PERIOD * 9 / 10).await;
+        f.bid("a", amount).await;
+        let frame = next(&mut viewer).await;
+        assert_eq!(frame.kind(), FrameKind::Bid, "no tick between bids");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_viewer_may_ask_for_sparser_ticks() {
+    let f = Fixture::new();
+    f.auction("a").await;
+    let sparse = Duration::from_millis(5_000);
+    let subscription = f.hub.join("a", None, Transport::Sse).await.unwrap();
+    let mut viewer = Viewer::new(subscription, sparse);
+    next(&mut viewer).await;
+    let connected = tokio::time::Instant::now();
+    let tick = next(&mut viewer).await;
+    assert_eq!(tick.kind(), FrameKind::Tick);
+    assert_eq!(connected.elapsed(), sparse);
+}
+
+#[tokio::test(start_paused = true)]
+async fn viewers_due_together_send_one_shared_tick() {
+    let f = Fixture::new();
+    f.auction("a").await;
+    let mut first = f.viewer("a").await;
+    let mut second = f.viewer("a").await;
+    next(&mut first).await;
+    next(&mut second).await;
+    let (a, b) = (next(&mut first).await, next(&mut second).await);
+    assert_eq!((a.kind(), b.kind()), (FrameKind::Tick, FrameKind::Tick));
+    assert!(a.shares_bytes_with(&b), "one render for both");
+    let mut late = f.viewer("a").await;
+    next(&mut late).await;
+    let c = next(&mut late).await;
+    assert!(
+        !c.shares_bytes_with(&a),
+        "a second later the tick is rendered afresh"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -249,7 +307,10 @@ async fn resuming_ahead_of_the_replica_is_refused_after_a_bounded_wait() {
     ));
     assert!(started.elapsed() >= Duration::from_millis(RESUME_WAIT_MS));
     // A version the replica has: admitted, and the snapshot is at least that version.
-    let mut viewer = Viewer::new(f.hub.join("a", Some(1), Transport::Sse).await.unwrap());
+    let mut viewer = Viewer::new(
+        f.hub.join("a", Some(1), Transport::Sse).await.unwrap(),
+        TICK_PERIOD,
+    );
     assert_eq!(next(&mut viewer).await.version(), 1);
 }
 
@@ -262,7 +323,7 @@ async fn resuming_waits_for_the_replica_to_catch_up() {
     settle().await;
     f.bid("a", 10).await;
     let subscription = joining.await.unwrap().unwrap();
-    let mut viewer = Viewer::new(subscription);
+    let mut viewer = Viewer::new(subscription, TICK_PERIOD);
     let snapshot = next(&mut viewer).await;
     assert_eq!(
         (snapshot.kind(), snapshot.version()),

@@ -5,10 +5,12 @@
 //! The rules of API.md live here and nowhere else: non-tick versions strictly increase within a
 //! connection (the one repeat is the `ended` that follows the snapshot of an auction that had
 //! already ended: it is the same final state, announced as the end); a tick is sent only for
-//! the version the viewer was last sent. `next` is cancel-safe, so transports can `select!` on
+//! the version the viewer was last sent, and only when the viewer's tick period (`tickMs`, a
+//! second by default) passed without another frame: a frame already tells the viewer the time
+//! left, so while bids flow nobody ticks. `next` is cancel-safe, so transports can `select!` on
 //! it next to their keepalives.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use gavel_rules::Status;
 use metrics::{Counter, Histogram};
@@ -31,7 +33,9 @@ pub struct Viewer {
     sub: Subscription,
     step: Step,
     sent_version: u64,
-    sent_tick_seq: u64,
+    /// A tick is due this long after the last frame.
+    tick_period: Duration,
+    last_frame_at: tokio::time::Instant,
     stats: Stats,
 }
 
@@ -43,13 +47,14 @@ struct Stats {
 }
 
 impl Viewer {
-    pub fn new(sub: Subscription) -> Viewer {
+    pub fn new(sub: Subscription, tick_period: Duration) -> Viewer {
         let transport = sub.transport().as_str();
         Viewer {
             sub,
             step: Step::Snapshot,
             sent_version: 0,
-            sent_tick_seq: 0,
+            tick_period,
+            last_frame_at: tokio::time::Instant::now(),
             stats: Stats {
                 sent: metrics::counter!(FRAMES_SENT_TOTAL, "transport" => transport),
                 coalesced: metrics::counter!(FRAMES_COALESCED_TOTAL, "transport" => transport),
@@ -65,6 +70,12 @@ impl Viewer {
     /// The next frame to send, or `None` when the stream is over (after `ended`, or because
     /// the node is shutting down). Cancel-safe.
     pub async fn next(&mut self) -> Option<Frame> {
+        let frame = self.next_frame().await?;
+        self.last_frame_at = tokio::time::Instant::now();
+        Some(frame)
+    }
+
+    async fn next_frame(&mut self) -> Option<Frame> {
         match self.step {
             Step::Snapshot => self.snapshot(),
             Step::EndedAfterSnapshot => {
@@ -91,7 +102,6 @@ impl Viewer {
         // `Hub::join` loads the state before it admits anyone.
         let auction = latest.auction?;
         self.sent_version = auction.version;
-        self.sent_tick_seq = latest.tick_seq;
         self.step = if auction.status == Status::Ended {
             Step::EndedAfterSnapshot
         } else {
@@ -100,36 +110,63 @@ impl Viewer {
         Some(render_now(FrameKind::Snapshot, &auction, self))
     }
 
-    /// Waits for news: a newer state (sent as its change frame) or a tick for the version this
-    /// viewer was sent. `None` once the hub dropped the auction's channel (shutdown).
+    /// Waits for news: a newer state (sent as its change frame), or a tick once the tick
+    /// period passed since the last frame. `None` once the hub dropped the auction's channel
+    /// (shutdown).
     async fn live(&mut self) -> Option<Frame> {
         loop {
-            if self.sub.rx.changed().await.is_err() {
-                self.step = Step::Done;
-                return None;
-            }
-            let latest = self.sub.rx.borrow_and_update().clone();
-            // `Hub::join` loaded the state before it admitted this viewer.
-            let auction = latest.auction?;
-            if auction.version > self.sent_version {
-                let event = latest.event?;
-                let skipped = auction.version - self.sent_version - 1;
-                if skipped > 0 {
-                    self.stats.coalesced.increment(skipped);
+            let tick_due = self.last_frame_at + self.tick_period;
+            tokio::select! {
+                biased;
+                changed = self.sub.rx.changed() => {
+                    if changed.is_err() {
+                        self.step = Step::Done;
+                        return None;
+                    }
+                    if let Some(frame) = self.newer_state() {
+                        return Some(frame);
+                    }
                 }
-                self.sent_version = auction.version;
-                if event.kind() == FrameKind::Ended {
-                    self.step = Step::Done;
-                }
-                return Some(event);
-            }
-            if let Some(tick) = latest.tick {
-                if latest.tick_seq > self.sent_tick_seq && tick.version() == self.sent_version {
-                    self.sent_tick_seq = latest.tick_seq;
-                    return Some(tick);
+                () = tokio::time::sleep_until(tick_due) => {
+                    if let Some(frame) = self.newer_state().or_else(|| self.tick()) {
+                        return Some(frame);
+                    }
+                    // Nothing to tick (the end is on its way): wait a period more, not spin.
+                    self.last_frame_at = tokio::time::Instant::now();
                 }
             }
         }
+    }
+
+    /// The change frame of a state newer than the one this viewer was last sent, if any.
+    fn newer_state(&mut self) -> Option<Frame> {
+        let latest = self.sub.rx.borrow_and_update().clone();
+        // `Hub::join` loaded the state before it admitted this viewer.
+        let auction = latest.auction?;
+        if auction.version <= self.sent_version {
+            return None;
+        }
+        let event = latest.event?;
+        let skipped = auction.version - self.sent_version - 1;
+        if skipped > 0 {
+            self.stats.coalesced.increment(skipped);
+        }
+        self.sent_version = auction.version;
+        if event.kind() == FrameKind::Ended {
+            self.step = Step::Done;
+        }
+        Some(event)
+    }
+
+    /// A tick of the state this viewer was last sent (shared with the auction's other viewers
+    /// due about now); never after `ended`.
+    fn tick(&mut self) -> Option<Frame> {
+        let auction = self.sub.rx.borrow().auction.clone()?;
+        if auction.status == Status::Ended {
+            // Its `ended` frame is on its way through the watch; a tick would come after the end.
+            return None;
+        }
+        Some(self.sub.tick.get(&auction, self.sub.hub()))
     }
 
     /// Records that `frame` was handed to the connection.

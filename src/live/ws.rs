@@ -57,13 +57,14 @@ pub async fn upgrade(
         .await?;
     tracing::debug!(auction_id = %request.auction_id, sub = %request.principal.sub, "WebSocket viewer joined");
     let config = state.live.config();
+    let tick_period = request.tick_period;
     Ok(upgrade
         .read_buffer_size(WS_READ_BUFFER_BYTES)
         .write_buffer_size(0)
         .max_write_buffer_size(WS_WRITE_BUFFER_BYTES_MAX)
         .max_message_size(WS_MESSAGE_BYTES_MAX)
         .max_frame_size(WS_MESSAGE_BYTES_MAX)
-        .on_upgrade(move |socket| serve(socket, Viewer::new(subscription), config)))
+        .on_upgrade(move |socket| serve(socket, Viewer::new(subscription, tick_period), config)))
 }
 
 /// How a connection ended.

@@ -725,7 +725,7 @@ async fn streams(run: &mut Run) {
     }
     let sse = req(Method::GET, "/auctions/{id}/stream", &id)
         .who(Who::QueryToken("vera", Role::Viewer))
-        .query("sinceVersion=1");
+        .query("sinceVersion=1&tickMs=5000");
     let (_, first) = run.expect(sse, 200).await;
     assert_eq!(first["type"], "snapshot");
     run.expect(req(Method::GET, "/auctions/{id}/ws", &id), 400)
@@ -754,7 +754,8 @@ async fn websocket_upgrade(run: &mut Run, id: &str) {
         let (got, headers, body) = handshake(run, address, auction).await;
         assert_eq!(got, status, "{}", String::from_utf8_lossy(&body));
         let r = req(Method::GET, "/auctions/{id}/ws", auction)
-            .who(Who::QueryToken("vera", Role::Viewer));
+            .who(Who::QueryToken("vera", Role::Viewer))
+            .query("tickMs=5000");
         run.record(&r, status, &headers, &body);
     }
     server.abort();
@@ -771,7 +772,7 @@ async fn handshake(
         .await
         .expect("connect");
     let request = format!(
-        "GET /auctions/{id}/ws?access_token={token} HTTP/1.1\r\nHost: {address}\r\n\
+        "GET /auctions/{id}/ws?access_token={token}&tickMs=5000 HTTP/1.1\r\nHost: {address}\r\n\
          Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
     );
