@@ -164,8 +164,7 @@ impl Hub {
             metrics::counter!(VIEWERS_REFUSED_TOTAL).increment(1);
             JoinError::Full(self.0.config.viewers_max)
         })?;
-        let (tx, rx, tick) = self.watch(auction_id)?;
-        let watching = Watching { rx, tick };
+        let (tx, watching) = self.watch(auction_id)?;
         let subscription = Subscription::new(self.clone(), auction_id, watching, permit, transport);
         if tx.borrow().auction.is_none() {
             match self.0.engine.auction(auction_id, Consistency::Local).await {
@@ -188,17 +187,7 @@ impl Hub {
 
     /// Registers one more viewer of `auction_id`, creating its entry if needed. Under the same
     /// lock as `close` clears the entries, so nobody registers after it.
-    fn watch(
-        &self,
-        auction_id: &str,
-    ) -> Result<
-        (
-            watch::Sender<Latest>,
-            watch::Receiver<Latest>,
-            Arc<SharedTick>,
-        ),
-        JoinError,
-    > {
+    fn watch(&self, auction_id: &str) -> Result<(watch::Sender<Latest>, Watching), JoinError> {
         let mut watched = self.0.lock();
         if *self.0.closing.borrow() {
             return Err(JoinError::Closing);
@@ -211,7 +200,11 @@ impl Hub {
                 viewers: 0,
             });
         entry.viewers += 1;
-        Ok((entry.tx.clone(), entry.tx.subscribe(), entry.tick.clone()))
+        let watching = Watching {
+            rx: entry.tx.subscribe(),
+            tick: entry.tick.clone(),
+        };
+        Ok((entry.tx.clone(), watching))
     }
 
     /// One viewer of `auction_id` left; the entry goes with the last one.
