@@ -45,7 +45,7 @@ fn the_viewer_bench_reports_connects_and_latencies() {
         output.status
     );
     assert!(
-        stdout.contains("40 WebSocket viewers of one auction, 2 client processes"),
+        stdout.contains("40 WebSocket viewers of one auction over 1 node(s), 2 client processes"),
         "{stdout}"
     );
     assert!(stdout.contains("40 connected, 0 failed"), "{stdout}");

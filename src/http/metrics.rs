@@ -75,11 +75,37 @@ fn describe() {
         "Latency of whole bid requests"
     );
     metrics::describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests by route and status");
+    metrics::describe_gauge!(
+        PROCESS_RESIDENT_MEMORY_BYTES,
+        metrics::Unit::Bytes,
+        "Resident memory of this process"
+    );
     metrics::describe_histogram!(
         HTTP_REQUEST_DURATION_SECONDS,
         metrics::Unit::Seconds,
         "HTTP request latency by route"
     );
+}
+
+/// This process's resident memory, in bytes (a gauge, refreshed on every scrape).
+pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "gavel_process_resident_memory_bytes";
+
+/// Sets [`PROCESS_RESIDENT_MEMORY_BYTES`] from `VmRSS` in `/proc/self/status` (Linux);
+/// elsewhere it stays unset.
+pub fn record_process_memory() {
+    let resident_kib = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+            line.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        });
+    if let Some(kib) = resident_kib {
+        metrics::gauge!(PROCESS_RESIDENT_MEMORY_BYTES).set((kib * 1024) as f64);
+    }
 }
 
 /// Counts one new bid decision.

@@ -108,6 +108,11 @@ impl Member {
         self.child.is_some()
     }
 
+    /// The node's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|child| child.id())
+    }
+
     pub fn is_paused(&self) -> bool {
         self.paused
     }

@@ -1,7 +1,8 @@
 //! `gavel bench ...`: the load tools, each a separate client process of a running node (or of
 //! one it starts for the run).
 //!
-//! - `viewers.rs`: `gavel bench viewers`, live fan-out (WebSocket viewers in worker processes).
+//! - `viewers.rs`: `gavel bench viewers`, live fan-out over one or many nodes, with its
+//!   WebSocket viewers in worker processes (`viewers_worker.rs`, which also reconnects them).
 //! - `bids.rs`: `gavel bench bids`, bid throughput and latency, closed or open loop, against
 //!   Gavel or, for comparison, etcd; `bids_target.rs` is what one request is on each system,
 //!   `bids_load.rs` the load loops and their recorder, `bids_report.rs` the summary, `plot.rs`
@@ -18,6 +19,7 @@ mod bids_target;
 mod own_node;
 mod plot;
 mod viewers;
+mod viewers_worker;
 
 use clap::{Args, Subcommand};
 
@@ -33,7 +35,7 @@ pub enum BenchCommand {
     Viewers(viewers::ViewersArgs),
     /// One process's share of the viewers (started by `gavel bench viewers`).
     #[command(hide = true)]
-    ViewersWorker(viewers::WorkerArgs),
+    ViewersWorker(viewers_worker::WorkerArgs),
     /// Drive bids (or etcd puts) closed or open loop; report decisions/s, outcomes and latency.
     Bids(Box<bids::BidsArgs>),
 }
@@ -41,7 +43,7 @@ pub enum BenchCommand {
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Viewers(args) => viewers::run(args),
-        BenchCommand::ViewersWorker(args) => viewers::run_worker(args),
+        BenchCommand::ViewersWorker(args) => viewers_worker::run(args),
         BenchCommand::Bids(args) => bids::run(*args),
     }
 }

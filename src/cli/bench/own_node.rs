@@ -64,11 +64,6 @@ impl OwnNode {
         wait_ready(http, &node.base).await?;
         Ok(node)
     }
-
-    /// The node's process id (for /proc readings), while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.id()
-    }
 }
 
 impl Drop for OwnNode {

@@ -1,56 +1,62 @@
 //! `gavel bench viewers`: the fan-out load tool. It holds N WebSocket viewers on one auction,
-//! places bids over HTTP and reports the connect rate and the bid-to-last-viewer latency
-//! (p50/p99/max over the bids): from just before a bid request is sent to the moment the last
-//! of the N viewers received a frame showing that bid's version (or a newer one).
+//! spread evenly over the nodes it is given (voters and learners alike), places bids over HTTP
+//! and reports, per node and in total: the connect rate, bid-to-last-viewer latency (from just
+//! before a bid request is sent to the moment the last viewer received a frame showing that
+//! bid's version or a newer one), frames, resident memory per viewer (each node's
+//! `gavel_process_resident_memory_bytes` before and after the viewers connected), the bid
+//! acknowledgement latency while the fan-out runs, and whether every viewer saw the final
+//! `ended` frame with the right winner.
+//!
+//! With `--kill-pid` it kills a node (SIGKILL) halfway through the bids: that node's viewers
+//! reconnect to the other nodes (`viewers_worker.rs`) and the report says how long each took
+//! and whether any resumed snapshot went back.
 //!
 //! The viewers live in worker processes (`gavel bench viewers-worker`, this same binary),
-//! because one process may hold only so many open files. Workers report on stdout, one line per
-//! fact: `connected <ok> <failed>` once every connection attempt finished, then `result <json>`
-//! with, per version, the latest time one of their viewers first saw it and how many did. All
-//! processes run on this machine, so their wall clocks agree.
-//!
-//! Without `--endpoint` it starts its own single node (this binary, a temporary data dir, a
-//! random secret) sized for the run. Every wait is bounded; the tool talks to loopback or to
-//! the endpoint it is given, nothing else.
+//! because one process may hold only so many open files. All processes run on this machine, so
+//! their wall clocks agree. Without `--endpoints` it starts its own single node (this binary,
+//! a temporary data dir, a random secret) sized for the run. Every wait is bounded; the tool
+//! talks to loopback or to the endpoints it is given, nothing else.
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use futures_util::StreamExt;
 use hdrhistogram::Histogram;
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
-use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
 
 use super::own_node::OwnNode;
+use super::viewers_worker::{WorkerReport, WORKER_TOKEN_ENV};
 use crate::http::auth::{load_secret, Role, Secret};
 
-/// The environment variable workers get the viewer token from (not argv: `ps` shows argv).
-const WORKER_TOKEN_ENV: &str = "GAVEL_BENCH_VIEWER_TOKEN";
 /// How long connecting every viewer may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(300);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(600);
 /// How long workers may take to report after the auction ended.
-const RESULT_TIMEOUT: Duration = Duration::from_secs(120);
+const RESULT_TIMEOUT: Duration = Duration::from_secs(180);
 /// Viewer slots the started node has beyond the viewers asked for.
 const VIEWERS_SLACK: u32 = 100;
-/// A client WebSocket's read buffer: frames are a few hundred bytes.
-const CLIENT_READ_BUFFER_BYTES: usize = 4 * 1024;
+/// The bidder every bid comes from: the winner every `ended` frame must name.
+const BIDDER: &str = "bench-bidder";
+/// How long one bid is retried after 503/504 (an election after a node died), in milliseconds.
+const BID_RETRY_MS_MAX: u64 = 15_000;
+const BID_RETRY_PAUSE_MS: u64 = 100;
+/// The metric a node reports its resident memory in.
+const RSS_METRIC: &str = "gavel_process_resident_memory_bytes";
+/// The metric a node counts frames handed to viewers in (one series per transport).
+const FRAMES_METRIC: &str = "gavel_viewer_frames_sent_total";
 
 #[derive(Args, Debug, Clone)]
 pub struct ViewersArgs {
-    /// A node to measure (e.g. http://127.0.0.1:8080). Default: start a single node for the run.
-    #[arg(long)]
-    pub endpoint: Option<String>,
+    /// The nodes to spread viewers over, comma-separated (e.g.
+    /// http://127.0.0.1:8081,http://127.0.0.1:8082). Bids go to the first. Default: start a
+    /// single node for the run.
+    #[arg(long, alias = "endpoint", value_delimiter = ',')]
+    pub endpoints: Vec<String>,
     /// WebSocket viewers to hold on the auction.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=50_000))]
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=250_000))]
     pub viewers: u32,
     /// Viewers per client process (each process may open only so many files).
     #[arg(long, default_value_t = 2500, value_parser = clap::value_parser!(u32).range(1..=15_000))]
@@ -64,32 +70,21 @@ pub struct ViewersArgs {
     /// Connection attempts in flight per client process.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub connect_concurrency: u32,
+    /// The `tickMs` viewers ask for (the live page asks for 5000).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1000..=60_000))]
+    pub tick_ms: u64,
+    /// Kill this process (SIGKILL) after half of the bids: one of the nodes, not the first.
+    #[arg(long)]
+    pub kill_pid: Option<u32>,
     /// Raft groups of the node this tool starts.
     #[arg(long, default_value_t = 4)]
     pub groups: u32,
-    /// With --endpoint: the data dir whose auth secret signs the tokens (or GAVEL_AUTH_SECRET).
+    /// With --endpoints: the data dir whose auth secret signs the tokens (or GAVEL_AUTH_SECRET).
     #[arg(long, default_value = "./gavel-data")]
     pub data_dir: PathBuf,
-    /// With --endpoint: a file holding the auth secret.
+    /// With --endpoints: a file holding the auth secret.
     #[arg(long)]
     pub auth_secret_file: Option<PathBuf>,
-}
-
-#[derive(Args, Debug, Clone)]
-pub struct WorkerArgs {
-    /// The stream URL, without the token.
-    #[arg(long)]
-    pub url: String,
-    #[arg(long)]
-    pub viewers: u32,
-    #[arg(long)]
-    pub connect_concurrency: u32,
-    /// Versions to keep track of (1..=this).
-    #[arg(long)]
-    pub versions_max: u64,
-    /// Give up after this many seconds.
-    #[arg(long)]
-    pub timeout_s: u64,
 }
 
 /// `gavel bench viewers`: the coordinator.
@@ -100,47 +95,20 @@ pub fn run(args: ViewersArgs) -> anyhow::Result<()> {
         .block_on(coordinate(args))
 }
 
-/// `gavel bench viewers-worker`: one process's share of the viewers.
-pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(worker(args))
-}
-
-fn now_us() -> u64 {
+pub fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
-// ---------------------------------------------------------------------------------------------
-// The coordinator
-
-/// The node under test and the tokens for it.
+/// The nodes under test and the tokens for them.
 struct Target {
-    base: String,
+    bases: Vec<String>,
     creator: String,
     bidder: String,
     viewer: String,
     /// The node this tool started, if it started one.
-    own: Option<OwnNode>,
-}
-
-impl Target {
-    /// The resident memory of the node this tool started, in KiB.
-    fn rss_kib(&self) -> Option<u64> {
-        let pid = self.own.as_ref()?.pid()?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()
-    }
+    _own: Option<OwnNode>,
 }
 
 fn tokens(secret: &Secret) -> (String, String, String) {
@@ -148,21 +116,25 @@ fn tokens(secret: &Secret) -> (String, String, String) {
     let exp = now_s + 4 * 3600;
     (
         secret.sign("bench-creator", &[Role::Creator], now_s, exp),
-        secret.sign("bench-bidder", &[Role::Bidder], now_s, exp),
+        secret.sign(BIDDER, &[Role::Bidder], now_s, exp),
         secret.sign("bench-viewer", &[Role::Viewer], now_s, exp),
     )
 }
 
 async fn target(args: &ViewersArgs, http: &reqwest::Client) -> anyhow::Result<Target> {
-    if let Some(endpoint) = &args.endpoint {
+    if !args.endpoints.is_empty() {
         let (secret, _) = load_secret(args.auth_secret_file.as_deref(), &args.data_dir, false)?;
         let (creator, bidder, viewer) = tokens(&secret);
+        let bases = args
+            .endpoints
+            .iter()
+            .map(|e| e.trim_end_matches('/').to_owned());
         return Ok(Target {
-            base: endpoint.trim_end_matches('/').to_owned(),
+            bases: bases.collect(),
             creator,
             bidder,
             viewer,
-            own: None,
+            _own: None,
         });
     }
     let extra = [
@@ -176,11 +148,11 @@ async fn target(args: &ViewersArgs, http: &reqwest::Client) -> anyhow::Result<Ta
     let node = OwnNode::start("bench-viewers", &extra, http).await?;
     let (creator, bidder, viewer) = tokens(&node.secret);
     Ok(Target {
-        base: node.base.clone(),
+        bases: vec![node.base.clone()],
         creator,
         bidder,
         viewer,
-        own: Some(node),
+        _own: Some(node),
     })
 }
 
@@ -190,67 +162,155 @@ async fn post(
     token: &str,
     body: Option<Value>,
 ) -> anyhow::Result<Value> {
-    let mut request = http
-        .post(&url)
-        .bearer_auth(token)
-        .header("Idempotency-Key", uuid::Uuid::new_v4().to_string());
-    if let Some(body) = body {
-        request = request.json(&body);
+    let key = uuid::Uuid::new_v4().to_string();
+    post_with_key(http, &url, token, body.as_ref(), &key)
+        .await
+        .map_err(|failure| anyhow::anyhow!("POST {url} answered {failure}"))
+}
+
+/// Why a POST did not succeed: its status and body, or a transport error.
+enum Failure {
+    Status(reqwest::StatusCode, Value),
+    Transport(reqwest::Error),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Status(status, body) => write!(f, "{status}: {body}"),
+            Failure::Transport(e) => write!(f, "no answer ({e})"),
+        }
     }
-    let response = request.send().await?;
+}
+
+impl Failure {
+    /// 503 (nothing done), 504 and no answer (outcome unknown): retried with the same key.
+    fn is_retryable(&self) -> bool {
+        match self {
+            Failure::Status(status, _) => matches!(status.as_u16(), 503 | 504),
+            Failure::Transport(_) => true,
+        }
+    }
+}
+
+async fn post_with_key(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: Option<&Value>,
+    key: &str,
+) -> Result<Value, Failure> {
+    let mut request = http
+        .post(url)
+        .bearer_auth(token)
+        .header("Idempotency-Key", key);
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request.send().await.map_err(Failure::Transport)?;
     let status = response.status();
     let body: Value = response.json().await.unwrap_or(Value::Null);
     if !status.is_success() {
-        bail!("POST {url} answered {status}: {body}");
+        return Err(Failure::Status(status, body));
     }
     Ok(body)
 }
 
-/// One worker process and its report lines.
+/// Places one bid, retrying an unavailable or unknown outcome with the same key (a node may
+/// have just died and its groups be electing) for up to `BID_RETRY_MS_MAX`.
+async fn bid_until_decided(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: &Value,
+) -> anyhow::Result<Value> {
+    let key = uuid::Uuid::new_v4().to_string();
+    let deadline = Instant::now() + Duration::from_millis(BID_RETRY_MS_MAX);
+    loop {
+        match post_with_key(http, url, token, Some(body), &key).await {
+            Ok(reply) => return Ok(reply),
+            Err(failure) if failure.is_retryable() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(BID_RETRY_PAUSE_MS)).await;
+            }
+            Err(failure) => bail!("POST {url} answered {failure}"),
+        }
+    }
+}
+
+/// One worker process, the node it is homed on, and its report lines.
 struct Worker {
     child: Child,
     lines: Lines<BufReader<ChildStdout>>,
+    home: usize,
     viewers: u32,
 }
 
+/// Starts the workers: each node gets an equal share of the viewers, split into processes.
 fn spawn_workers(
     args: &ViewersArgs,
-    url: &str,
+    stream_urls: &[String],
     token: &str,
     versions_max: u64,
 ) -> anyhow::Result<Vec<Worker>> {
+    let nodes = stream_urls.len() as u32;
     let mut workers = Vec::new();
-    let mut left = args.viewers;
-    while left > 0 {
-        let viewers = left.min(args.viewers_per_process);
-        left -= viewers;
-        let mut child = Command::new(std::env::current_exe()?)
-            .args(["bench", "viewers-worker", "--url", url])
-            .args(["--viewers", &viewers.to_string()])
-            .args([
-                "--connect-concurrency",
-                &args.connect_concurrency.to_string(),
-            ])
-            .args(["--versions-max", &versions_max.to_string()])
-            .args([
-                "--timeout-s",
-                &(CONNECT_TIMEOUT + RESULT_TIMEOUT).as_secs().to_string(),
-            ])
-            .env(WORKER_TOKEN_ENV, token)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .context("cannot start a worker process")?;
-        let stdout = child.stdout.take().context("worker stdout")?;
-        workers.push(Worker {
-            child,
-            lines: BufReader::new(stdout).lines(),
-            viewers,
-        });
+    for home in 0..stream_urls.len() {
+        let mut left = args.viewers / nodes + u32::from((home as u32) < args.viewers % nodes);
+        // Home first, then the others in order: where this node's viewers reconnect.
+        let urls: Vec<&str> = (0..stream_urls.len())
+            .map(|i| stream_urls[(home + i) % stream_urls.len()].as_str())
+            .collect();
+        while left > 0 {
+            let viewers = left.min(args.viewers_per_process);
+            left -= viewers;
+            workers.push(spawn_worker(
+                args,
+                &urls,
+                viewers,
+                token,
+                versions_max,
+                home,
+            )?);
+        }
     }
     Ok(workers)
+}
+
+fn spawn_worker(
+    args: &ViewersArgs,
+    urls: &[&str],
+    viewers: u32,
+    token: &str,
+    versions_max: u64,
+    home: usize,
+) -> anyhow::Result<Worker> {
+    let timeout_s = (CONNECT_TIMEOUT + RESULT_TIMEOUT).as_secs()
+        + u64::from(args.bids) * args.bid_interval_ms / 1000;
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["bench", "viewers-worker", "--urls", &urls.join(",")])
+        .args(["--viewers", &viewers.to_string()])
+        .args([
+            "--connect-concurrency",
+            &args.connect_concurrency.to_string(),
+        ])
+        .args(["--versions-max", &versions_max.to_string()])
+        .args(["--tick-ms", &args.tick_ms.to_string()])
+        .args(["--winner", BIDDER])
+        .args(["--timeout-s", &timeout_s.to_string()])
+        .env(WORKER_TOKEN_ENV, token)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start a worker process")?;
+    let stdout = child.stdout.take().context("worker stdout")?;
+    Ok(Worker {
+        child,
+        lines: BufReader::new(stdout).lines(),
+        home,
+        viewers,
+    })
 }
 
 /// The next line of a worker that starts with `tag`, within `timeout`.
@@ -264,6 +324,43 @@ async fn expect_line(worker: &mut Worker, tag: &str, timeout: Duration) -> anyho
         .with_context(|| format!("a worker reported {line:?}, expected `{tag} ...`"))
 }
 
+/// What one node said about itself, from its `/metrics`.
+#[derive(Clone, Copy, Default)]
+struct NodeReading {
+    rss_bytes: Option<f64>,
+    frames: f64,
+}
+
+async fn read_node(http: &reqwest::Client, base: &str) -> Option<NodeReading> {
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let value = |line: &str| line.rsplit(' ').next()?.parse::<f64>().ok();
+    let rss_bytes = text
+        .lines()
+        .find(|l| l.starts_with(RSS_METRIC))
+        .and_then(value);
+    let frames = text
+        .lines()
+        .filter(|l| l.starts_with(FRAMES_METRIC))
+        .filter_map(value)
+        .sum();
+    Some(NodeReading { rss_bytes, frames })
+}
+
+async fn read_nodes(http: &reqwest::Client, bases: &[String]) -> Vec<Option<NodeReading>> {
+    let mut readings = Vec::new();
+    for base in bases {
+        readings.push(read_node(http, base).await);
+    }
+    readings
+}
+
 async fn coordinate(args: ViewersArgs) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -273,65 +370,38 @@ async fn coordinate(args: ViewersArgs) -> anyhow::Result<()> {
     let id = auction["id"].as_str().context("auction id")?.to_owned();
     let first_version = auction["version"].as_u64().context("auction version")?;
     let versions_max = first_version + u64::from(args.bids) + 2;
-    let ws_base = target.base.replacen("http", "ws", 1);
-    let url = format!("{ws_base}/auctions/{id}/ws");
-    let rss_before_kib = target.rss_kib();
+    let stream_urls: Vec<String> = target
+        .bases
+        .iter()
+        .map(|base| format!("{}/auctions/{id}/ws", base.replacen("http", "ws", 1)))
+        .collect();
+    let before = read_nodes(&http, &target.bases).await;
     let started = Instant::now();
-    let mut workers = spawn_workers(&args, &url, &target.viewer, versions_max)?;
+    let mut workers = spawn_workers(&args, &stream_urls, &target.viewer, versions_max)?;
     let (connected, failed) = await_connected(&mut workers).await?;
     let connect_elapsed = started.elapsed();
-    let rss_per_viewer_kib = rss_before_kib
-        .zip(target.rss_kib())
-        .map(|(before, after)| after.saturating_sub(before) as f64 / connected.max(1) as f64);
+    let after_connect = read_nodes(&http, &target.bases).await;
     let bids = place_bids(&http, &target, &id, &args, first_version).await?;
     post(
         &http,
-        format!("{}/auctions/{id}/end", target.base),
+        format!("{}/auctions/{id}/end", target.bases[0]),
         &target.creator,
         None,
     )
     .await?;
-    let seen = collect(&mut workers, versions_max).await?;
-    let metrics = http
-        .get(format!("{}/metrics", target.base))
-        .send()
-        .await?
-        .text()
-        .await?;
-    report(&args, connected, failed, connect_elapsed, &bids, &seen)?;
-    print_node_view(&metrics, rss_per_viewer_kib);
-    Ok(())
-}
-
-/// What the node itself says: its apply-to-send histogram (per viewer frame; bucket bounds
-/// only) and, for a node this tool started, its memory per viewer.
-fn print_node_view(metrics: &str, rss_per_viewer_kib: Option<f64>) {
-    let prefix = "gavel_viewer_apply_to_send_seconds_bucket{transport=\"ws\",le=\"";
-    let buckets: Vec<(String, f64)> = metrics
-        .lines()
-        .filter_map(|line| line.strip_prefix(prefix))
-        .filter_map(|rest| {
-            let (le, count) = rest.split_once("\"} ")?;
-            Some((le.to_owned(), count.trim().parse().ok()?))
-        })
-        .collect();
-    let total = buckets.last().map_or(0.0, |(_, count)| *count);
-    let bound = |q: f64| {
-        buckets
-            .iter()
-            .find(|(_, count)| *count >= q * total)
-            .map_or("?".to_owned(), |(le, _)| le.clone())
+    let reports = collect(&mut workers).await?;
+    let at_end = read_nodes(&http, &target.bases).await;
+    let run = Run {
+        args: &args,
+        target: &target,
+        connected,
+        failed,
+        connect_elapsed,
+        bids: &bids,
+        reports: &reports,
+        readings: [&before, &after_connect, &at_end],
     };
-    if total > 0.0 {
-        println!(
-            "node apply-to-send:  p50 <= {} s, p99 <= {} s (histogram bucket bounds, {total} frames)",
-            bound(0.5),
-            bound(0.99)
-        );
-    }
-    if let Some(kib) = rss_per_viewer_kib {
-        println!("node memory:        {kib:.1} KiB resident per connected viewer");
-    }
+    run.report()
 }
 
 async fn create_auction(http: &reqwest::Client, target: &Target) -> anyhow::Result<Value> {
@@ -345,7 +415,7 @@ async fn create_auction(http: &reqwest::Client, target: &Target) -> anyhow::Resu
     });
     post(
         http,
-        format!("{}/auctions", target.base),
+        format!("{}/auctions", target.bases[0]),
         &target.creator,
         Some(body),
     )
@@ -382,14 +452,19 @@ async fn place_bids(
     args: &ViewersArgs,
     first_version: u64,
 ) -> anyhow::Result<Vec<PlacedBid>> {
-    let url = format!("{}/auctions/{id}/bids", target.base);
+    let url = format!("{}/auctions/{id}/bids", target.bases[0]);
     let mut placed = Vec::new();
     for n in 1..=u64::from(args.bids) {
+        if n == u64::from(args.bids / 2).max(1) {
+            if let Some(pid) = args.kill_pid {
+                kill(pid)?;
+            }
+        }
         tokio::time::sleep(Duration::from_millis(args.bid_interval_ms)).await;
         let sent_us = now_us();
         let started = Instant::now();
         let body = json!({ "amount": format!("{n}.00") });
-        let reply = post(http, url.clone(), &target.bidder, Some(body)).await?;
+        let reply = bid_until_decided(http, &url, &target.bidder, &body).await?;
         let request_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         if reply["status"] != "accepted" || reply["version"] != first_version + n {
             bail!(
@@ -406,203 +481,180 @@ async fn place_bids(
     Ok(placed)
 }
 
-/// Per version: the latest first-sight time among all viewers, and how many saw it.
-type Seen = Vec<(u64, u64)>;
+fn kill(pid: u32) -> anyhow::Result<()> {
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .context("cannot run kill")?;
+    if !status.success() {
+        bail!("kill -KILL {pid} failed");
+    }
+    eprintln!("killed node process {pid}");
+    Ok(())
+}
 
-async fn collect(workers: &mut [Worker], versions_max: u64) -> anyhow::Result<Seen> {
-    let mut seen = vec![(0u64, 0u64); usize::try_from(versions_max + 1)?];
+async fn collect(workers: &mut [Worker]) -> anyhow::Result<Vec<(usize, u32, WorkerReport)>> {
+    let mut reports = Vec::new();
     for worker in workers.iter_mut() {
         let text = expect_line(worker, "result", RESULT_TIMEOUT).await?;
         let report: WorkerReport = serde_json::from_str(&text).context("a worker's result")?;
-        for (version, (last_us, count)) in report.seen.into_iter().enumerate() {
-            if let Some(slot) = seen.get_mut(version) {
-                slot.0 = slot.0.max(last_us);
-                slot.1 += count;
-            }
-        }
         let _ = tokio::time::timeout(Duration::from_secs(5), worker.child.wait()).await;
-        eprintln!(
-            "worker of {} viewers: {} saw ended, {} closed early",
-            worker.viewers, report.ended, report.lost
-        );
+        reports.push((worker.home, worker.viewers, report));
     }
-    Ok(seen)
+    Ok(reports)
 }
 
-fn report(
-    args: &ViewersArgs,
+/// Everything the report is made of.
+struct Run<'a> {
+    args: &'a ViewersArgs,
+    target: &'a Target,
     connected: u64,
     failed: u64,
     connect_elapsed: Duration,
-    bids: &[PlacedBid],
-    seen: &Seen,
-) -> anyhow::Result<()> {
-    let mut to_last = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
-    let mut request = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?;
-    let mut everyone_saw_all = true;
-    for bid in bids {
-        let (last_us, count) = seen.get(bid.version as usize).copied().unwrap_or((0, 0));
-        everyone_saw_all &= count == connected;
-        to_last.record(last_us.saturating_sub(bid.sent_us).max(1))?;
-        request.record(bid.request_us.max(1))?;
-    }
-    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
-    let processes = args.viewers.div_ceil(args.viewers_per_process);
-    let endpoint = args
-        .endpoint
-        .as_deref()
-        .unwrap_or("a node started for the run");
-    println!("gavel bench viewers: {} WebSocket viewers of one auction, {processes} client processes, node: {endpoint}", args.viewers);
-    println!(
-        "connect:            {connected} connected, {failed} failed in {:.2} s ({:.0} viewers/s)",
-        connect_elapsed.as_secs_f64(),
-        connected as f64 / connect_elapsed.as_secs_f64()
-    );
-    println!(
-        "bids:               {} accepted, one every {} ms; bid request p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        bids.len(), args.bid_interval_ms, ms(&request, 0.5), ms(&request, 0.99), request.max() as f64 / 1000.0
-    );
-    println!(
-        "bid-to-last-viewer: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (every viewer saw every bid: {})",
-        ms(&to_last, 0.5), ms(&to_last, 0.99), to_last.max() as f64 / 1000.0,
-        if everyone_saw_all { "yes" } else { "NO" }
-    );
-    if !everyone_saw_all || failed > 0 {
-        bail!("some viewers failed to connect or missed bids");
-    }
-    Ok(())
+    bids: &'a [PlacedBid],
+    reports: &'a [(usize, u32, WorkerReport)],
+    /// Each node's reading before the viewers, once they connected, and at the end.
+    readings: [&'a [Option<NodeReading>]; 3],
 }
 
-// ---------------------------------------------------------------------------------------------
-// A worker
-
-#[derive(Serialize, Deserialize)]
-struct WorkerReport {
-    /// Index: version. Value: (latest first-sight time in µs, viewers that saw it).
-    seen: Vec<(u64, u64)>,
-    /// Viewers that received `ended`.
-    ended: u64,
-    /// Viewers whose connection closed or failed before `ended`.
-    lost: u64,
+fn histogram() -> anyhow::Result<Histogram<u64>> {
+    Ok(Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?)
 }
 
-#[derive(Deserialize)]
-struct FrameLite {
-    #[serde(rename = "type")]
-    kind: String,
-    version: u64,
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
 }
 
-struct Shared {
-    seen: Mutex<Vec<(u64, u64)>>,
-    ended: Mutex<(u64, u64)>,
-}
-
-impl Shared {
-    /// One viewer first saw versions `from..=to` at `at_us`.
-    fn saw(&self, from: u64, to: u64, at_us: u64) {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        for version in from..=to {
-            if let Some(slot) = seen.get_mut(version as usize) {
-                slot.0 = slot.0.max(at_us);
-                slot.1 += 1;
+impl Run<'_> {
+    /// Bid-to-last-viewer over the viewers homed on `home` (all of them with `None`), and
+    /// whether each of them saw every bid.
+    fn to_last_viewer(&self, home: Option<usize>) -> anyhow::Result<(Histogram<u64>, bool)> {
+        let homed = |h: &usize| home.is_none_or(|home| home == *h);
+        let viewers: u64 = self
+            .reports
+            .iter()
+            .filter(|(h, _, _)| homed(h))
+            .map(|(_, n, _)| u64::from(*n))
+            .sum();
+        let mut to_last = histogram()?;
+        let mut everyone = true;
+        for bid in self.bids {
+            let (mut last_us, mut count) = (0u64, 0u64);
+            for (_, _, report) in self.reports.iter().filter(|(h, _, _)| homed(h)) {
+                let (at, n) = report
+                    .seen
+                    .get(bid.version as usize)
+                    .copied()
+                    .unwrap_or((0, 0));
+                last_us = last_us.max(at);
+                count += n;
             }
+            everyone &= count == viewers;
+            to_last.record(last_us.saturating_sub(bid.sent_us).max(1))?;
         }
+        Ok((to_last, everyone))
     }
-}
 
-async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
-    let token = std::env::var(WORKER_TOKEN_ENV).context("the worker needs its token")?;
-    let url = format!("{}?access_token={token}", args.url);
-    let shared = Arc::new(Shared {
-        seen: Mutex::new(vec![(0, 0); usize::try_from(args.versions_max + 1)?]),
-        ended: Mutex::new((0, 0)),
-    });
-    let gate = Arc::new(Semaphore::new(args.connect_concurrency as usize));
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<bool>(args.viewers as usize);
-    let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..args.viewers {
-        let (url, shared, gate, ready) =
-            (url.clone(), shared.clone(), gate.clone(), ready_tx.clone());
-        tasks.spawn(async move { view(url, shared, gate, ready).await });
-    }
-    drop(ready_tx);
-    // Each viewer reports once (and keeps its sender while it watches).
-    let (mut ok, mut failed) = (0u64, 0u64);
-    while ok + failed < u64::from(args.viewers) {
-        match ready_rx.recv().await {
-            Some(true) => ok += 1,
-            Some(false) | None => failed += 1,
+    fn report(&self) -> anyhow::Result<()> {
+        let args = self.args;
+        let processes = self.reports.len();
+        let nodes = self.target.bases.len();
+        println!("gavel bench viewers: {} WebSocket viewers of one auction over {nodes} node(s), {processes} client processes, tickMs={}", args.viewers, args.tick_ms);
+        println!(
+            "connect:            {} connected, {} failed in {:.2} s ({:.0} viewers/s)",
+            self.connected,
+            self.failed,
+            self.connect_elapsed.as_secs_f64(),
+            self.connected as f64 / self.connect_elapsed.as_secs_f64()
+        );
+        let mut request = histogram()?;
+        for bid in self.bids {
+            request.record(bid.request_us.max(1))?;
         }
+        println!(
+            "bids:               {} accepted, one every {} ms; bid request p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            self.bids.len(), args.bid_interval_ms, ms(&request, 0.5), ms(&request, 0.99), request.max() as f64 / 1000.0
+        );
+        let (to_last, everyone_saw_all) = self.to_last_viewer(None)?;
+        println!(
+            "bid-to-last-viewer: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (every viewer saw every bid: {})",
+            ms(&to_last, 0.5), ms(&to_last, 0.99), to_last.max() as f64 / 1000.0,
+            if everyone_saw_all { "yes" } else { "NO" }
+        );
+        let ended_all = self.report_ends();
+        self.report_reconnects()?;
+        self.report_nodes()?;
+        if self.failed > 0 || !ended_all || !everyone_saw_all {
+            bail!("some viewers failed to connect, missed bids or missed the end");
+        }
+        Ok(())
     }
-    println!("connected {ok} {failed}");
-    let deadline = Duration::from_secs(args.timeout_s);
-    let _ = tokio::time::timeout(deadline, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
-    tasks.abort_all();
-    let seen = shared
-        .seen
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-    let (ended, lost) = *shared.ended.lock().unwrap_or_else(|e| e.into_inner());
-    println!(
-        "result {}",
-        serde_json::to_string(&WorkerReport { seen, ended, lost })?
-    );
-    Ok(())
-}
 
-/// One viewer: connect (through the gate), report, then record every version it sees.
-async fn view(
-    url: String,
-    shared: Arc<Shared>,
-    gate: Arc<Semaphore>,
-    ready: tokio::sync::mpsc::Sender<bool>,
-) {
-    let config = WebSocketConfig::default()
-        .read_buffer_size(CLIENT_READ_BUFFER_BYTES)
-        .write_buffer_size(0);
-    let connected = {
-        let _permit = gate.acquire().await;
-        tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true).await
-    };
-    let Ok((mut socket, _)) = connected else {
-        let _ = ready.send(false).await;
-        return;
-    };
-    let mut shown = 0u64;
-    let mut reported = false;
-    let mut ended = false;
-    while let Some(Ok(message)) = socket.next().await {
-        let Message::Text(text) = message else {
-            continue;
+    /// Prints how the viewers ended; whether every one saw `ended` with the right winner.
+    fn report_ends(&self) -> bool {
+        let sum = |f: fn(&WorkerReport) -> u64| -> u64 {
+            self.reports.iter().map(|(_, _, r)| f(r)).sum()
         };
-        let Ok(frame) = serde_json::from_str::<FrameLite>(text.as_str()) else {
-            continue;
-        };
-        if !reported {
-            // The first frame is the snapshot: this viewer is connected.
-            reported = true;
-            shown = frame.version;
-            let _ = ready.send(true).await;
-            continue;
-        }
-        if frame.kind != "tick" && frame.version > shown {
-            shared.saw(shown + 1, frame.version, now_us());
-            shown = frame.version;
-        }
-        ended |= frame.kind == "ended";
+        let (right, wrong, lost) = (
+            sum(|r| r.ended_right),
+            sum(|r| r.ended_wrong),
+            sum(|r| r.lost),
+        );
+        let all = right == u64::from(self.args.viewers);
+        println!(
+            "ended:              {right} saw `ended` naming the winner, {wrong} another winner, {lost} never saw it (everyone, right winner: {})",
+            if all { "yes" } else { "NO" }
+        );
+        all
     }
-    if !reported {
-        let _ = ready.send(false).await;
+
+    fn report_reconnects(&self) -> anyhow::Result<()> {
+        let mut reconnects = histogram()?;
+        let (mut went_back, mut refused) = (0u64, 0u64);
+        for (_, _, report) in self.reports {
+            for ms in &report.reconnect_ms {
+                reconnects.record((*ms).max(1))?;
+            }
+            went_back += report.went_back;
+            refused += report.refused;
+        }
+        if reconnects.is_empty() && refused == 0 {
+            return Ok(());
+        }
+        println!(
+            "reconnects:         {} viewers came back, p50 {} ms, p99 {} ms, max {} ms; {refused} attempts answered 503; resumed snapshots older than shown: {went_back}",
+            reconnects.len(), reconnects.value_at_quantile(0.5), reconnects.value_at_quantile(0.99), reconnects.max()
+        );
+        Ok(())
     }
-    let mut counts = shared.ended.lock().unwrap_or_else(|e| e.into_inner());
-    if ended {
-        counts.0 += 1
-    } else {
-        counts.1 += 1
+
+    fn report_nodes(&self) -> anyhow::Result<()> {
+        let [before, after_connect, at_end] = self.readings;
+        for (home, base) in self.target.bases.iter().enumerate() {
+            let homed: u64 = self
+                .reports
+                .iter()
+                .filter(|(h, _, _)| *h == home)
+                .map(|(_, n, _)| u64::from(*n))
+                .sum();
+            let rss_per_viewer = match (before[home], after_connect[home]) {
+                (Some(b), Some(a)) => b
+                    .rss_bytes
+                    .zip(a.rss_bytes)
+                    .map(|(b, a)| (a - b) / 1024.0 / homed.max(1) as f64),
+                _ => None,
+            };
+            let frames = match (before[home], at_end[home]) {
+                (Some(b), Some(e)) => format!("{:.0} frames sent", e.frames - b.frames),
+                _ => "unreachable at the end".to_owned(),
+            };
+            let (to_last, _) = self.to_last_viewer(Some(home))?;
+            println!(
+                "node {base}: {homed} viewers, bid-to-last-viewer p50 {:.2} ms, p99 {:.2} ms; {frames}; {}",
+                ms(&to_last, 0.5), ms(&to_last, 0.99),
+                rss_per_viewer.map_or("memory unknown".to_owned(), |kib| format!("{kib:.2} KiB resident per viewer"))
+            );
+        }
+        Ok(())
     }
 }

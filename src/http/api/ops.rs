@@ -47,6 +47,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Response, ApiError>
 
 /// `GET /metrics`: the Prometheus text exposition of every metric this process recorded.
 pub async fn metrics(State(state): State<AppState>) -> Response {
+    crate::http::metrics::record_process_memory();
     let body = state
         .metrics
         .as_ref()

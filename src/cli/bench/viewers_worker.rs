@@ -1,0 +1,297 @@
+//! `gavel bench viewers-worker`: one client process's share of the viewers of
+//! `gavel bench viewers`. Each viewer is a WebSocket on its home node; when that connection
+//! drops before `ended` (its node died, or shut down), the viewer reconnects to the next node
+//! of its list with jittered exponential backoff, honouring a 503's `Retry-After`, and resumes
+//! with `sinceVersion` set to the newest version it showed. It records when it first saw each
+//! version, whether a resumed snapshot ever went back, and how long each reconnect took.
+//!
+//! The worker reports on stdout, one line per fact: `connected <ok> <failed>` once every first
+//! connection attempt finished, then `result <json>` ([`WorkerReport`]).
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use futures_util::StreamExt;
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, Semaphore};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use super::viewers::now_us;
+
+/// The environment variable workers get the viewer token from (not argv: `ps` shows argv).
+pub const WORKER_TOKEN_ENV: &str = "GAVEL_BENCH_VIEWER_TOKEN";
+/// A client WebSocket's read buffer: frames are a few hundred bytes.
+const CLIENT_READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Connection attempts a viewer makes before it gives up (first connect and each reconnect).
+const CONNECT_ATTEMPTS_MAX: u32 = 12;
+/// The first backoff after a failed attempt, doubled each time up to the cap, with jitter.
+const BACKOFF_MS_MIN: u64 = 100;
+const BACKOFF_MS_MAX: u64 = 2_000;
+/// The wait a 503 without a usable `Retry-After` gets, in seconds.
+const RETRY_AFTER_S_DEFAULT: u64 = 1;
+
+#[derive(Args, Debug, Clone)]
+pub struct WorkerArgs {
+    /// Stream URLs without the token, comma-separated: the home node first, then where to
+    /// reconnect, in order.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub urls: Vec<String>,
+    #[arg(long)]
+    pub viewers: u32,
+    #[arg(long)]
+    pub connect_concurrency: u32,
+    /// Versions to keep track of (1..=this).
+    #[arg(long)]
+    pub versions_max: u64,
+    /// The `tickMs` the viewers ask for.
+    #[arg(long)]
+    pub tick_ms: u64,
+    /// The winner every viewer's `ended` frame must name.
+    #[arg(long)]
+    pub winner: String,
+    /// Give up after this many seconds.
+    #[arg(long)]
+    pub timeout_s: u64,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+pub struct WorkerReport {
+    /// Index: version. Value: (latest first-sight time in µs, viewers that saw it).
+    pub seen: Vec<(u64, u64)>,
+    /// Viewers that received `ended` naming the expected winner.
+    pub ended_right: u64,
+    /// Viewers that received `ended` naming another winner.
+    pub ended_wrong: u64,
+    /// Viewers that never got to `ended` (gave up reconnecting, or the run timed out).
+    pub lost: u64,
+    /// Frames received, ticks included.
+    pub frames: u64,
+    /// Milliseconds from each dropped connection to the resumed snapshot.
+    pub reconnect_ms: Vec<u64>,
+    /// Resumed snapshots older than what the viewer had shown (must stay 0).
+    pub went_back: u64,
+    /// Connection attempts answered 503 (admission full, or the replica behind).
+    pub refused: u64,
+}
+
+#[derive(Deserialize)]
+struct FrameLite {
+    #[serde(rename = "type")]
+    kind: String,
+    version: u64,
+    #[serde(rename = "winnerId")]
+    winner_id: Option<String>,
+}
+
+/// What every viewer of this process shares.
+struct Crowd {
+    urls: Vec<String>,
+    token: String,
+    tick_ms: u64,
+    winner: String,
+    gate: Semaphore,
+    report: Mutex<WorkerReport>,
+}
+
+impl Crowd {
+    fn report(&self) -> std::sync::MutexGuard<'_, WorkerReport> {
+        self.report.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One viewer first saw versions `from..=to` at `at_us`.
+    fn saw(&self, from: u64, to: u64, at_us: u64) {
+        let mut report = self.report();
+        for version in from..=to {
+            if let Some(slot) = report.seen.get_mut(version as usize) {
+                slot.0 = slot.0.max(at_us);
+                slot.1 += 1;
+            }
+        }
+    }
+
+    fn url(&self, endpoint: usize, shown: u64) -> String {
+        let base = &self.urls[endpoint % self.urls.len()];
+        let mut url = format!("{base}?access_token={}&tickMs={}", self.token, self.tick_ms);
+        if shown > 0 {
+            url.push_str(&format!("&sinceVersion={shown}"));
+        }
+        url
+    }
+}
+
+/// `gavel bench viewers-worker`.
+pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(worker(args))
+}
+
+async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let token = std::env::var(WORKER_TOKEN_ENV).context("the worker needs its token")?;
+    let context = Arc::new(Crowd {
+        urls: args.urls.clone(),
+        token,
+        tick_ms: args.tick_ms,
+        winner: args.winner.clone(),
+        gate: Semaphore::new(args.connect_concurrency as usize),
+        report: Mutex::new(WorkerReport {
+            seen: vec![(0, 0); usize::try_from(args.versions_max + 1)?],
+            ..WorkerReport::default()
+        }),
+    });
+    let (ready_tx, mut ready_rx) = mpsc::channel::<bool>(args.viewers as usize);
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..args.viewers {
+        tasks.spawn(view(context.clone(), ready_tx.clone()));
+    }
+    drop(ready_tx);
+    let (mut ok, mut failed) = (0u64, 0u64);
+    while ok + failed < u64::from(args.viewers) {
+        match ready_rx.recv().await {
+            Some(true) => ok += 1,
+            Some(false) | None => failed += 1,
+        }
+    }
+    println!("connected {ok} {failed}");
+    let deadline = Duration::from_secs(args.timeout_s);
+    let finished = tokio::time::timeout(deadline, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if finished.is_err() {
+        context.report().lost += tasks.len() as u64;
+        tasks.abort_all();
+    }
+    let report = std::mem::take(&mut *context.report());
+    println!("result {}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// How a connection ended.
+enum Outcome {
+    Ended,
+    /// Closed or failed before `ended`: reconnect.
+    Dropped,
+}
+
+/// One viewer, from its first connection to `ended` (or giving up).
+async fn view(context: Arc<Crowd>, ready: mpsc::Sender<bool>) {
+    let mut shown = 0u64;
+    let mut ready = Some(ready);
+    let mut dropped_at: Option<Instant> = None;
+    let mut endpoint = 0usize;
+    loop {
+        let Some(socket) = connect(&context, &mut endpoint, shown, ready.is_some()).await else {
+            if let Some(ready) = ready.take() {
+                let _ = ready.send(false).await;
+            }
+            context.report().lost += 1;
+            return;
+        };
+        let mut first = true;
+        let outcome = watch(socket, &context, &mut shown, |snapshot_version, shown| {
+            if !std::mem::take(&mut first) {
+                return;
+            }
+            if let Some(ready) = ready.take() {
+                // Room for every viewer's one report: never full.
+                let _ = ready.try_send(true);
+            }
+            if let Some(at) = dropped_at.take() {
+                let mut report = context.report();
+                report.reconnect_ms.push(at.elapsed().as_millis() as u64);
+                report.went_back += u64::from(snapshot_version < shown);
+            }
+        })
+        .await;
+        match outcome {
+            Outcome::Ended => return,
+            Outcome::Dropped => {
+                dropped_at = Some(Instant::now());
+                endpoint += 1;
+            }
+        }
+    }
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connects to `endpoint` or, after failures, the next ones (the first connection stays on
+/// its home node so the spread is the one asked for). `None` after `CONNECT_ATTEMPTS_MAX`.
+async fn connect(context: &Crowd, endpoint: &mut usize, shown: u64, first: bool) -> Option<Socket> {
+    let config = WebSocketConfig::default()
+        .read_buffer_size(CLIENT_READ_BUFFER_BYTES)
+        .write_buffer_size(0);
+    for attempt in 0..CONNECT_ATTEMPTS_MAX {
+        let url = context.url(*endpoint, shown);
+        let result = {
+            let _permit = context.gate.acquire().await;
+            tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true).await
+        };
+        let wait_ms = match result {
+            Ok((socket, _)) => return Some(socket),
+            Err(WsError::Http(response)) if response.status() == 503 => {
+                context.report().refused += 1;
+                let retry_after_s = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok()?.parse().ok())
+                    .unwrap_or(RETRY_AFTER_S_DEFAULT);
+                retry_after_s * 1_000
+            }
+            Err(_) => (BACKOFF_MS_MIN << attempt.min(8)).min(BACKOFF_MS_MAX),
+        };
+        // Half to one and a half times the wait: a crowd that failed together retries apart.
+        let jittered = rand::thread_rng().gen_range(wait_ms / 2..=wait_ms + wait_ms / 2);
+        tokio::time::sleep(Duration::from_millis(jittered)).await;
+        if !first {
+            *endpoint += 1;
+        }
+    }
+    None
+}
+
+/// Reads frames until `ended` or the connection drops; `on_snapshot` gets a snapshot's version
+/// and the version shown before it.
+async fn watch(
+    mut socket: Socket,
+    context: &Crowd,
+    shown: &mut u64,
+    mut on_snapshot: impl FnMut(u64, u64),
+) -> Outcome {
+    while let Some(Ok(message)) = socket.next().await {
+        let Message::Text(text) = message else {
+            continue;
+        };
+        let Ok(frame) = serde_json::from_str::<FrameLite>(text.as_str()) else {
+            continue;
+        };
+        context.report().frames += 1;
+        if frame.kind == "snapshot" {
+            on_snapshot(frame.version, *shown);
+        }
+        if frame.kind != "tick" && frame.version > *shown {
+            // The first snapshot only places the viewer; later frames show new versions.
+            if *shown > 0 {
+                context.saw(*shown + 1, frame.version, now_us());
+            }
+            *shown = frame.version;
+        }
+        if frame.kind == "ended" {
+            let mut report = context.report();
+            if frame.winner_id.as_deref() == Some(context.winner.as_str()) {
+                report.ended_right += 1;
+            } else {
+                report.ended_wrong += 1;
+            }
+            return Outcome::Ended;
+        }
+    }
+    Outcome::Dropped
+}
