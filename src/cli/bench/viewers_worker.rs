@@ -213,7 +213,10 @@ async fn view(context: Arc<Crowd>, ready: mpsc::Sender<bool>) {
             Outcome::Ended => return,
             Outcome::Dropped => {
                 dropped_at = Some(Instant::now());
-                endpoint += 1;
+                // Any other node, at random: a dead node's crowd spreads over the survivors
+                // instead of all landing on the next one.
+                let others = context.urls.len().saturating_sub(1).max(1);
+                endpoint += 1 + rand::thread_rng().gen_range(0..others);
             }
         }
     }

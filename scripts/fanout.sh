@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Live fan-out at scale on this machine: 3 voters and N fan-out learners on loopback, then
+# `gavel bench viewers` spreads the viewers of one hot auction over all of them, bids every
+# 250 ms for 30 s, ends the auction and reports (per node and in total).
+#
+#   scripts/fanout.sh                       # 100,000 viewers over 3 voters + 3 learners
+#   scripts/fanout.sh --kill --learners 4   # also SIGKILL the last learner halfway through
+#   scripts/fanout.sh --viewers 20000 --tick-ms 5000
+#
+# Every process may hold at most 20,000 open files here, so a node serves at most
+# VIEWERS_MAX_PER_NODE viewers: with --kill, the survivors must be able to take the dead
+# node's viewers (100,000 over 6 survivors fits; over 5 it does not, hence --learners 4).
+# Everything runs on 127.0.0.1 and is stopped and deleted on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VIEWERS=100000
+LEARNERS=3
+KILL=0
+TICK_MS=1000
+BIDS=120
+BID_INTERVAL_MS=250
+VIEWERS_MAX_PER_NODE=19000
+VIEWERS_PER_PROCESS=10000
+RAFT_GROUPS=4
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --viewers) VIEWERS=$2; shift 2 ;;
+    --learners) LEARNERS=$2; shift 2 ;;
+    --tick-ms) TICK_MS=$2; shift 2 ;;
+    --bids) BIDS=$2; shift 2 ;;
+    --kill) KILL=1; shift ;;
+    *) echo "usage: $0 [--viewers N] [--learners K] [--tick-ms MS] [--bids N] [--kill]" >&2; exit 2 ;;
+  esac
+done
+
+BIN=./target/release/gavel
+DIR=$(mktemp -d /tmp/gavel-fanout.XXXXXX)
+PIDS=()
+
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+cargo build --release --quiet
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$DIR/secret"
+chmod 600 "$DIR/secret"
+
+start_node() { # id, extra flags...
+  local id=$1; shift
+  "$BIN" serve --node-id "$id" --listen "127.0.0.1:$((8180 + id))" \
+    --peer-listen "127.0.0.1:$((9180 + id))" --data-dir "$DIR/n$id" \
+    --auth-secret-file "$DIR/secret" --groups "$RAFT_GROUPS" --bid-rate-per-bidder 0 \
+    --viewers-max "$VIEWERS_MAX_PER_NODE" "$@" >"$DIR/n$id.log" 2>&1 &
+  PIDS+=($!)
+}
+
+await_ready() { # id
+  for _ in $(seq 1 200); do
+    curl -sf "http://127.0.0.1:$((8180 + $1))/readyz" >/dev/null && return 0
+    sleep 0.1
+  done
+  echo "node $1 is not ready; its log:" >&2; cat "$DIR/n$1.log" >&2; exit 1
+}
+
+INITIAL="1=127.0.0.1:9181,2=127.0.0.1:9182,3=127.0.0.1:9183"
+for id in 1 2 3; do start_node "$id" --initial-cluster "$INITIAL"; done
+for id in 1 2 3; do await_ready "$id"; done
+
+TOKEN=$("$BIN" token --auth-secret-file "$DIR/secret" --sub fanout --role admin)
+ENDPOINTS="http://127.0.0.1:8181,http://127.0.0.1:8182,http://127.0.0.1:8183"
+for id in $(seq 4 $((3 + LEARNERS))); do
+  start_node "$id" --join
+  "$BIN" cluster add --endpoint http://127.0.0.1:8181 --token "$TOKEN" --id "$id" \
+    --client-addr "127.0.0.1:$((8180 + id))" --peer-addr "127.0.0.1:$((9180 + id))" --learner >/dev/null
+  await_ready "$id"
+  ENDPOINTS="$ENDPOINTS,http://127.0.0.1:$((8180 + id))"
+done
+
+KILL_FLAGS=()
+if [ "$KILL" = 1 ]; then
+  KILL_FLAGS=(--kill-pid "${PIDS[-1]}")
+fi
+
+echo "fan-out: $VIEWERS viewers over 3 voters + $LEARNERS learners, a bid every ${BID_INTERVAL_MS} ms x $BIDS, tickMs=$TICK_MS$([ "$KILL" = 1 ] && echo ', killing the last learner halfway')"
+"$BIN" bench viewers --endpoints "$ENDPOINTS" --auth-secret-file "$DIR/secret" \
+  --viewers "$VIEWERS" --viewers-per-process "$VIEWERS_PER_PROCESS" \
+  --bids "$BIDS" --bid-interval-ms "$BID_INTERVAL_MS" --tick-ms "$TICK_MS" "${KILL_FLAGS[@]}"
