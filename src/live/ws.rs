@@ -25,9 +25,11 @@ use super::{LiveConfig, Transport, VIEWERS_DROPPED_TOTAL};
 use crate::http::problem::ApiError;
 use crate::http::server::AppState;
 
-/// Bytes tungstenite reads from the socket at a time (its default is 128 KiB). Viewers only
-/// send control frames.
-pub const WS_READ_BUFFER_BYTES: usize = 4 * 1024;
+/// Bytes tungstenite reads from the socket at a time, and the read buffer it allocates for
+/// every connection up front (its default is 128 KiB). Viewers only send control frames (a
+/// pong is at most 131 bytes), and a larger message still grows the buffer on demand up to
+/// `WS_MESSAGE_BYTES_MAX`: 4 KiB here was half of a viewer's whole memory at 10,000 viewers.
+pub const WS_READ_BUFFER_BYTES: usize = 256;
 /// The most a connection's outgoing buffer may hold before sends fail (default: unbounded).
 /// Frames are written out eagerly (write buffer target 0), so this fills only when the socket
 /// does.
