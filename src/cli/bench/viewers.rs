@@ -73,6 +73,9 @@ pub struct ViewersArgs {
     /// With --endpoint: a file holding the auth secret.
     #[arg(long)]
     pub auth_secret_file: Option<PathBuf>,
+    /// A PEM file of CA certificates to trust for an https:// endpoint (a private CA).
+    #[arg(long, env = "GAVEL_CACERT")]
+    pub cacert: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -90,6 +93,9 @@ pub struct WorkerArgs {
     /// Give up after this many seconds.
     #[arg(long)]
     pub timeout_s: u64,
+    /// CA certificates (PEM) to trust for a wss:// URL.
+    #[arg(long)]
+    pub cacert: Option<PathBuf>,
 }
 
 /// `gavel bench viewers`: the coordinator.
@@ -224,8 +230,12 @@ fn spawn_workers(
     while left > 0 {
         let viewers = left.min(args.viewers_per_process);
         left -= viewers;
-        let mut child = Command::new(std::env::current_exe()?)
-            .args(["bench", "viewers-worker", "--url", url])
+        let mut command = Command::new(std::env::current_exe()?);
+        command.args(["bench", "viewers-worker", "--url", url]);
+        if let Some(cacert) = &args.cacert {
+            command.arg("--cacert").arg(cacert);
+        }
+        let mut child = command
             .args(["--viewers", &viewers.to_string()])
             .args([
                 "--connect-concurrency",
@@ -265,7 +275,7 @@ async fn expect_line(worker: &mut Worker, tag: &str, timeout: Duration) -> anyho
 }
 
 async fn coordinate(args: ViewersArgs) -> anyhow::Result<()> {
-    let http = reqwest::Client::builder()
+    let http = crate::cli::tls::http_client(args.cacert.as_deref())?
         .timeout(Duration::from_secs(30))
         .build()?;
     let target = target(&args, &http).await?;
@@ -519,12 +529,14 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         ended: Mutex::new((0, 0)),
     });
     let gate = Arc::new(Semaphore::new(args.connect_concurrency as usize));
+    let tls = crate::cli::tls::ws_tls(args.cacert.as_deref())?;
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<bool>(args.viewers as usize);
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..args.viewers {
         let (url, shared, gate, ready) =
             (url.clone(), shared.clone(), gate.clone(), ready_tx.clone());
-        tasks.spawn(async move { view(url, shared, gate, ready).await });
+        let connector = tls.clone().map(tokio_tungstenite::Connector::Rustls);
+        tasks.spawn(async move { view(url, connector, shared, gate, ready).await });
     }
     drop(ready_tx);
     // Each viewer reports once (and keeps its sender while it watches).
@@ -558,6 +570,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
 /// One viewer: connect (through the gate), report, then record every version it sees.
 async fn view(
     url: String,
+    connector: Option<tokio_tungstenite::Connector>,
     shared: Arc<Shared>,
     gate: Arc<Semaphore>,
     ready: tokio::sync::mpsc::Sender<bool>,
@@ -567,7 +580,13 @@ async fn view(
         .write_buffer_size(0);
     let connected = {
         let _permit = gate.acquire().await;
-        tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true).await
+        tokio_tungstenite::connect_async_tls_with_config(
+            url.as_str(),
+            Some(config),
+            true,
+            connector,
+        )
+        .await
     };
     let Ok((mut socket, _)) = connected else {
         let _ = ready.send(false).await;
