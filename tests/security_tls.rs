@@ -18,10 +18,12 @@ use std::time::{Duration, Instant};
 use common::cluster::*;
 use common::pki::{Issued, TestCa};
 use common::*;
+use futures_util::StreamExt;
 use gavel_raft::transport::frame::{decode_payload, encode_frame, Envelope, Hello, Message};
 use gavel_raft::transport::PeerRequest;
 use openraft::raft::VoteRequest;
 use openraft::Vote;
+use reqwest::Method;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -126,6 +128,7 @@ async fn a_secure_cluster_works_and_refuses_intruders() {
     ];
 
     let auction = replicate_over_https(&cluster).await;
+    live_over_https(&cluster, &pki, &auction).await;
     cli_over_https(&cluster, &pki).await;
     await_placement(&cluster).await;
     refuse_intruders(&cluster, &pki).await;
@@ -164,6 +167,56 @@ async fn replicate_over_https(cluster: &Cluster) -> Value {
         assert_eq!(amounts, [dec("11.00"), dec("12.00")], "node {id_node}");
     }
     auction
+}
+
+/// The live page, an SSE stream and a WebSocket over TLS, each through another node: the
+/// stream's first frame (the snapshot) shows the last bid.
+async fn live_over_https(cluster: &Cluster, pki: &Pki, auction: &Value) {
+    let id = auction["id"].as_str().expect("id");
+    let viewer = token("vic", &["viewer"]);
+    let page = cluster.api(1).get_anonymous("/").await.expect_status(200);
+    assert!(
+        page.text().contains("<html"),
+        "the live page: {}",
+        page.text()
+    );
+    let mut sse = cluster
+        .api(2)
+        .request(
+            Method::GET,
+            &format!("/auctions/{id}/stream"),
+            Some(&viewer),
+        )
+        .send()
+        .await
+        .expect("an SSE stream over HTTPS");
+    assert_eq!(sse.status(), 200);
+    let first = tokio::time::timeout(REFUSAL_WITHIN, sse.chunk())
+        .await
+        .expect("the SSE snapshot in time")
+        .expect("an SSE chunk")
+        .expect("the stream is open");
+    let first = String::from_utf8_lossy(&first);
+    assert!(first.contains("\"12.00\""), "SSE snapshot: {first}");
+    let url = format!(
+        "wss://{}/auctions/{id}/ws?access_token={viewer}",
+        cluster.member(3).client_addr()
+    );
+    let tls = client_config(&pki.ca.cert_path, None);
+    let connector = tokio_tungstenite::Connector::Rustls(Arc::new(tls));
+    let connect =
+        tokio_tungstenite::connect_async_tls_with_config(url, None, false, Some(connector));
+    let (mut socket, _) = tokio::time::timeout(REFUSAL_WITHIN, connect)
+        .await
+        .expect("the WebSocket connects in time")
+        .expect("a WebSocket over TLS");
+    let first = tokio::time::timeout(REFUSAL_WITHIN, socket.next())
+        .await
+        .expect("the WebSocket snapshot in time")
+        .expect("a frame")
+        .expect("a good frame");
+    let first = first.into_text().expect("a text frame");
+    assert!(first.contains("\"12.00\""), "WebSocket snapshot: {first}");
 }
 
 /// `gavel cluster status` over HTTPS: it works with `--cacert`, and without it refuses the
@@ -337,27 +390,7 @@ async fn plaintext_intrusion(peer: &str) -> String {
 /// A TLS 1.3 client that trusts the cluster CA (it wants in), with `identity` as its client
 /// certificate if any, sends the intrusion frames.
 async fn tls_intrusion(peer: &str, ip: IpAddr, ca: &Path, identity: Option<&Issued>) -> String {
-    let mut roots = rustls::RootCertStore::empty();
-    let ca_pem = std::fs::read(ca).expect("read the CA");
-    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&ca_pem) {
-        let cert: CertificateDer<'static> = cert.expect("CA PEM");
-        roots.add(cert).expect("a CA certificate");
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("TLS 1.3")
-        .with_root_certificates(roots);
-    let config = match identity {
-        None => builder.with_no_client_auth(),
-        Some(issued) => {
-            let chain = vec![CertificateDer::from(issued.cert_der.clone())];
-            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(issued.key_der.clone()));
-            builder
-                .with_client_auth_cert(chain, key)
-                .expect("a client identity")
-        }
-    };
+    let config = client_config(ca, identity);
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = TcpStream::connect(peer).await.expect("connect");
     let handshake = connector.connect(ServerName::IpAddress(ip.into()), tcp);
@@ -374,6 +407,31 @@ async fn tls_intrusion(peer: &str, ip: IpAddr, ca: &Path, identity: Option<&Issu
     let _ = stream.flush().await;
     let (_, read) = read_until_closed(&mut stream).await;
     format!("handshake done on the client's side; write {written:?}; {read}")
+}
+
+/// A TLS 1.3 client configuration that trusts the CA of `ca` and shows `identity`, if any.
+fn client_config(ca: &Path, identity: Option<&Issued>) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    let ca_pem = std::fs::read(ca).expect("read the CA");
+    for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&ca_pem) {
+        let cert: CertificateDer<'static> = cert.expect("CA PEM");
+        roots.add(cert).expect("a CA certificate");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_root_certificates(roots);
+    match identity {
+        None => builder.with_no_client_auth(),
+        Some(issued) => {
+            let chain = vec![CertificateDer::from(issued.cert_der.clone())];
+            let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(issued.key_der.clone()));
+            builder
+                .with_client_auth_cert(chain, key)
+                .expect("a client identity")
+        }
+    }
 }
 
 /// Plain HTTP to the HTTPS port gets no HTTP answer and a closed connection; HTTPS still works.
