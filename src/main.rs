@@ -8,13 +8,15 @@
 //! Three parts, each a folder:
 //!
 //! - `cli/`: the command line (clap), its flags and their checks, logging setup, exit codes;
-//!   the operator's `gavel cluster ...` and the load tools `gavel bench ...`.
+//!   the operator's `gavel cluster ...` and the load tools `gavel bench ...`; `tls.rs` reads
+//!   the TLS files of the flags.
 //! - `http/`: the HTTP edge. `server.rs` (the axum application, layers, graceful shutdown),
 //!   `api/` (one file per resource and the route table), `auth.rs` (tokens, roles, the
 //!   `Principal` extractor), `json.rs` (the body extractor, exact money, RFC 3339 times,
 //!   `Idempotency-Key`), `problem.rs` (the one mapping of errors to RFC 9457 problems),
 //!   `cursor.rs`, `limits.rs`, `metrics.rs`, `engine.rs` (the narrow engine interface the
-//!   handlers use: the cluster node, or a fake in unit tests) and `openapi.json` (the contract).
+//!   handlers use: the cluster node, or a fake in unit tests), `tls.rs` (the HTTPS listener)
+//!   and `openapi.json` (the contract).
 //! - `live/`: live updates: the per-node fan-out hub fed by the apply path, SSE and WebSocket
 //!   viewers and their limits, and `page/`, the live auction page embedded at build time.
 //!

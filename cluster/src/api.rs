@@ -27,6 +27,8 @@ pub struct NodeConfig {
     /// The most this node's wall clock may differ from a majority of the voters' for it to
     /// lead and stamp entries, in milliseconds.
     pub max_clock_offset_ms: u64,
+    /// Mutual TLS on the peer transport (`--peer-cert-file` and friends); `None` is plain TCP.
+    pub peer_tls: Option<gavel_raft::transport::PeerTls>,
 }
 
 /// How fresh a read must be.

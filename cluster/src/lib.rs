@@ -45,6 +45,7 @@ mod write_outcome_tests;
 mod write_path;
 
 pub use api::*;
+pub use gavel_raft::transport::{PeerTls, TlsError};
 pub use gavel_raft::wall_clock_ms;
 pub use gavel_raft::AuctionEvent;
 pub use node::{Node, GROUPS_MAX};

@@ -65,11 +65,12 @@ impl Node {
         })?;
         let store = Store::open(&config.data_dir.join("db"), &StoreConfig::default())?;
         config.groups = settle_identity(&store, &config)?;
-        let transport_config = TransportConfig::new(
+        let mut transport_config = TransportConfig::new(
             config.node_id,
             config.client_addr.clone(),
             config.peer_addr.clone(),
         );
+        transport_config.tls = config.peer_tls.clone();
         let (transport, bound) = Transport::start(transport_config, &config.peer_addr)
             .await
             .map_err(|e| {

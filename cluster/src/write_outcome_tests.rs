@@ -337,6 +337,7 @@ fn node_config(dir: &std::path::Path, id: u64, peers: &[(u64, String)]) -> NodeC
         propose_timeout_ms: PROPOSE_TIMEOUT.as_millis() as u64,
         snapshot_after_entries: 20_000,
         max_clock_offset_ms: 500,
+        peer_tls: None,
     }
 }
 

@@ -22,6 +22,7 @@ fn config(dir: &Path) -> NodeConfig {
         propose_timeout_ms: 5_000,
         snapshot_after_entries: 20_000,
         max_clock_offset_ms: 500,
+        peer_tls: None,
     }
 }
 

@@ -35,6 +35,7 @@ fn config(
         propose_timeout_ms: 5_000,
         snapshot_after_entries: 20_000,
         max_clock_offset_ms: 500,
+        peer_tls: None,
     }
 }
 

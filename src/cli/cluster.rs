@@ -14,12 +14,15 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Args, Debug)]
 pub struct ClusterArgs {
-    /// Any node's client address.
+    /// Any node's client address (http:// or https://).
     #[arg(long, global = true, default_value = "http://127.0.0.1:8080")]
     pub endpoint: String,
     /// An admin token (or set GAVEL_TOKEN).
     #[arg(long, global = true, env = "GAVEL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// A PEM file of CA certificates to trust for an https:// endpoint (a private CA).
+    #[arg(long, global = true, env = "GAVEL_CACERT")]
+    pub cacert: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: ClusterCommand,
 }
@@ -67,7 +70,9 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<()> {
 
 async fn execute(args: &ClusterArgs, token: &str) -> anyhow::Result<()> {
     let base = args.endpoint.trim_end_matches('/');
-    let client = reqwest::Client::new();
+    let client = crate::cli::tls::http_client(args.cacert.as_deref())?
+        .build()
+        .context("cannot build the HTTP client")?;
     match &args.command {
         ClusterCommand::Status => {
             let request = client.get(format!("{base}/cluster"));

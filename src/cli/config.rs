@@ -78,6 +78,28 @@ pub struct ServeArgs {
     /// intervals is dropped.
     #[arg(long, env = "GAVEL_VIEWER_PING_INTERVAL_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub viewer_ping_interval_ms: u64,
+
+    // Security: TLS on the peer and client ports (etcd's flag names; checks and file reading
+    // in `cli/tls.rs`).
+    /// This node's peer certificate (PEM, leaf first), shown to peers both as server and as
+    /// client: it must carry the serverAuth and clientAuth usages and name (IP or DNS SAN) the
+    /// address peers dial this node at. With the next two flags: the peer port speaks only
+    /// mutual TLS 1.3.
+    #[arg(long, env = "GAVEL_PEER_CERT_FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// The private key of --peer-cert-file (PEM).
+    #[arg(long, env = "GAVEL_PEER_KEY_FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// The CA certificate(s) (PEM) every peer's certificate must chain to.
+    #[arg(long, env = "GAVEL_PEER_TRUSTED_CA_FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
+    /// The certificate (PEM, leaf first) of the HTTP API; with --key-file the API, live
+    /// streams and the live page are served over HTTPS only.
+    #[arg(long, env = "GAVEL_CERT_FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// The private key of --cert-file (PEM).
+    #[arg(long, env = "GAVEL_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -179,6 +201,7 @@ impl ServeArgs {
         if self.listen == self.peer_listen {
             return Err("--listen and --peer-listen must differ".into());
         }
+        self.check_tls()?;
         Ok(())
     }
 
@@ -191,8 +214,13 @@ impl ServeArgs {
         }
     }
 
-    /// The engine's configuration. `client_addr` is the address the HTTP listener really bound.
-    pub fn node_config(&self, client_addr: String) -> NodeConfig {
+    /// The engine's configuration. `client_addr` is the address the HTTP listener really bound;
+    /// `peer_tls` comes from [`ServeArgs::peer_tls`].
+    pub fn node_config(
+        &self,
+        client_addr: String,
+        peer_tls: Option<gavel_cluster::PeerTls>,
+    ) -> NodeConfig {
         NodeConfig {
             node_id: self.node_id,
             data_dir: self.data_dir.clone(),
@@ -208,6 +236,7 @@ impl ServeArgs {
             propose_timeout_ms: self.propose_timeout_ms,
             snapshot_after_entries: self.snapshot_after_entries,
             max_clock_offset_ms: self.max_clock_offset_ms,
+            peer_tls,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! part of the crate that owns it (`serve` in `crate::http::server`, the rest below).
 //!
 //! - `config.rs`: the flags of each command and their strict parsers; cross-flag checks.
+//! - `tls.rs`: the TLS flags' checks and PEM files, and `--cacert` for the client commands.
 //! - `cluster.rs`: `gavel cluster ...`, the operator's commands over `/cluster`.
 //! - `bench/`: the load tools: `gavel bench viewers` (fan-out; its viewers run in worker
 //!   processes of this binary) and `gavel bench bids` (bid throughput and latency, also against
@@ -11,6 +12,7 @@
 pub mod bench;
 pub mod cluster;
 pub mod config;
+pub mod tls;
 
 use std::process::ExitCode;
 

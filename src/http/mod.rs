@@ -11,3 +11,4 @@ pub mod limits;
 pub mod metrics;
 pub mod problem;
 pub mod server;
+pub mod tls;

@@ -5,6 +5,9 @@
 //! are ended (`live::Hub::close`) and in-flight requests get `--shutdown-grace-ms` to finish;
 //! whatever is still running then is dropped; and only after that the node shuts down (Raft
 //! groups, storage flush), so no handler ever talks to a stopped node.
+//!
+//! With `--cert-file`/`--key-file` the same application is served over HTTPS (`http::tls`);
+//! the TLS files of both ports are read before anything listens, so a bad file stops the start.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,6 +87,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create the data dir {}", args.data_dir.display()))?;
     let (secret, source) = load_secret(args.auth_secret_file.as_deref(), &args.data_dir, true)?;
+    let peer_tls = args.peer_tls()?;
+    let http_tls = args.http_tls()?;
+    args.warn_if_peers_unprotected();
     let metrics = crate::http::metrics::install()?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -91,7 +97,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let local_addr = listener
         .local_addr()
         .context("the listener has no address")?;
-    let node = Node::start(args.node_config(local_addr.to_string()))
+    let node = Node::start(args.node_config(local_addr.to_string(), peer_tls))
         .await
         .context("cannot start the node")?;
     let engine: Arc<dyn Engine> = Arc::new(NodeEngine(node.clone()));
@@ -112,13 +118,20 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         body_limit_bytes: usize::try_from(args.body_limit_bytes).unwrap_or(usize::MAX),
         requests_in_flight_max: usize::try_from(args.requests_in_flight_max).unwrap_or(usize::MAX),
     };
-    announce(&args, &local_addr.to_string(), &source);
+    announce(&args, &local_addr.to_string(), &source, http_tls.is_some());
     let listener = crate::live::StallGuardListener::new(
         listener,
         Duration::from_millis(args.viewer_send_timeout_ms),
     );
-    let served =
-        serve_until_signal(listener, app(state, limits), args.shutdown_grace_ms, live).await;
+    let app = app(state, limits);
+    let served = match http_tls {
+        None => serve_until_signal(listener, app, args.shutdown_grace_ms, live).await,
+        Some(config) => {
+            let listener = crate::http::tls::TlsListener::new(listener, config)
+                .context("cannot start the HTTPS listener")?;
+            serve_until_signal(listener, app, args.shutdown_grace_ms, live).await
+        }
+    };
     tracing::info!(node_id = args.node_id, "shutting the node down");
     node.shutdown().await;
     tracing::info!(node_id = args.node_id, "stopped");
@@ -127,10 +140,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// Logs where the node listens, plus one human line on stderr; says how to mint a token when
 /// the secret was just created.
-fn announce(args: &ServeArgs, listen: &str, source: &SecretSource) {
+fn announce(args: &ServeArgs, listen: &str, source: &SecretSource, https: bool) {
+    let scheme = if https { "https" } else { "http" };
     tracing::info!(
         node_id = args.node_id,
         listen,
+        scheme,
+        peer_tls = args.peer_cert_file.is_some(),
         peer_listen = %args.peer_listen,
         data_dir = %args.data_dir.display(),
         groups = args.groups,
@@ -138,9 +154,14 @@ fn announce(args: &ServeArgs, listen: &str, source: &SecretSource) {
         "gavel node serving"
     );
     eprintln!(
-        "gavel node {} serving http://{listen} (peers on {}, data in {})",
+        "gavel node {} serving {scheme}://{listen} (peers on {}{}, data in {})",
         args.node_id,
         args.peer_listen,
+        if args.peer_cert_file.is_some() {
+            " with mutual TLS"
+        } else {
+            ""
+        },
         args.data_dir.display()
     );
     let multi_node = args.join
@@ -165,12 +186,16 @@ fn announce(args: &ServeArgs, listen: &str, source: &SecretSource) {
 }
 
 /// Serves until a shutdown signal, then gives in-flight requests `grace_ms` to finish.
-async fn serve_until_signal(
-    listener: crate::live::StallGuardListener,
+async fn serve_until_signal<L>(
+    listener: L,
     app: Router,
     grace_ms: u64,
     live: crate::live::Hub,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         // Resolves on `send(true)` and also if the sender is dropped.

@@ -28,7 +28,7 @@ mod ws;
 pub use access::request_span;
 pub use hub::{Hub, JoinError};
 pub use sse::stream;
-pub use stall::StallGuardListener;
+pub use stall::{GuardedStream, StallGuardListener};
 pub use ws::upgrade;
 
 /// A viewer of an auction that has not ended gets a `tick` when this long passed without

@@ -9,7 +9,8 @@
 //! which group holds an auction (`gavel_cluster::group_of`, a stable hash pinned by a unit
 //! test), and the nodes' logs, which a test may search for evidence of how something happened
 //! (a snapshot install). When a test fails, or with `GAVEL_TEST_PRINT_LOGS` set, every node's
-//! log is printed.
+//! log is printed. A cluster may give each node a loopback address of its own, extra flags
+//! (TLS files) and HTTPS (the harness then trusts the given CA).
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs::OpenOptions;
@@ -65,6 +66,14 @@ pub struct ClusterConfig {
     pub node_env: BTreeMap<u64, Vec<(String, String)>>,
     /// Nodes `start` waits for on `/healthz` only, because the test expects them unready.
     pub unready: BTreeSet<u64>,
+    /// Node `n` listens on 127.0.0.`n` instead of 127.0.0.1, so that each node has an address
+    /// of its own (e.g. the IP SAN of its certificate).
+    pub loopback_ip_per_node: bool,
+    /// Extra flags of one node's `gavel serve`, on every start (e.g. TLS files).
+    pub node_args: BTreeMap<u64, Vec<String>>,
+    /// The nodes serve HTTPS with certificates from this CA (PEM): the harness then speaks
+    /// `https://` and trusts it.
+    pub https_ca: Option<PathBuf>,
 }
 
 impl Default for ClusterConfig {
@@ -75,6 +84,9 @@ impl Default for ClusterConfig {
             snapshot_after_entries: None,
             node_env: BTreeMap::new(),
             unready: BTreeSet::new(),
+            loopback_ip_per_node: false,
+            node_args: BTreeMap::new(),
+            https_ca: None,
         }
     }
 }
@@ -82,6 +94,8 @@ impl Default for ClusterConfig {
 /// One `gavel serve` process of a cluster (running, stopped or dead).
 pub struct Member {
     pub id: u64,
+    /// The loopback address this node listens on (127.0.0.1 unless the config says otherwise).
+    pub host: String,
     pub client_port: u16,
     pub peer_port: u16,
     dir: PathBuf,
@@ -93,11 +107,11 @@ pub struct Member {
 
 impl Member {
     pub fn client_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
+        format!("{}:{}", self.host, self.client_port)
     }
 
     pub fn peer_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.peer_port)
+        format!("{}:{}", self.host, self.peer_port)
     }
 
     pub fn api(&self) -> Api {
@@ -184,6 +198,7 @@ impl Member {
                 .arg("--snapshot-after-entries")
                 .arg(entries.to_string());
         }
+        command.args(config.node_args.get(&self.id).into_iter().flatten());
         command
             .env("GAVEL_AUTH_SECRET", SECRET)
             .env("NO_COLOR", "1")
@@ -266,11 +281,15 @@ impl Cluster {
             .prefix("gavel-cluster-it-")
             .tempdir()
             .expect("create a temporary directory");
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .timeout(Duration::from_millis(30_000))
-            .pool_max_idle_per_host(64)
-            .build()
-            .expect("build the HTTP client");
+            .pool_max_idle_per_host(64);
+        if let Some(ca) = &config.https_ca {
+            let pem = std::fs::read(ca).expect("read the test CA");
+            let ca = reqwest::Certificate::from_pem(&pem).expect("the test CA is PEM");
+            http = http.add_root_certificate(ca);
+        }
+        let http = http.build().expect("build the HTTP client");
         let mut cluster = Cluster {
             dir,
             config,
@@ -325,6 +344,16 @@ impl Cluster {
         std::fs::create_dir_all(&dir).expect("create the node dir");
         let client_port = pick_port();
         let peer_port = pick_port();
+        let host = if self.config.loopback_ip_per_node {
+            format!("127.0.0.{id}")
+        } else {
+            "127.0.0.1".to_owned()
+        };
+        let scheme = if self.config.https_ca.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         Member {
             id,
             client_port,
@@ -334,9 +363,10 @@ impl Cluster {
             child: None,
             paused: false,
             api: Api {
-                base_url: format!("http://127.0.0.1:{client_port}"),
+                base_url: format!("{scheme}://{host}:{client_port}"),
                 http: self.http.clone(),
             },
+            host,
         }
     }
 

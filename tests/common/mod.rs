@@ -12,6 +12,8 @@
 
 // The multi-node cluster harness (tests/cluster_*.rs).
 pub mod cluster;
+// Test certificate authorities and certificates (tests/security_tls.rs).
+pub mod pki;
 
 use std::fs::OpenOptions;
 use std::future::Future;

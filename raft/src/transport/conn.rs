@@ -6,20 +6,22 @@
 //! Any read or write error, a malformed or oversized frame, or an unexpected handshake frame
 //! closes the connection: the stream can no longer be trusted to be in sync. Pending calls then
 //! fail at once (`Disconnected`) instead of waiting for their timeouts.
+//!
+//! The tasks are generic over the two halves of the stream: a plain connection is split into
+//! the socket's owned halves exactly as before TLS existed, a TLS one with `tokio::io::split`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio::time::Instant;
 
 use super::frame::{encode_frame, read_frame, Envelope, FrameError, Hello, Message};
 use super::messages::{PeerRequest, PeerResponse};
+use super::tls::PeerStream;
 use super::{lock, CallError, InboundHandler};
 use crate::types::NodeId;
 
@@ -49,8 +51,8 @@ pub(super) struct Conn {
     close_signal: Notify,
 }
 
-pub(super) async fn write_hello(
-    stream: &mut TcpStream,
+pub(super) async fn write_hello<W: AsyncWrite + Unpin>(
+    stream: &mut W,
     hello: Hello,
     frame_bytes_max: usize,
 ) -> Result<(), FrameError> {
@@ -68,7 +70,7 @@ pub(super) async fn write_hello(
 impl Conn {
     /// Starts the connection's tasks. `on_close` runs once when it closes.
     pub fn start(
-        stream: TcpStream,
+        stream: PeerStream,
         params: ConnParams,
         handler: Handler,
         on_close: impl FnOnce(&Arc<Conn>) + Send + 'static,
@@ -84,14 +86,46 @@ impl Conn {
             closed: AtomicBool::new(false),
             close_signal: Notify::new(),
         });
-        let (reader, writer) = stream.into_split();
         let budgets = Budgets {
             raft: Arc::new(Semaphore::new(RAFT_REQUESTS_IN_FLIGHT_MAX)),
             app: Arc::new(Semaphore::new(params.inbound_requests_in_flight_max)),
             app_max: params.inbound_requests_in_flight_max,
         };
-        tokio::spawn(write_loop(conn.clone(), writer, queue));
-        let reading = conn.clone();
+        let tasks = Tasks {
+            queue,
+            handler,
+            budgets,
+        };
+        match stream {
+            PeerStream::Plain(tcp) => {
+                let (reader, writer) = tcp.into_split();
+                conn.spawn_tasks(reader, writer, tasks, on_close);
+            }
+            PeerStream::Tls(tls) => {
+                let (reader, writer) = tokio::io::split(*tls);
+                conn.spawn_tasks(reader, writer, tasks, on_close);
+            }
+        }
+        conn
+    }
+
+    fn spawn_tasks<R, W>(
+        self: &Arc<Conn>,
+        reader: R,
+        writer: W,
+        tasks: Tasks,
+        on_close: impl FnOnce(&Arc<Conn>) + Send + 'static,
+    ) where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let Tasks {
+            queue,
+            handler,
+            budgets,
+        } = tasks;
+        tokio::spawn(write_loop(self.clone(), writer, queue));
+        let reading = self.clone();
         tokio::spawn(async move {
             let outcome = read_loop(&reading, reader, handler, budgets).await;
             if let Err(e) = outcome {
@@ -109,7 +143,6 @@ impl Conn {
             reading.close();
             on_close(&reading);
         });
-        conn
     }
 
     pub fn dialed_by(&self) -> NodeId {
@@ -173,7 +206,18 @@ impl Conn {
     }
 }
 
-async fn write_loop(conn: Arc<Conn>, writer: OwnedWriteHalf, mut queue: mpsc::Receiver<Vec<u8>>) {
+/// What a connection's tasks take over from `Conn::start`.
+struct Tasks {
+    queue: mpsc::Receiver<Vec<u8>>,
+    handler: Handler,
+    budgets: Budgets,
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    conn: Arc<Conn>,
+    writer: W,
+    mut queue: mpsc::Receiver<Vec<u8>>,
+) {
     let mut writer = BufWriter::new(writer);
     loop {
         let frame = tokio::select! {
@@ -209,9 +253,9 @@ struct Budgets {
 // is answered `Busy` at once. Waiting for a slot instead stalled the pair: forwarded writes
 // held every slot until committed, and commit waited for AppendEntries answers that only this
 // reader could read.
-async fn read_loop(
+async fn read_loop<R: AsyncRead + Unpin>(
     conn: &Arc<Conn>,
-    mut reader: OwnedReadHalf,
+    mut reader: R,
     handler: Handler,
     budgets: Budgets,
 ) -> Result<(), FrameError> {

@@ -4,7 +4,12 @@
 //! - `frame`: the wire format and its defensive decoder;
 //! - `messages`: Raft RPCs, clock probes and opaque application requests;
 //! - `conn`: one established connection (its reader and writer tasks);
+//! - `tls`: peer mutual TLS (who may be a peer) and the stream type over plain TCP or TLS;
 //! - here: links to peers, dialing with backoff, accepting, and `call`.
+//!
+//! Trust is decided where a connection is made: `dial` and the per-connection task of
+//! `accept_loop` run the TLS handshake (when `TransportConfig::tls` is set) before the `Hello`
+//! exchange, each bounded in time, so no frame of an unauthenticated peer is ever read.
 //!
 //! Either side may dial when it needs a connection and has none. Should both dial at once, both
 //! ends keep the connection dialed by the lower node id and close the other, so a pair settles
@@ -21,6 +26,7 @@
 mod conn;
 pub mod frame;
 pub mod messages;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -38,6 +44,8 @@ use conn::{Conn, ConnParams};
 pub use frame::PROTOCOL_VERSION;
 use frame::{read_frame, FrameError, Hello, Message};
 pub use messages::{AppRequest, PeerRequest, PeerResponse};
+use tls::PeerStream;
+pub use tls::{PeerTls, TlsError, PEER_TLS_HANDSHAKES_FAILED_TOTAL, PEER_TLS_HANDSHAKE_TIMEOUT_MS};
 
 use crate::clock::{wall_clock_ms, ClockSample};
 use crate::types::NodeId;
@@ -86,6 +94,8 @@ pub struct TransportConfig {
     /// Inbound application requests one connection handles concurrently; beyond it the reader
     /// answers `Busy` at once (it never waits: what it would wait for may need its reading).
     pub inbound_requests_in_flight_max: usize,
+    /// Mutual TLS on the peer port; `None` speaks plain TCP.
+    pub tls: Option<PeerTls>,
 }
 
 impl TransportConfig {
@@ -102,6 +112,7 @@ impl TransportConfig {
             reconnect_backoff_max_ms: 2_000,
             outbound_frames_max: 1_024,
             inbound_requests_in_flight_max: 256,
+            tls: None,
         }
     }
 }
@@ -368,6 +379,7 @@ impl Transport {
                 .await
                 .map_err(|_| "connect timed out".to_string())?
                 .map_err(|e| e.to_string())?;
+        let stream = self.secure_dialed(stream, addr).await?;
         let (stream, hello) = self.handshake(stream).await.map_err(|e| e.to_string())?;
         if hello.node_id != link.peer {
             return Err(format!(
@@ -390,6 +402,13 @@ impl Transport {
                 Ok((stream, remote)) => {
                     let transport = self.clone();
                     tokio::spawn(async move {
+                        let stream = match transport.secure_accepted(stream).await {
+                            Ok(stream) => stream,
+                            Err(e) => {
+                                tracing::warn!(%remote, error = %e, "peer TLS handshake failed; connection refused");
+                                return;
+                            }
+                        };
                         match transport.handshake(stream).await {
                             Ok((stream, hello)) if hello.node_id != transport.node_id() => {
                                 let link = transport.link(hello.node_id);
@@ -410,10 +429,32 @@ impl Transport {
         }
     }
 
-    /// Exchanges `Hello` frames (each side sends first, then reads), bounded in time.
-    async fn handshake(&self, mut stream: TcpStream) -> Result<(TcpStream, Hello), FrameError> {
-        let config = &self.inner.config;
+    /// A dialed connection ready for the `Hello` exchange: TLS with the peer's certificate
+    /// checked against `addr` when TLS is on, as it is otherwise.
+    async fn secure_dialed(&self, stream: TcpStream, addr: &str) -> Result<PeerStream, String> {
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        match &self.inner.config.tls {
+            None => Ok(PeerStream::Plain(stream)),
+            Some(tls) => tls
+                .connect(stream, addr)
+                .await
+                .map_err(|e| format!("TLS handshake: {e}")),
+        }
+    }
+
+    /// An accepted connection ready for the `Hello` exchange: TLS with a client certificate
+    /// required when TLS is on, as it is otherwise.
+    async fn secure_accepted(&self, stream: TcpStream) -> std::io::Result<PeerStream> {
         stream.set_nodelay(true)?;
+        match &self.inner.config.tls {
+            None => Ok(PeerStream::Plain(stream)),
+            Some(tls) => tls.accept(stream).await,
+        }
+    }
+
+    /// Exchanges `Hello` frames (each side sends first, then reads), bounded in time.
+    async fn handshake(&self, mut stream: PeerStream) -> Result<(PeerStream, Hello), FrameError> {
+        let config = &self.inner.config;
         let mine = Hello {
             node_id: config.node_id,
             client_addr: config.client_addr.clone(),
@@ -438,7 +479,7 @@ impl Transport {
 
     /// Starts a connection's tasks and makes it the link's connection, unless the link already
     /// has a live one dialed by the lower node id.
-    fn adopt(&self, link: &Arc<Link>, stream: TcpStream, hello: Hello, dialed_by: NodeId) {
+    fn adopt(&self, link: &Arc<Link>, stream: PeerStream, hello: Hello, dialed_by: NodeId) {
         if link.addr_missing() && !hello.peer_addr.is_empty() {
             *lock(&link.addr) = Some(hello.peer_addr.clone());
         }

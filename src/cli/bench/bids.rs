@@ -40,7 +40,7 @@ pub struct BidsArgs {
     /// What to drive: Gavel bids, or etcd puts through its v3 JSON gateway (`/v3/kv/put`).
     #[arg(long, value_enum, default_value_t = TargetKind::Gavel)]
     pub target: TargetKind,
-    /// Base URLs, comma-separated (http://127.0.0.1:8081,http://127.0.0.1:8082). Clients are
+    /// Base URLs, comma-separated (http://127.0.0.1:8081,https://10.0.0.2:8080). Clients are
     /// spread round-robin over them. Default (Gavel only): start a single node for the run.
     #[arg(long, value_delimiter = ',', value_parser = parse_endpoint)]
     pub endpoints: Vec<String>,
@@ -98,6 +98,9 @@ pub struct BidsArgs {
     /// With --token: a token of another user with the creator role, to create the auctions.
     #[arg(long, env = "GAVEL_BENCH_CREATOR_TOKEN", hide_env_values = true)]
     pub creator_token: Option<String>,
+    /// A PEM file of CA certificates to trust for https:// endpoints (a private CA).
+    #[arg(long, env = "GAVEL_CACERT")]
+    pub cacert: Option<PathBuf>,
 }
 
 impl BidsArgs {
@@ -173,12 +176,13 @@ fn open_files_max() -> Option<u64> {
 /// `http://host:port` (no trailing slash, no path): what a client puts its paths after.
 fn parse_endpoint(text: &str) -> Result<String, String> {
     let trimmed = text.trim().trim_end_matches('/');
-    let rest = trimmed.strip_prefix("http://").ok_or_else(|| {
-        format!("{text:?}: an endpoint is http://HOST:PORT (https is not supported)")
-    })?;
+    let rest = trimmed
+        .strip_prefix("http://")
+        .or_else(|| trimmed.strip_prefix("https://"))
+        .ok_or_else(|| format!("{text:?}: an endpoint is http(s)://HOST:PORT"))?;
     if rest.is_empty() || rest.contains('/') || rest.contains('?') {
         return Err(format!(
-            "{text:?}: an endpoint is http://HOST:PORT, without a path"
+            "{text:?}: an endpoint is http(s)://HOST:PORT, without a path"
         ));
     }
     Ok(trimmed.to_owned())
@@ -218,7 +222,7 @@ pub fn run(args: BidsArgs) -> anyhow::Result<()> {
 async fn run_async(args: BidsArgs) -> anyhow::Result<()> {
     let connections = args.connections();
     let run_time = args.warmup + args.duration + args.timeout;
-    let setup_http = reqwest::Client::builder()
+    let setup_http = crate::cli::tls::http_client(args.cacert.as_deref())?
         .timeout(Duration::from_secs(30))
         .build()?;
     let mut own = None;
@@ -289,14 +293,15 @@ fn tokens(
 async fn measure(args: &BidsArgs, plan: Arc<Plan>, connections: u32) -> anyhow::Result<Summary> {
     let clients = (0..connections)
         .map(|_| {
-            reqwest::Client::builder()
+            let builder = crate::cli::tls::http_client(args.cacert.as_deref())?;
+            builder
                 .timeout(args.timeout)
                 .pool_max_idle_per_host(1)
                 .tcp_nodelay(true)
                 .build()
+                .context("cannot build the HTTP clients")
         })
-        .collect::<Result<Vec<_>, _>>()
-        .context("cannot build the HTTP clients")?;
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mode = match args.rate {
         Some(rate_per_s) => Loop::Open { rate_per_s },
         None => Loop::Closed,
@@ -360,8 +365,12 @@ mod tests {
             parse_endpoint("http://127.0.0.1:8081/"),
             Ok("http://127.0.0.1:8081".to_owned())
         );
+        assert_eq!(
+            parse_endpoint("https://127.0.0.1:8081"),
+            Ok("https://127.0.0.1:8081".to_owned())
+        );
         assert!(parse_endpoint("127.0.0.1:8081").is_err());
-        assert!(parse_endpoint("https://127.0.0.1:8081").is_err());
+        assert!(parse_endpoint("ftp://127.0.0.1:8081").is_err());
         assert!(parse_endpoint("http://127.0.0.1:8081/v3").is_err());
         assert!(parse_endpoint("http://").is_err());
     }

@@ -85,6 +85,9 @@ pub struct ViewersArgs {
     /// With --endpoints: a file holding the auth secret.
     #[arg(long)]
     pub auth_secret_file: Option<PathBuf>,
+    /// A PEM file of CA certificates to trust for an https:// endpoint (a private CA).
+    #[arg(long, env = "GAVEL_CACERT")]
+    pub cacert: Option<PathBuf>,
 }
 
 /// `gavel bench viewers`: the coordinator.
@@ -286,8 +289,12 @@ fn spawn_worker(
 ) -> anyhow::Result<Worker> {
     let timeout_s = (CONNECT_TIMEOUT + RESULT_TIMEOUT).as_secs()
         + u64::from(args.bids) * args.bid_interval_ms / 1000;
-    let mut child = Command::new(std::env::current_exe()?)
-        .args(["bench", "viewers-worker", "--urls", &urls.join(",")])
+    let mut command = Command::new(std::env::current_exe()?);
+    command.args(["bench", "viewers-worker", "--urls", &urls.join(",")]);
+    if let Some(cacert) = &args.cacert {
+        command.arg("--cacert").arg(cacert);
+    }
+    let mut child = command
         .args(["--viewers", &viewers.to_string()])
         .args([
             "--connect-concurrency",
@@ -362,7 +369,7 @@ async fn read_nodes(http: &reqwest::Client, bases: &[String]) -> Vec<Option<Node
 }
 
 async fn coordinate(args: ViewersArgs) -> anyhow::Result<()> {
-    let http = reqwest::Client::builder()
+    let http = crate::cli::tls::http_client(args.cacert.as_deref())?
         .timeout(Duration::from_secs(30))
         .build()?;
     let target = target(&args, &http).await?;

@@ -56,6 +56,9 @@ pub struct WorkerArgs {
     /// Give up after this many seconds.
     #[arg(long)]
     pub timeout_s: u64,
+    /// CA certificates (PEM) to trust for wss:// URLs.
+    #[arg(long)]
+    pub cacert: Option<std::path::PathBuf>,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -94,6 +97,8 @@ struct Crowd {
     tick_ms: u64,
     winner: String,
     gate: Semaphore,
+    /// TLS for wss:// URLs with `--cacert` (`None`: the client's own roots).
+    tls: Option<Arc<rustls::ClientConfig>>,
     report: Mutex<WorkerReport>,
 }
 
@@ -139,6 +144,7 @@ async fn worker(args: WorkerArgs) -> anyhow::Result<()> {
         tick_ms: args.tick_ms,
         winner: args.winner.clone(),
         gate: Semaphore::new(args.connect_concurrency as usize),
+        tls: crate::cli::tls::ws_tls(args.cacert.as_deref())?,
         report: Mutex::new(WorkerReport {
             seen: vec![(0, 0); usize::try_from(args.versions_max + 1)?],
             ..WorkerReport::default()
@@ -235,7 +241,17 @@ async fn connect(context: &Crowd, endpoint: &mut usize, shown: u64, first: bool)
         let url = context.url(*endpoint, shown);
         let result = {
             let _permit = context.gate.acquire().await;
-            tokio_tungstenite::connect_async_with_config(url.as_str(), Some(config), true).await
+            let connector = context
+                .tls
+                .clone()
+                .map(tokio_tungstenite::Connector::Rustls);
+            tokio_tungstenite::connect_async_tls_with_config(
+                url.as_str(),
+                Some(config),
+                true,
+                connector,
+            )
+            .await
         };
         let wait_ms = match result {
             Ok((socket, _)) => return Some(socket),
