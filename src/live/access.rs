@@ -10,7 +10,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Request, Uri};
 
 use crate::http::api::AuctionId;
-use crate::http::auth::{now_s, Permission, Principal, Secret};
+use crate::http::auth::{authenticate as check_token, Permission, Principal, TokenVerifier};
 use crate::http::problem::ApiError;
 
 /// The query parameter a stream's token may come in.
@@ -31,7 +31,7 @@ pub struct StreamRequest {
 
 impl<S> FromRequestParts<S> for StreamRequest
 where
-    Secret: FromRef<S>,
+    TokenVerifier: FromRef<S>,
     S: Send + Sync,
 {
     type Rejection = ApiError;
@@ -62,7 +62,7 @@ async fn authenticate<S>(
     pairs: &[(String, String)],
 ) -> Result<Principal, ApiError>
 where
-    Secret: FromRef<S>,
+    TokenVerifier: FromRef<S>,
     S: Send + Sync,
 {
     if parts.headers.contains_key(header::AUTHORIZATION) {
@@ -75,12 +75,7 @@ where
             invalid: false,
         });
     };
-    Secret::from_ref(state)
-        .verify(token, now_s())
-        .map_err(|e| ApiError::Unauthorized {
-            detail: e.to_string(),
-            invalid: true,
-        })
+    check_token(&TokenVerifier::from_ref(state), token)
 }
 
 fn since_from_query(pairs: &[(String, String)]) -> Result<Option<u64>, ApiError> {

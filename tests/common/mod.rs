@@ -12,6 +12,8 @@
 
 // The multi-node cluster harness (tests/cluster_*.rs).
 pub mod cluster;
+// Fresh RSA, P-256 and Ed25519 keys for the asymmetric-token tests.
+pub mod keys;
 
 use std::fs::OpenOptions;
 use std::future::Future;
@@ -24,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use chrono::{DateTime, SecondsFormat, Utc};
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use reqwest::header::HeaderMap;
 use reqwest::{Method, RequestBuilder};
 pub use rust_decimal::Decimal;
