@@ -365,3 +365,161 @@ fn check_usable(alg: Algorithm, key: &DecodingKey) -> Result<(), KeyError> {
         .map(drop)
         .map_err(|_| KeyError::Invalid(format!("not a usable {alg:?} public key")))
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::http::auth::test_keys::{KeyKind, TestKey};
+
+    fn jwks(keys: Vec<Value>) -> Vec<u8> {
+        json!({ "keys": keys }).to_string().into_bytes()
+    }
+
+    #[test]
+    fn a_pem_key_brings_its_own_algorithm() {
+        for (kind, alg) in [
+            (KeyKind::Rs256, Algorithm::RS256),
+            (KeyKind::Es256, Algorithm::ES256),
+            (KeyKind::EdDsa, Algorithm::EdDSA),
+        ] {
+            let key = TestKey::generate(kind);
+            let set = parse_public_pem(key.public_pem.as_bytes(), None).unwrap();
+            assert_eq!(set.describe(), vec![format!("(no kid):{alg:?}")]);
+            let named = parse_public_pem(key.public_pem.as_bytes(), Some("k".into())).unwrap();
+            assert_eq!(named.select(Some("k")).unwrap().alg, alg);
+            // The same key as a JWK gives the same algorithm.
+            let set = parse_jwks(&jwks(vec![key.jwk.clone()])).unwrap();
+            assert_eq!(set.select(None).unwrap().alg, alg);
+        }
+    }
+
+    #[test]
+    fn bad_pem_files_are_clear_errors() {
+        let key = TestKey::generate(KeyKind::EdDsa);
+        let private = parse_public_pem(key.private_pem.as_bytes(), None).unwrap_err();
+        assert_eq!(private, KeyError::NotPublicPem("PRIVATE KEY".into()));
+        for garbage in [
+            "".to_owned(),
+            "not a key".to_owned(),
+            format!("{}{}", key.public_pem, key.public_pem),
+            "-----BEGIN PUBLIC KEY".to_owned(),
+        ] {
+            assert_eq!(
+                parse_public_pem(garbage.as_bytes(), None).unwrap_err(),
+                KeyError::NotPem,
+                "{garbage:?}"
+            );
+        }
+        let corrupt = key.public_pem.replace('A', "B").replace('M', "*");
+        let error = parse_public_pem(corrupt.as_bytes(), None).unwrap_err();
+        assert!(
+            matches!(error, KeyError::Unsupported(_) | KeyError::Invalid(_)),
+            "{error:?}"
+        );
+        let cert = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+        assert_eq!(
+            parse_public_pem(cert.as_bytes(), None).unwrap_err(),
+            KeyError::NotPublicPem("CERTIFICATE".into())
+        );
+    }
+
+    #[test]
+    fn jwks_keys_not_for_us_are_skipped() {
+        let ec = TestKey::generate(KeyKind::Es256);
+        let ed = TestKey::generate(KeyKind::EdDsa);
+        let mut encryption = ec.jwk_with_kid("enc");
+        encryption["use"] = json!("enc");
+        encryption["alg"] = json!("ECDH-ES");
+        let mut pss = ed.jwk_with_kid("pss");
+        pss["alg"] = json!("PS256");
+        let p384 = json!({ "kty": "EC", "crv": "P-384", "kid": "p384",
+            "x": "AAAA", "y": "AAAA" });
+        let exotic = json!({ "kty": "XYZ", "kid": "xyz" });
+        let set = parse_jwks(&jwks(vec![
+            ec.jwk_with_kid("ec"),
+            encryption,
+            pss,
+            p384,
+            exotic,
+            ed.jwk_with_kid("ed"),
+        ]))
+        .unwrap();
+        assert_eq!(set.describe(), vec!["ec:ES256", "ed:EdDSA"]);
+        assert_eq!(set.skipped().len(), 4, "{:?}", set.skipped());
+    }
+
+    #[test]
+    fn malformed_jwks_are_errors_that_show_no_key() {
+        let ed = TestKey::generate(KeyKind::EdDsa);
+        let x = ed.jwk["x"].as_str().unwrap().to_owned();
+        let with = |changes: Value| {
+            let mut jwk = ed.jwk_with_kid("a");
+            for (name, value) in changes.as_object().unwrap() {
+                jwk[name] = value.clone();
+            }
+            jwk
+        };
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (b"{".to_vec(), "not valid JSON"),
+            (
+                format!("{{\"keys\": [\"{x}\"").into_bytes(),
+                "not valid JSON",
+            ),
+            (b"[]".to_vec(), "not a JWKS"),
+            (b"{\"keys\": {}}".to_vec(), "not a JWKS"),
+            (jwks(vec![]), "no usable"),
+            (jwks(vec![with(json!({ "x": "AAAA" }))]), "32 bytes"),
+            (jwks(vec![with(json!({ "x": "!!" }))]), "base64url"),
+            (jwks(vec![with(json!({ "d": x }))]), "public keys only"),
+            (
+                jwks(vec![json!({ "kty": "oct", "k": x })]),
+                "public keys only",
+            ),
+            (
+                jwks(vec![json!({ "kty": "EC", "crv": "P-256", "x": x })]),
+                "malformed EC",
+            ),
+            (
+                jwks(vec![json!({ "kty": "RSA", "n": x, "e": "AQAB" })]),
+                "bits",
+            ),
+            (jwks(vec![with(json!({})), with(json!({}))]), "twice"),
+            (
+                jwks(vec![with(json!({})), ed.jwk.clone()]),
+                "every key needs a kid",
+            ),
+            (jwks(vec![json!({ "kid": "x" })]), "no kty"),
+            (jwks(vec![with(json!({})); JWKS_KEYS_MAX + 1]), "at most"),
+        ];
+        for (bytes, expected) in cases {
+            let error = parse_jwks(&bytes).unwrap_err().to_string();
+            assert!(
+                error.contains(expected),
+                "{}: {error}",
+                String::from_utf8_lossy(&bytes)
+            );
+            assert!(
+                !error.contains(&x),
+                "the message shows key material: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn selection() {
+        let ed = TestKey::generate(KeyKind::EdDsa);
+        let one = parse_jwks(&jwks(vec![ed.jwk_with_kid("a")])).unwrap();
+        assert!(one.select(Some("a")).is_ok());
+        assert!(one.select(None).is_ok());
+        assert_eq!(one.select(Some("b")).unwrap_err(), SelectError::UnknownKid);
+        let other = TestKey::generate(KeyKind::EdDsa);
+        let two = parse_jwks(&jwks(vec![ed.jwk_with_kid("a"), other.jwk_with_kid("b")])).unwrap();
+        assert_eq!(two.select(None).unwrap_err(), SelectError::KidRequired);
+        assert_eq!(
+            KeySet::default().select(Some("a")).unwrap_err(),
+            SelectError::Empty
+        );
+    }
+}

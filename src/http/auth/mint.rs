@@ -172,3 +172,81 @@ impl Secret {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::sync::watch;
+
+    use super::*;
+    use crate::http::auth::keys::parse_public_pem;
+    use crate::http::auth::test_keys::{KeyKind, TestKey};
+    use crate::http::auth::{ClaimChecks, TokenVerifier};
+
+    fn claims(now_s: i64) -> MintClaims<'static> {
+        MintClaims {
+            sub: "alice",
+            roles: &[Role::Creator],
+            iat_s: now_s,
+            exp_s: now_s + 60,
+            issuer: Some("issuer"),
+            audience: Some("gavel"),
+        }
+    }
+
+    #[test]
+    fn each_private_key_mints_what_its_public_key_accepts() {
+        let checks = ClaimChecks {
+            issuer: Some("issuer".into()),
+            audience: Some("gavel".into()),
+            leeway_s: 0,
+        };
+        for kind in [KeyKind::Rs256, KeyKind::Es256, KeyKind::EdDsa] {
+            let key = TestKey::generate(kind);
+            let minter =
+                Minter::from_private_pem(key.private_pem.as_bytes(), Some("k1".into())).unwrap();
+            let token = minter.mint(&claims(1_000)).unwrap();
+            let header = jsonwebtoken::decode_header(&token).unwrap();
+            assert_eq!(format!("{:?}", header.alg), kind.alg());
+            assert_eq!(header.kid.as_deref(), Some("k1"));
+            let keys = parse_public_pem(key.public_pem.as_bytes(), Some("k1".into())).unwrap();
+            let (_, rx) = watch::channel(Arc::new(keys));
+            let verifier = TokenVerifier::new(None, rx, checks.clone()).unwrap();
+            let principal = verifier.verify(&token, 1_000).unwrap();
+            assert_eq!(
+                (principal.sub.as_str(), principal.roles),
+                ("alice", vec![Role::Creator])
+            );
+        }
+    }
+
+    #[test]
+    fn keys_that_cannot_sign_are_clear_errors() {
+        let key = TestKey::generate(KeyKind::EdDsa);
+        assert_eq!(
+            Minter::from_private_pem(key.public_pem.as_bytes(), None).unwrap_err(),
+            KeyError::NotPrivatePem("PUBLIC KEY".into())
+        );
+        let sec1 = "-----BEGIN EC PRIVATE KEY-----\nMHc=\n-----END EC PRIVATE KEY-----\n";
+        let error = Minter::from_private_pem(sec1.as_bytes(), None).unwrap_err();
+        assert!(
+            error.to_string().contains("openssl pkcs8 -topk8"),
+            "{error}"
+        );
+        assert_eq!(
+            Minter::from_private_pem(b"garbage", None).unwrap_err(),
+            KeyError::NotPem
+        );
+        let corrupt = key.private_pem.replace('M', "*");
+        assert!(Minter::from_private_pem(corrupt.as_bytes(), None).is_err());
+    }
+
+    #[test]
+    fn hs256_minting_is_what_the_secret_verifies() {
+        let secret = Secret::new(b"0123456789abcdef0123456789abcdef".to_vec()).unwrap();
+        let token = secret.sign("bob", &[Role::Bidder], 1_000, 1_060);
+        let verifier = TokenVerifier::hs256(&secret).unwrap();
+        assert_eq!(verifier.verify(&token, 1_000).unwrap().sub, "bob");
+    }
+}

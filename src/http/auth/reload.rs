@@ -191,3 +191,116 @@ impl Watcher {
         Watcher { seen, ..self }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::http::auth::test_keys::{KeyKind, TestKey};
+
+    /// Replaces the file in one rename, as a rotation should.
+    fn write_atomically(path: &Path, bytes: &[u8]) {
+        let temp = path.with_extension("tmp");
+        std::fs::write(&temp, bytes).unwrap();
+        std::fs::rename(&temp, path).unwrap();
+    }
+
+    fn jwks(keys: &[(&TestKey, &str)]) -> Vec<u8> {
+        let keys: Vec<_> = keys.iter().map(|(k, kid)| k.jwk_with_kid(kid)).collect();
+        json!({ "keys": keys }).to_string().into_bytes()
+    }
+
+    fn kids(rx: &watch::Receiver<Arc<KeySet>>) -> Vec<String> {
+        rx.borrow().describe()
+    }
+
+    #[tokio::test]
+    async fn a_change_replaces_the_keys_and_a_bad_file_keeps_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        let (a, b) = (
+            TestKey::generate(KeyKind::EdDsa),
+            TestKey::generate(KeyKind::Es256),
+        );
+        write_atomically(&path, &jwks(&[(&a, "a")]));
+        let file = KeyFile {
+            path: path.clone(),
+            format: KeyFormat::Jwks,
+        };
+        let (set, seen) = file.load().unwrap();
+        let (tx, rx) = watch::channel(Arc::new(set));
+        let mut watcher = Watcher {
+            file,
+            seen: Seen::Bytes(seen),
+        };
+        watcher = watcher.check(&tx, false).await;
+        assert!(
+            !rx.has_changed().unwrap(),
+            "an unchanged file is not reloaded"
+        );
+
+        write_atomically(&path, &jwks(&[(&a, "a"), (&b, "b")]));
+        watcher = watcher.check(&tx, false).await;
+        assert_eq!(kids(&rx), vec!["a:EdDSA", "b:ES256"]);
+
+        for broken in [&b"{\"keys\": ["[..], b"", &jwks(&[])] {
+            write_atomically(&path, broken);
+            watcher = watcher.check(&tx, false).await;
+            assert_eq!(
+                kids(&rx),
+                vec!["a:EdDSA", "b:ES256"],
+                "kept the last good keys"
+            );
+        }
+        std::fs::remove_file(&path).unwrap();
+        watcher = watcher.check(&tx, false).await;
+        assert_eq!(
+            kids(&rx),
+            vec!["a:EdDSA", "b:ES256"],
+            "kept them without a file"
+        );
+
+        write_atomically(&path, &jwks(&[(&b, "b")]));
+        watcher = watcher.check(&tx, false).await;
+        assert_eq!(kids(&rx), vec!["b:ES256"]);
+        let mut rx_seen = rx.clone();
+        rx_seen.mark_unchanged();
+        watcher.check(&tx, true).await;
+        assert!(
+            rx_seen.has_changed().unwrap(),
+            "SIGHUP reloads even an unchanged file"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_reloader_polls_and_stops_with_its_receivers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.pem");
+        let (a, b) = (
+            TestKey::generate(KeyKind::EdDsa),
+            TestKey::generate(KeyKind::Es256),
+        );
+        write_atomically(&path, a.public_pem.as_bytes());
+        let file = KeyFile {
+            path: path.clone(),
+            format: KeyFormat::Pem { kid: None },
+        };
+        let (set, seen) = file.load().unwrap();
+        let (tx, mut rx) = watch::channel(Arc::new(set));
+        let task = spawn_reloader(file, seen, tx, Duration::from_millis(10));
+        write_atomically(&path, b.public_pem.as_bytes());
+        tokio::time::timeout(Duration::from_secs(10), rx.changed())
+            .await
+            .expect("the new key is loaded within the bound")
+            .unwrap();
+        assert_eq!(kids(&rx), vec!["(no kid):ES256"]);
+        drop(rx);
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the reloader ends when nobody uses the keys")
+            .unwrap();
+    }
+}
