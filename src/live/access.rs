@@ -141,16 +141,22 @@ pub fn request_span<B>(request: &Request<B>) -> tracing::Span {
     )
 }
 
-/// `uri` with the value of every `access_token` query parameter replaced by `REDACTED`.
+/// `uri` with the value of every `access_token` query parameter replaced by `REDACTED`. Keys
+/// are compared decoded, as the query extractor decodes them, so `access%5Ftoken=` (which
+/// authenticates just the same) is redacted too.
 pub fn redacted_uri(uri: &Uri) -> String {
     let Some(query) = uri.query() else {
         return uri.to_string();
     };
     let redacted: Vec<String> = query
         .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((key, _)) if key == ACCESS_TOKEN_PARAM => format!("{key}=REDACTED"),
-            _ => pair.to_owned(),
+        .map(|pair| {
+            let key = pair.split_once('=').map_or(pair, |(key, _)| key);
+            let decoded = form_urlencoded::parse(key.as_bytes()).next();
+            match decoded {
+                Some((name, _)) if name == ACCESS_TOKEN_PARAM => format!("{key}=REDACTED"),
+                _ => pair.to_owned(),
+            }
         })
         .collect();
     format!("{}?{}", uri.path(), redacted.join("&"))
@@ -169,6 +175,17 @@ mod tests {
             redacted_uri(&uri),
             "/auctions/a/ws?sinceVersion=3&access_token=REDACTED"
         );
+        for spelled in ["access%5Ftoken", "%61ccess_token", "access_tok%65n"] {
+            let uri: Uri = format!("/auctions/a/sse?{spelled}=eyJ.secret.sig&x")
+                .parse()
+                .unwrap();
+            assert_eq!(
+                redacted_uri(&uri),
+                format!("/auctions/a/sse?{spelled}=REDACTED&x")
+            );
+        }
+        let bare: Uri = "/auctions/a/sse?access_token".parse().unwrap();
+        assert_eq!(redacted_uri(&bare), "/auctions/a/sse?access_token=REDACTED");
         let plain: Uri = "/auctions?limit=5".parse().unwrap();
         assert_eq!(redacted_uri(&plain), "/auctions?limit=5");
     }
