@@ -39,13 +39,10 @@ pub struct KeyFile {
 /// Why the key file could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path}: {source}")]
-    Parse { path: String, source: KeyError },
+    #[error("cannot read {path}: {error}")]
+    Read { path: String, error: std::io::Error },
+    #[error("{path}: {error}")]
+    Parse { path: String, error: KeyError },
 }
 
 impl KeyFile {
@@ -56,9 +53,9 @@ impl KeyFile {
     }
 
     fn read(&self) -> Result<Vec<u8>, LoadError> {
-        read_bounded(&self.path).map_err(|source| LoadError::Read {
+        read_bounded(&self.path).map_err(|error| LoadError::Read {
             path: self.path.display().to_string(),
-            source,
+            error,
         })
     }
 
@@ -67,9 +64,9 @@ impl KeyFile {
             KeyFormat::Pem { kid } => parse_public_pem(bytes, kid.clone()),
             KeyFormat::Jwks => parse_jwks(bytes),
         };
-        parsed.map_err(|source| LoadError::Parse {
+        parsed.map_err(|error| LoadError::Parse {
             path: self.path.display().to_string(),
-            source,
+            error,
         })
     }
 }
