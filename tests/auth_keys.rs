@@ -88,6 +88,13 @@ fn write_jwks(path: &Path, keys: &[(&TestKey, &str)]) {
     write_file(path, json!({ "keys": keys }).to_string().as_bytes());
 }
 
+/// Writes `dir/name` and returns its path as an argument.
+fn key_file(dir: &Path, name: &str, bytes: &[u8]) -> String {
+    let path = dir.join(name);
+    write_file(&path, bytes);
+    path_arg(&path)
+}
+
 fn path_arg(path: &Path) -> String {
     path.to_str().expect("a UTF-8 temp path").to_owned()
 }
@@ -135,6 +142,83 @@ fn cli_mint(sub: &str, role: &str, extra: &[&str]) -> (String, String) {
     (token.trim().to_owned(), stderr)
 }
 
+/// A node started with these extra flags, with or without the HS256 secret in its env.
+async fn start_node(args: &[&str], secret_env: bool) -> Server {
+    let options = ServerOptions {
+        args: args.iter().map(|a| a.to_string()).collect(),
+        secret_env,
+    };
+    Server::start_with(None, options).await
+}
+
+/// Each key creates an auction and bids on auction `id` (as `{kid}-user`); returns the tokens.
+async fn create_and_bid_with_each(
+    server: &Server,
+    keys: &[(&TestKey, &str)],
+    id: &str,
+) -> Vec<String> {
+    let mut used = Vec::new();
+    for (n, (key, kid)) in keys.iter().enumerate() {
+        let sub = format!("{kid}-user");
+        let creator = mint(key, Some(kid), &claims(&sub, &["creator"], json!({})));
+        let created = server
+            .create_auction(&creator, &active_auction_body(&format!("post-{kid}")))
+            .await;
+        assert_eq!(created["creatorId"], sub.as_str());
+        let bidder = mint(key, Some(kid), &claims(&sub, &["bidder"], json!({})));
+        let amount = json!(format!("{}", 10 + n));
+        let reply = server.bid_ok(&bidder, id, &fresh_key(), amount).await;
+        assert_eq!(
+            (&reply["status"], &reply["currentWinnerId"]),
+            (&json!("accepted"), &json!(sub))
+        );
+        used.extend([creator, bidder]);
+    }
+    used
+}
+
+/// A token failing each check of a node with the JWKS {rsa, ec, ed}, issuer and audience, and
+/// the reason its 401 must give.
+fn failing_each_check(rsa: &TestKey, ec: &TestKey, ed: &TestKey) -> Vec<(String, &'static str)> {
+    let stranger = TestKey::generate(KeyKind::Es256);
+    let admin = |changes: Value| claims("mallory", &["viewer", "admin"], changes);
+    vec![
+        (mint(ed, Some("nope"), &admin(json!({}))), "kid"),
+        (mint(ed, None, &admin(json!({}))), "no key id"),
+        (
+            mint(
+                ed,
+                Some("ed"),
+                &admin(json!({ "iss": "https://evil.test" })),
+            ),
+            "issuer",
+        ),
+        (
+            mint(ed, Some("ed"), &admin(json!({ "iss": null }))),
+            "no iss claim",
+        ),
+        (
+            mint(rsa, Some("rsa"), &admin(json!({ "aud": ["other"] }))),
+            "audience",
+        ),
+        (
+            mint(ec, Some("ec"), &admin(json!({ "exp": now_s() - 60 }))),
+            "expired",
+        ),
+        (
+            mint(ec, Some("ec"), &admin(json!({ "nbf": now_s() + 600 }))),
+            "not valid yet",
+        ),
+        (mint(&stranger, Some("ec"), &admin(json!({}))), "signature"),
+        (mint(ed, Some("ec"), &admin(json!({}))), "algorithm EdDSA"),
+        // HS256 is accepted here (the secret was given), so this meets the secret and fails.
+        (
+            mint_hs256(ec.public_pem.as_bytes(), Some("ec"), &admin(json!({}))),
+            "signature",
+        ),
+    ]
+}
+
 #[tokio::test]
 async fn every_algorithm_is_accepted_and_every_check_refuses_with_its_reason() {
     let dir = tempfile::tempdir().unwrap();
@@ -145,19 +229,16 @@ async fn every_algorithm_is_accepted_and_every_check_refuses_with_its_reason() {
     );
     let jwks = dir.path().join("jwks.json");
     write_jwks(&jwks, &[(&rsa, "rsa"), (&ec, "ec"), (&ed, "ed")]);
+    let jwks = path_arg(&jwks);
     let args = [
         "--jwks-file",
-        &path_arg(&jwks),
+        &jwks,
         "--jwt-issuer",
         ISSUER,
         "--jwt-audience",
         AUDIENCE,
     ];
-    let options = ServerOptions {
-        args: args.iter().map(|a| a.to_string()).collect(),
-        secret_env: true,
-    };
-    let server = Server::start_with(None, options).await;
+    let server = start_node(&args, true).await;
 
     // HS256 (an explicit secret is given) and each asymmetric algorithm create and bid.
     let hs = sign_jwt(
@@ -168,26 +249,9 @@ async fn every_algorithm_is_accepted_and_every_check_refuses_with_its_reason() {
         .create_auction(&hs, &active_auction_body("post-keys"))
         .await;
     let id = auction["id"].as_str().unwrap().to_owned();
-    let mut used = vec![hs];
-    for (n, (key, kid)) in [(&rsa, "rsa"), (&ec, "ec"), (&ed, "ed")]
-        .into_iter()
-        .enumerate()
-    {
-        let sub = format!("{kid}-user");
-        let creator = mint(key, Some(kid), &claims(&sub, &["creator"], json!({})));
-        let created = server
-            .create_auction(&creator, &active_auction_body(&format!("post-{kid}")))
-            .await;
-        assert_eq!(created["creatorId"], sub.as_str());
-        let bidder = mint(key, Some(kid), &claims(&sub, &["bidder"], json!({})));
-        let amount = json!(format!("{}", 10 + n));
-        let reply = server.bid_ok(&bidder, &id, &fresh_key(), amount).await;
-        assert_eq!(
-            (&reply["status"], &reply["currentWinnerId"]),
-            (&json!("accepted"), &json!(sub))
-        );
-        used.extend([creator, bidder]);
-    }
+    let keys = [(&rsa, "rsa"), (&ec, "ec"), (&ed, "ed")];
+    let mut secrets = create_and_bid_with_each(&server, &keys, &id).await;
+    assert_eq!(server.history(&hs, &id, "all").await.len(), 3);
 
     // A stream takes the token from the query, however its key is spelled.
     let viewer = mint(&ec, Some("ec"), &claims("vera", &["viewer"], json!({})));
@@ -201,53 +265,69 @@ async fn every_algorithm_is_accepted_and_every_check_refuses_with_its_reason() {
             .expect("open a stream");
         assert_eq!(resp.status(), 200, "{key}");
     }
-    used.push(viewer);
 
-    // Every check, refused with its reason.
-    let stranger = TestKey::generate(KeyKind::Es256);
-    let viewer = |changes: Value| claims("mallory", &["viewer", "admin"], changes);
-    let refused = [
-        (mint(&ed, Some("nope"), &viewer(json!({}))), "kid"),
-        (mint(&ed, None, &viewer(json!({}))), "no key id"),
-        (
-            mint(
-                &ed,
-                Some("ed"),
-                &viewer(json!({ "iss": "https://evil.test" })),
-            ),
-            "issuer",
-        ),
-        (
-            mint(&ed, Some("ed"), &viewer(json!({ "iss": null }))),
-            "no iss claim",
-        ),
-        (
-            mint(&rsa, Some("rsa"), &viewer(json!({ "aud": ["other"] }))),
-            "audience",
-        ),
-        (
-            mint(&ec, Some("ec"), &viewer(json!({ "exp": now_s() - 60 }))),
-            "expired",
-        ),
-        (
-            mint(&ec, Some("ec"), &viewer(json!({ "nbf": now_s() + 600 }))),
-            "not valid yet",
-        ),
-        (mint(&stranger, Some("ec"), &viewer(json!({}))), "signature"),
-        (mint(&ed, Some("ec"), &viewer(json!({}))), "algorithm EdDSA"),
-        (
-            mint_hs256(ec.public_pem.as_bytes(), Some("ec"), &viewer(json!({}))),
-            "signature",
-        ),
-    ];
-    for (token, why) in &refused {
-        assert_refused(server.get("/auctions", token).await, token, why);
+    for (token, why) in failing_each_check(&rsa, &ec, &ed) {
+        assert_refused(server.get("/auctions", &token).await, &token, why);
+        secrets.push(token);
     }
-    assert!(server.history(&used[0], &id, "all").await.len() == 3);
-    used.extend(refused.into_iter().map(|(token, _)| token));
-    let mut secrets = used;
-    secrets.extend([rsa.private_pem, ec.private_pem, ed.private_pem]);
+    secrets.extend([hs, viewer, rsa.private_pem, ec.private_pem, ed.private_pem]);
     assert_log_free_of(&server, &secrets);
+}
+
+/// Tokens a node with only `rsa`'s public key (no id) must refuse, with their reasons: HS256
+/// with the real secret, HS256 over the public key (PEM and DER), unsigned, and a kid.
+fn confusion_tokens(rsa: &TestKey) -> Vec<(String, &'static str)> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let admin = json!({ "sub": "mallory", "roles": ["admin"], "exp": now_s() + 3600 });
+    let der = pem_der(&rsa.public_pem);
+    let unsigned = format!(
+        "{}.{}.",
+        b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+        b64.encode(admin.to_string())
+    );
+    let refused = "does not accept HS256";
+    vec![
+        (sign_jwt(SECRET.as_bytes(), &admin), refused),
+        (mint_hs256(rsa.public_pem.as_bytes(), None, &admin), refused),
+        (
+            mint_hs256(rsa.public_pem.trim().as_bytes(), None, &admin),
+            refused,
+        ),
+        (mint_hs256(&der, None, &admin), refused),
+        (mint_hs256(&der, Some("rsa"), &admin), refused),
+        (unsigned, "header"),
+        // Without --jwt-public-key-id, a token that names a key names an unknown one.
+        (mint(rsa, Some("rsa"), &admin), "kid"),
+    ]
+}
+
+/// Malformed tokens and the reason their 401 must give; the claims ones carry a good RS256
+/// signature, so they get past the signature check.
+fn malformed_tokens(rsa: &TestKey) -> Vec<(String, &'static str)> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let key = EncodingKey::from_rsa_pem(rsa.private_pem.as_bytes()).unwrap();
+    let signed = |header: &str, claims: &[u8]| {
+        let message = format!("{}.{}", b64.encode(header), b64.encode(claims));
+        let signature =
+            jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::RS256).unwrap();
+        format!("{message}.{signature}")
+    };
+    let good = format!(r#"{{"sub":"a","roles":[],"exp":{}}}"#, now_s() + 60);
+    vec![
+        ("a.b".to_owned(), "well-formed"),
+        ("a.b.c.d".to_owned(), "header"),
+        ("é.é.é".to_owned(), "header"),
+        ("x".repeat(9000), "longer than"),
+        (signed(r#"{"alg":"RS256"}"#, b"not json"), "claims"),
+        (signed(r#"{"alg":"RS256"}"#, b"[1,2]"), "claims"),
+        (signed(r#"{"alg":"RS256""#, good.as_bytes()), "header"),
+        (
+            signed(r#"{"alg":"RS256","crit":["exp"]}"#, good.as_bytes()),
+            "well-formed",
+        ),
+    ]
 }
 
 #[tokio::test]
@@ -258,11 +338,7 @@ async fn a_node_with_public_keys_only_refuses_hs256_and_algorithm_confusion() {
     let private = dir.path().join("rsa.pem");
     write_file(&public, rsa.public_pem.as_bytes());
     write_file(&private, rsa.private_pem.as_bytes());
-    let options = ServerOptions {
-        args: vec!["--jwt-public-key-file".into(), path_arg(&public)],
-        secret_env: false,
-    };
-    let server = Server::start_with(None, options).await;
+    let server = start_node(&["--jwt-public-key-file", &path_arg(&public)], false).await;
     assert!(
         !server.data_dir().join("auth-secret").exists(),
         "with public keys, no HS256 secret is generated"
@@ -280,78 +356,18 @@ async fn a_node_with_public_keys_only_refuses_hs256_and_algorithm_confusion() {
         .await;
     let id = auction["id"].as_str().unwrap();
 
-    let admin = json!({ "sub": "mallory", "roles": ["admin"], "exp": now_s() + 3600 });
-    let der = pem_der(&rsa.public_pem);
-    let unsigned = {
-        use base64::Engine as _;
-        let b64 = |text: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text);
-        format!(
-            "{}.{}.",
-            b64(r#"{"alg":"none","typ":"JWT"}"#),
-            b64(&admin.to_string())
-        )
-    };
-    let refused = [
-        (sign_jwt(SECRET.as_bytes(), &admin), "does not accept HS256"),
-        (
-            mint_hs256(rsa.public_pem.as_bytes(), None, &admin),
-            "does not accept HS256",
-        ),
-        (
-            mint_hs256(rsa.public_pem.trim().as_bytes(), None, &admin),
-            "does not accept HS256",
-        ),
-        (mint_hs256(&der, None, &admin), "does not accept HS256"),
-        (
-            mint_hs256(&der, Some("rsa"), &admin),
-            "does not accept HS256",
-        ),
-        (unsigned, "header"),
-        // Without --jwt-public-key-id, a token that names a key names an unknown one.
-        (mint(&rsa, Some("rsa"), &admin), "kid"),
-    ];
-    for (token, why) in &refused {
-        assert_refused(server.get("/cluster", token).await, token, why);
+    let mut secrets = vec![creator.clone(), rsa.private_pem.clone()];
+    for (token, why) in confusion_tokens(&rsa) {
+        assert_refused(server.get("/cluster", &token).await, &token, why);
         let stream = format!("/auctions/{id}/stream?access_token={token}");
-        assert_refused(server.get_anonymous(&stream).await, token, why);
+        assert_refused(server.get_anonymous(&stream).await, &token, why);
+        secrets.push(token);
     }
-
     // Malformed tokens are 401s, never a 500 or a dropped connection.
-    let rs256_over = |claims: &[u8]| {
-        use base64::Engine as _;
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let message = format!(
-            "{}.{}",
-            b64.encode(r#"{"alg":"RS256"}"#),
-            b64.encode(claims)
-        );
-        let key = EncodingKey::from_rsa_pem(rsa.private_pem.as_bytes()).unwrap();
-        let signature =
-            jsonwebtoken::crypto::sign(message.as_bytes(), &key, Algorithm::RS256).unwrap();
-        format!("{message}.{signature}")
-    };
-    let malformed = [
-        ("a.b".to_owned(), "well-formed"),
-        ("a.b.c.d".to_owned(), "header"),
-        ("é.é.é".to_owned(), "header"),
-        ("x".repeat(9000), "longer than"),
-        (rs256_over(b"not json"), "claims"),
-        (rs256_over(b"[1,2]"), "claims"),
-        (
-            rs256_over(
-                format!("{{\"sub\":\"a\",\"roles\":[],\"exp\":{}}}", now_s() + 60).as_bytes(),
-            )
-            .replace("eyJhbGciOiJSUzI1NiJ9", "eyJhbGciOiJSUzI1NiJ"),
-            "header",
-        ),
-    ];
-    for (token, why) in &malformed {
-        assert_refused(server.get("/auctions", token).await, token, why);
+    for (token, why) in malformed_tokens(&rsa) {
+        assert_refused(server.get("/auctions", &token).await, &token, why);
     }
-    // The minted token still works after all that.
     server.get("/auctions", &creator).await.expect_json(200);
-    let mut secrets: Vec<String> = refused.into_iter().map(|(t, _)| t).collect();
-    secrets.extend([creator, rsa.private_pem.clone()]);
     assert_log_free_of(&server, &secrets);
 }
 
@@ -379,11 +395,7 @@ async fn jwks_rotation_applies_without_a_restart() {
     );
     let jwks: PathBuf = dir.path().join("jwks.json");
     write_jwks(&jwks, &[(&a, "a")]);
-    let options = ServerOptions {
-        args: vec!["--jwks-file".into(), path_arg(&jwks)],
-        secret_env: false,
-    };
-    let server = Server::start_with(None, options).await;
+    let server = start_node(&["--jwks-file", &path_arg(&jwks)], false).await;
     let plain = |sub: &str| json!({ "sub": sub, "roles": ["viewer"], "exp": now_s() + 3600 });
     let by_a = mint(&a, Some("a"), &plain("alice"));
     let by_b = mint(&b, Some("b"), &plain("bob"));
@@ -424,15 +436,11 @@ async fn jwks_rotation_applies_without_a_restart() {
     assert_log_free_of(&server, &[by_a, by_b, a.private_pem, b.private_pem]);
 }
 
-#[tokio::test]
-async fn bad_key_files_stop_the_start_and_the_cli_says_why() {
+#[test]
+fn bad_key_files_stop_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let ed = TestKey::generate(KeyKind::EdDsa);
-    let file = |name: &str, bytes: &[u8]| {
-        let path = dir.path().join(name);
-        write_file(&path, bytes);
-        path_arg(&path)
-    };
+    let file = |name: &str, bytes: &[u8]| key_file(dir.path(), name, bytes);
     let private = file("ed.pem", ed.private_pem.as_bytes());
     let public = file("ed.pub.pem", ed.public_pem.as_bytes());
     let bad_json = file("bad.json", br#"{"keys": [ {"kty": "OKP""#);
@@ -483,12 +491,21 @@ async fn bad_key_files_stop_the_start_and_the_cli_says_why() {
             "key material in {stderr}"
         );
     }
+}
 
+#[test]
+fn the_cli_signs_with_private_keys_and_says_why_it_cannot() {
+    let dir = tempfile::tempdir().unwrap();
+    let ed = TestKey::generate(KeyKind::EdDsa);
+    let file = |name: &str, bytes: &[u8]| key_file(dir.path(), name, bytes);
+    let public = file("ed.pub.pem", ed.public_pem.as_bytes());
+    let jwks = file("jwks.json", br#"{"keys": []}"#);
+    let missing = path_arg(&dir.path().join("missing.pem"));
     // The CLI refuses keys it cannot sign with, and warns about exposed ones.
     for (key, why) in [
         (&public, "not a private key"),
         (&missing, "cannot read"),
-        (&bad_json, "not a PEM file"),
+        (&jwks, "not a PEM file"),
     ] {
         let output = run_gavel(
             &[

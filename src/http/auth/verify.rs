@@ -523,6 +523,22 @@ mod tests {
         assert!(named.verify(&signed(&ed, None, &good), NOW).is_ok());
     }
 
+    #[test]
+    fn keys_named_in_the_header_are_never_trusted() {
+        let trusted = TestKey::generate(KeyKind::EdDsa);
+        let attacker = TestKey::generate(KeyKind::EdDsa);
+        let verifier = verifier(None, jwks_set(&[(&trusted, "t")]), ClaimChecks::default());
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some("t".into());
+        header.jku = Some("https://attacker.example/jwks.json".into());
+        header.x5u = Some("https://attacker.example/cert.pem".into());
+        header.jwk = serde_json::from_value(attacker.jwk.clone()).ok();
+        assert!(header.jwk.is_some());
+        let key = EncodingKey::from_ed_pem(attacker.private_pem.as_bytes()).unwrap();
+        let token = jsonwebtoken::encode(&header, &claims(json!({})), &key).unwrap();
+        assert_eq!(verifier.verify(&token, NOW), Err(TokenError::Signature));
+    }
+
     /// The public key's own bytes as an HMAC secret: the classic algorithm confusion.
     fn confusion_tokens(key: &TestKey, kid: Option<&str>) -> Vec<String> {
         let body: String = key
