@@ -11,7 +11,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::keys::{KeyKind, TestKey};
+use common::keys::{with_changes, KeyKind, TestKey};
 use common::*;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
@@ -25,33 +25,11 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Claims valid for an hour with this test's issuer and audience; `changes` are merged in
 /// (`null` removes a claim).
 fn claims(sub: &str, roles: &[&str], changes: Value) -> Value {
-    let mut claims = json!({
+    let good = json!({
         "sub": sub, "roles": roles, "exp": now_s() + 3600, "iat": now_s(),
         "iss": ISSUER, "aud": AUDIENCE,
     });
-    for (name, value) in changes.as_object().expect("an object") {
-        match value {
-            Value::Null => claims.as_object_mut().unwrap().remove(name),
-            value => claims
-                .as_object_mut()
-                .unwrap()
-                .insert(name.clone(), value.clone()),
-        };
-    }
-    claims
-}
-
-/// A token signed with `key`'s private half, naming `kid`.
-fn mint(key: &TestKey, kid: Option<&str>, claims: &Value) -> String {
-    let pem = key.private_pem.as_bytes();
-    let (alg, encoding) = match key.kind {
-        KeyKind::Rs256 => (Algorithm::RS256, EncodingKey::from_rsa_pem(pem)),
-        KeyKind::Es256 => (Algorithm::ES256, EncodingKey::from_ec_pem(pem)),
-        KeyKind::EdDsa => (Algorithm::EdDSA, EncodingKey::from_ed_pem(pem)),
-    };
-    let mut header = Header::new(alg);
-    header.kid = kid.map(str::to_owned);
-    jsonwebtoken::encode(&header, claims, &encoding.expect("a private key")).expect("sign")
+    with_changes(good, changes)
 }
 
 /// An HS256 token whose HMAC key is `secret`, naming `kid`.
@@ -160,12 +138,12 @@ async fn create_and_bid_with_each(
     let mut used = Vec::new();
     for (n, (key, kid)) in keys.iter().enumerate() {
         let sub = format!("{kid}-user");
-        let creator = mint(key, Some(kid), &claims(&sub, &["creator"], json!({})));
+        let creator = key.sign(Some(kid), &claims(&sub, &["creator"], json!({})));
         let created = server
             .create_auction(&creator, &active_auction_body(&format!("post-{kid}")))
             .await;
         assert_eq!(created["creatorId"], sub.as_str());
-        let bidder = mint(key, Some(kid), &claims(&sub, &["bidder"], json!({})));
+        let bidder = key.sign(Some(kid), &claims(&sub, &["bidder"], json!({})));
         let amount = json!(format!("{}", 10 + n));
         let reply = server.bid_ok(&bidder, id, &fresh_key(), amount).await;
         assert_eq!(
@@ -183,34 +161,30 @@ fn failing_each_check(rsa: &TestKey, ec: &TestKey, ed: &TestKey) -> Vec<(String,
     let stranger = TestKey::generate(KeyKind::Es256);
     let admin = |changes: Value| claims("mallory", &["viewer", "admin"], changes);
     vec![
-        (mint(ed, Some("nope"), &admin(json!({}))), "kid"),
-        (mint(ed, None, &admin(json!({}))), "no key id"),
+        (ed.sign(Some("nope"), &admin(json!({}))), "kid"),
+        (ed.sign(None, &admin(json!({}))), "no key id"),
         (
-            mint(
-                ed,
-                Some("ed"),
-                &admin(json!({ "iss": "https://evil.test" })),
-            ),
+            ed.sign(Some("ed"), &admin(json!({ "iss": "https://evil.test" }))),
             "issuer",
         ),
         (
-            mint(ed, Some("ed"), &admin(json!({ "iss": null }))),
+            ed.sign(Some("ed"), &admin(json!({ "iss": null }))),
             "no iss claim",
         ),
         (
-            mint(rsa, Some("rsa"), &admin(json!({ "aud": ["other"] }))),
+            rsa.sign(Some("rsa"), &admin(json!({ "aud": ["other"] }))),
             "audience",
         ),
         (
-            mint(ec, Some("ec"), &admin(json!({ "exp": now_s() - 60 }))),
+            ec.sign(Some("ec"), &admin(json!({ "exp": now_s() - 60 }))),
             "expired",
         ),
         (
-            mint(ec, Some("ec"), &admin(json!({ "nbf": now_s() + 600 }))),
+            ec.sign(Some("ec"), &admin(json!({ "nbf": now_s() + 600 }))),
             "not valid yet",
         ),
-        (mint(&stranger, Some("ec"), &admin(json!({}))), "signature"),
-        (mint(ed, Some("ec"), &admin(json!({}))), "algorithm EdDSA"),
+        (stranger.sign(Some("ec"), &admin(json!({}))), "signature"),
+        (ed.sign(Some("ec"), &admin(json!({}))), "algorithm EdDSA"),
         // HS256 is accepted here (the secret was given), so this meets the secret and fails.
         (
             mint_hs256(ec.public_pem.as_bytes(), Some("ec"), &admin(json!({}))),
@@ -254,7 +228,7 @@ async fn every_algorithm_is_accepted_and_every_check_refuses_with_its_reason() {
     assert_eq!(server.history(&hs, &id, "all").await.len(), 3);
 
     // A stream takes the token from the query, however its key is spelled.
-    let viewer = mint(&ec, Some("ec"), &claims("vera", &["viewer"], json!({})));
+    let viewer = ec.sign(Some("ec"), &claims("vera", &["viewer"], json!({})));
     for key in ["access_token", "access%5Ftoken"] {
         let url = server.url(&format!("/auctions/{id}/stream?{key}={viewer}"));
         let resp = server
@@ -298,7 +272,7 @@ fn confusion_tokens(rsa: &TestKey) -> Vec<(String, &'static str)> {
         (mint_hs256(&der, Some("rsa"), &admin), refused),
         (unsigned, "header"),
         // Without --jwt-public-key-id, a token that names a key names an unknown one.
-        (mint(rsa, Some("rsa"), &admin), "kid"),
+        (rsa.sign(Some("rsa"), &admin), "kid"),
     ]
 }
 
@@ -397,8 +371,8 @@ async fn jwks_rotation_applies_without_a_restart() {
     write_jwks(&jwks, &[(&a, "a")]);
     let server = start_node(&["--jwks-file", &path_arg(&jwks)], false).await;
     let plain = |sub: &str| json!({ "sub": sub, "roles": ["viewer"], "exp": now_s() + 3600 });
-    let by_a = mint(&a, Some("a"), &plain("alice"));
-    let by_b = mint(&b, Some("b"), &plain("bob"));
+    let by_a = a.sign(Some("a"), &plain("alice"));
+    let by_b = b.sign(Some("b"), &plain("bob"));
     server.get("/auctions", &by_a).await.expect_json(200);
     assert_refused(server.get("/auctions", &by_b).await, &by_b, "kid");
 

@@ -1,9 +1,10 @@
 //! Signing keys made fresh for a test: RSA 2048, EC P-256 and Ed25519, each as a PKCS#8 private
 //! PEM (what `gavel token --private-key-file` reads), an SPKI public PEM (what
-//! `--jwt-public-key-file` reads) and a public JWK (for a `--jwks-file`).
+//! `--jwt-public-key-file` reads) and a public JWK (for a `--jwks-file`); and tokens signed
+//! with them over any claims.
 //!
 //! Shared by the integration tests (`tests/common`) and the unit tests of `src/http/auth/`
-//! (included there by path), so it uses nothing but the key crates.
+//! (included there by path), so it uses nothing but the key and JWT crates.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -52,6 +53,20 @@ impl TestKey {
         }
     }
 
+    /// A token over `claims` signed with the private key, naming `kid` in its header.
+    pub fn sign(&self, kid: Option<&str>, claims: &Value) -> String {
+        use jsonwebtoken::{Algorithm, EncodingKey, Header};
+        let pem = self.private_pem.as_bytes();
+        let (alg, key) = match self.kind {
+            KeyKind::Rs256 => (Algorithm::RS256, EncodingKey::from_rsa_pem(pem)),
+            KeyKind::Es256 => (Algorithm::ES256, EncodingKey::from_ec_pem(pem)),
+            KeyKind::EdDsa => (Algorithm::EdDSA, EncodingKey::from_ed_pem(pem)),
+        };
+        let mut header = Header::new(alg);
+        header.kid = kid.map(str::to_owned);
+        jsonwebtoken::encode(&header, claims, &key.expect("a private key")).expect("sign")
+    }
+
     /// The public JWK naming itself `kid`, as an identity provider publishes it.
     pub fn jwk_with_kid(&self, kid: &str) -> Value {
         let mut jwk = self.jwk.clone();
@@ -60,6 +75,20 @@ impl TestKey {
         jwk["alg"] = json!(self.kind.alg());
         jwk
     }
+}
+
+/// `claims` with `changes` merged in; a `null` change removes the claim.
+pub fn with_changes(mut claims: Value, changes: Value) -> Value {
+    let (Some(object), Value::Object(changes)) = (claims.as_object_mut(), changes) else {
+        panic!("claims and changes must be JSON objects");
+    };
+    for (name, value) in changes {
+        match value {
+            Value::Null => object.remove(&name),
+            value => object.insert(name, value),
+        };
+    }
+    claims
 }
 
 fn b64(bytes: &[u8]) -> String {

@@ -259,7 +259,7 @@ mod tests {
 
     use super::*;
     use crate::http::auth::keys::{parse_jwks, parse_public_pem};
-    use crate::http::auth::test_keys::{KeyKind, TestKey};
+    use crate::http::auth::test_keys::{with_changes, KeyKind, TestKey};
 
     const NOW: i64 = 1_800_000_000;
     const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
@@ -270,35 +270,13 @@ mod tests {
 
     /// Good claims, with `changes` merged in (a `null` removes a claim).
     fn claims(changes: Value) -> Value {
-        let mut claims = json!({ "sub": "alice", "roles": ["bidder"], "exp": NOW + 60 });
-        for (name, value) in changes.as_object().unwrap() {
-            match value {
-                Value::Null => claims.as_object_mut().unwrap().remove(name),
-                value => claims
-                    .as_object_mut()
-                    .unwrap()
-                    .insert(name.clone(), value.clone()),
-            };
-        }
-        claims
+        let good = json!({ "sub": "alice", "roles": ["bidder"], "exp": NOW + 60 });
+        with_changes(good, changes)
     }
 
     fn hs256(key: &[u8], claims: &Value) -> String {
         let key = EncodingKey::from_secret(key).unwrap();
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &key).unwrap()
-    }
-
-    fn signed(key: &TestKey, kid: Option<&str>, claims: &Value) -> String {
-        type FromPem = fn(&[u8]) -> jsonwebtoken::errors::Result<EncodingKey>;
-        let (alg, encoding): (Algorithm, FromPem) = match key.kind {
-            KeyKind::Rs256 => (Algorithm::RS256, EncodingKey::from_rsa_pem),
-            KeyKind::Es256 => (Algorithm::ES256, EncodingKey::from_ec_pem),
-            KeyKind::EdDsa => (Algorithm::EdDSA, EncodingKey::from_ed_pem),
-        };
-        let mut header = Header::new(alg);
-        header.kid = kid.map(str::to_owned);
-        let encoding = encoding(key.private_pem.as_bytes()).unwrap();
-        jsonwebtoken::encode(&header, claims, &encoding).unwrap()
     }
 
     /// A token from raw header and claims JSON and a raw signature.
@@ -396,7 +374,7 @@ mod tests {
         // An asymmetric token where no public key is configured.
         let key = TestKey::generate(KeyKind::EdDsa);
         assert_eq!(
-            verifier.verify(&signed(&key, None, &claims(json!({}))), NOW),
+            verifier.verify(&key.sign(None, &claims(json!({}))), NOW),
             Err(TokenError::AlgorithmRefused(Algorithm::EdDSA))
         );
     }
@@ -473,14 +451,14 @@ mod tests {
         for kind in [KeyKind::Es256, KeyKind::EdDsa] {
             let key = TestKey::generate(kind);
             let from_pem = verifier(None, pem_set(&key, None), ClaimChecks::default());
-            let token = signed(&key, None, &claims(json!({})));
+            let token = key.sign(None, &claims(json!({})));
             assert_eq!(from_pem.verify(&token, NOW).unwrap().sub, "alice");
             let from_jwks = verifier(None, jwks_set(&[(&key, "k1")]), ClaimChecks::default());
-            let named = signed(&key, Some("k1"), &claims(json!({})));
+            let named = key.sign(Some("k1"), &claims(json!({})));
             assert_eq!(from_jwks.verify(&named, NOW).unwrap().sub, "alice");
             // The only key is used for a token without kid, too.
             assert!(from_jwks.verify(&token, NOW).is_ok());
-            let forged = signed(&TestKey::generate(kind), Some("k1"), &claims(json!({})));
+            let forged = TestKey::generate(kind).sign(Some("k1"), &claims(json!({})));
             assert_eq!(from_jwks.verify(&forged, NOW), Err(TokenError::Signature));
         }
     }
@@ -495,18 +473,18 @@ mod tests {
             ClaimChecks::default(),
         );
         let good = claims(json!({}));
-        assert!(both.verify(&signed(&ec, Some("ec"), &good), NOW).is_ok());
-        assert!(both.verify(&signed(&ed, Some("ed"), &good), NOW).is_ok());
+        assert!(both.verify(&ec.sign(Some("ec"), &good), NOW).is_ok());
+        assert!(both.verify(&ed.sign(Some("ed"), &good), NOW).is_ok());
         assert_eq!(
-            both.verify(&signed(&ed, Some("nope"), &good), NOW),
+            both.verify(&ed.sign(Some("nope"), &good), NOW),
             Err(TokenError::UnknownKid)
         );
         assert_eq!(
-            both.verify(&signed(&ed, None, &good), NOW),
+            both.verify(&ed.sign(None, &good), NOW),
             Err(TokenError::KidRequired)
         );
         assert_eq!(
-            both.verify(&signed(&ed, Some("ec"), &good), NOW),
+            both.verify(&ed.sign(Some("ec"), &good), NOW),
             Err(TokenError::AlgorithmMismatch {
                 token: Algorithm::EdDSA,
                 key: Algorithm::ES256
@@ -515,12 +493,12 @@ mod tests {
         // A PEM key without a configured id serves tokens without kid only.
         let lone = verifier(None, pem_set(&ed, None), ClaimChecks::default());
         assert_eq!(
-            lone.verify(&signed(&ed, Some("ed"), &good), NOW),
+            lone.verify(&ed.sign(Some("ed"), &good), NOW),
             Err(TokenError::UnknownKid)
         );
         let named = verifier(None, pem_set(&ed, Some("ed")), ClaimChecks::default());
-        assert!(named.verify(&signed(&ed, Some("ed"), &good), NOW).is_ok());
-        assert!(named.verify(&signed(&ed, None, &good), NOW).is_ok());
+        assert!(named.verify(&ed.sign(Some("ed"), &good), NOW).is_ok());
+        assert!(named.verify(&ed.sign(None, &good), NOW).is_ok());
     }
 
     #[test]
@@ -570,7 +548,7 @@ mod tests {
         // RS256 works, so the refusals below are about the algorithm only.
         let only_rsa = verifier(None, pem_set(&rsa, None), ClaimChecks::default());
         assert!(only_rsa
-            .verify(&signed(&rsa, None, &claims(json!({}))), NOW)
+            .verify(&rsa.sign(None, &claims(json!({}))), NOW)
             .is_ok());
         let jwks = verifier(None, jwks_set(&[(&ec, "ec")]), ClaimChecks::default());
         for (verifier, key, kid) in [(&only_rsa, &rsa, None), (&jwks, &ec, Some("ec"))] {
@@ -633,8 +611,8 @@ mod tests {
         let new = TestKey::generate(KeyKind::EdDsa);
         let (tx, rx) = watch::channel(Arc::new(jwks_set(&[(&old, "old")])));
         let verifier = TokenVerifier::new(None, rx, ClaimChecks::default()).unwrap();
-        let by_old = signed(&old, Some("old"), &claims(json!({})));
-        let by_new = signed(&new, Some("new"), &claims(json!({})));
+        let by_old = old.sign(Some("old"), &claims(json!({})));
+        let by_new = new.sign(Some("new"), &claims(json!({})));
         assert!(verifier.verify(&by_old, NOW).is_ok());
         assert_eq!(verifier.verify(&by_new, NOW), Err(TokenError::UnknownKid));
         tx.send_replace(Arc::new(jwks_set(&[(&old, "old"), (&new, "new")])));
