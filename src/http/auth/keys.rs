@@ -353,7 +353,8 @@ fn check_ed25519_len(key: &[u8]) -> Result<(), KeyError> {
     }
 }
 
-fn provider() -> Result<&'static CryptoProvider, KeyError> {
+/// The crypto backend jsonwebtoken was built with (rust_crypto).
+pub fn provider() -> Result<&'static CryptoProvider, KeyError> {
     CryptoProvider::try_get_default()
         .ok_or_else(|| KeyError::Unsupported("no JWT crypto provider is built in".into()))
 }

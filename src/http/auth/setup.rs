@@ -39,6 +39,8 @@ pub struct AuthStarted {
 /// Loads the secret and keys as the policy says and starts the key reloader (which ends when
 /// the verifier is dropped). Call inside the runtime.
 pub fn start(config: AuthConfig, data_dir: &Path) -> anyhow::Result<AuthStarted> {
+    // Without a backend the library would panic on the first token: refuse to start instead.
+    super::keys::provider()?;
     let secret = match &config.key_file {
         None => Some(load_secret(config.secret_file.as_deref(), data_dir, true)?),
         Some(_) => explicit_secret(config.secret_file.as_deref())?,
