@@ -1,5 +1,5 @@
 //! `gavel`: the Gavel binary. `gavel serve` runs a node (HTTP API over the multi-Raft engine);
-//! `gavel token` mints a token signed with the node's secret; `gavel cluster` administers a
+//! `gavel token` mints a token signed with the node's secret or a private key; `gavel cluster` administers a
 //! cluster through any node; `gavel bench viewers` measures live fan-out and `gavel bench bids`
 //! bid throughput and latency.
 //!
@@ -11,8 +11,9 @@
 //!   the operator's `gavel cluster ...` and the load tools `gavel bench ...`; `tls.rs` reads
 //!   the TLS files of the flags.
 //! - `http/`: the HTTP edge. `server.rs` (the axum application, layers, graceful shutdown),
-//!   `api/` (one file per resource and the route table), `auth.rs` (tokens, roles, the
-//!   `Principal` extractor), `json.rs` (the body extractor, exact money, RFC 3339 times,
+//!   `api/` (one file per resource and the route table), `auth/` (roles, the `Principal`
+//!   extractor, and tokens: HS256 and RS256/ES256/EdDSA checks, key files and their reload,
+//!   minting), `json.rs` (the body extractor, exact money, RFC 3339 times,
 //!   `Idempotency-Key`), `problem.rs` (the one mapping of errors to RFC 9457 problems),
 //!   `cursor.rs`, `limits.rs`, `metrics.rs`, `engine.rs` (the narrow engine interface the
 //!   handlers use: the cluster node, or a fake in unit tests), `tls.rs` (the HTTPS listener)

@@ -40,6 +40,9 @@ pub struct ServeArgs {
     /// File holding the HMAC secret for tokens (GAVEL_AUTH_SECRET takes precedence).
     #[arg(long)]
     pub auth_secret_file: Option<PathBuf>,
+    /// Asymmetric tokens: public keys, issuer, audience, leeway.
+    #[command(flatten)]
+    pub jwt: JwtArgs,
     /// Start empty and wait to be added with `gavel cluster add`.
     #[arg(long)]
     pub join: bool,
@@ -120,6 +123,9 @@ pub struct TokenArgs {
     /// File holding the HMAC secret (GAVEL_AUTH_SECRET takes precedence).
     #[arg(long)]
     pub auth_secret_file: Option<PathBuf>,
+    /// Signing with a private key, and the issuer and audience claims.
+    #[command(flatten)]
+    pub mint: MintArgs,
 }
 
 /// `(node id, peer address)` of every initial voter, ids unique.
@@ -205,6 +211,15 @@ impl ServeArgs {
         Ok(())
     }
 
+    /// How tokens are checked.
+    pub fn auth_config(&self) -> crate::http::auth::AuthConfig {
+        crate::http::auth::AuthConfig {
+            secret_file: self.auth_secret_file.clone(),
+            key_file: self.jwt.key_file(),
+            checks: self.jwt.claim_checks(),
+        }
+    }
+
     /// The live-update settings.
     pub fn live_config(&self) -> crate::live::LiveConfig {
         crate::live::LiveConfig {
@@ -237,6 +252,101 @@ impl ServeArgs {
             snapshot_after_entries: self.snapshot_after_entries,
             max_clock_offset_ms: self.max_clock_offset_ms,
             peer_tls,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tokens signed with public-key algorithms (`gavel serve` checks them, `gavel token` mints them).
+
+/// The longest clock leeway on `exp` and `nbf`, in seconds.
+pub const JWT_LEEWAY_S_MAX: u64 = 300;
+
+/// How `gavel serve` checks tokens beyond the HS256 secret. With a public key file, HS256 is
+/// accepted only when a secret is given explicitly (GAVEL_AUTH_SECRET or --auth-secret-file).
+#[derive(Args, Debug, Clone)]
+pub struct JwtArgs {
+    /// A PEM public key (RSA, EC P-256 or Ed25519) that signs tokens; the algorithm (RS256,
+    /// ES256, EdDSA) follows from the key. Re-read when it changes and on SIGHUP.
+    #[arg(long, env = "GAVEL_JWT_PUBLIC_KEY_FILE", conflicts_with = "jwks_file")]
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// The key id of --jwt-public-key-file: tokens that carry a `kid` must name it. Without
+    /// it, tokens with a `kid` are refused.
+    #[arg(long, env = "GAVEL_JWT_PUBLIC_KEY_ID", requires = "jwt_public_key_file", value_parser = parse_claim_text)]
+    pub jwt_public_key_id: Option<String>,
+    /// A JWKS document (RFC 7517) of the keys that sign tokens, chosen by the token's `kid`.
+    /// Re-read when it changes and on SIGHUP: rotate keys by editing it.
+    #[arg(long, env = "GAVEL_JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+    /// When set, every token must carry this `iss`.
+    #[arg(long, env = "GAVEL_JWT_ISSUER", value_parser = parse_claim_text)]
+    pub jwt_issuer: Option<String>,
+    /// When set, every token's `aud` must be (or contain) this.
+    #[arg(long, env = "GAVEL_JWT_AUDIENCE", value_parser = parse_claim_text)]
+    pub jwt_audience: Option<String>,
+    /// Clock skew allowed when checking `exp` and `nbf`, in seconds.
+    #[arg(long, env = "GAVEL_JWT_LEEWAY_S", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=JWT_LEEWAY_S_MAX))]
+    pub jwt_leeway_s: u64,
+}
+
+/// How `gavel token` signs: the HS256 secret unless a private key is given.
+#[derive(Args, Debug, Clone)]
+pub struct MintArgs {
+    /// Sign with this PEM private key (PKCS#8 RSA, EC P-256 or Ed25519) instead of the secret;
+    /// the algorithm (RS256, ES256, EdDSA) follows from the key.
+    #[arg(
+        long,
+        env = "GAVEL_JWT_PRIVATE_KEY_FILE",
+        conflicts_with = "auth_secret_file"
+    )]
+    pub private_key_file: Option<PathBuf>,
+    /// The key id to put in the token header (`kid`), as the node's JWKS names the key.
+    #[arg(long, env = "GAVEL_JWT_KID", requires = "private_key_file", value_parser = parse_claim_text)]
+    pub kid: Option<String>,
+    /// The `iss` claim (the node checks it when started with --jwt-issuer).
+    #[arg(long, env = "GAVEL_JWT_ISSUER", value_parser = parse_claim_text)]
+    pub issuer: Option<String>,
+    /// The `aud` claim (the node checks it when started with --jwt-audience).
+    #[arg(long, env = "GAVEL_JWT_AUDIENCE", value_parser = parse_claim_text)]
+    pub audience: Option<String>,
+}
+
+/// The longest key id, issuer or audience accepted on the command line, in bytes.
+const CLAIM_TEXT_LEN_MAX: usize = 256;
+
+fn parse_claim_text(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.len() > CLAIM_TEXT_LEN_MAX || text.chars().any(char::is_control) {
+        return Err(format!(
+            "must be 1-{CLAIM_TEXT_LEN_MAX} bytes without control characters"
+        ));
+    }
+    Ok(text.to_owned())
+}
+
+impl JwtArgs {
+    /// The public key file, if any, and what it holds.
+    pub fn key_file(&self) -> Option<crate::http::auth::KeyFile> {
+        use crate::http::auth::{KeyFile, KeyFormat};
+        match (&self.jwt_public_key_file, &self.jwks_file) {
+            (Some(path), _) => Some(KeyFile {
+                path: path.clone(),
+                format: KeyFormat::Pem {
+                    kid: self.jwt_public_key_id.clone(),
+                },
+            }),
+            (None, Some(path)) => Some(KeyFile {
+                path: path.clone(),
+                format: KeyFormat::Jwks,
+            }),
+            (None, None) => None,
+        }
+    }
+
+    pub fn claim_checks(&self) -> crate::http::auth::ClaimChecks {
+        crate::http::auth::ClaimChecks {
+            issuer: self.jwt_issuer.clone(),
+            audience: self.jwt_audience.clone(),
+            leeway_s: self.jwt_leeway_s,
         }
     }
 }

@@ -36,8 +36,8 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Commands {
     /// Run a node: the HTTP API on --listen, Raft peers on --peer-listen.
-    Serve(config::ServeArgs),
-    /// Print a token signed with the node's secret.
+    Serve(Box<config::ServeArgs>),
+    /// Print a token signed with the node's secret, or with --private-key-file.
     Token(config::TokenArgs),
     /// Administer a cluster through any node: status, add, remove, transfer-leader.
     Cluster(cluster::ClusterArgs),
@@ -62,7 +62,7 @@ pub fn main() -> ExitCode {
                     .error(clap::error::ErrorKind::ArgumentConflict, message)
                     .exit();
             }
-            run_server(args)
+            run_server(*args)
         }
         Commands::Token(args) => token(args),
         Commands::Cluster(args) => cluster::run(args),
@@ -89,17 +89,26 @@ fn run_server(args: config::ServeArgs) -> anyhow::Result<()> {
     result
 }
 
-/// `gavel token`: prints the token (the one line this command writes to stdout).
+/// `gavel token`: prints the token (the one line this command writes to stdout), signed with
+/// `--private-key-file` when given, else with the node's HS256 secret.
 fn token(args: config::TokenArgs) -> anyhow::Result<()> {
-    let (secret, _) =
-        crate::http::auth::load_secret(args.auth_secret_file.as_deref(), &args.data_dir, false)?;
-    let now_s = crate::http::auth::now_s();
-    let token = secret.sign(
-        &args.sub,
-        &args.roles,
-        now_s,
-        now_s.saturating_add(args.ttl),
-    );
+    use crate::http::auth::{load_secret, now_s, MintClaims, Minter};
+    let minter = match &args.mint.private_key_file {
+        Some(path) => Minter::from_private_key_file(path, args.mint.kid.clone())?,
+        None => {
+            let (secret, _) = load_secret(args.auth_secret_file.as_deref(), &args.data_dir, false)?;
+            Minter::hs256(&secret)?
+        }
+    };
+    let now_s = now_s();
+    let token = minter.mint(&MintClaims {
+        sub: &args.sub,
+        roles: &args.roles,
+        iat_s: now_s,
+        exp_s: now_s.saturating_add(args.ttl),
+        issuer: args.mint.issuer.as_deref(),
+        audience: args.mint.audience.as_deref(),
+    })?;
     println!("{token}");
     Ok(())
 }

@@ -189,6 +189,16 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<crate::http::auth::TokenError> for ApiError {
+    /// Every refused token is a 401 `invalid_token`; the detail says which check failed.
+    fn from(error: crate::http::auth::TokenError) -> ApiError {
+        ApiError::Unauthorized {
+            detail: error.to_string(),
+            invalid: true,
+        }
+    }
+}
+
 impl From<ProposeError> for ApiError {
     fn from(error: ProposeError) -> Self {
         match error {

@@ -23,7 +23,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::cli::config::ServeArgs;
 use crate::http::api;
-use crate::http::auth::{load_secret, Secret, SecretSource};
+use crate::http::auth::{SecretSource, TokenVerifier};
 use crate::http::engine::{Engine, NodeEngine};
 use crate::http::limits::{bound_in_flight, BidRateLimiter, InFlight};
 use crate::http::problem::not_found_fallback;
@@ -32,7 +32,8 @@ use crate::http::problem::not_found_fallback;
 #[derive(Clone)]
 pub struct AppState {
     pub engine: Arc<dyn Engine>,
-    pub secret: Secret,
+    /// Decides which tokens are trusted.
+    pub auth: TokenVerifier,
     pub bid_limiter: Arc<BidRateLimiter>,
     /// `None` when no recorder is installed (tests): `/metrics` is then empty.
     pub metrics: Option<PrometheusHandle>,
@@ -41,9 +42,9 @@ pub struct AppState {
     pub live: crate::live::Hub,
 }
 
-impl FromRef<AppState> for Secret {
-    fn from_ref(state: &AppState) -> Secret {
-        state.secret.clone()
+impl FromRef<AppState> for TokenVerifier {
+    fn from_ref(state: &AppState) -> TokenVerifier {
+        state.auth.clone()
     }
 }
 
@@ -86,7 +87,7 @@ pub fn routed_paths() -> Vec<&'static str> {
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create the data dir {}", args.data_dir.display()))?;
-    let (secret, source) = load_secret(args.auth_secret_file.as_deref(), &args.data_dir, true)?;
+    let auth = crate::http::auth::start(args.auth_config(), &args.data_dir)?;
     let peer_tls = args.peer_tls()?;
     let http_tls = args.http_tls()?;
     args.warn_if_peers_unprotected();
@@ -105,7 +106,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     crate::http::metrics::spawn_upkeep(metrics.clone());
     let state = AppState {
         engine,
-        secret,
+        auth: auth.verifier,
         bid_limiter: Arc::new(BidRateLimiter::new(
             args.bid_rate_per_bidder,
             args.bid_rate_per_bidder.saturating_mul(2),
@@ -118,7 +119,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         body_limit_bytes: usize::try_from(args.body_limit_bytes).unwrap_or(usize::MAX),
         requests_in_flight_max: usize::try_from(args.requests_in_flight_max).unwrap_or(usize::MAX),
     };
-    announce(&args, &local_addr.to_string(), &source, http_tls.is_some());
+    announce(
+        &args,
+        &local_addr.to_string(),
+        auth.secret_source.as_ref(),
+        http_tls.is_some(),
+    );
     let listener = crate::live::StallGuardListener::new(
         listener,
         Duration::from_millis(args.viewer_send_timeout_ms),
@@ -140,7 +146,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 /// Logs where the node listens, plus one human line on stderr; says how to mint a token when
 /// the secret was just created.
-fn announce(args: &ServeArgs, listen: &str, source: &SecretSource, https: bool) {
+fn announce(args: &ServeArgs, listen: &str, source: Option<&SecretSource>, https: bool) {
     let scheme = if https { "https" } else { "http" };
     tracing::info!(
         node_id = args.node_id,
@@ -169,13 +175,13 @@ fn announce(args: &ServeArgs, listen: &str, source: &SecretSource, https: bool) 
             .initial_cluster
             .as_ref()
             .is_some_and(|cluster| cluster.0.len() > 1);
-    if multi_node && matches!(source, SecretSource::Created(_)) {
+    if multi_node && matches!(source, Some(SecretSource::Created(_))) {
         tracing::warn!(
             "this node generated its own auth secret: tokens minted for other nodes will not verify \
              here; give every node the same secret (GAVEL_AUTH_SECRET or --auth-secret-file)"
         );
     }
-    if let SecretSource::Created(path) = source {
+    if let Some(SecretSource::Created(path)) = source {
         tracing::info!(path = %path.display(), "created a new auth secret");
         eprintln!(
             "created a new auth secret at {}; mint a token with:\n  gavel token --data-dir {} --sub alice --role bidder",

@@ -12,7 +12,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, Request, Uri};
 
 use crate::http::api::AuctionId;
-use crate::http::auth::{now_s, Permission, Principal, Secret};
+use crate::http::auth::{authenticate as check_token, Permission, Principal, TokenVerifier};
 use crate::http::problem::ApiError;
 
 /// The query parameter a stream's token may come in.
@@ -40,7 +40,7 @@ pub struct StreamRequest {
 
 impl<S> FromRequestParts<S> for StreamRequest
 where
-    Secret: FromRef<S>,
+    TokenVerifier: FromRef<S>,
     S: Send + Sync,
 {
     type Rejection = ApiError;
@@ -72,7 +72,7 @@ async fn authenticate<S>(
     pairs: &[(String, String)],
 ) -> Result<Principal, ApiError>
 where
-    Secret: FromRef<S>,
+    TokenVerifier: FromRef<S>,
     S: Send + Sync,
 {
     if parts.headers.contains_key(header::AUTHORIZATION) {
@@ -85,12 +85,7 @@ where
             invalid: false,
         });
     };
-    Secret::from_ref(state)
-        .verify(token, now_s())
-        .map_err(|e| ApiError::Unauthorized {
-            detail: e.to_string(),
-            invalid: true,
-        })
+    check_token(&TokenVerifier::from_ref(state), token)
 }
 
 /// What a stream's query string asks for besides the token.
@@ -179,16 +174,22 @@ pub fn request_span<B>(request: &Request<B>) -> tracing::Span {
     )
 }
 
-/// `uri` with the value of every `access_token` query parameter replaced by `REDACTED`.
+/// `uri` with the value of every `access_token` query parameter replaced by `REDACTED`. Keys
+/// are compared decoded, as the query extractor decodes them, so `access%5Ftoken=` (which
+/// authenticates just the same) is redacted too.
 pub fn redacted_uri(uri: &Uri) -> String {
     let Some(query) = uri.query() else {
         return uri.to_string();
     };
     let redacted: Vec<String> = query
         .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((key, _)) if key == ACCESS_TOKEN_PARAM => format!("{key}=REDACTED"),
-            _ => pair.to_owned(),
+        .map(|pair| {
+            let key = pair.split_once('=').map_or(pair, |(key, _)| key);
+            let decoded = form_urlencoded::parse(key.as_bytes()).next();
+            match decoded {
+                Some((name, _)) if name == ACCESS_TOKEN_PARAM => format!("{key}=REDACTED"),
+                _ => pair.to_owned(),
+            }
         })
         .collect();
     format!("{}?{}", uri.path(), redacted.join("&"))
@@ -207,6 +208,17 @@ mod tests {
             redacted_uri(&uri),
             "/auctions/a/ws?sinceVersion=3&access_token=REDACTED"
         );
+        for spelled in ["access%5Ftoken", "%61ccess_token", "access_tok%65n"] {
+            let uri: Uri = format!("/auctions/a/sse?{spelled}=eyJ.secret.sig&x")
+                .parse()
+                .unwrap();
+            assert_eq!(
+                redacted_uri(&uri),
+                format!("/auctions/a/sse?{spelled}=REDACTED&x")
+            );
+        }
+        let bare: Uri = "/auctions/a/sse?access_token".parse().unwrap();
+        assert_eq!(redacted_uri(&bare), "/auctions/a/sse?access_token=REDACTED");
         let plain: Uri = "/auctions?limit=5".parse().unwrap();
         assert_eq!(redacted_uri(&plain), "/auctions?limit=5");
     }

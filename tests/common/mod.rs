@@ -14,6 +14,8 @@
 pub mod cluster;
 // Test certificate authorities and certificates (tests/security_tls.rs).
 pub mod pki;
+// Fresh RSA, P-256 and Ed25519 keys for the asymmetric-token tests.
+pub mod keys;
 
 use std::fs::OpenOptions;
 use std::future::Future;
@@ -26,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use chrono::{DateTime, SecondsFormat, Utc};
-use hmac::{Hmac, Mac};
+use hmac::{Hmac, KeyInit, Mac};
 use reqwest::header::HeaderMap;
 use reqwest::{Method, RequestBuilder};
 pub use rust_decimal::Decimal;
@@ -96,11 +98,30 @@ pub const BID_HISTORY_FIELDS: [&str; 8] = [
 // ---------------------------------------------------------------------------------------------
 // The server process
 
+/// How a test server is started beyond the defaults.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Extra `gavel serve` flags.
+    pub args: Vec<String>,
+    /// Whether `GAVEL_AUTH_SECRET` is [`SECRET`] (else unset: no HS256 secret given).
+    pub secret_env: bool,
+}
+
+impl Default for ServerOptions {
+    fn default() -> ServerOptions {
+        ServerOptions {
+            args: Vec::new(),
+            secret_env: true,
+        }
+    }
+}
+
 /// One running `gavel serve` on a temporary data dir. Killed (SIGKILL) when dropped.
 /// Dereferences to its [`Api`] for requests.
 pub struct Server {
     dir: tempfile::TempDir,
     child: Option<Child>,
+    options: ServerOptions,
     pub client_port: u16,
     pub peer_port: u16,
     api: Api,
@@ -130,6 +151,11 @@ impl Server {
     /// Like [`Server::start`], trying `(client port, peer port)` first when given (to test the
     /// retry on a taken port).
     pub async fn start_on(ports: Option<(u16, u16)>) -> Server {
+        Server::start_with(ports, ServerOptions::default()).await
+    }
+
+    /// Like [`Server::start_on`], with extra flags or without the HS256 secret.
+    pub async fn start_with(ports: Option<(u16, u16)>, options: ServerOptions) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("gavel-it-")
             .tempdir()
@@ -142,6 +168,7 @@ impl Server {
         let mut server = Server {
             dir,
             child: None,
+            options,
             client_port: 0,
             peer_port: 0,
             api: Api {
@@ -205,11 +232,15 @@ impl Server {
             .arg(format!("127.0.0.1:{}", self.peer_port))
             .arg("--groups")
             .arg(GROUPS.to_string())
+            .args(&self.options.args)
             .env("GAVEL_AUTH_SECRET", SECRET)
             .env_remove("GAVEL_TOKEN")
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
+        if !self.options.secret_env {
+            command.env_remove("GAVEL_AUTH_SECRET");
+        }
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "info,openraft=warn");
         }
@@ -735,6 +766,44 @@ pub fn run_gavel(args: &[&str], secret: &str) -> Output {
         .stdin(Stdio::null())
         .output()
         .expect("run the gavel binary")
+}
+
+/// Runs `gavel` with `GAVEL_AUTH_SECRET` unset, for a command that must exit by itself (such as
+/// a `gavel serve` that refuses its flags); kills it and panics after `timeout`.
+pub fn run_gavel_bounded(args: &[&str], timeout: Duration) -> Output {
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let out = std::fs::File::create(&out_path).expect("create the stdout file");
+    let err = std::fs::File::create(&err_path).expect("create the stderr file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gavel"))
+        .args(args)
+        .env_remove("GAVEL_AUTH_SECRET")
+        .env_remove("GAVEL_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("run the gavel binary");
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll the gavel process") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "gavel {args:?} did not exit within {timeout:?}; stderr:\n{}",
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(POLL_INTERVAL_MS));
+    };
+    Output {
+        status,
+        stdout: std::fs::read(&out_path).unwrap_or_default(),
+        stderr: std::fs::read(&err_path).unwrap_or_default(),
+    }
 }
 
 /// `gavel token --sub S --role R... --ttl 1h`, checked to exit 0 and print only a token.

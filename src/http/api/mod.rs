@@ -24,7 +24,7 @@ use gavel_cluster::Consistency;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
-use crate::http::auth::{Permission, Principal, Secret};
+use crate::http::auth::{Permission, Principal, TokenVerifier};
 use crate::http::problem::{method_not_allowed_fallback, ApiError};
 use crate::http::server::AppState;
 
@@ -106,7 +106,7 @@ pub struct Authorized<N: Need>(pub Principal, PhantomData<N>);
 
 impl<S, N> FromRequestParts<S> for Authorized<N>
 where
-    Secret: FromRef<S>,
+    TokenVerifier: FromRef<S>,
     S: Send + Sync,
     N: Need,
 {

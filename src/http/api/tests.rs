@@ -11,7 +11,7 @@ use gavel_cluster::ProposeError;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-use crate::http::auth::{Role, Secret};
+use crate::http::auth::{Role, Secret, TokenVerifier};
 use crate::http::engine::fake::FakeEngine;
 use crate::http::json::format_time;
 use crate::http::limits::BidRateLimiter;
@@ -48,7 +48,7 @@ impl Harness {
         let secret = Secret::new(b"test-secret-test-secret-test-secret".to_vec()).unwrap();
         let state = AppState {
             engine: engine.clone(),
-            secret: secret.clone(),
+            auth: TokenVerifier::hs256(&secret).unwrap(),
             bid_limiter: Arc::new(BidRateLimiter::new(bids_per_s, bids_per_s)),
             metrics: None,
             node_id: 7,
