@@ -1,5 +1,6 @@
 //! The narrow view of the cluster node that the HTTP layer uses: propose a command, read an
-//! auction, a listing or a bid page, ask readiness, hear applied changes (for live updates).
+//! auction, a listing or a bid page, ask readiness, hear applied changes (for live updates),
+//! take a backup.
 //!
 //! It exists so handlers can be tested against an in-memory engine (the `fake` module, which
 //! runs the real auction rules) while `gavel_cluster::Node` serves production. It adds no
@@ -9,6 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use gavel_cluster::backup::BackupStream;
 use gavel_cluster::{
     AuctionEvent, AuctionFilter, AuctionListing, BidFilter, BidPage, ClusterStatus, Consistency,
     MembershipError, Node, ProposeError, ReadError,
@@ -42,6 +44,9 @@ pub trait Engine: Send + Sync + 'static {
     fn add_node(&self, member: NewMember) -> BoxFuture<'_, Result<(), MembershipError>>;
     fn remove_node(&self, node_id: u64) -> BoxFuture<'_, Result<(), MembershipError>>;
     fn transfer_leader(&self, group: u32, to: u64) -> BoxFuture<'_, Result<(), MembershipError>>;
+    /// A linearizable copy of every group as the backup file's bytes; fails before the first
+    /// byte when a group cannot be read linearizably.
+    fn backup(&self) -> BoxFuture<'_, Result<BackupStream, ReadError>>;
     /// Every auction change this node's replicas apply, in apply order. The channel is bounded:
     /// a receiver that falls behind gets `Lagged` and must re-read what it cares about.
     fn subscribe(&self) -> broadcast::Receiver<AuctionEvent>;
@@ -118,6 +123,10 @@ impl Engine for NodeEngine {
 
     fn transfer_leader(&self, group: u32, to: u64) -> BoxFuture<'_, Result<(), MembershipError>> {
         Box::pin(self.0.transfer_leader(group, to))
+    }
+
+    fn backup(&self) -> BoxFuture<'_, Result<BackupStream, ReadError>> {
+        Box::pin(self.0.backup())
     }
 
     fn subscribe(&self) -> broadcast::Receiver<AuctionEvent> {
@@ -349,6 +358,12 @@ pub mod fake {
         ) -> BoxFuture<'_, Result<(), MembershipError>> {
             let refusal = format!("the in-memory engine has no group {group}");
             Box::pin(async move { Err(MembershipError::NotFound(refusal)) })
+        }
+
+        /// The fake has no Raft snapshots to copy.
+        fn backup(&self) -> BoxFuture<'_, Result<BackupStream, ReadError>> {
+            let reason = "the in-memory engine keeps no backups".to_owned();
+            Box::pin(async move { Err(ReadError::Internal(reason)) })
         }
 
         fn subscribe(&self) -> broadcast::Receiver<AuctionEvent> {

@@ -52,9 +52,14 @@ pub enum BackupError {
     /// A restore that must not run as asked (non-empty target, wrong node id, ...).
     #[error("{0}")]
     Refused(String),
-    #[error("{0}")]
+    #[error("cannot open {path}")]
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
     Io(#[from] std::io::Error),
-    #[error("storage: {0}")]
+    #[error(transparent)]
     Storage(#[from] gavel_storage::StorageError),
 }
 
@@ -90,7 +95,10 @@ pub(crate) fn read_verified(
     path: &Path,
     mut each: impl FnMut(&GroupRecord, SnapshotBlob) -> Result<(), BackupError>,
 ) -> Result<BackupSummary, BackupError> {
-    let file = File::open(path)?;
+    let file = File::open(path).map_err(|source| BackupError::Open {
+        path: path.display().to_string(),
+        source,
+    })?;
     let file_bytes = file.metadata()?.len();
     let mut decoder = Decoder::open(BufReader::new(file))?;
     let header = decoder.header().clone();

@@ -2,11 +2,12 @@
 //! callers, validated path ids, strictly parsed query strings, read consistency).
 //!
 //! One file per resource: `auctions.rs` (create, read, list, control), `bids.rs` (place, history),
-//! `cluster.rs` (membership and leadership, admin only) and `ops.rs` (health, readiness,
-//! metrics, OpenAPI). Handlers turn HTTP into engine calls and
+//! `cluster.rs` (membership and leadership, admin only), `backup.rs` (the backup stream, admin
+//! only) and `ops.rs` (health, readiness, metrics, OpenAPI). Handlers turn HTTP into engine calls and
 //! engine replies into JSON; they never decide anything the state machine decides.
 
 pub mod auctions;
+pub mod backup;
 pub mod bids;
 pub mod cluster;
 pub mod ops;
@@ -41,6 +42,7 @@ pub fn routes() -> Router<AppState> {
         .route("/auctions/{id}/stream", get(crate::live::stream))
         .route("/auctions/{id}/ws", get(crate::live::upgrade))
         .route("/cluster", get(cluster::status))
+        .route("/cluster/backup", get(backup::backup))
         .route("/cluster/nodes", post(cluster::add_node))
         .route(
             "/cluster/nodes/{id}",

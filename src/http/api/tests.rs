@@ -827,6 +827,20 @@ async fn ops_endpoints() {
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
 }
 
+#[tokio::test]
+async fn backups_are_for_admins_only() {
+    let h = Harness::new();
+    let response = h.call(Method::GET, "/cluster/backup", None, None).await;
+    problem(response, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    let viewer = Some(("vera", Role::Viewer));
+    let response = h.call(Method::GET, "/cluster/backup", viewer, None).await;
+    problem(response, StatusCode::FORBIDDEN, "forbidden").await;
+    // The fake engine has nothing to back up; the real one is tested in tests/backup.rs.
+    let admin = Some(("root", Role::Admin));
+    let response = h.call(Method::GET, "/cluster/backup", admin, None).await;
+    problem(response, StatusCode::INTERNAL_SERVER_ERROR, "internal").await;
+}
+
 #[test]
 fn openapi_documents_every_path() {
     let doc: Value = serde_json::from_str(crate::http::api::ops::OPENAPI_JSON).unwrap();
@@ -846,6 +860,7 @@ fn openapi_documents_every_path() {
         "/metrics",
         "/openapi.json",
         "/cluster",
+        "/cluster/backup",
         "/cluster/nodes",
         "/cluster/nodes/{id}",
         "/cluster/groups/{group}/transfer-leader",
