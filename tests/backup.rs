@@ -102,12 +102,20 @@ async fn histories(api: &Api, auctions: &[Value]) -> BTreeMap<String, Vec<Value>
     all
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_backup_under_load_restores_into_a_new_cluster_with_deadlines() {
-    let started = Instant::now();
-    let old = Cluster::start(ClusterConfig::default()).await;
-    let auctions = create_auctions(&old).await;
-    let created_at = now_ms();
+/// What the old cluster held, for comparison with the restored one.
+struct Saved {
+    /// Every decision acknowledged before the save started, by auction.
+    acknowledged: BTreeMap<String, Vec<Decided>>,
+    /// Every history once the bidders stopped (after the save).
+    histories: BTreeMap<String, Vec<Value>>,
+    listing: Vec<String>,
+    /// `gavel snapshot status --json` of the file.
+    status: Value,
+}
+
+/// Bids flow from background clients; once some are acknowledged, `gavel snapshot save` runs
+/// against a follower-or-leader node while they go on.
+async fn save_under_load(old: &Cluster, auctions: &Auctions, file: &Path) -> Saved {
     let ledger = Ledger::new();
     let mut bidders = Bidders::spawn(
         BiddersConfig {
@@ -123,42 +131,28 @@ async fn a_backup_under_load_restores_into_a_new_cluster_with_deadlines() {
     bidders
         .until_decided(&ledger, DECISIONS_BEFORE_SAVE, Duration::from_secs(30))
         .await;
-
     // Everything acknowledged before the save starts must be in the backup.
     let acknowledged: BTreeMap<String, Vec<Decided>> = auctions
         .load
         .iter()
         .map(|a| (id(a).to_owned(), ledger.for_auction(id(a))))
         .collect();
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let file = dir.path().join("cluster.backup");
     let save_started = Instant::now();
     let endpoint = old.api(2).base_url().to_owned();
+    let args = ["snapshot", "save", path_str(file), "--endpoint", &endpoint];
     let output = old
-        .gavel(&[
-            "snapshot",
-            "save",
-            path_str(&file),
-            "--endpoint",
-            &endpoint,
-            "--token",
-            old.admin(),
-        ])
+        .gavel(&[&args[..], &["--token", old.admin()]].concat())
         .await;
     let save_ms = save_started.elapsed().as_millis();
     assert_success("gavel snapshot save", &output);
     let placed = bidders.stop().await;
-    let down_end_ms = time_ms(&auctions.ends_while_down["endAt"]);
     assert!(
-        now_ms() < down_end_ms,
+        now_ms() < time_ms(&auctions.ends_while_down["endAt"]),
         "the save ended after the auction meant to end while no cluster runs; this test's timing does not fit this machine"
     );
-    let status = status_json(&file);
+    let status = status_json(file);
     assert_eq!(status["groupCount"], CLUSTER_GROUPS);
     assert_eq!(status["nodeCount"], 3);
-    let old_histories = histories(&old.api(1), &auctions.load).await;
-    let old_listing = listing(&old.api(1)).await;
-    drop(old);
     println!(
         "saved {} bytes in {save_ms} ms (during {placed} bids): {} auctions, {} bids ({} accepted); acknowledged before the save: {}",
         status["fileBytes"],
@@ -167,16 +161,23 @@ async fn a_backup_under_load_restores_into_a_new_cluster_with_deadlines() {
         status["totals"]["acceptedBids"],
         acknowledged.values().map(Vec::len).sum::<usize>()
     );
+    Saved {
+        acknowledged,
+        histories: histories(&old.api(1), &auctions.load).await,
+        listing: listing(&old.api(1)).await,
+        status,
+    }
+}
 
-    // The auction meant to end while down does so before the new cluster starts.
-    sleep_until_wall_ms(down_end_ms + 200).await;
-    let restore = |id: u64, data_dir: &Path, initial_cluster: &str| {
+/// `gavel snapshot restore FILE` of one member, as `Cluster::start_prepared` asks for it.
+fn restore_from(file: &Path) -> impl Fn(u64, &Path, &str) + '_ {
+    move |id, data_dir, initial_cluster| {
         let node = id.to_string();
         let output = run_gavel(
             &[
                 "snapshot",
                 "restore",
-                path_str(&file),
+                path_str(file),
                 "--data-dir",
                 path_str(data_dir),
                 "--node-id",
@@ -187,19 +188,33 @@ async fn a_backup_under_load_restores_into_a_new_cluster_with_deadlines() {
             SECRET,
         );
         assert_success("gavel snapshot restore", &output);
-    };
-    let new = Cluster::start_prepared(ClusterConfig::default(), restore).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backup_under_load_restores_into_a_new_cluster_with_deadlines() {
+    let started = Instant::now();
+    let old = Cluster::start(ClusterConfig::default()).await;
+    let auctions = create_auctions(&old).await;
+    let created_at = now_ms();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let file = dir.path().join("cluster.backup");
+    let saved = save_under_load(&old, &auctions, &file).await;
+    drop(old);
+
+    // The auction meant to end while down does so before the new cluster starts.
+    sleep_until_wall_ms(time_ms(&auctions.ends_while_down["endAt"]) + 200).await;
+    let new = Cluster::start_prepared(ClusterConfig::default(), restore_from(&file)).await;
     let ready_ms = now_ms();
     new.await_converged(1, &new.ids(), CONVERGE_TIMEOUT).await;
     assert_eq!(
         listing(&new.api(2)).await,
-        old_listing,
+        saved.listing,
         "every auction of the old cluster, and no other"
     );
-
     check_ends_after_restore(&new, &auctions, ready_ms, created_at).await;
-    check_histories(&new, &auctions.load, &acknowledged, &old_histories, &status).await;
-    check_new_bids(&new, &auctions.load).await;
+    check_histories(&new, &auctions.load, &saved).await;
+    check_new_bids(&new, &auctions.load, &saved).await;
     println!("whole test: {} ms", started.elapsed().as_millis());
 }
 
@@ -215,25 +230,19 @@ async fn listing(api: &Api) -> Vec<String> {
 /// Every restored history is a prefix of the old cluster's, holds every decision acknowledged
 /// before the save as acknowledged, and agrees with its auction's state; the backup's counts
 /// are the restored ones.
-async fn check_histories(
-    new: &Cluster,
-    load: &[Value],
-    acknowledged: &BTreeMap<String, Vec<Decided>>,
-    old_histories: &BTreeMap<String, Vec<Value>>,
-    status: &Value,
-) {
+async fn check_histories(new: &Cluster, load: &[Value], saved: &Saved) {
     let reader = token("reader", &["viewer"]);
     let restored = histories(&new.api(3), load).await;
     let mut restored_bids = 0;
     for created in load {
         let id = id(created);
         let history = &restored[id];
-        let old = &old_histories[id];
+        let old = &saved.histories[id];
         assert!(
             history.len() <= old.len() && history[..] == old[..history.len()],
             "auction {id}: the restored history is not a prefix of the old cluster's"
         );
-        for ack in &acknowledged[id] {
+        for ack in &saved.acknowledged[id] {
             let entry = history
                 .iter()
                 .find(|h| h["bidId"] == ack.reply["bidId"])
@@ -246,7 +255,7 @@ async fn check_histories(
         assert_state_matches(created, &state, history);
         restored_bids += history.len();
     }
-    assert_eq!(status["totals"]["bids"], restored_bids);
+    assert_eq!(saved.status["totals"]["bids"], restored_bids);
 }
 
 /// The auction that ended while down has ended at its `endAt` promptly after the start; the
@@ -313,9 +322,28 @@ async fn check_ends_after_restore(
     assert_eq!(state["endedAt"], later["endAt"]);
 }
 
-/// The restored cluster takes new bids, continuing each decision log.
-async fn check_new_bids(new: &Cluster, load: &[Value]) {
+/// The restored cluster answers a retried acknowledged bid with its first decision (the
+/// idempotency records came along), and takes new bids, continuing each decision log.
+async fn check_new_bids(new: &Cluster, load: &[Value], saved: &Saved) {
     let reader = token("reader", &["viewer"]);
+    let retried = saved
+        .acknowledged
+        .values()
+        .flatten()
+        .next()
+        .expect("an acknowledged bid");
+    let retry = new
+        .api(3)
+        .bid_ok(
+            &token(&retried.bidder, &["bidder"]),
+            &retried.auction_id,
+            &retried.key,
+            retried.reply["amount"].clone(),
+        )
+        .await;
+    for field in ["bidId", "amount", "status", "reason", "version"] {
+        assert_eq!(retry[field], retried.reply[field], "{field} of the retry");
+    }
     let bidder = token("restored-bidder", &["bidder"]);
     for created in load {
         let id = id(created);
