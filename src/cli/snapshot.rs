@@ -55,6 +55,7 @@ pub struct SaveArgs {
 
 #[derive(Args, Debug)]
 pub struct StatusArgs {
+    /// The backup file.
     pub file: PathBuf,
     /// Print JSON instead of a table.
     #[arg(long)]
@@ -63,6 +64,7 @@ pub struct StatusArgs {
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
+    /// The backup file (verified completely before anything is written).
     pub file: PathBuf,
     /// The new member's data dir: must not exist, or be empty.
     #[arg(long)]
