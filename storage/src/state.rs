@@ -493,4 +493,4 @@ impl StateWriter<'_> {
 
 #[cfg(test)]
 #[path = "state_tests.rs"]
-mod tests;
+pub(crate) mod tests;

@@ -86,51 +86,23 @@ fn count(summary: &mut StateSummary, key: &[u8], value: &[u8]) -> Result<(), Sto
 
 #[cfg(test)]
 mod tests {
-    use gavel_rules::{Command, CreateAuction, Decimal};
-
-    use crate::{Store, StoreConfig};
-
-    const T0: i64 = 1_700_000_000_000;
-
-    fn create(id: &str, end: i64) -> Command {
-        Command::Create {
-            auction_id: id.into(),
-            creator_id: "carol".into(),
-            idempotency_key: None,
-            request: CreateAuction {
-                post_id: "p".into(),
-                start_at_ms: T0,
-                end_at_ms: end,
-                start_price: Decimal::ONE,
-                min_increment: Decimal::ONE,
-                anti_sniping_seconds: 0,
-            },
-        }
-    }
-
-    fn bid(id: &str, key: &str, amount: i64) -> Command {
-        Command::Bid {
-            auction_id: id.into(),
-            bid_id: key.into(),
-            bidder_id: "bob".into(),
-            idempotency_key: key.into(),
-            amount: Decimal::new(amount, 0),
-        }
-    }
+    use crate::state::tests::{bid, create, store, T0};
 
     #[test]
     fn counts_what_the_state_holds() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &StoreConfig::default()).unwrap();
-        let state = store.state(0).unwrap();
+        let (_dir, state) = store();
         let mut writer = state.writer().unwrap();
-        writer.apply(T0, &create("a", T0 + 60_000)).unwrap();
-        writer.apply(T0, &create("b", T0 + 10)).unwrap();
-        writer.apply(T0 + 1, &bid("a", "k1", 5)).unwrap();
+        writer
+            .apply(T0, &create("a", "carol", T0, T0 + 60_000))
+            .unwrap();
+        writer
+            .apply(T0, &create("b", "carol", T0, T0 + 10))
+            .unwrap();
+        writer.apply(T0 + 1, &bid("a", "bob", "k1", 5)).unwrap();
         // Not above the price: rejected, still a decision.
-        writer.apply(T0 + 2, &bid("a", "k2", 5)).unwrap();
+        writer.apply(T0 + 2, &bid("a", "bob", "k2", 5)).unwrap();
         // Past b's end: b ends on the way.
-        writer.apply(T0 + 20, &bid("b", "k3", 5)).unwrap();
+        writer.apply(T0 + 20, &bid("b", "bob", "k3", 5)).unwrap();
         writer.commit().unwrap();
 
         let summary = state.export().unwrap().summary().unwrap();
@@ -146,11 +118,11 @@ mod tests {
 
     #[test]
     fn refuses_records_that_do_not_decode_or_keys_out_of_order() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path(), &StoreConfig::default()).unwrap();
-        let state = store.state(0).unwrap();
+        let (_dir, state) = store();
         let mut writer = state.writer().unwrap();
-        writer.apply(T0, &create("a", T0 + 60_000)).unwrap();
+        writer
+            .apply(T0, &create("a", "carol", T0, T0 + 60_000))
+            .unwrap();
         writer.commit().unwrap();
         let blob = state.export().unwrap();
 
