@@ -110,6 +110,21 @@ async fn wait_for_purge(group: &Group) {
     assert!(waited.is_ok(), "the log was never purged after snapshots");
 }
 
+/// Waits (bounded) until only `store` keeps the database open: openraft's state machine
+/// worker and the log flusher let go shortly after the group stopped, and sled releases the
+/// dir's lock only with the last handle (reopening at once failed now and then).
+async fn await_released(store: &Store) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while store.handles_elsewhere() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} handles still hold the database",
+            store.handles_elsewhere()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compacted_group_restarts_to_identical_state() {
     let dir = tempfile::tempdir().unwrap();
@@ -129,6 +144,7 @@ async fn compacted_group_restarts_to_identical_state() {
     let applied_before = group.raft.metrics().borrow().last_applied;
     group.raft.shutdown().await.unwrap();
     drop(group);
+    await_released(&store).await;
     drop(store);
 
     let (_store, group) = open(dir.path()).await;
