@@ -15,7 +15,9 @@
 //! - `listing`: merging per-group listing pages;
 //! - `observe`: Raft lag gauges;
 //! - `clock_guard`, `clock_offsets`: probing peers' clocks and keeping a node with a skewed
-//!   clock from leading.
+//!   clock from leading;
+//! - `backup`: a linearizable copy of every group as a backup file; verifying one; building a
+//!   new cluster member's data dir from it.
 //!
 //! Architecture invariant: this crate knows openraft (through `gavel-raft`) but nothing of HTTP
 //! or JSON; `src/` turns its results into responses.
@@ -24,6 +26,7 @@
 #![allow(clippy::result_large_err)]
 
 mod api;
+pub mod backup;
 mod clock_guard;
 mod clock_offsets;
 mod deadlines;

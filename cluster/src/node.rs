@@ -32,8 +32,11 @@ pub const GROUPS_MAX: u32 = 1024;
 /// How long shutdown waits for stopped tasks to let go of the database.
 const STORAGE_RELEASE_WAIT: Duration = Duration::from_secs(5);
 
-const META_NODE_ID: &str = "node_id";
-const META_GROUPS: &str = "groups";
+/// Node-level records of a data dir (also written by a restore, `backup::restore`).
+pub(crate) const META_NODE_ID: &str = "node_id";
+pub(crate) const META_GROUPS: &str = "groups";
+/// The database's directory inside a data dir.
+pub(crate) const DB_DIR: &str = "db";
 
 pub struct Node {
     pub(crate) config: NodeConfig,
@@ -63,7 +66,7 @@ impl Node {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             NodeError::Config(format!("cannot create {}: {e}", config.data_dir.display()))
         })?;
-        let store = Store::open(&config.data_dir.join("db"), &StoreConfig::default())?;
+        let store = Store::open(&config.data_dir.join(DB_DIR), &StoreConfig::default())?;
         config.groups = settle_identity(&store, &config)?;
         let mut transport_config = TransportConfig::new(
             config.node_id,
@@ -185,17 +188,7 @@ impl Node {
             };
             return BTreeMap::from([(self.config.node_id, myself)]);
         }
-        self.config
-            .initial_cluster
-            .iter()
-            .map(|(id, peer_addr)| {
-                let node = GavelNode {
-                    client_addr: String::new(),
-                    peer_addr: peer_addr.clone(),
-                };
-                (*id, node)
-            })
-            .collect()
+        initial_members_of(&self.config.initial_cluster)
     }
 
     /// Once the clock is healthy (at once for a single node; as soon as a majority answers
@@ -445,6 +438,21 @@ fn raft_settings(snapshot_after_entries: u64) -> RaftSettings {
         elect_at_start: false,
         ..RaftSettings::default()
     }
+}
+
+/// The members of a new cluster as every initial member records them: by peer address only
+/// (client addresses are learned from the peer handshake), so all write identical bytes.
+pub(crate) fn initial_members_of(initial_cluster: &[(u64, String)]) -> BTreeMap<u64, GavelNode> {
+    initial_cluster
+        .iter()
+        .map(|(id, peer_addr)| {
+            let node = GavelNode {
+                client_addr: String::new(),
+                peer_addr: peer_addr.clone(),
+            };
+            (*id, node)
+        })
+        .collect()
 }
 
 /// Checks the node id and group count against what the data dir was created with, records them

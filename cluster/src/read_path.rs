@@ -28,6 +28,12 @@ fn unavailable(reason: String) -> ReadError {
 
 impl Node {
     pub(crate) async fn ensure_linearizable(&self, group: &Group) -> Result<(), ReadError> {
+        self.linearizable_index(group).await.map(|_| ())
+    }
+
+    /// Like `ensure_linearizable`, and returns the read index: every write acknowledged
+    /// before the call is at or below it, and this replica has applied at least that far.
+    pub(crate) async fn linearizable_index(&self, group: &Group) -> Result<u64, ReadError> {
         let mut why = format!("group {} has no leader", group.id);
         for _ in 0..READ_ATTEMPTS_MAX {
             let Some(leader) = wait_for_leader(group, LEADER_WAIT).await else {
@@ -39,7 +45,7 @@ impl Node {
                 self.remote_read_index(leader, group).await
             };
             match read_index {
-                Ok(index) if wait_applied(group, index, READ_TIMEOUT).await => return Ok(()),
+                Ok(index) if wait_applied(group, index, READ_TIMEOUT).await => return Ok(index),
                 Ok(index) => {
                     return Err(unavailable(format!(
                         "this replica of group {} has not applied index {index} in time",

@@ -7,7 +7,8 @@
 //! - `flusher`: group commit of appends across all groups;
 //! - `network`: outbound RPCs;
 //! - `group`: opening a group with explicit settings;
-//! - `clock`: the wall clock and clock-probe offset samples.
+//! - `clock`: the wall clock and clock-probe offset samples;
+//! - `restore`: seeding a group of a new cluster from a backed-up state copy.
 //!
 //! Architecture invariant: this crate and `cluster/` are the only ones that know openraft; it
 //! knows nothing of HTTP.
@@ -20,6 +21,7 @@ mod flusher;
 mod group;
 mod log_store;
 mod network;
+mod restore;
 mod state_machine;
 pub mod transport;
 mod types;
@@ -30,6 +32,7 @@ pub use gavel_rules::Reply;
 pub use group::{Group, GroupError, RaftSettings};
 pub use log_store::LogStore;
 pub use network::Network;
+pub use restore::{restore_group, restored_log_id};
 pub use state_machine::{
     AuctionEvent, GroupObserver, SnapshotBuilder, StateMachine, APPLIED_EVENTS_QUEUE_MAX,
 };

@@ -194,6 +194,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 }
 
+/// Records that the log is purged through `log_id`: what a purge leaves, for a data dir built
+/// from a restored snapshot (the log before it never existed here).
+pub(crate) fn record_purged(
+    log: &LogTree,
+    log_id: LogId,
+) -> Result<(), gavel_storage::StorageError> {
+    log.set_record(PURGED, encode(&log_id)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

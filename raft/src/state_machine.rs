@@ -220,26 +220,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let error =
             |e: gavel_storage::StorageError| StorageIOError::write_snapshot(signature.clone(), &e);
         let data = snapshot.into_inner();
-        let mut blob: SnapshotBlob = decode(&data).map_err(error)?;
-        // The snapshot's own metadata is the authority on what it covers.
-        set_pair(
-            &mut blob,
-            APPLIED,
-            encode(&meta.last_log_id).map_err(error)?,
-        );
-        set_pair(
-            &mut blob,
-            MEMBERSHIP,
-            encode(&meta.last_membership).map_err(error)?,
-        );
-        self.state.import(&blob).map_err(error)?;
-        let stored = encode(&(meta, encode(&blob).map_err(error)?)).map_err(error)?;
-        let position = snapshot_position(meta.last_log_id);
-        if !self
-            .state
-            .save_snapshot_if_newer(position, &stored)
-            .map_err(error)?
-        {
+        let blob: SnapshotBlob = decode(&data).map_err(error)?;
+        if !install_blob(&self.state, meta, blob).map_err(error)? {
             // openraft installs only snapshots past what this replica committed, and builds
             // stop at applied, so this does not happen; keeping the stored one is still right.
             tracing::warn!(group = self.group, snapshot = %meta.snapshot_id, "installed a snapshot older than the stored one; kept the stored one");
@@ -267,6 +249,21 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 /// applied (so committed) state, and a group commits one log, so the index alone orders them.
 fn snapshot_position(last_log_id: Option<LogId>) -> u64 {
     last_log_id.map_or(0, |id| id.index + 1)
+}
+
+/// Makes `blob` the whole state machine, as of `meta` (the authority on what it covers: its
+/// applied log id and membership replace the blob's own), and stores it as the group's
+/// snapshot unless a newer one is stored. Returns whether it stored it. Not flushed.
+pub(crate) fn install_blob(
+    state: &StateTree,
+    meta: &SnapshotMeta,
+    mut blob: SnapshotBlob,
+) -> Result<bool, gavel_storage::StorageError> {
+    set_pair(&mut blob, APPLIED, encode(&meta.last_log_id)?);
+    set_pair(&mut blob, MEMBERSHIP, encode(&meta.last_membership)?);
+    state.import(&blob)?;
+    let stored = encode(&(meta, encode(&blob)?))?;
+    state.save_snapshot_if_newer(snapshot_position(meta.last_log_id), &stored)
 }
 
 /// Replaces (or adds) the meta pair `name` in a snapshot blob.

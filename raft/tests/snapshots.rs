@@ -1,7 +1,8 @@
 //! Snapshots and log compaction through a real openraft group on sled: a group that compacts
 //! its log restarts from snapshot + remaining log to the identical state, and a snapshot built
 //! from real auction state installs into an empty state machine byte for byte, and a build that
-//! finishes after a newer snapshot was installed never replaces it.
+//! finishes after a newer snapshot was installed never replaces it; a group restored offline
+//! from a snapshot copy starts from it with new members.
 
 #![allow(clippy::result_large_err)] // openraft's errors are large by design.
 
@@ -109,6 +110,21 @@ async fn wait_for_purge(group: &Group) {
     assert!(waited.is_ok(), "the log was never purged after snapshots");
 }
 
+/// Waits (bounded) until only `store` keeps the database open: openraft's state machine
+/// worker and the log flusher let go shortly after the group stopped, and sled releases the
+/// dir's lock only with the last handle (reopening at once failed now and then).
+async fn await_released(store: &Store) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while store.handles_elsewhere() > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} handles still hold the database",
+            store.handles_elsewhere()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compacted_group_restarts_to_identical_state() {
     let dir = tempfile::tempdir().unwrap();
@@ -128,6 +144,7 @@ async fn compacted_group_restarts_to_identical_state() {
     let applied_before = group.raft.metrics().borrow().last_applied;
     group.raft.shutdown().await.unwrap();
     drop(group);
+    await_released(&store).await;
     drop(store);
 
     let (_store, group) = open(dir.path()).await;
@@ -315,4 +332,69 @@ async fn a_batch_decides_each_command_as_if_alone() {
     assert_eq!(replies, one_by_one);
     alone.raft.shutdown().await.unwrap();
     batched.raft.shutdown().await.unwrap();
+}
+
+/// A group restored offline from another group's snapshot (`restore_group`, as
+/// `gavel snapshot restore` does) starts initialized with the new members, its state and its
+/// stored snapshot at the restored log id, campaigns, and goes on deciding from that state: its
+/// first entries order after the restored one although the source's term was higher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_group_starts_from_the_copy_with_new_members() {
+    let source_dir = tempfile::tempdir().unwrap();
+    let (_source_store, source) = open(source_dir.path()).await;
+    lead_alone(&source).await;
+    write(&source, START_MS + 1, create("a")).await;
+    for n in 1..=4 {
+        write(&source, START_MS + 10 + n, bid("a", n)).await;
+    }
+    let applied = source.raft.metrics().borrow().last_applied.unwrap();
+    assert!(applied.leader_id.term >= 1);
+    let snapshot = snapshot_at_least(&source, applied.index).await;
+    source.raft.shutdown().await.unwrap();
+    let blob: gavel_storage::SnapshotBlob =
+        gavel_storage::decode(snapshot.snapshot.get_ref()).unwrap();
+
+    let target_dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(target_dir.path(), &StoreConfig::default()).unwrap();
+        let members = BTreeMap::from([(1, GavelNode::default())]);
+        let log_id = gavel_raft::restore_group(&store, GROUP, blob, applied.index, &members)
+            .expect("restore into an empty store");
+        assert_eq!(log_id, gavel_raft::restored_log_id(applied.index));
+        store.flush().await.unwrap();
+    }
+    let (_store, group) = open(target_dir.path()).await;
+    assert!(group.raft.is_initialized().await.unwrap());
+    group
+        .raft
+        .wait(Some(Duration::from_secs(10)))
+        .state(openraft::ServerState::Leader, "the restored member leads")
+        .await
+        .unwrap();
+    let metrics = group.raft.metrics().borrow().clone();
+    assert_eq!(
+        metrics.snapshot,
+        Some(gavel_raft::restored_log_id(applied.index))
+    );
+    assert_eq!(
+        metrics
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect::<Vec<_>>(),
+        vec![1]
+    );
+    let auction = group.state.auction("a").unwrap().unwrap();
+    assert_eq!(auction.current_price, Decimal::new(4, 0));
+    let Reply::Bid { decision, .. } = write(&group, START_MS + 100, bid("a", 9)).await else {
+        panic!("a bid answers with a decision");
+    };
+    assert_eq!(decision.status, BidStatus::Accepted);
+    assert_eq!(
+        decision.seq, 5,
+        "the decision log continues where the copy ended"
+    );
+    let last = group.raft.metrics().borrow().last_applied.unwrap();
+    assert!(last.index > applied.index && last.leader_id.term >= 1);
+    group.raft.shutdown().await.unwrap();
 }

@@ -1,10 +1,12 @@
-//! The command line: `gavel serve`, `gavel token`, `gavel cluster ...`, `gavel bench ...`.
+//! The command line: `gavel serve`, `gavel token`, `gavel cluster ...`, `gavel snapshot ...`,
+//! `gavel bench ...`.
 //! Owns flag parsing (clap), logging setup and exit codes; each command's work lives in the
 //! part of the crate that owns it (`serve` in `crate::http::server`, the rest below).
 //!
 //! - `config.rs`: the flags of each command and their strict parsers; cross-flag checks.
 //! - `tls.rs`: the TLS flags' checks and PEM files, and `--cacert` for the client commands.
 //! - `cluster.rs`: `gavel cluster ...`, the operator's commands over `/cluster`.
+//! - `snapshot.rs`: `gavel snapshot save|status|restore`, backups of a whole cluster.
 //! - `bench/`: the load tools: `gavel bench viewers` (fan-out; its viewers run in worker
 //!   processes of this binary) and `gavel bench bids` (bid throughput and latency, also against
 //!   etcd for comparison).
@@ -12,6 +14,7 @@
 pub mod bench;
 pub mod cluster;
 pub mod config;
+pub mod snapshot;
 pub mod tls;
 
 use std::process::ExitCode;
@@ -41,6 +44,8 @@ enum Commands {
     Token(config::TokenArgs),
     /// Administer a cluster through any node: status, add, remove, transfer-leader.
     Cluster(cluster::ClusterArgs),
+    /// Back a cluster up to a file, check a backup, restore a new cluster from one.
+    Snapshot(snapshot::SnapshotArgs),
     /// Load tools: `gavel bench viewers` (live fan-out), `gavel bench bids` (bid load).
     Bench(bench::BenchArgs),
 }
@@ -66,6 +71,7 @@ pub fn main() -> ExitCode {
         }
         Commands::Token(args) => token(args),
         Commands::Cluster(args) => cluster::run(args),
+        Commands::Snapshot(args) => snapshot::run(args),
         Commands::Bench(args) => bench::run(args),
     };
     match result {

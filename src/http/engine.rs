@@ -1,5 +1,6 @@
 //! The narrow view of the cluster node that the HTTP layer uses: propose a command, read an
-//! auction, a listing or a bid page, ask readiness, hear applied changes (for live updates).
+//! auction, a listing or a bid page, ask readiness, hear applied changes (for live updates),
+//! take a backup.
 //!
 //! It exists so handlers can be tested against an in-memory engine (the `fake` module, which
 //! runs the real auction rules) while `gavel_cluster::Node` serves production. It adds no
@@ -9,6 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use gavel_cluster::backup::BackupStream;
 use gavel_cluster::{
     AuctionEvent, AuctionFilter, AuctionListing, BidFilter, BidPage, ClusterStatus, Consistency,
     MembershipError, Node, ProposeError, ReadError,
@@ -42,6 +44,9 @@ pub trait Engine: Send + Sync + 'static {
     fn add_node(&self, member: NewMember) -> BoxFuture<'_, Result<(), MembershipError>>;
     fn remove_node(&self, node_id: u64) -> BoxFuture<'_, Result<(), MembershipError>>;
     fn transfer_leader(&self, group: u32, to: u64) -> BoxFuture<'_, Result<(), MembershipError>>;
+    /// A linearizable copy of every group as the backup file's bytes; fails before the first
+    /// byte when a group cannot be read linearizably.
+    fn backup(&self) -> BoxFuture<'_, Result<BackupStream, ReadError>>;
     /// Every auction change this node's replicas apply, in apply order. The channel is bounded:
     /// a receiver that falls behind gets `Lagged` and must re-read what it cares about.
     fn subscribe(&self) -> broadcast::Receiver<AuctionEvent>;
@@ -120,6 +125,10 @@ impl Engine for NodeEngine {
         Box::pin(self.0.transfer_leader(group, to))
     }
 
+    fn backup(&self) -> BoxFuture<'_, Result<BackupStream, ReadError>> {
+        Box::pin(self.0.backup())
+    }
+
     fn subscribe(&self) -> broadcast::Receiver<AuctionEvent> {
         self.0.subscribe()
     }
@@ -151,6 +160,9 @@ pub mod fake {
 
     /// What the fake applies, as the node's event channel would carry it.
     struct Events(broadcast::Sender<AuctionEvent>);
+
+    /// What the fake's backup endpoint streams.
+    pub const FAKE_BACKUP: &[u8] = b"the in-memory engine's stand-in backup";
 
     /// Changes the fake's event channel holds for a lagging receiver.
     pub const FAKE_EVENTS_QUEUE_MAX: usize = 1024;
@@ -407,6 +419,21 @@ pub mod fake {
                 )))
             });
             Box::pin(async move { answer })
+        }
+
+        /// The fake has no Raft snapshots to copy.
+        /// A stand-in body (the fake has no Raft groups to capture), or the next read failure.
+        fn backup(&self) -> BoxFuture<'_, Result<BackupStream, ReadError>> {
+            let result = match self.next_read_failure() {
+                Some(failure) => Err(failure),
+                None => {
+                    let (tx, pieces) = tokio::sync::mpsc::channel(1);
+                    // Room for the one piece: cannot fail.
+                    let _ = tx.try_send(Ok(FAKE_BACKUP.to_vec()));
+                    Ok(BackupStream { pieces })
+                }
+            };
+            Box::pin(async move { result })
         }
 
         fn subscribe(&self) -> broadcast::Receiver<AuctionEvent> {

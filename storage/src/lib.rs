@@ -8,6 +8,8 @@
 //!   applied log id), see `state.rs`;
 //! - `snap/{group}`: the latest built snapshot.
 //!
+//! `summary` counts what a state machine copy holds (for backups).
+//!
 //! Architecture invariant: this is the only crate that knows sled. It knows the auction rules'
 //! types (it persists them) but nothing of openraft: Raft records arrive as bytes.
 
@@ -15,6 +17,7 @@ mod codec;
 mod keys;
 mod log;
 mod state;
+mod summary;
 
 use std::path::Path;
 
@@ -24,6 +27,7 @@ pub use state::{
     Applied, AuctionCursor, AuctionFilter, AuctionPage, BidFilter, BidPage, SnapshotBlob,
     StateTree, StateWriter, LIST_SCAN_ROWS_MAX,
 };
+pub use summary::StateSummary;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {

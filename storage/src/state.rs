@@ -24,7 +24,7 @@ use crate::StorageError;
 /// so a filter that matches rarely cannot make one request scan everything.
 pub const LIST_SCAN_ROWS_MAX: usize = 10_000;
 
-const META_STAMP: &str = "stamp";
+pub(crate) const META_STAMP: &str = "stamp";
 /// In `snap/{group}`: the latest snapshot, and how far into the log it reaches (u64, big-endian).
 const SNAPSHOT_CURRENT: &str = "current";
 const SNAPSHOT_POSITION: &str = "position";
@@ -493,4 +493,4 @@ impl StateWriter<'_> {
 
 #[cfg(test)]
 #[path = "state_tests.rs"]
-mod tests;
+pub(crate) mod tests;

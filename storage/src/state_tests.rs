@@ -7,16 +7,16 @@ use gavel_rules::{Command, CreateAuction, Decimal, Reply, Status};
 use super::*;
 use crate::{Store, StoreConfig};
 
-const T0: StampMs = 1_700_000_000_000;
+pub(crate) const T0: StampMs = 1_700_000_000_000;
 
-fn store() -> (tempfile::TempDir, StateTree) {
+pub(crate) fn store() -> (tempfile::TempDir, StateTree) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path(), &StoreConfig::default()).unwrap();
     let state = store.state(0).unwrap();
     (dir, state)
 }
 
-fn create(id: &str, creator: &str, start: StampMs, end: StampMs) -> Command {
+pub(crate) fn create(id: &str, creator: &str, start: StampMs, end: StampMs) -> Command {
     Command::Create {
         auction_id: id.into(),
         creator_id: creator.into(),
@@ -32,7 +32,7 @@ fn create(id: &str, creator: &str, start: StampMs, end: StampMs) -> Command {
     }
 }
 
-fn bid(id: &str, bidder: &str, key: &str, amount: i64) -> Command {
+pub(crate) fn bid(id: &str, bidder: &str, key: &str, amount: i64) -> Command {
     Command::Bid {
         auction_id: id.into(),
         bid_id: format!("{bidder}/{key}"),

@@ -277,6 +277,16 @@ impl Cluster {
     /// Starts `config.nodes` nodes with one `--initial-cluster` and waits until every one
     /// answers `/readyz` with 200.
     pub async fn start(config: ClusterConfig) -> Cluster {
+        Cluster::start_prepared(config, |_, _, _| {}).await
+    }
+
+    /// Like [`Cluster::start`], but first runs `prepare(id, data dir, --initial-cluster)` for
+    /// every member (e.g. `gavel snapshot restore` building its data dir); again on each
+    /// attempt, which uses new ports and new dirs.
+    pub async fn start_prepared(
+        config: ClusterConfig,
+        prepare: impl Fn(u64, &std::path::Path, &str),
+    ) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("gavel-cluster-it-")
             .tempdir()
@@ -301,6 +311,13 @@ impl Cluster {
         for attempt in 0..CLUSTER_SPAWN_ATTEMPTS_MAX {
             cluster.place_initial_members(attempt);
             let ids = cluster.ids();
+            for id in &ids {
+                prepare(
+                    *id,
+                    &cluster.member(*id).data_dir(),
+                    &cluster.initial_cluster,
+                );
+            }
             for id in &ids {
                 let member = cluster.members.get_mut(id).expect("member");
                 member.spawn(&cluster.config, &cluster.initial_cluster);
@@ -664,25 +681,34 @@ impl Cluster {
             .await
     }
 
-    /// Runs `gavel cluster <args> <extra>` as given.
-    pub async fn cli_raw(&self, args: &[&str], extra: &[&str]) -> Output {
+    /// Runs `gavel <args>` (any command) with no token or secret in its environment.
+    pub async fn gavel(&self, args: &[&str]) -> Output {
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_gavel"));
         command
-            .arg("cluster")
             .args(args)
-            .args(extra)
             .env("NO_COLOR", "1")
             .env_remove("GAVEL_TOKEN")
             .env_remove("GAVEL_AUTH_SECRET")
             .stdin(Stdio::null())
             .kill_on_drop(true);
         match tokio::time::timeout(CLI_TIMEOUT, command.output()).await {
-            Ok(output) => output.expect("run gavel cluster"),
+            Ok(output) => output.expect("run gavel"),
             Err(_) => panic!(
-                "gavel cluster {args:?} did not finish within {CLI_TIMEOUT:?}; logs:\n{}",
+                "gavel {args:?} did not finish within {CLI_TIMEOUT:?}; logs:\n{}",
                 self.all_logs()
             ),
         }
+    }
+
+    /// Runs `gavel cluster <args> <extra>` as given.
+    pub async fn cli_raw(&self, args: &[&str], extra: &[&str]) -> Output {
+        let all: Vec<&str> = ["cluster"]
+            .iter()
+            .chain(args)
+            .chain(extra)
+            .copied()
+            .collect();
+        self.gavel(&all).await
     }
 
     /// Like [`Cluster::cli`], and the command must exit 0; returns its stdout.

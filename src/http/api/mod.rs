@@ -2,11 +2,12 @@
 //! callers, validated path ids, strictly parsed query strings, read consistency).
 //!
 //! One file per resource: `auctions.rs` (create, read, list, control), `bids.rs` (place, history),
-//! `cluster.rs` (membership and leadership, admin only) and `ops.rs` (health, readiness,
-//! metrics, OpenAPI). Handlers turn HTTP into engine calls and
+//! `cluster.rs` (membership and leadership, admin only), `backup.rs` (the backup stream, admin
+//! only) and `ops.rs` (health, readiness, metrics, OpenAPI). Handlers turn HTTP into engine calls and
 //! engine replies into JSON; they never decide anything the state machine decides.
 
 pub mod auctions;
+pub mod backup;
 pub mod bids;
 pub mod cluster;
 pub mod ops;
@@ -45,6 +46,7 @@ pub fn route_table() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/auctions/{id}/stream", get(crate::live::stream)),
         ("/auctions/{id}/ws", get(crate::live::upgrade)),
         ("/cluster", get(cluster::status)),
+        ("/cluster/backup", get(backup::backup)),
         ("/cluster/nodes", post(cluster::add_node)),
         ("/cluster/nodes/{id}", delete(cluster::remove_node)),
         (

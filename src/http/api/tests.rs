@@ -833,6 +833,24 @@ async fn ops_endpoints() {
 }
 
 /// Every `$ref` in the document resolves (the contract test follows only the ones bodies reach).
+#[tokio::test]
+async fn backups_are_for_admins_only() {
+    let h = Harness::new();
+    let response = h.call(Method::GET, "/cluster/backup", None, None).await;
+    problem(response, StatusCode::UNAUTHORIZED, "unauthorized").await;
+    let viewer = Some(("vera", Role::Viewer));
+    let response = h.call(Method::GET, "/cluster/backup", viewer, None).await;
+    problem(response, StatusCode::FORBIDDEN, "forbidden").await;
+    // The fake engine streams a stand-in; the real backup is tested in tests/backup.rs.
+    let admin = Some(("root", Role::Admin));
+    let response = h.call(Method::GET, "/cluster/backup", admin, None).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        bytes_of(response).await,
+        crate::http::engine::fake::FAKE_BACKUP
+    );
+}
+
 #[test]
 fn openapi_refs_all_resolve() {
     let doc: Value = serde_json::from_str(crate::http::api::ops::OPENAPI_JSON).unwrap();

@@ -860,6 +860,13 @@ async fn cluster(run: &mut Run) {
     run.expect(status().who(Who::As("alice", Role::Creator)), 403)
         .await;
 
+    let backup = || req(Method::GET, "/cluster/backup", "");
+    run.expect(backup(), 200).await;
+    run.expect(backup().who(Who::Nobody), 401).await;
+    run.expect(backup().who(Who::As("alice", Role::Creator)), 403)
+        .await;
+    read_failures(run, backup()).await;
+
     let member = json!({ "id": 4, "clientAddr": "127.0.0.4:8080", "peerAddr": "127.0.0.4:9080", "voter": false });
     let add = req(Method::POST, "/cluster/nodes", "")
         .who(admin.clone())
