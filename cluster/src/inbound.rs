@@ -15,7 +15,7 @@ use crate::membership::{add_learner_local, campaign, change_membership_local, Wr
 use crate::node::Node;
 use crate::peer_api::{decode_call, encode_answer, AppAnswer, AppCall, RemoteFailure};
 use crate::proposer::COMMANDS_PER_PROPOSAL_MAX;
-use crate::raft_ops::{read_index_local, wait_applied};
+use crate::raft_ops::{is_leader, read_index_local, vote_lease_left, wait_applied};
 
 const READ_INDEX_TIMEOUT: Duration = Duration::from_millis(5_000);
 /// How long a yielding leader waits for its in-flight writes to apply.
@@ -98,6 +98,20 @@ pub(crate) async fn serve_local(node: &Node, group: &Arc<Group>, call: AppCall) 
             AppAnswer::Done(change_membership_local(group, changes).await)
         }
         AppCall::YieldLeadership { window_ms } => {
+            if window_ms > 0 && is_leader(group, node.node_id()) {
+                // This leader must grant the target its vote, which it does only once its own
+                // leadership is older than the leader lease. Wait out the rest of that here,
+                // with writes still flowing, instead of holding them for it.
+                let left = vote_lease_left(group).await;
+                if !left.is_zero() {
+                    tracing::info!(
+                        group = group.id,
+                        wait_ms = left.as_millis() as u64,
+                        "young leadership: waiting out the leader lease before yielding"
+                    );
+                    tokio::time::sleep(left).await;
+                }
+            }
             holds.yield_leadership(group, Duration::from_millis(window_ms));
             if window_ms > 0 {
                 // Let writes already in flight finish here before the target campaigns, so
@@ -114,6 +128,13 @@ pub(crate) async fn serve_local(node: &Node, group: &Arc<Group>, call: AppCall) 
             AppAnswer::Done(Ok(()))
         }
         AppCall::Campaign { window_ms, pin } => {
+            // Nor to a node that is handing its own groups off to stop.
+            if node.leaving() {
+                return AppAnswer::Done(Err(RemoteFailure::Refused(format!(
+                    "node {} is shutting down",
+                    node.node_id()
+                ))));
+            }
             // A transfer must not hand a group to a node whose clock cannot stamp.
             if let Some(problem) = node.clock.problem() {
                 return AppAnswer::Done(Err(RemoteFailure::Refused(format!(

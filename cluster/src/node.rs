@@ -50,6 +50,10 @@ pub struct Node {
     proposer_queues: std::sync::Mutex<Vec<mpsc::Receiver<Queued>>>,
     /// Per group: this node leads it because an operator asked; placement leaves it alone.
     pub(crate) pinned: Vec<std::sync::atomic::AtomicBool>,
+    /// Per group: held while this node runs a leadership transfer of it (`move_leader`).
+    pub(crate) transfers: Vec<tokio::sync::Mutex<()>>,
+    /// Set by the shutdown handoff (`handoff`): no campaigns, no transfers to this node.
+    pub(crate) leaving: Arc<std::sync::atomic::AtomicBool>,
     stop: watch::Sender<bool>,
     events: broadcast::Sender<AuctionEvent>,
     tasks: tokio::sync::Mutex<JoinSet<()>>,
@@ -100,15 +104,18 @@ impl Node {
         let clock = ClockGuard::new(config.node_id, config.max_clock_offset_ms);
         let (proposers, proposer_queues): (Vec<_>, Vec<_>) =
             groups.iter().map(|_| proposer::queue()).unzip();
+        let leaving = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let node = Arc::new(Node {
             forwarders: Forwarders::new(transport.clone(), stop.subscribe()),
             proposers,
             proposer_queues: std::sync::Mutex::new(proposer_queues),
             holds: groups
                 .iter()
-                .map(|group| Holds::new(group.id, clock.elect_ok()))
+                .map(|group| Holds::new(group.id, clock.elect_ok(), leaving.clone()))
                 .collect(),
             pinned: groups.iter().map(|_| Default::default()).collect(),
+            transfers: groups.iter().map(|_| Default::default()).collect(),
+            leaving,
             clock,
             config,
             store,

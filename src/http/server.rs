@@ -1,7 +1,10 @@
 //! `gavel serve`: builds the axum application (routes, limits, metrics, tracing), starts the
 //! node and serves until SIGTERM or Ctrl-C.
 //!
-//! Shutdown is one mechanism: on the first signal the listener stops accepting, live streams
+//! Shutdown is one mechanism: on the first signal the node first hands the leadership of every
+//! group it leads to another voter (`Node::hand_off_leadership`, within the smaller of
+//! `--shutdown-grace-ms` and `HANDOFF_MS_MAX`) while it keeps serving, so writes arriving
+//! meanwhile are forwarded to the new leaders; then the listener stops accepting, live streams
 //! are ended (`live::Hub::close`) and in-flight requests get `--shutdown-grace-ms` to finish;
 //! whatever is still running then is dropped; and only after that the node shuts down (Raft
 //! groups, storage flush), so no handler ever talks to a stopped node.
@@ -13,7 +16,7 @@ use anyhow::Context;
 use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::Router;
-use gavel_cluster::Node;
+use gavel_cluster::{Node, HANDOFF_MS_MAX};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::{watch, Semaphore};
 use tower_http::trace::TraceLayer;
@@ -105,8 +108,14 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listener,
         Duration::from_millis(args.viewer_send_timeout_ms),
     );
-    let served =
-        serve_until_signal(listener, app(state, limits), args.shutdown_grace_ms, live).await;
+    let served = serve_until_signal(
+        listener,
+        app(state, limits),
+        args.shutdown_grace_ms,
+        live,
+        &node,
+    )
+    .await;
     tracing::info!(node_id = args.node_id, "shutting the node down");
     node.shutdown().await;
     tracing::info!(node_id = args.node_id, "stopped");
@@ -152,12 +161,14 @@ fn announce(args: &ServeArgs, listen: &str, source: &SecretSource) {
     }
 }
 
-/// Serves until a shutdown signal, then gives in-flight requests `grace_ms` to finish.
+/// Serves until a shutdown signal, hands the node's leaderships off, then gives in-flight
+/// requests `grace_ms` to finish.
 async fn serve_until_signal(
     listener: crate::live::StallGuardListener,
     app: Router,
     grace_ms: u64,
     live: crate::live::Hub,
+    node: &Arc<Node>,
 ) -> anyhow::Result<()> {
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -171,6 +182,10 @@ async fn serve_until_signal(
         }
         () = shutdown_signal() => {}
     }
+    // Still serving: a write for a group in transfer waits for it and is then forwarded to the
+    // new leader, instead of this node's exit leaving the group to an election timeout.
+    let handoff_budget = Duration::from_millis(grace_ms.min(HANDOFF_MS_MAX));
+    node.hand_off_leadership(handoff_budget).await;
     tracing::info!(
         grace_ms,
         "shutdown requested: no new connections; finishing in-flight requests"
