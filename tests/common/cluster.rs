@@ -579,6 +579,63 @@ impl Cluster {
         }
     }
 
+    /// Polls `/cluster` on `node` until, in every group, its replica has applied at least what
+    /// the group's replicas had committed when the wait began: a restarted node caught up.
+    pub async fn await_caught_up(&self, node: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut target: Option<BTreeMap<u32, u64>> = None;
+        let mut last = Value::Null;
+        loop {
+            if let Some(status) = self.try_status(node).await {
+                let target = target.get_or_insert_with(|| committed_by_group(&status));
+                let behind = target.iter().find(|(group, committed)| {
+                    let replicas = group_view(&status, **group)["replicas"].clone();
+                    let applied = replicas
+                        .as_array()
+                        .and_then(|r| r.iter().find(|r| r["nodeId"] == node).cloned())
+                        .and_then(|r| r["appliedIndex"].as_u64());
+                    applied.is_none_or(|applied| applied < **committed)
+                });
+                if behind.is_none() {
+                    return;
+                }
+                last = status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {node} did not catch up within {timeout:?}; last /cluster: {last:#}\n{}",
+                self.all_logs()
+            );
+            tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS * 5)).await;
+        }
+    }
+
+    /// Polls `/cluster` on `via` until every group is led by its preferred voter (the
+    /// `(g mod n)`-th of its `n` voters in id order, where leader placement puts it).
+    pub async fn await_preferred_leaders(&self, via: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut last = Value::Null;
+        loop {
+            if let Some(status) = self.try_status(via).await {
+                let misplaced = (0..self.config.groups).find(|&group| {
+                    let (voters, _) = members_of(&status, group);
+                    let preferred = voters.get(group as usize % voters.len().max(1)).copied();
+                    group_view(&status, group)["leader"].as_u64() != preferred
+                });
+                if misplaced.is_none() {
+                    return;
+                }
+                last = status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "group leaders did not settle on their preferred voters within {timeout:?}; last /cluster: {last:#}\n{}",
+                self.all_logs()
+            );
+            tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS * 5)).await;
+        }
+    }
+
     /// Polls `/cluster` on each node of `via` until every group there has exactly `voters`
     /// and `learners` and no other node is listed; returns the last status of each. A node
     /// learns a committed membership change when it is replicated to it, so a node outside
@@ -1115,6 +1172,26 @@ pub fn members_of(status: &Value, group: u32) -> (Vec<u64>, Vec<u64>) {
             .collect()
     };
     (ids("voters"), ids("learners"))
+}
+
+/// Per group, the highest committed index any replica reports.
+pub fn committed_by_group(status: &Value) -> BTreeMap<u32, u64> {
+    status["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .map(|g| {
+            let id = u32::try_from(g["id"].as_u64().expect("group id")).expect("u32 id");
+            let committed = g["replicas"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r["committedIndex"].as_u64())
+                .max()
+                .unwrap_or(0);
+            (id, committed)
+        })
+        .collect()
 }
 
 /// What keeps `status` from showing converged replicas of `members`, if anything.

@@ -12,6 +12,8 @@
 
 // The multi-node cluster harness (tests/cluster_*.rs).
 pub mod cluster;
+// Steady load with per-group stall measurement (tests/rolling_restart.rs, tests/advertise.rs).
+pub mod load;
 
 use std::fs::OpenOptions;
 use std::future::Future;
