@@ -74,15 +74,21 @@ impl Node {
             config.client_addr.clone(),
             config.peer_addr.clone(),
         );
-        let (transport, bound) = Transport::start(transport_config, &config.peer_addr)
+        let (transport, bound) = Transport::start(transport_config, &config.peer_listen)
             .await
             .map_err(|e| {
                 NodeError::Config(format!(
                     "cannot listen for peers on {}: {e}",
-                    config.peer_addr
+                    config.peer_listen
                 ))
             })?;
-        tracing::info!(node_id = config.node_id, peer_addr = %bound, "peer transport listening");
+        tracing::info!(
+            node_id = config.node_id,
+            peer_listen = %bound,
+            peer_addr = %config.peer_addr,
+            client_addr = %config.client_addr,
+            "peer transport listening"
+        );
         if !config.initial_cluster.is_empty()
             && !config
                 .initial_cluster

@@ -82,7 +82,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let local_addr = listener
         .local_addr()
         .context("the listener has no address")?;
-    let node = Node::start(args.node_config(local_addr.to_string()))
+    let node = Node::start(args.node_config(&local_addr.to_string()))
         .await
         .context("cannot start the node")?;
     let engine: Arc<dyn Engine> = Arc::new(NodeEngine(node.clone()));
@@ -122,22 +122,26 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     served
 }
 
-/// Logs where the node listens, plus one human line on stderr; says how to mint a token when
-/// the secret was just created.
+/// Logs where the node listens and what it advertises, plus one human line on stderr; says
+/// how to mint a token when the secret was just created.
 fn announce(args: &ServeArgs, listen: &str, source: &SecretSource) {
+    let client_url = args.client_url(listen);
     tracing::info!(
         node_id = args.node_id,
         listen,
         peer_listen = %args.peer_listen,
+        advertise_client_url = %client_url,
+        advertise_peer_addr = %args.peer_addr(),
         data_dir = %args.data_dir.display(),
         groups = args.groups,
         join = args.join,
         "gavel node serving"
     );
     eprintln!(
-        "gavel node {} serving http://{listen} (peers on {}, data in {})",
+        "gavel node {} serving {client_url} (listening on {listen}; peers on {}, advertised as {}; data in {})",
         args.node_id,
         args.peer_listen,
+        args.peer_addr(),
         args.data_dir.display()
     );
     let multi_node = args.join

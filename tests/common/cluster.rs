@@ -65,6 +65,21 @@ pub struct ClusterConfig {
     pub node_env: BTreeMap<u64, Vec<(String, String)>>,
     /// Nodes `start` waits for on `/healthz` only, because the test expects them unready.
     pub unready: BTreeSet<u64>,
+    /// Where nodes listen and what addresses they announce.
+    pub advertise: Advertise,
+}
+
+/// How the nodes of a cluster bind and announce their addresses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Advertise {
+    /// Bind and announce 127.0.0.1.
+    #[default]
+    Loopback,
+    /// Bind every interface (0.0.0.0) and announce 127.0.0.(id + 1), with
+    /// `--advertise-client-url` and `--advertise-peer-addr`.
+    Flags,
+    /// Like `Flags`, through `GAVEL_ADVERTISE_CLIENT_URL` and `GAVEL_ADVERTISE_PEER_ADDR`.
+    Env,
 }
 
 impl Default for ClusterConfig {
@@ -75,6 +90,7 @@ impl Default for ClusterConfig {
             snapshot_after_entries: None,
             node_env: BTreeMap::new(),
             unready: BTreeSet::new(),
+            advertise: Advertise::Loopback,
         }
     }
 }
@@ -82,6 +98,9 @@ impl Default for ClusterConfig {
 /// One `gavel serve` process of a cluster (running, stopped or dead).
 pub struct Member {
     pub id: u64,
+    /// The address others reach this node at: 127.0.0.1, or 127.0.0.(id + 1) when it binds
+    /// every interface and advertises.
+    pub host: String,
     pub client_port: u16,
     pub peer_port: u16,
     dir: PathBuf,
@@ -92,12 +111,45 @@ pub struct Member {
 }
 
 impl Member {
+    /// The client address others reach this node at (announced in `/cluster`).
     pub fn client_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
+        format!("{}:{}", self.host, self.client_port)
     }
 
+    /// The peer address others reach this node at (announced, and in `--initial-cluster`).
     pub fn peer_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.peer_port)
+        format!("{}:{}", self.host, self.peer_port)
+    }
+
+    /// `--listen` and `--peer-listen`: every interface when the node advertises.
+    fn listen_addrs(&self, advertise: Advertise) -> (String, String) {
+        match advertise {
+            Advertise::Loopback => (self.client_addr(), self.peer_addr()),
+            Advertise::Flags | Advertise::Env => (
+                format!("0.0.0.0:{}", self.client_port),
+                format!("0.0.0.0:{}", self.peer_port),
+            ),
+        }
+    }
+
+    /// The advertising flags, or environment, of `advertise`.
+    fn advertise(&self, advertise: Advertise, command: &mut Command) {
+        let url = format!("http://{}", self.client_addr());
+        match advertise {
+            Advertise::Loopback => {}
+            Advertise::Flags => {
+                command
+                    .arg("--advertise-client-url")
+                    .arg(url)
+                    .arg("--advertise-peer-addr")
+                    .arg(self.peer_addr());
+            }
+            Advertise::Env => {
+                command
+                    .env("GAVEL_ADVERTISE_CLIENT_URL", url)
+                    .env("GAVEL_ADVERTISE_PEER_ADDR", self.peer_addr());
+            }
+        }
     }
 
     pub fn api(&self) -> Api {
@@ -157,14 +209,15 @@ impl Member {
             .expect("open the node log");
         let log_err = log.try_clone().expect("clone the node log handle");
         let mut command = Command::new(env!("CARGO_BIN_EXE_gavel"));
+        let (listen, peer_listen) = self.listen_addrs(config.advertise);
         command
             .arg("serve")
             .arg("--node-id")
             .arg(self.id.to_string())
             .arg("--listen")
-            .arg(self.client_addr())
+            .arg(listen)
             .arg("--peer-listen")
-            .arg(self.peer_addr())
+            .arg(peer_listen)
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--groups")
@@ -183,10 +236,14 @@ impl Member {
             .env("GAVEL_AUTH_SECRET", SECRET)
             .env("NO_COLOR", "1")
             .env_remove("GAVEL_TOKEN")
+            .env_remove("GAVEL_ADVERTISE_CLIENT_URL")
+            .env_remove("GAVEL_ADVERTISE_PEER_ADDR")
             .envs(config.node_env.get(&self.id).into_iter().flatten().cloned())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
+        // After the removals above, which would undo it.
+        self.advertise(config.advertise, &mut command);
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "info,openraft=warn");
         }
@@ -320,8 +377,13 @@ impl Cluster {
         std::fs::create_dir_all(&dir).expect("create the node dir");
         let client_port = pick_port();
         let peer_port = pick_port();
+        let host = match self.config.advertise {
+            Advertise::Loopback => "127.0.0.1".to_owned(),
+            Advertise::Flags | Advertise::Env => format!("127.0.0.{}", id + 1),
+        };
         Member {
             id,
+            host: host.clone(),
             client_port,
             peer_port,
             dir,
@@ -329,7 +391,7 @@ impl Cluster {
             child: None,
             paused: false,
             api: Api {
-                base_url: format!("http://127.0.0.1:{client_port}"),
+                base_url: format!("http://{host}:{client_port}"),
                 http: self.http.clone(),
             },
         }
@@ -1301,7 +1363,8 @@ fn pick_port() -> u16 {
         if handed_out.contains(&port) {
             continue;
         }
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        // Free on every interface, so that nodes binding 0.0.0.0 may take it too.
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
             handed_out.insert(port);
             return port;
         }
