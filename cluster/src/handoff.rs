@@ -36,6 +36,10 @@ pub struct HandoffReport {
     pub kept: Vec<u32>,
 }
 
+/// Rounds of a handoff: the second one catches a group this node won just as it began
+/// leaving (a transfer's campaign already in flight).
+const HANDOFF_ROUNDS_MAX: usize = 2;
+
 impl Node {
     /// Marks this node as leaving and hands every group it leads to another voter, within
     /// `budget`. Call once, before the node stops serving.
@@ -44,35 +48,28 @@ impl Node {
         for (group, holds) in self.groups.iter().zip(&self.holds) {
             holds.gate_elections(group);
         }
-        let led: Vec<Arc<Group>> = self
-            .groups
-            .iter()
-            .filter(|g| is_leader(g, self.node_id()))
-            .cloned()
-            .collect();
         let started = Instant::now();
-        tracing::info!(
-            node_id = self.node_id(),
-            groups = led.len(),
-            budget_ms = budget.as_millis() as u64,
-            "handing off leadership before shutdown"
-        );
         let deadline = started + budget;
-        let mut transfers = JoinSet::new();
-        for group in led {
-            let node = self.clone();
-            transfers.spawn(async move {
-                let to = node.hand_off_group(&group, deadline).await;
-                (group.id, to)
-            });
-        }
         let mut report = HandoffReport::default();
-        while let Some(done) = transfers.join_next().await {
-            match done {
-                Ok((group, Some(to))) => report.handed_over.push((group, to)),
-                Ok((group, None)) => report.kept.push(group),
-                Err(e) => tracing::warn!(error = %e, "a handoff task failed"),
+        for _ in 0..HANDOFF_ROUNDS_MAX {
+            // A group with no other voter has nowhere to go (a single-node cluster).
+            let led: Vec<Arc<Group>> = self
+                .groups
+                .iter()
+                .filter(|g| is_leader(g, self.node_id()) && members(g).0.len() > 1)
+                .filter(|g| !report.kept.contains(&g.id))
+                .cloned()
+                .collect();
+            if led.is_empty() || Instant::now() >= deadline {
+                break;
             }
+            tracing::info!(
+                node_id = self.node_id(),
+                groups = led.len(),
+                budget_ms = budget.as_millis() as u64,
+                "handing off leadership before shutdown"
+            );
+            self.hand_off_round(led, deadline, &mut report).await;
         }
         report.handed_over.sort_unstable();
         report.kept.sort_unstable();
@@ -94,6 +91,30 @@ impl Node {
             );
         }
         report
+    }
+
+    /// Hands `led` over, all groups at once, adding the outcomes to `report`.
+    async fn hand_off_round(
+        self: &Arc<Self>,
+        led: Vec<Arc<Group>>,
+        deadline: Instant,
+        report: &mut HandoffReport,
+    ) {
+        let mut transfers = JoinSet::new();
+        for group in led {
+            let node = self.clone();
+            transfers.spawn(async move {
+                let to = node.hand_off_group(&group, deadline).await;
+                (group.id, to)
+            });
+        }
+        while let Some(done) = transfers.join_next().await {
+            match done {
+                Ok((group, Some(to))) => report.handed_over.push((group, to)),
+                Ok((group, None)) => report.kept.push(group),
+                Err(e) => tracing::warn!(error = %e, "a handoff task failed"),
+            }
+        }
     }
 
     /// Whether this node is on its way out (see [`Node::hand_off_leadership`]).

@@ -143,7 +143,7 @@ pub(crate) async fn serve_local(node: &Node, group: &Arc<Group>, call: AppCall) 
                 ))));
             }
             let window = Duration::from_millis(window_ms);
-            let elected = campaign(group, node.node_id(), window).await;
+            let elected = campaign(group, node.node_id(), window, &node.leaving).await;
             if elected.is_ok() && pin {
                 node.pinned[group.id as usize].store(true, Ordering::Relaxed);
             }

@@ -312,11 +312,13 @@ fn membership_outcome<T>(
     }
 }
 
-/// On the transfer target: campaign until this node leads the group or `window` closes.
+/// On the transfer target: campaign until this node leads the group or `window` closes, or
+/// stop once `leaving` is set (the node began to hand its groups off to stop).
 pub(crate) async fn campaign(
     group: &Group,
     node_id: u64,
     window: Duration,
+    leaving: &AtomicBool,
 ) -> Result<(), RemoteFailure> {
     let (voters, _) = members(group);
     if !voters.contains(&node_id) {
@@ -329,6 +331,11 @@ pub(crate) async fn campaign(
     while Instant::now() < end {
         if is_leader(group, node_id) {
             return Ok(());
+        }
+        if leaving.load(Ordering::Acquire) {
+            return Err(RemoteFailure::Refused(format!(
+                "node {node_id} is shutting down"
+            )));
         }
         if let Err(e) = group.raft.trigger().elect().await {
             return Err(RemoteFailure::Unavailable(e.to_string()));
