@@ -60,7 +60,11 @@ impl Node {
                 .filter(|g| !report.kept.contains(&g.id))
                 .cloned()
                 .collect();
-            if led.is_empty() || Instant::now() >= deadline {
+            if led.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                report.kept.extend(led.iter().map(|g| g.id));
                 break;
             }
             tracing::info!(

@@ -1,12 +1,15 @@
 //! Membership and leadership: adding a node to every group (learner first, caught up by log or
 //! snapshot, then promoted), removing one, and moving a group's leadership.
 //!
-//! openraft 0.9 has no leadership transfer, and a follower refuses votes while its leader's
-//! lease is fresh. So a transfer pauses the group's writes and heartbeats on the current
-//! leader and holds elections on the other voters for a bounded window; once the target holds
-//! the leader's whole log (else the transfer gives up and releases the holds), it campaigns
-//! until elected. Every hold ends by itself when its window closes, so a lost message never
-//! leaves a node unable to campaign.
+//! openraft 0.9 has no leadership transfer, and a voter refuses votes while its own vote is
+//! younger than the leader lease (a follower's is refreshed by each heartbeat, the leader's
+//! dates from its election). So a transfer holds elections on the other voters for a bounded
+//! window and pauses the group's writes and heartbeats on the current leader (a leader younger
+//! than the lease first waits that out, writes flowing, since it would refuse the target its
+//! vote); once the target holds the leader's whole log (else the transfer gives up and
+//! releases the holds), it campaigns until elected, which with three voters takes one round
+//! trip: the old leader grants the vote. Every hold ends by itself when its window closes, so a
+//! lost message never leaves a node unable to campaign.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
