@@ -2,7 +2,9 @@
 //! environment variables): nodes that bind every interface (0.0.0.0) on distinct ports and
 //! announce 127.0.0.x addresses form a cluster, forward writes to leaders and fail over, all
 //! over the addresses they announce, and `/cluster` shows those. A node that binds every
-//! interface without announcing an address, or is given a malformed one, refuses to start.
+//! interface without announcing an address, or is given a malformed one, refuses to start,
+//! and no wildcard is accepted where a node's address is named (`--initial-cluster`,
+//! `POST /cluster/nodes`).
 
 mod common;
 
@@ -32,6 +34,13 @@ async fn nodes_on_every_interface_form_forward_and_fail_over_on_their_advertised
     for &via in &ids {
         assert_advertised(&cluster, &cluster.status(via).await, &ids);
     }
+    // Nor may an operator add a node by a wildcard address.
+    let wildcard = json!({ "id": 9, "clientAddr": "0.0.0.0:1", "peerAddr": "127.0.0.9:2" });
+    cluster
+        .api(ids[0])
+        .post("/cluster/nodes", cluster.admin(), Some(&wildcard), None)
+        .await
+        .expect_problem(400);
     let creator = token("carol", &["creator"]);
     let auctions = cluster.auction_per_group(ids[0], &creator).await;
     let ledger = Ledger::new();
@@ -179,6 +188,11 @@ fn every_interface_without_an_advertised_address_or_a_malformed_one_is_refused()
         ),
         (
             vec!["--advertise-peer-addr", "[::]:9080"],
+            vec![],
+            "every interface",
+        ),
+        (
+            vec!["--initial-cluster", "1=0.0.0.0:9080"],
             vec![],
             "every interface",
         ),

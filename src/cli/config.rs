@@ -219,7 +219,8 @@ pub fn parse_initial_cluster(text: &str) -> Result<InitialCluster, String> {
             .ok()
             .filter(|id| *id >= 1)
             .ok_or_else(|| format!("entry {entry:?}: node id must be an integer >= 1"))?;
-        let addr = parse_host_port(addr.trim())?;
+        // Peers dial these: a wildcard would name no node.
+        let addr = parse_advertised_addr(addr.trim())?;
         if !ids.insert(id) {
             return Err(format!("node id {id} appears twice"));
         }
@@ -424,6 +425,7 @@ mod tests {
             "1=a:1,2=a:1",
             "1=a:1,",
             "1=a",
+            "1=0.0.0.0:9080",
         ] {
             assert!(parse_initial_cluster(bad).is_err(), "{bad:?}");
         }
