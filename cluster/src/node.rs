@@ -352,9 +352,13 @@ impl Node {
             .map_err(internal)
     }
 
-    /// `Ok` when this node's clock is within bounds, it knows a leader for every group and it
-    /// has applied what it committed.
+    /// `Ok` when this node is not shutting down, its clock is within bounds, it knows a leader
+    /// for every group and it has applied what it committed.
     pub fn readiness(&self) -> Result<(), String> {
+        // A load balancer should stop sending here as soon as the handoff begins.
+        if self.leaving() {
+            return Err(format!("node {} is shutting down", self.node_id()));
+        }
         if let Some(problem) = self.clock.problem() {
             return Err(problem);
         }
