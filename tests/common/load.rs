@@ -89,12 +89,14 @@ impl Rotation {
     }
 }
 
-/// One acknowledged decision: its group, when the client received it, and from which node.
+/// One acknowledged decision: its group, when the client received it, from which node, and
+/// whether the bid was accepted (a rejected bid is a decision too).
 #[derive(Clone, Copy, Debug)]
 pub struct Ack {
     pub group: u32,
     pub at: Instant,
     pub node: u64,
+    pub accepted: bool,
 }
 
 /// Everything a load saw besides the decisions themselves (those are in the [`Ledger`]).
@@ -282,6 +284,7 @@ impl Client {
                         group: self.group,
                         at,
                         node,
+                        accepted: reply["status"] == "accepted",
                     };
                     self.tally().acks.push(ack);
                     return Ok(reply);
@@ -362,15 +365,24 @@ impl LoadReport {
         self.server_errors.values().sum()
     }
 
-    /// Per group, the longest gap between consecutive acknowledgements (counted from the
-    /// load's start for the first one).
+    /// Per group, the longest gap between consecutive acknowledged decisions (counted from
+    /// the load's start for the first one).
     pub fn stalls(&self, groups: u32) -> Vec<Stall> {
+        self.stalls_of(groups, |_| true)
+    }
+
+    /// Like [`LoadReport::stalls`], counting accepted bids only.
+    pub fn stalls_accepted(&self, groups: u32) -> Vec<Stall> {
+        self.stalls_of(groups, |ack| ack.accepted)
+    }
+
+    fn stalls_of(&self, groups: u32, counts: impl Fn(&Ack) -> bool) -> Vec<Stall> {
         (0..groups)
             .map(|group| {
                 let mut times: Vec<Instant> = self
                     .acks
                     .iter()
-                    .filter(|a| a.group == group)
+                    .filter(|a| a.group == group && counts(a))
                     .map(|a| a.at)
                     .collect();
                 times.sort();
@@ -404,13 +416,15 @@ impl LoadReport {
             self.lost_answers,
             self.rate_limited
         );
-        for stall in self.stalls(groups) {
+        let accepted = self.stalls_accepted(groups);
+        for (stall, accepted) in self.stalls(groups).into_iter().zip(accepted) {
             let end = stall.ended_at.saturating_duration_since(origin);
             out.push_str(&format!(
-                "group {}: longest stall {} ms, ending at +{} ms\n",
+                "group {}: longest stall {} ms, ending at +{} ms (between accepted bids: {} ms)\n",
                 stall.group,
                 stall.longest.as_millis(),
-                end.as_millis()
+                end.as_millis(),
+                accepted.longest.as_millis()
             ));
         }
         for sample in &self.server_error_samples {
