@@ -12,10 +12,13 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// Raft groups (fixed when the cluster is first initialized).
     pub groups: u32,
-    /// Address clients (and forwarded requests) reach this node at.
+    /// Address clients reach this node's HTTP API at (the advertised one, `HOST:PORT`).
     pub client_addr: String,
-    /// Address peers reach this node's Raft transport at.
+    /// Address peers reach this node's Raft transport at (the advertised one).
     pub peer_addr: String,
+    /// Address the Raft transport listens on; may be a wildcard (`0.0.0.0:9080`) that is
+    /// never announced.
+    pub peer_listen: String,
     /// `(node id, peer address)` of every initial voter; empty means this node alone.
     pub initial_cluster: Vec<(u64, String)>,
     /// Start empty and wait to be added instead of bootstrapping.

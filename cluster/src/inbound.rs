@@ -15,7 +15,7 @@ use crate::membership::{add_learner_local, campaign, change_membership_local, Wr
 use crate::node::Node;
 use crate::peer_api::{decode_call, encode_answer, AppAnswer, AppCall, RemoteFailure};
 use crate::proposer::COMMANDS_PER_PROPOSAL_MAX;
-use crate::raft_ops::{read_index_local, wait_applied};
+use crate::raft_ops::{is_leader, read_index_local, vote_lease_left, wait_applied};
 
 const READ_INDEX_TIMEOUT: Duration = Duration::from_millis(5_000);
 /// How long a yielding leader waits for its in-flight writes to apply.
@@ -98,15 +98,7 @@ pub(crate) async fn serve_local(node: &Node, group: &Arc<Group>, call: AppCall) 
             AppAnswer::Done(change_membership_local(group, changes).await)
         }
         AppCall::YieldLeadership { window_ms } => {
-            holds.yield_leadership(group, Duration::from_millis(window_ms));
-            if window_ms > 0 {
-                // Let writes already in flight finish here before the target campaigns, so
-                // none is cut off by the change of leader and the log stops growing (writes
-                // admitted just before the hold may not have reached the log yet).
-                holds.drain_writes(IN_FLIGHT_DRAIN).await;
-                let last_log = group.raft.metrics().borrow().last_log_index.unwrap_or(0);
-                wait_applied(group, last_log, IN_FLIGHT_DRAIN).await;
-            }
+            yield_leadership(node, group, Duration::from_millis(window_ms)).await;
             AppAnswer::Done(Ok(()))
         }
         AppCall::HoldElections { window_ms } => {
@@ -114,22 +106,67 @@ pub(crate) async fn serve_local(node: &Node, group: &Arc<Group>, call: AppCall) 
             AppAnswer::Done(Ok(()))
         }
         AppCall::Campaign { window_ms, pin } => {
-            // A transfer must not hand a group to a node whose clock cannot stamp.
-            if let Some(problem) = node.clock.problem() {
-                return AppAnswer::Done(Err(RemoteFailure::Refused(format!(
-                    "node {} will not lead: {problem}",
-                    node.node_id()
-                ))));
-            }
-            let window = Duration::from_millis(window_ms);
-            let elected = campaign(group, node.node_id(), window).await;
-            if elected.is_ok() && pin {
-                node.pinned[group.id as usize].store(true, Ordering::Relaxed);
-            }
-            AppAnswer::Done(elected)
+            AppAnswer::Done(campaign_here(node, group, Duration::from_millis(window_ms), pin).await)
         }
         AppCall::Status { digests } => AppAnswer::Status(node.local_views(digests)),
     }
+}
+
+/// Leadership transfer, on the leader: hold writes and heartbeats for `window` (zero
+/// releases), once the leader would grant the target its vote and with in-flight writes done.
+async fn yield_leadership(node: &Node, group: &Arc<Group>, window: Duration) {
+    let holds = &node.holds[group.id as usize];
+    if !window.is_zero() && is_leader(group, node.node_id()) {
+        // This leader must grant the target its vote, which it does only once its own
+        // leadership is older than the leader lease. Wait out the rest of that here, with
+        // writes still flowing, instead of holding them for it.
+        let left = vote_lease_left(group).await;
+        if !left.is_zero() {
+            tracing::info!(
+                group = group.id,
+                wait_ms = left.as_millis() as u64,
+                "young leadership: waiting out the leader lease before yielding"
+            );
+            tokio::time::sleep(left).await;
+        }
+    }
+    holds.yield_leadership(group, window);
+    if !window.is_zero() {
+        // Let writes already in flight finish here before the target campaigns, so none is
+        // cut off by the change of leader and the log stops growing (writes admitted just
+        // before the hold may not have reached the log yet).
+        holds.drain_writes(IN_FLIGHT_DRAIN).await;
+        let last_log = group.raft.metrics().borrow().last_log_index.unwrap_or(0);
+        wait_applied(group, last_log, IN_FLIGHT_DRAIN).await;
+    }
+}
+
+/// Leadership transfer, on the target: campaign, unless this node may not lead.
+async fn campaign_here(
+    node: &Node,
+    group: &Arc<Group>,
+    window: Duration,
+    pin: bool,
+) -> Result<(), RemoteFailure> {
+    // A transfer must not hand a group to a node that is handing its own groups off to stop,
+    // nor to one whose clock cannot stamp.
+    if node.leaving() {
+        return Err(RemoteFailure::Refused(format!(
+            "node {} is shutting down",
+            node.node_id()
+        )));
+    }
+    if let Some(problem) = node.clock.problem() {
+        return Err(RemoteFailure::Refused(format!(
+            "node {} will not lead: {problem}",
+            node.node_id()
+        )));
+    }
+    let elected = campaign(group, node.node_id(), window, &node.leaving).await;
+    if elected.is_ok() && pin {
+        node.pinned[group.id as usize].store(true, Ordering::Relaxed);
+    }
+    elected
 }
 
 /// Proposes forwarded commands here, each as if forwarded alone; the proposer batches them

@@ -1,12 +1,15 @@
 //! Membership and leadership: adding a node to every group (learner first, caught up by log or
 //! snapshot, then promoted), removing one, and moving a group's leadership.
 //!
-//! openraft 0.9 has no leadership transfer, and a follower refuses votes while its leader's
-//! lease is fresh. So a transfer pauses the group's writes and heartbeats on the current
-//! leader and holds elections on the other voters for a bounded window; once the target holds
-//! the leader's whole log (else the transfer gives up and releases the holds), it campaigns
-//! until elected. Every hold ends by itself when its window closes, so a lost message never
-//! leaves a node unable to campaign.
+//! openraft 0.9 has no leadership transfer, and a voter refuses votes while its own vote is
+//! younger than the leader lease (a follower's is refreshed by each heartbeat, the leader's
+//! dates from its election). So a transfer holds elections on the other voters for a bounded
+//! window and pauses the group's writes and heartbeats on the current leader (a leader younger
+//! than the lease first waits that out, writes flowing, since it would refuse the target its
+//! vote); once the target holds the leader's whole log (else the transfer gives up and
+//! releases the holds), it campaigns until elected, which with three voters takes one round
+//! trip: the old leader grants the vote. Every hold ends by itself when its window closes, so a
+//! lost message never leaves a node unable to campaign.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +28,9 @@ use tokio::time::Instant;
 use crate::api::MembershipError;
 use crate::node::{Node, LEADER_WAIT};
 use crate::peer_api::{decode_answer, encode_call, AppAnswer, AppCall, RemoteFailure};
-use crate::raft_ops::{is_leader, members, wait_for_leader, wait_for_leader_change};
+use crate::raft_ops::{
+    is_leader, members, wait_for_leader, wait_for_leader_change, wait_replicated, wait_until_leader,
+};
 
 /// How long a learner may take to catch up (by log or snapshot) before the add fails.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
@@ -51,6 +56,8 @@ pub struct Holds {
     elections_until: Arc<Mutex<Option<Instant>>>,
     /// The clock guard's say on elections: they run only while no hold is on and this is set.
     elect_ok: Arc<AtomicBool>,
+    /// Set once the node hands its groups off before stopping: it never campaigns again.
+    leaving: Arc<AtomicBool>,
     released: Notify,
     /// Writes admitted past the write hold and not finished yet (see [`Holds::admit_write`]):
     /// this group's write queue on this node, as leader.
@@ -116,22 +123,28 @@ fn set_until(slot: &Mutex<Option<Instant>>, value: Option<Instant>) {
     *slot.lock().unwrap_or_else(|e| e.into_inner()) = value;
 }
 
-/// Turns `group`'s elections on exactly when no election hold is on and the clock guard
-/// allows them. Decided and applied under the hold's lock, so a hold set concurrently is never
-/// overridden by a stale decision.
-fn gate(group: &Group, elections_until: &Mutex<Option<Instant>>, elect_ok: &AtomicBool) {
+/// Turns `group`'s elections on exactly when no election hold is on, the clock guard allows
+/// them and the node is not leaving. Decided and applied under the hold's lock, so a hold set
+/// concurrently is never overridden by a stale decision.
+fn gate(
+    group: &Group,
+    elections_until: &Mutex<Option<Instant>>,
+    elect_ok: &AtomicBool,
+    leaving: &AtomicBool,
+) {
     let until = elections_until.lock().unwrap_or_else(|e| e.into_inner());
     let held = until.is_some_and(|end| end > Instant::now());
-    let allowed = !held && elect_ok.load(Ordering::Acquire);
+    let allowed = !held && elect_ok.load(Ordering::Acquire) && !leaving.load(Ordering::Acquire);
     group.raft.runtime_config().elect(allowed);
 }
 
 impl Holds {
-    pub fn new(group: u32, elect_ok: Arc<AtomicBool>) -> Holds {
+    pub fn new(group: u32, elect_ok: Arc<AtomicBool>, leaving: Arc<AtomicBool>) -> Holds {
         Holds {
             writes_until: Default::default(),
             elections_until: Default::default(),
             elect_ok,
+            leaving,
             released: Notify::new(),
             admitted: Mutex::new(0),
             group,
@@ -141,7 +154,7 @@ impl Holds {
 
     /// Re-applies the election gate (the clock guard calls it after each verdict).
     pub fn gate_elections(&self, group: &Group) {
-        gate(group, &self.elections_until, &self.elect_ok);
+        gate(group, &self.elections_until, &self.elect_ok, &self.leaving);
     }
 
     /// Waits (at most `max`) until writes are allowed and admits one, which counts as in flight
@@ -241,10 +254,10 @@ impl Holds {
             return;
         }
         let (group, slot) = (group.clone(), self.elections_until.clone());
-        let elect_ok = self.elect_ok.clone();
+        let (elect_ok, leaving) = (self.elect_ok.clone(), self.leaving.clone());
         tokio::spawn(async move {
             tokio::time::sleep_until(end).await;
-            gate(&group, &slot, &elect_ok);
+            gate(&group, &slot, &elect_ok, &leaving);
         });
     }
 }
@@ -302,11 +315,13 @@ fn membership_outcome<T>(
     }
 }
 
-/// On the transfer target: campaign until this node leads the group or `window` closes.
+/// On the transfer target: campaign until this node leads the group or `window` closes, or
+/// stop once `leaving` is set (the node began to hand its groups off to stop).
 pub(crate) async fn campaign(
     group: &Group,
     node_id: u64,
     window: Duration,
+    leaving: &AtomicBool,
 ) -> Result<(), RemoteFailure> {
     let (voters, _) = members(group);
     if !voters.contains(&node_id) {
@@ -320,10 +335,18 @@ pub(crate) async fn campaign(
         if is_leader(group, node_id) {
             return Ok(());
         }
+        if leaving.load(Ordering::Acquire) {
+            return Err(RemoteFailure::Refused(format!(
+                "node {node_id} is shutting down"
+            )));
+        }
         if let Err(e) = group.raft.trigger().elect().await {
             return Err(RemoteFailure::Unavailable(e.to_string()));
         }
-        tokio::time::sleep(CAMPAIGN_RETRY).await;
+        // Watch for the outcome instead of pausing: a vote round trip takes milliseconds, and
+        // the group's writes are held until this returns.
+        let left = end.saturating_duration_since(Instant::now());
+        wait_until_leader(group, node_id, CAMPAIGN_RETRY.min(left)).await;
     }
     if is_leader(group, node_id) {
         return Ok(());
@@ -534,6 +557,9 @@ impl Node {
         if leader == to {
             return Ok(());
         }
+        // One transfer of a group at a time from this node (placement, the clock guard and a
+        // shutdown handoff may all ask): two would release each other's holds early.
+        let _one_at_a_time = self.transfers[group_id as usize].lock().await;
         let window_ms = TRANSFER_WINDOW.as_millis() as u64;
         let started = Instant::now();
         self.hold_others(&group, &voters, leader, to, window_ms)
@@ -576,6 +602,19 @@ impl Node {
         leader: u64,
         to: u64,
     ) -> Result<(), String> {
+        if leader == self.node_id() {
+            // The leader's own replication metrics say it at once, without polling peers: this
+            // wait is part of the pause in the group's writes.
+            return wait_replicated(group, to, TRANSFER_CATCH_UP).await.map_err(
+                |(matched, last)| {
+                    format!(
+                        "node {to} did not catch up with the log of group {} in time \
+                         ({matched:?} of {last:?})",
+                        group.id
+                    )
+                },
+            );
+        }
         let give_up = Instant::now() + TRANSFER_CATCH_UP;
         loop {
             // A node that stopped answering must not hold the group's writes past `give_up`.
@@ -663,7 +702,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_queue_sheds_client_writes_at_once_but_never_deadlines() {
-        let holds = Holds::new(0, Arc::new(AtomicBool::new(true)));
+        let holds = Holds::new(0, Arc::new(AtomicBool::new(true)), Default::default());
         let wait = Duration::from_secs(5);
         let mut admitted = Vec::new();
         for _ in 0..WRITES_QUEUED_PER_GROUP_MAX {

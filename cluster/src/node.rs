@@ -53,6 +53,10 @@ pub struct Node {
     proposer_queues: std::sync::Mutex<Vec<mpsc::Receiver<Queued>>>,
     /// Per group: this node leads it because an operator asked; placement leaves it alone.
     pub(crate) pinned: Vec<std::sync::atomic::AtomicBool>,
+    /// Per group: held while this node runs a leadership transfer of it (`move_leader`).
+    pub(crate) transfers: Vec<tokio::sync::Mutex<()>>,
+    /// Set by the shutdown handoff (`handoff`): no campaigns, no transfers to this node.
+    pub(crate) leaving: Arc<std::sync::atomic::AtomicBool>,
     stop: watch::Sender<bool>,
     events: broadcast::Sender<AuctionEvent>,
     tasks: tokio::sync::Mutex<JoinSet<()>>,
@@ -74,15 +78,21 @@ impl Node {
             config.peer_addr.clone(),
         );
         transport_config.tls = config.peer_tls.clone();
-        let (transport, bound) = Transport::start(transport_config, &config.peer_addr)
+        let (transport, bound) = Transport::start(transport_config, &config.peer_listen)
             .await
             .map_err(|e| {
                 NodeError::Config(format!(
                     "cannot listen for peers on {}: {e}",
-                    config.peer_addr
+                    config.peer_listen
                 ))
             })?;
-        tracing::info!(node_id = config.node_id, peer_addr = %bound, "peer transport listening");
+        tracing::info!(
+            node_id = config.node_id,
+            peer_listen = %bound,
+            peer_addr = %config.peer_addr,
+            client_addr = %config.client_addr,
+            "peer transport listening"
+        );
         if !config.initial_cluster.is_empty()
             && !config
                 .initial_cluster
@@ -104,15 +114,18 @@ impl Node {
         let clock = ClockGuard::new(config.node_id, config.max_clock_offset_ms);
         let (proposers, proposer_queues): (Vec<_>, Vec<_>) =
             groups.iter().map(|_| proposer::queue()).unzip();
+        let leaving = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let node = Arc::new(Node {
             forwarders: Forwarders::new(transport.clone(), stop.subscribe()),
             proposers,
             proposer_queues: std::sync::Mutex::new(proposer_queues),
             holds: groups
                 .iter()
-                .map(|group| Holds::new(group.id, clock.elect_ok()))
+                .map(|group| Holds::new(group.id, clock.elect_ok(), leaving.clone()))
                 .collect(),
             pinned: groups.iter().map(|_| Default::default()).collect(),
+            transfers: groups.iter().map(|_| Default::default()).collect(),
+            leaving,
             clock,
             config,
             store,
@@ -333,9 +346,13 @@ impl Node {
             .map_err(internal)
     }
 
-    /// `Ok` when this node's clock is within bounds, it knows a leader for every group and it
-    /// has applied what it committed.
+    /// `Ok` when this node is not shutting down, its clock is within bounds, it knows a leader
+    /// for every group and it has applied what it committed.
     pub fn readiness(&self) -> Result<(), String> {
+        // A load balancer should stop sending here as soon as the handoff begins.
+        if self.leaving() {
+            return Err(format!("node {} is shutting down", self.node_id()));
+        }
         if let Some(problem) = self.clock.problem() {
             return Err(problem);
         }

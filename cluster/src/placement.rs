@@ -43,6 +43,10 @@ pub async fn run_placement(node: Weak<Node>, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
         }
         let Some(node) = node.upgrade() else { return };
+        // A node handing its groups off to stop moves nothing more.
+        if node.leaving() {
+            return;
+        }
         if let Some((group, preferred)) = misplaced_group(&node, &mut ages) {
             tracing::info!(
                 group,

@@ -219,6 +219,81 @@ pub(crate) async fn wait_applied(group: &Group, index: u64, wait: Duration) -> b
     tokio::time::timeout(wait, caught_up).await.unwrap_or(false)
 }
 
+/// Waits (bounded) until this node leads `group`. Returns whether it does.
+pub(crate) async fn wait_until_leader(group: &Group, node_id: u64, wait: Duration) -> bool {
+    let mut metrics = group.raft.metrics();
+    let elected = async {
+        loop {
+            {
+                let seen = metrics.borrow_and_update();
+                if seen.state == ServerState::Leader && seen.current_leader == Some(node_id) {
+                    return true;
+                }
+            }
+            if metrics.changed().await.is_err() {
+                return false;
+            }
+        }
+    };
+    tokio::time::timeout(wait, elected).await.unwrap_or(false)
+}
+
+/// On the leader: waits (bounded) until `to` holds the leader's whole log by the leader's
+/// replication metrics (its matched index reaches the last log index). `Err` carries the last
+/// (matched, last log index) seen.
+pub(crate) async fn wait_replicated(
+    group: &Group,
+    to: u64,
+    wait: Duration,
+) -> Result<(), (Option<u64>, Option<u64>)> {
+    let mut metrics = group.raft.metrics();
+    let mut seen = (None, None);
+    let caught_up = async {
+        loop {
+            {
+                let now = metrics.borrow_and_update();
+                let matched = now
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&to).cloned().flatten())
+                    .map(|log_id| log_id.index);
+                seen = (matched, now.last_log_index);
+                if matched.is_some() && matched >= now.last_log_index {
+                    return true;
+                }
+            }
+            if metrics.changed().await.is_err() {
+                return false;
+            }
+        }
+    };
+    match tokio::time::timeout(wait, caught_up).await {
+        Ok(true) => Ok(()),
+        _ => Err(seen),
+    }
+}
+
+/// Slack added to the leader lease, so that a vote asked right after the wait finds it over.
+const LEASE_MARGIN: Duration = Duration::from_millis(10);
+
+/// How long until this replica of `group` would grant another candidate its vote. openraft
+/// 0.9 refuses votes while the voter's own vote is younger than the leader lease
+/// (`election_timeout_max`), and a leader's vote dates from its election: a leader elected
+/// less than a lease ago refuses a transfer target the vote it needs.
+pub(crate) async fn vote_lease_left(group: &Group) -> Duration {
+    let lease = Duration::from_millis(group.raft.config().election_timeout_max);
+    let read = group
+        .raft
+        .with_raft_state(|state| state.vote_last_modified());
+    match tokio::time::timeout(VOTE_READ_TIMEOUT, read).await {
+        Ok(Ok(Some(modified))) => (modified + lease + LEASE_MARGIN)
+            .saturating_duration_since(tokio::time::Instant::now())
+            .min(lease + LEASE_MARGIN),
+        // Never modified, or the group is stopping: nothing to wait for.
+        _ => Duration::ZERO,
+    }
+}
+
 /// Whether this node currently leads `group`.
 pub(crate) fn is_leader(group: &Group, node_id: u64) -> bool {
     let metrics = group.raft.metrics();

@@ -331,6 +331,7 @@ fn node_config(dir: &std::path::Path, id: u64, peers: &[(u64, String)]) -> NodeC
         data_dir: dir.join(format!("n{id}")),
         groups: 1,
         client_addr: format!("127.0.0.1:{}", 19000 + id),
+        peer_listen: peer_addr.clone(),
         peer_addr,
         initial_cluster: peers.to_vec(),
         join: false,

@@ -17,6 +17,7 @@ fn config(dir: &Path) -> NodeConfig {
         groups: 4,
         client_addr: "127.0.0.1:0".into(),
         peer_addr: "127.0.0.1:0".into(),
+        peer_listen: "127.0.0.1:0".into(),
         initial_cluster: vec![],
         join: false,
         propose_timeout_ms: 5_000,

@@ -30,6 +30,7 @@ fn config(
         groups: 4,
         client_addr: format!("127.0.0.1:{}", 18000 + id),
         peer_addr: peer.to_string(),
+        peer_listen: peer.to_string(),
         initial_cluster: cluster.to_vec(),
         join,
         propose_timeout_ms: 5_000,

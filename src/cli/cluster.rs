@@ -35,9 +35,9 @@ pub enum ClusterCommand {
     Add {
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         id: u64,
-        #[arg(long, value_parser = crate::cli::config::parse_host_port)]
+        #[arg(long, value_parser = crate::cli::config::parse_advertised_addr)]
         client_addr: String,
-        #[arg(long, value_parser = crate::cli::config::parse_host_port)]
+        #[arg(long, value_parser = crate::cli::config::parse_advertised_addr)]
         peer_addr: String,
         /// Keep it a fan-out-only learner (it serves reads and streams, never votes).
         #[arg(long)]

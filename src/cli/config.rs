@@ -103,6 +103,31 @@ pub struct ServeArgs {
     /// The private key of --cert-file (PEM).
     #[arg(long, env = "GAVEL_KEY_FILE")]
     pub key_file: Option<PathBuf>,
+    /// The URL clients reach this node's HTTP API at (http:// or https://, host and port),
+    /// announced to peers and in /cluster. Default: the --listen address. Required when
+    /// --listen binds every interface (0.0.0.0 or [::]).
+    #[arg(long, env = "GAVEL_ADVERTISE_CLIENT_URL", value_parser = parse_client_url)]
+    pub advertise_client_url: Option<ClientUrl>,
+    /// The HOST:PORT peers dial to reach this node's Raft transport, announced to peers and in
+    /// /cluster. Default: the --peer-listen address. Required when --peer-listen binds every
+    /// interface (0.0.0.0 or [::]).
+    #[arg(long, env = "GAVEL_ADVERTISE_PEER_ADDR", value_parser = parse_advertised_addr)]
+    pub advertise_peer_addr: Option<String>,
+}
+
+/// An advertised client URL: `http` or `https`, a host that is not a wildcard, and a port
+/// (the scheme's default when left out). Nothing else: no path, query or user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientUrl {
+    pub scheme: String,
+    /// `HOST:PORT`, what `/cluster` and peers know this node's client address as.
+    pub authority: String,
+}
+
+impl std::fmt::Display for ClientUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.authority)
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -156,6 +181,55 @@ pub fn parse_host_port(text: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
+/// Whether `addr` (a checked `HOST:PORT`) names every interface (`0.0.0.0`, `[::]`) rather
+/// than one address: fine to bind, meaningless to announce.
+pub fn is_wildcard(addr: &str) -> bool {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified())
+}
+
+/// Checks an address to announce: `HOST:PORT`, and not a wildcard.
+pub fn parse_advertised_addr(text: &str) -> Result<String, String> {
+    let addr = parse_host_port(text)?;
+    if is_wildcard(&addr) {
+        return Err(format!(
+            "{text:?} names every interface; advertise an address others can reach"
+        ));
+    }
+    Ok(addr)
+}
+
+/// Parses `http://HOST[:PORT][/]` or `https://...` strictly (see [`ClientUrl`]).
+pub fn parse_client_url(text: &str) -> Result<ClientUrl, String> {
+    let bad = |why: &str| format!("invalid URL {text:?}: {why} (expected http://HOST:PORT)");
+    let (scheme, rest) = text.split_once("://").ok_or_else(|| bad("no scheme"))?;
+    let scheme = scheme.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return Err(bad("the scheme must be http or https")),
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains(['/', '?', '#', '@']) {
+        return Err(bad(
+            "only a scheme, a host and a port (no path, query or user)",
+        ));
+    }
+    // A port is there when the text after the last ':' follows the host, not inside [IPv6].
+    let has_port = authority.rsplit_once(':').is_some_and(|(host, _)| {
+        !host.is_empty() && (!host.starts_with('[') || host.ends_with(']'))
+    });
+    let authority = if has_port {
+        authority.to_owned()
+    } else {
+        format!("{authority}:{default_port}")
+    };
+    let authority = parse_advertised_addr(&authority).map_err(|why| bad(&why))?;
+    Ok(ClientUrl { scheme, authority })
+}
+
 /// Parses `"1=HOST:PORT,2=HOST:PORT"` strictly: every entry `id=addr`, ids >= 1 and unique,
 /// addresses unique.
 pub fn parse_initial_cluster(text: &str) -> Result<InitialCluster, String> {
@@ -173,7 +247,8 @@ pub fn parse_initial_cluster(text: &str) -> Result<InitialCluster, String> {
             .ok()
             .filter(|id| *id >= 1)
             .ok_or_else(|| format!("entry {entry:?}: node id must be an integer >= 1"))?;
-        let addr = parse_host_port(addr.trim())?;
+        // Peers dial these: a wildcard would name no node.
+        let addr = parse_advertised_addr(addr.trim())?;
         if !ids.insert(id) {
             return Err(format!("node id {id} appears twice"));
         }
@@ -196,10 +271,10 @@ impl ServeArgs {
                         self.node_id
                     ))
                 }
-                Some((_, addr)) if *addr != self.peer_listen => tracing::warn!(
+                Some((_, addr)) if *addr != self.peer_addr() => tracing::warn!(
                     listed = %addr,
-                    peer_listen = %self.peer_listen,
-                    "--initial-cluster lists this node at another address than --peer-listen; peers will dial the listed one"
+                    peer_addr = %self.peer_addr(),
+                    "--initial-cluster lists this node at another address than it advertises; peers will dial the listed one"
                 ),
                 Some(_) => {}
             }
@@ -208,7 +283,48 @@ impl ServeArgs {
             return Err("--listen and --peer-listen must differ".into());
         }
         self.check_tls()?;
+        self.check_advertised()
+    }
+
+    /// A wildcard listen address is no address to announce: the advertised one is required.
+    fn check_advertised(&self) -> Result<(), String> {
+        if is_wildcard(&self.listen) && self.advertise_client_url.is_none() {
+            return Err(format!(
+                "--listen {} binds every interface, which clients and peers cannot be told to \
+                 reach; give --advertise-client-url (e.g. http://10.0.0.5:8080)",
+                self.listen
+            ));
+        }
+        if is_wildcard(&self.peer_listen) && self.advertise_peer_addr.is_none() {
+            return Err(format!(
+                "--peer-listen {} binds every interface, which peers cannot be told to dial; \
+                 give --advertise-peer-addr (e.g. 10.0.0.5:9080)",
+                self.peer_listen
+            ));
+        }
         Ok(())
+    }
+
+    /// The peer address announced to peers: `--advertise-peer-addr`, else `--peer-listen`.
+    pub fn peer_addr(&self) -> String {
+        self.advertise_peer_addr
+            .clone()
+            .unwrap_or_else(|| self.peer_listen.clone())
+    }
+
+    /// The client URL announced: `--advertise-client-url`, else the bound listen address.
+    pub fn client_url(&self, bound: &str) -> ClientUrl {
+        self.advertise_client_url
+            .clone()
+            .unwrap_or_else(|| ClientUrl {
+                scheme: if self.cert_file.is_some() {
+                    "https"
+                } else {
+                    "http"
+                }
+                .into(),
+                authority: bound.to_owned(),
+            })
     }
 
     /// How tokens are checked.
@@ -229,19 +345,17 @@ impl ServeArgs {
         }
     }
 
-    /// The engine's configuration. `client_addr` is the address the HTTP listener really bound;
-    /// `peer_tls` comes from [`ServeArgs::peer_tls`].
-    pub fn node_config(
-        &self,
-        client_addr: String,
-        peer_tls: Option<gavel_cluster::PeerTls>,
-    ) -> NodeConfig {
+    /// The engine's configuration. `bound` is the address the HTTP listener really bound,
+    /// announced unless another one is advertised; `peer_tls` comes from
+    /// [`ServeArgs::peer_tls`].
+    pub fn node_config(&self, bound: &str, peer_tls: Option<gavel_cluster::PeerTls>) -> NodeConfig {
         NodeConfig {
             node_id: self.node_id,
             data_dir: self.data_dir.clone(),
             groups: self.groups,
-            client_addr,
-            peer_addr: self.peer_listen.clone(),
+            client_addr: self.client_url(bound).authority,
+            peer_addr: self.peer_addr(),
+            peer_listen: self.peer_listen.clone(),
             initial_cluster: self
                 .initial_cluster
                 .as_ref()
@@ -382,6 +496,58 @@ mod tests {
     }
 
     #[test]
+    fn client_urls() {
+        let url = parse_client_url("http://127.0.0.2:8080").unwrap();
+        assert_eq!(
+            (url.scheme.as_str(), url.authority.as_str()),
+            ("http", "127.0.0.2:8080")
+        );
+        assert_eq!(url.to_string(), "http://127.0.0.2:8080");
+        let defaults = [
+            ("https://auction.example.com", "auction.example.com:443"),
+            ("HTTP://node-1:80/", "node-1:80"),
+            ("http://[fd00::5]", "[fd00::5]:80"),
+            ("http://[fd00::5]:8080", "[fd00::5]:8080"),
+        ];
+        for (text, authority) in defaults {
+            assert_eq!(
+                parse_client_url(text).unwrap().authority,
+                authority,
+                "{text}"
+            );
+        }
+        for bad in [
+            "",
+            "127.0.0.1:8080",
+            "ftp://host:1",
+            "http://",
+            "http://:8080",
+            "http://0.0.0.0:8080",
+            "http://[::]:8080",
+            "http://host:8080/api",
+            "http://user@host:8080",
+            "http://host:8080?x=1",
+            "http://host:99999",
+            "http://ho st:1",
+        ] {
+            assert!(parse_client_url(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn wildcards_bind_but_are_never_advertised() {
+        for wildcard in ["0.0.0.0:8080", "[::]:8080", "[0:0:0:0:0:0:0:0]:1"] {
+            assert!(is_wildcard(wildcard), "{wildcard}");
+            assert!(parse_advertised_addr(wildcard).is_err(), "{wildcard}");
+        }
+        for specific in ["127.0.0.1:8080", "[::1]:80", "node-1:9080", "10.0.0.5:9080"] {
+            assert!(!is_wildcard(specific), "{specific}");
+            assert_eq!(parse_advertised_addr(specific).unwrap(), specific);
+        }
+        assert!(parse_advertised_addr("nohost").is_err());
+    }
+
+    #[test]
     fn initial_clusters() {
         let parsed = parse_initial_cluster("1=a:1,2=b:2, 3=c:3").unwrap();
         assert_eq!(
@@ -399,6 +565,7 @@ mod tests {
             "1=a:1,2=a:1",
             "1=a:1,",
             "1=a",
+            "1=0.0.0.0:9080",
         ] {
             assert!(parse_initial_cluster(bad).is_err(), "{bad:?}");
         }

@@ -1,7 +1,10 @@
 //! `gavel serve`: builds the axum application (routes, limits, metrics, tracing), starts the
 //! node and serves until SIGTERM or Ctrl-C.
 //!
-//! Shutdown is one mechanism: on the first signal the listener stops accepting, live streams
+//! Shutdown is one mechanism: on the first signal the node first hands the leadership of every
+//! group it leads to another voter (`Node::hand_off_leadership`, within the smaller of
+//! `--shutdown-grace-ms` and `HANDOFF_MS_MAX`) while it keeps serving, so writes arriving
+//! meanwhile are forwarded to the new leaders; then the listener stops accepting, live streams
 //! are ended (`live::Hub::close`) and in-flight requests get `--shutdown-grace-ms` to finish;
 //! whatever is still running then is dropped; and only after that the node shuts down (Raft
 //! groups, storage flush), so no handler ever talks to a stopped node.
@@ -16,7 +19,7 @@ use anyhow::Context;
 use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::Router;
-use gavel_cluster::Node;
+use gavel_cluster::{Node, HANDOFF_MS_MAX};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::sync::{watch, Semaphore};
 use tower_http::trace::TraceLayer;
@@ -98,7 +101,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let local_addr = listener
         .local_addr()
         .context("the listener has no address")?;
-    let node = Node::start(args.node_config(local_addr.to_string(), peer_tls))
+    let node = Node::start(args.node_config(&local_addr.to_string(), peer_tls))
         .await
         .context("cannot start the node")?;
     let engine: Arc<dyn Engine> = Arc::new(NodeEngine(node.clone()));
@@ -119,23 +122,19 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         body_limit_bytes: usize::try_from(args.body_limit_bytes).unwrap_or(usize::MAX),
         requests_in_flight_max: usize::try_from(args.requests_in_flight_max).unwrap_or(usize::MAX),
     };
-    announce(
-        &args,
-        &local_addr.to_string(),
-        auth.secret_source.as_ref(),
-        http_tls.is_some(),
-    );
+    announce(&args, &local_addr.to_string(), auth.secret_source.as_ref());
     let listener = crate::live::StallGuardListener::new(
         listener,
         Duration::from_millis(args.viewer_send_timeout_ms),
     );
     let app = app(state, limits);
+    let grace_ms = args.shutdown_grace_ms;
     let served = match http_tls {
-        None => serve_until_signal(listener, app, args.shutdown_grace_ms, live).await,
+        None => serve_until_signal(listener, app, grace_ms, live, &node).await,
         Some(config) => {
             let listener = crate::http::tls::TlsListener::new(listener, config)
                 .context("cannot start the HTTPS listener")?;
-            serve_until_signal(listener, app, args.shutdown_grace_ms, live).await
+            serve_until_signal(listener, app, grace_ms, live, &node).await
         }
     };
     tracing::info!(node_id = args.node_id, "shutting the node down");
@@ -144,23 +143,24 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     served
 }
 
-/// Logs where the node listens, plus one human line on stderr; says how to mint a token when
-/// the secret was just created.
-fn announce(args: &ServeArgs, listen: &str, source: Option<&SecretSource>, https: bool) {
-    let scheme = if https { "https" } else { "http" };
+/// Logs where the node listens and what it advertises, plus one human line on stderr; says
+/// how to mint a token when the secret was just created.
+fn announce(args: &ServeArgs, listen: &str, source: Option<&SecretSource>) {
+    let client_url = args.client_url(listen);
     tracing::info!(
         node_id = args.node_id,
         listen,
-        scheme,
         peer_tls = args.peer_cert_file.is_some(),
         peer_listen = %args.peer_listen,
+        advertise_client_url = %client_url,
+        advertise_peer_addr = %args.peer_addr(),
         data_dir = %args.data_dir.display(),
         groups = args.groups,
         join = args.join,
         "gavel node serving"
     );
     eprintln!(
-        "gavel node {} serving {scheme}://{listen} (peers on {}{}, data in {})",
+        "gavel node {} serving {client_url} (listening on {listen}; peers on {}{}, advertised as {}; data in {})",
         args.node_id,
         args.peer_listen,
         if args.peer_cert_file.is_some() {
@@ -168,6 +168,7 @@ fn announce(args: &ServeArgs, listen: &str, source: Option<&SecretSource>, https
         } else {
             ""
         },
+        args.peer_addr(),
         args.data_dir.display()
     );
     let multi_node = args.join
@@ -191,12 +192,14 @@ fn announce(args: &ServeArgs, listen: &str, source: Option<&SecretSource>, https
     }
 }
 
-/// Serves until a shutdown signal, then gives in-flight requests `grace_ms` to finish.
+/// Serves until a shutdown signal, hands the node's leaderships off, then gives in-flight
+/// requests `grace_ms` to finish.
 async fn serve_until_signal<L>(
     listener: L,
     app: Router,
     grace_ms: u64,
     live: crate::live::Hub,
+    node: &Arc<Node>,
 ) -> anyhow::Result<()>
 where
     L: axum::serve::Listener,
@@ -214,6 +217,10 @@ where
         }
         () = shutdown_signal() => {}
     }
+    // Still serving: a write for a group in transfer waits for it and is then forwarded to the
+    // new leader, instead of this node's exit leaving the group to an election timeout.
+    let handoff_budget = Duration::from_millis(grace_ms.min(HANDOFF_MS_MAX));
+    node.hand_off_leadership(handoff_budget).await;
     tracing::info!(
         grace_ms,
         "shutdown requested: no new connections; finishing in-flight requests"

@@ -74,6 +74,21 @@ pub struct ClusterConfig {
     /// The nodes serve HTTPS with certificates from this CA (PEM): the harness then speaks
     /// `https://` and trusts it.
     pub https_ca: Option<PathBuf>,
+    /// Where nodes listen and what addresses they announce.
+    pub advertise: Advertise,
+}
+
+/// How the nodes of a cluster bind and announce their addresses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Advertise {
+    /// Bind and announce 127.0.0.1.
+    #[default]
+    Loopback,
+    /// Bind every interface (0.0.0.0) and announce 127.0.0.(id + 1), with
+    /// `--advertise-client-url` and `--advertise-peer-addr`.
+    Flags,
+    /// Like `Flags`, through `GAVEL_ADVERTISE_CLIENT_URL` and `GAVEL_ADVERTISE_PEER_ADDR`.
+    Env,
 }
 
 impl Default for ClusterConfig {
@@ -87,6 +102,7 @@ impl Default for ClusterConfig {
             loopback_ip_per_node: false,
             node_args: BTreeMap::new(),
             https_ca: None,
+            advertise: Advertise::Loopback,
         }
     }
 }
@@ -94,7 +110,8 @@ impl Default for ClusterConfig {
 /// One `gavel serve` process of a cluster (running, stopped or dead).
 pub struct Member {
     pub id: u64,
-    /// The loopback address this node listens on (127.0.0.1 unless the config says otherwise).
+    /// The address others reach this node at: 127.0.0.1, 127.0.0.`id` with one loopback
+    /// address per node, or 127.0.0.(id + 1) when it binds every interface and advertises.
     pub host: String,
     pub client_port: u16,
     pub peer_port: u16,
@@ -106,12 +123,45 @@ pub struct Member {
 }
 
 impl Member {
+    /// The client address others reach this node at (announced in `/cluster`).
     pub fn client_addr(&self) -> String {
         format!("{}:{}", self.host, self.client_port)
     }
 
+    /// The peer address others reach this node at (announced, and in `--initial-cluster`).
     pub fn peer_addr(&self) -> String {
         format!("{}:{}", self.host, self.peer_port)
+    }
+
+    /// `--listen` and `--peer-listen`: every interface when the node advertises.
+    fn listen_addrs(&self, advertise: Advertise) -> (String, String) {
+        match advertise {
+            Advertise::Loopback => (self.client_addr(), self.peer_addr()),
+            Advertise::Flags | Advertise::Env => (
+                format!("0.0.0.0:{}", self.client_port),
+                format!("0.0.0.0:{}", self.peer_port),
+            ),
+        }
+    }
+
+    /// The advertising flags, or environment, of `advertise`.
+    fn advertise(&self, advertise: Advertise, command: &mut Command) {
+        let url = format!("http://{}", self.client_addr());
+        match advertise {
+            Advertise::Loopback => {}
+            Advertise::Flags => {
+                command
+                    .arg("--advertise-client-url")
+                    .arg(url)
+                    .arg("--advertise-peer-addr")
+                    .arg(self.peer_addr());
+            }
+            Advertise::Env => {
+                command
+                    .env("GAVEL_ADVERTISE_CLIENT_URL", url)
+                    .env("GAVEL_ADVERTISE_PEER_ADDR", self.peer_addr());
+            }
+        }
     }
 
     pub fn api(&self) -> Api {
@@ -176,14 +226,15 @@ impl Member {
             .expect("open the node log");
         let log_err = log.try_clone().expect("clone the node log handle");
         let mut command = Command::new(env!("CARGO_BIN_EXE_gavel"));
+        let (listen, peer_listen) = self.listen_addrs(config.advertise);
         command
             .arg("serve")
             .arg("--node-id")
             .arg(self.id.to_string())
             .arg("--listen")
-            .arg(self.client_addr())
+            .arg(listen)
             .arg("--peer-listen")
-            .arg(self.peer_addr())
+            .arg(peer_listen)
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--groups")
@@ -203,10 +254,14 @@ impl Member {
             .env("GAVEL_AUTH_SECRET", SECRET)
             .env("NO_COLOR", "1")
             .env_remove("GAVEL_TOKEN")
+            .env_remove("GAVEL_ADVERTISE_CLIENT_URL")
+            .env_remove("GAVEL_ADVERTISE_PEER_ADDR")
             .envs(config.node_env.get(&self.id).into_iter().flatten().cloned())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
+        // After the removals above, which would undo it.
+        self.advertise(config.advertise, &mut command);
         if std::env::var_os("RUST_LOG").is_none() {
             command.env("RUST_LOG", "info,openraft=warn");
         }
@@ -361,10 +416,10 @@ impl Cluster {
         std::fs::create_dir_all(&dir).expect("create the node dir");
         let client_port = pick_port();
         let peer_port = pick_port();
-        let host = if self.config.loopback_ip_per_node {
-            format!("127.0.0.{id}")
-        } else {
-            "127.0.0.1".to_owned()
+        let host = match self.config.advertise {
+            Advertise::Loopback if self.config.loopback_ip_per_node => format!("127.0.0.{id}"),
+            Advertise::Loopback => "127.0.0.1".to_owned(),
+            Advertise::Flags | Advertise::Env => format!("127.0.0.{}", id + 1),
         };
         let scheme = if self.config.https_ca.is_some() {
             "https"
@@ -373,6 +428,7 @@ impl Cluster {
         };
         Member {
             id,
+            host: host.clone(),
             client_port,
             peer_port,
             dir,
@@ -383,7 +439,6 @@ impl Cluster {
                 base_url: format!("{scheme}://{host}:{client_port}"),
                 http: self.http.clone(),
             },
-            host,
         }
     }
 
@@ -628,6 +683,63 @@ impl Cluster {
                 );
             }
             tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
+        }
+    }
+
+    /// Polls `/cluster` on `node` until, in every group, its replica has applied at least what
+    /// the group's replicas had committed when the wait began: a restarted node caught up.
+    pub async fn await_caught_up(&self, node: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut target: Option<BTreeMap<u32, u64>> = None;
+        let mut last = Value::Null;
+        loop {
+            if let Some(status) = self.try_status(node).await {
+                let target = target.get_or_insert_with(|| committed_by_group(&status));
+                let behind = target.iter().find(|(group, committed)| {
+                    let replicas = group_view(&status, **group)["replicas"].clone();
+                    let applied = replicas
+                        .as_array()
+                        .and_then(|r| r.iter().find(|r| r["nodeId"] == node).cloned())
+                        .and_then(|r| r["appliedIndex"].as_u64());
+                    applied.is_none_or(|applied| applied < **committed)
+                });
+                if behind.is_none() {
+                    return;
+                }
+                last = status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {node} did not catch up within {timeout:?}; last /cluster: {last:#}\n{}",
+                self.all_logs()
+            );
+            tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS * 5)).await;
+        }
+    }
+
+    /// Polls `/cluster` on `via` until every group is led by its preferred voter (the
+    /// `(g mod n)`-th of its `n` voters in id order, where leader placement puts it).
+    pub async fn await_preferred_leaders(&self, via: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut last = Value::Null;
+        loop {
+            if let Some(status) = self.try_status(via).await {
+                let misplaced = (0..self.config.groups).find(|&group| {
+                    let (voters, _) = members_of(&status, group);
+                    let preferred = voters.get(group as usize % voters.len().max(1)).copied();
+                    group_view(&status, group)["leader"].as_u64() != preferred
+                });
+                if misplaced.is_none() {
+                    return;
+                }
+                last = status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "group leaders did not settle on their preferred voters within {timeout:?}; last /cluster: {last:#}\n{}",
+                self.all_logs()
+            );
+            tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS * 5)).await;
         }
     }
 
@@ -1178,6 +1290,26 @@ pub fn members_of(status: &Value, group: u32) -> (Vec<u64>, Vec<u64>) {
     (ids("voters"), ids("learners"))
 }
 
+/// Per group, the highest committed index any replica reports.
+pub fn committed_by_group(status: &Value) -> BTreeMap<u32, u64> {
+    status["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .map(|g| {
+            let id = u32::try_from(g["id"].as_u64().expect("group id")).expect("u32 id");
+            let committed = g["replicas"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r["committedIndex"].as_u64())
+                .max()
+                .unwrap_or(0);
+            (id, committed)
+        })
+        .collect()
+}
+
 /// What keeps `status` from showing converged replicas of `members`, if anything.
 pub fn convergence_gap(status: &Value, members: &[u64], groups: u32) -> Option<String> {
     let Some(views) = status["groups"].as_array() else {
@@ -1285,7 +1417,8 @@ fn pick_port() -> u16 {
         if handed_out.contains(&port) {
             continue;
         }
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        // Free on every interface, so that nodes binding 0.0.0.0 may take it too.
+        if std::net::TcpListener::bind(("0.0.0.0", port)).is_ok() {
             handed_out.insert(port);
             return port;
         }

@@ -16,6 +16,8 @@ pub mod cluster;
 pub mod pki;
 // Fresh RSA, P-256 and Ed25519 keys for the asymmetric-token tests.
 pub mod keys;
+// Steady load with per-group stall measurement (tests/rolling_restart.rs, tests/advertise.rs).
+pub mod load;
 
 use std::fs::OpenOptions;
 use std::future::Future;
@@ -804,6 +806,34 @@ pub fn run_gavel_bounded(args: &[&str], timeout: Duration) -> Output {
         stdout: std::fs::read(&out_path).unwrap_or_default(),
         stderr: std::fs::read(&err_path).unwrap_or_default(),
     }
+}
+
+/// Runs `gavel <args>` with `env` added, for a command expected to end by itself (a
+/// `gavel serve` refusing its flags); kills it and panics if it still runs after `within`.
+pub fn run_gavel_to_exit(args: &[&str], env: &[(&str, &str)], within: Duration) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gavel"))
+        .args(args)
+        .envs(env.iter().copied())
+        .env("GAVEL_AUTH_SECRET", SECRET)
+        .env_remove("GAVEL_TOKEN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the gavel binary");
+    let deadline = Instant::now() + within;
+    while child.try_wait().expect("poll the gavel process").is_none() {
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let output = child.wait_with_output().expect("reap the gavel process");
+            panic!(
+                "gavel {args:?} still ran after {within:?}; stderr: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(POLL_INTERVAL_MS));
+    }
+    child.wait_with_output().expect("collect the gavel output")
 }
 
 /// `gavel token --sub S --role R... --ttl 1h`, checked to exit 0 and print only a token.

@@ -9,7 +9,7 @@ use gavel_cluster::{ClusterStatus, MembershipError};
 use serde::{Deserialize, Serialize};
 
 use super::{Admin, Authorized};
-use crate::cli::config::parse_host_port;
+use crate::cli::config::parse_advertised_addr;
 use crate::http::engine::NewMember;
 use crate::http::json::JsonBody;
 use crate::http::problem::ApiError;
@@ -147,7 +147,8 @@ pub async fn add_node(
         ("clientAddr", &request.client_addr),
         ("peerAddr", &request.peer_addr),
     ] {
-        parse_host_port(addr).map_err(|why| ApiError::BadRequest(format!("{field}: {why}")))?;
+        parse_advertised_addr(addr)
+            .map_err(|why| ApiError::BadRequest(format!("{field}: {why}")))?;
     }
     let member = NewMember {
         node_id: request.id,
