@@ -6,6 +6,7 @@
 #   scripts/fanout.sh                       # 100,000 viewers over 3 voters + 3 learners
 #   scripts/fanout.sh --kill --learners 4   # also SIGKILL the last learner halfway through
 #   scripts/fanout.sh --viewers 20000 --tick-ms 5000
+#   scripts/fanout.sh --viewers-on learners # viewers on the learners only, bids to a voter
 #
 # Every process may hold at most 20,000 open files here, so a node serves at most
 # VIEWERS_MAX_PER_NODE viewers: with --kill, the survivors must be able to take the dead
@@ -17,6 +18,7 @@ cd "$(dirname "$0")/.."
 VIEWERS=100000
 LEARNERS=3
 KILL=0
+VIEWERS_ON=all
 TICK_MS=1000
 BIDS=120
 BID_INTERVAL_MS=250
@@ -31,7 +33,8 @@ while [ $# -gt 0 ]; do
     --tick-ms) TICK_MS=$2; shift 2 ;;
     --bids) BIDS=$2; shift 2 ;;
     --kill) KILL=1; shift ;;
-    *) echo "usage: $0 [--viewers N] [--learners K] [--tick-ms MS] [--bids N] [--kill]" >&2; exit 2 ;;
+    --viewers-on) VIEWERS_ON=$2; shift 2 ;;
+    *) echo "usage: $0 [--viewers N] [--learners K] [--tick-ms MS] [--bids N] [--kill] [--viewers-on all|learners]" >&2; exit 2 ;;
   esac
 done
 
@@ -73,20 +76,28 @@ for id in 1 2 3; do await_ready "$id"; done
 
 TOKEN=$("$BIN" token --auth-secret-file "$DIR/secret" --sub fanout --role admin)
 ENDPOINTS="http://127.0.0.1:8181,http://127.0.0.1:8182,http://127.0.0.1:8183"
+LEARNER_ENDPOINTS=""
 for id in $(seq 4 $((3 + LEARNERS))); do
   start_node "$id" --join
   "$BIN" cluster add --endpoint http://127.0.0.1:8181 --token "$TOKEN" --id "$id" \
     --client-addr "127.0.0.1:$((8180 + id))" --peer-addr "127.0.0.1:$((9180 + id))" --learner >/dev/null
   await_ready "$id"
   ENDPOINTS="$ENDPOINTS,http://127.0.0.1:$((8180 + id))"
+  LEARNER_ENDPOINTS="${LEARNER_ENDPOINTS:+$LEARNER_ENDPOINTS,}http://127.0.0.1:$((8180 + id))"
 done
+case "$VIEWERS_ON" in
+  all) ;;
+  learners) ENDPOINTS=$LEARNER_ENDPOINTS ;;
+  *) echo "--viewers-on takes all or learners" >&2; exit 2 ;;
+esac
 
 KILL_FLAGS=()
 if [ "$KILL" = 1 ]; then
   KILL_FLAGS=(--kill-pid "${PIDS[-1]}")
 fi
 
-echo "fan-out: $VIEWERS viewers over 3 voters + $LEARNERS learners, a bid every ${BID_INTERVAL_MS} ms x $BIDS, tickMs=$TICK_MS$([ "$KILL" = 1 ] && echo ', killing the last learner halfway')"
-"$BIN" bench viewers --endpoints "$ENDPOINTS" --auth-secret-file "$DIR/secret" \
+echo "fan-out: $VIEWERS viewers on $VIEWERS_ON of 3 voters + $LEARNERS learners, a bid every ${BID_INTERVAL_MS} ms x $BIDS, tickMs=$TICK_MS$([ "$KILL" = 1 ] && echo ', killing the last learner halfway')"
+"$BIN" bench viewers --endpoints "$ENDPOINTS" --bid-endpoint http://127.0.0.1:8181 \
+  --auth-secret-file "$DIR/secret" \
   --viewers "$VIEWERS" --viewers-per-process "$VIEWERS_PER_PROCESS" \
   --bids "$BIDS" --bid-interval-ms "$BID_INTERVAL_MS" --tick-ms "$TICK_MS" "${KILL_FLAGS[@]}"

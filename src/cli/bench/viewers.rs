@@ -51,10 +51,14 @@ const FRAMES_METRIC: &str = "gavel_viewer_frames_sent_total";
 #[derive(Args, Debug, Clone)]
 pub struct ViewersArgs {
     /// The nodes to spread viewers over, comma-separated (e.g.
-    /// http://127.0.0.1:8081,http://127.0.0.1:8082). Bids go to the first. Default: start a
-    /// single node for the run.
+    /// http://127.0.0.1:8081,http://127.0.0.1:8082). Bids go to the first unless
+    /// --bid-endpoint says otherwise. Default: start a single node for the run.
     #[arg(long, alias = "endpoint", value_delimiter = ',')]
     pub endpoints: Vec<String>,
+    /// Where the auction is created, bid on and ended (a voter, typically, while the viewers
+    /// are on learners). Default: the first of --endpoints.
+    #[arg(long)]
+    pub bid_endpoint: Option<String>,
     /// WebSocket viewers to hold on the auction.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=250_000))]
     pub viewers: u32,
@@ -106,7 +110,10 @@ pub fn now_us() -> u64 {
 
 /// The nodes under test and the tokens for them.
 struct Target {
+    /// Where viewers connect.
     bases: Vec<String>,
+    /// Where the auction is created, bid on and ended.
+    bid_base: String,
     creator: String,
     bidder: String,
     viewer: String,
@@ -128,12 +135,18 @@ async fn target(args: &ViewersArgs, http: &reqwest::Client) -> anyhow::Result<Ta
     if !args.endpoints.is_empty() {
         let (secret, _) = load_secret(args.auth_secret_file.as_deref(), &args.data_dir, false)?;
         let (creator, bidder, viewer) = tokens(&secret);
-        let bases = args
+        let bases: Vec<String> = args
             .endpoints
             .iter()
-            .map(|e| e.trim_end_matches('/').to_owned());
+            .map(|e| e.trim_end_matches('/').to_owned())
+            .collect();
+        let bid_base = args
+            .bid_endpoint
+            .as_deref()
+            .map_or_else(|| bases[0].clone(), |e| e.trim_end_matches('/').to_owned());
         return Ok(Target {
-            bases: bases.collect(),
+            bases,
+            bid_base,
             creator,
             bidder,
             viewer,
@@ -152,6 +165,7 @@ async fn target(args: &ViewersArgs, http: &reqwest::Client) -> anyhow::Result<Ta
     let (creator, bidder, viewer) = tokens(&node.secret);
     Ok(Target {
         bases: vec![node.base.clone()],
+        bid_base: node.base.clone(),
         creator,
         bidder,
         viewer,
@@ -391,7 +405,7 @@ async fn coordinate(args: ViewersArgs) -> anyhow::Result<()> {
     let bids = place_bids(&http, &target, &id, &args, first_version).await?;
     post(
         &http,
-        format!("{}/auctions/{id}/end", target.bases[0]),
+        format!("{}/auctions/{id}/end", target.bid_base),
         &target.creator,
         None,
     )
@@ -422,7 +436,7 @@ async fn create_auction(http: &reqwest::Client, target: &Target) -> anyhow::Resu
     });
     post(
         http,
-        format!("{}/auctions", target.bases[0]),
+        format!("{}/auctions", target.bid_base),
         &target.creator,
         Some(body),
     )
@@ -459,7 +473,7 @@ async fn place_bids(
     args: &ViewersArgs,
     first_version: u64,
 ) -> anyhow::Result<Vec<PlacedBid>> {
-    let url = format!("{}/auctions/{id}/bids", target.bases[0]);
+    let url = format!("{}/auctions/{id}/bids", target.bid_base);
     let mut placed = Vec::new();
     for n in 1..=u64::from(args.bids) {
         if n == u64::from(args.bids / 2).max(1) {
