@@ -630,11 +630,14 @@ impl Run<'_> {
     }
 
     fn report_reconnects(&self) -> anyhow::Result<()> {
-        let mut reconnects = histogram()?;
+        let (mut reconnects, mut handshakes) = (histogram()?, histogram()?);
         let (mut went_back, mut refused) = (0u64, 0u64);
         for (_, _, report) in self.reports {
             for ms in &report.reconnect_ms {
                 reconnects.record((*ms).max(1))?;
+            }
+            for ms in &report.reconnect_handshake_ms {
+                handshakes.record((*ms).max(1))?;
             }
             went_back += report.went_back;
             refused += report.refused;
@@ -645,6 +648,10 @@ impl Run<'_> {
         println!(
             "reconnects:         {} viewers came back, p50 {} ms, p99 {} ms, max {} ms; {refused} attempts answered 503; resumed snapshots older than shown: {went_back}",
             reconnects.len(), reconnects.value_at_quantile(0.5), reconnects.value_at_quantile(0.99), reconnects.max()
+        );
+        println!(
+            "  of which:         drop to new handshake p50 {} ms, p99 {} ms, max {} ms (the rest waits for the first frame)",
+            handshakes.value_at_quantile(0.5), handshakes.value_at_quantile(0.99), handshakes.max()
         );
         Ok(())
     }

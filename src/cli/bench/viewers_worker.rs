@@ -75,6 +75,9 @@ pub struct WorkerReport {
     pub frames: u64,
     /// Milliseconds from each dropped connection to the resumed snapshot.
     pub reconnect_ms: Vec<u64>,
+    /// Milliseconds from each dropped connection to the new connection's WebSocket handshake
+    /// (the rest of `reconnect_ms` is the wait for its first frame).
+    pub reconnect_handshake_ms: Vec<u64>,
     /// Resumed snapshots older than what the viewer had shown (must stay 0).
     pub went_back: u64,
     /// Connection attempts answered 503 (admission full, or the replica behind).
@@ -199,6 +202,10 @@ async fn view(context: Arc<Crowd>, ready: mpsc::Sender<bool>) {
             context.report().lost += 1;
             return;
         };
+        if let Some(at) = dropped_at {
+            let handshake_ms = at.elapsed().as_millis() as u64;
+            context.report().reconnect_handshake_ms.push(handshake_ms);
+        }
         let mut first = true;
         let outcome = watch(socket, &context, &mut shown, |snapshot_version, shown| {
             if !std::mem::take(&mut first) {
