@@ -19,6 +19,8 @@ VIEWERS=100000
 LEARNERS=3
 KILL=0
 VIEWERS_ON=all
+# Connection attempts in flight per client process (first connects and reconnects alike).
+CONNECT_CONCURRENCY=64
 TICK_MS=1000
 BIDS=120
 BID_INTERVAL_MS=250
@@ -34,7 +36,8 @@ while [ $# -gt 0 ]; do
     --bids) BIDS=$2; shift 2 ;;
     --kill) KILL=1; shift ;;
     --viewers-on) VIEWERS_ON=$2; shift 2 ;;
-    *) echo "usage: $0 [--viewers N] [--learners K] [--tick-ms MS] [--bids N] [--kill] [--viewers-on all|learners]" >&2; exit 2 ;;
+    --connect-concurrency) CONNECT_CONCURRENCY=$2; shift 2 ;;
+    *) echo "usage: $0 [--viewers N] [--learners K] [--tick-ms MS] [--bids N] [--kill] [--viewers-on all|learners] [--connect-concurrency N]" >&2; exit 2 ;;
   esac
 done
 
@@ -100,4 +103,5 @@ echo "fan-out: $VIEWERS viewers on $VIEWERS_ON of 3 voters + $LEARNERS learners,
 "$BIN" bench viewers --endpoints "$ENDPOINTS" --bid-endpoint http://127.0.0.1:8181 \
   --auth-secret-file "$DIR/secret" \
   --viewers "$VIEWERS" --viewers-per-process "$VIEWERS_PER_PROCESS" \
+  --connect-concurrency "$CONNECT_CONCURRENCY" \
   --bids "$BIDS" --bid-interval-ms "$BID_INTERVAL_MS" --tick-ms "$TICK_MS" "${KILL_FLAGS[@]}"
