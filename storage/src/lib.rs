@@ -6,7 +6,9 @@
 //! - `raft/{group}`: vote, committed and purged log ids (opaque bytes);
 //! - `sm/{group}`: the state machine (auctions, decision logs, idempotency keys, indexes, the
 //!   applied log id), see `state.rs`;
-//! - `snap/{group}`: the latest built snapshot.
+//! - `snap/{group}`: the latest built snapshot;
+//! - `apply-journal`: per group, the writes of its last state machine commit, redone when the
+//!   store opens (see `state.rs`).
 //!
 //! `summary` counts what a state machine copy holds (for backups).
 //!
@@ -85,6 +87,7 @@ impl Store {
             .mode(sled::Mode::HighThroughput)
             .use_compression(false)
             .open()?;
+        state::replay_journals(&db)?;
         Ok(Store {
             db,
             flushing: std::sync::Arc::new(tokio::sync::Mutex::new(())),

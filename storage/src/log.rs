@@ -27,16 +27,17 @@ impl LogTree {
         })
     }
 
-    /// Writes entries atomically (all or none after a crash).
+    /// Writes entries in index order. One by one, not as a sled batch: a batch seals and writes
+    /// sled's IO buffer twice, and an append needs no atomicity. sled recovers a prefix of its
+    /// log, so a crash leaves a prefix of these entries, and Raft counts none of them before the
+    /// flush that follows reports the append done.
     pub fn append(
         &self,
         entries: impl IntoIterator<Item = (u64, Vec<u8>)>,
     ) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
         for (index, bytes) in entries {
-            batch.insert(&index.to_be_bytes(), bytes);
+            self.entries.insert(index.to_be_bytes(), bytes)?;
         }
-        self.entries.apply_batch(batch)?;
         Ok(())
     }
 

@@ -275,3 +275,72 @@ fn a_snapshot_is_saved_only_over_an_older_one() {
     assert!(state.save_snapshot_if_newer(8, b"eight").unwrap());
     assert_eq!(state.load_snapshot().unwrap(), Some(b"eight".to_vec()));
 }
+
+/// Stages a bid war on "a" after its creation: enough writes that half of them is a real cut.
+fn stage_bid_war(state: &StateTree) -> StateWriter<'_> {
+    let mut writer = state.writer().unwrap();
+    writer
+        .apply(T0, &create("a", "carol", T0, T0 + 60_000))
+        .unwrap();
+    for (i, bidder) in ["bob", "dave", "erin", "bob"].iter().enumerate() {
+        let amount = 5 + i as i64 * 2;
+        writer
+            .apply(T0 + 1 + i as i64, &bid("a", bidder, &format!("k{i}"), amount))
+            .unwrap();
+    }
+    writer.set_meta("applied", vec![4, 2]);
+    writer
+}
+
+fn reopen(dir: &tempfile::TempDir) -> StateTree {
+    Store::open(dir.path(), &StoreConfig::default())
+        .unwrap()
+        .state(0)
+        .unwrap()
+}
+
+#[test]
+fn a_commit_cut_short_by_a_crash_is_completed_when_the_store_opens() {
+    let (_whole_dir, whole) = store();
+    stage_bid_war(&whole).commit().unwrap();
+
+    // What a crash can leave: the journal record and only the first half of its writes.
+    let (cut_dir, cut) = store();
+    let mut writer = stage_bid_war(&cut);
+    let stamp = encode(&writer.last_stamp).unwrap();
+    writer.stage(keys::meta(META_STAMP), stamp);
+    let writes: JournalWrites = std::mem::take(&mut writer.writes).into_iter().collect();
+    assert!(writes.len() >= 8, "too few writes to cut: {}", writes.len());
+    cut.journal
+        .insert(cut.journal_key, encode(&writes).unwrap())
+        .unwrap();
+    write_each(&cut.tree, writes[..writes.len() / 2].to_vec()).unwrap();
+    assert_ne!(cut.digest().unwrap(), whole.digest().unwrap());
+    drop(cut);
+
+    let recovered = reopen(&cut_dir);
+    assert_eq!(recovered.digest().unwrap(), whole.digest().unwrap());
+    assert_eq!(recovered.meta("applied").unwrap(), Some(vec![4, 2]));
+    // Redoing is harmless: a second open changes nothing.
+    drop(recovered);
+    assert_eq!(reopen(&cut_dir).digest().unwrap(), whole.digest().unwrap());
+}
+
+#[test]
+fn an_imported_state_is_never_overwritten_by_an_older_journaled_commit() {
+    let (_source_dir, source) = store();
+    let mut writer = source.writer().unwrap();
+    writer
+        .apply(T0, &create("b", "carol", T0, T0 + 60_000))
+        .unwrap();
+    writer.commit().unwrap();
+
+    let (target_dir, target) = store();
+    stage_bid_war(&target).commit().unwrap();
+    target.import(&source.export().unwrap()).unwrap();
+    drop(target);
+
+    let reopened = reopen(&target_dir);
+    assert_eq!(reopened.digest().unwrap(), source.digest().unwrap());
+    assert!(reopened.auction("a").unwrap().is_none());
+}
