@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use gavel_raft::Group;
 use gavel_rules::Command;
+use openraft::ServerState;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::membership::Writer;
 use crate::node::Node;
-use crate::raft_ops::is_leader;
 use gavel_raft::wall_clock_ms;
 
 /// Most deadline entries proposed concurrently by one group.
@@ -28,16 +28,25 @@ const RETRY_BACKOFF_MS: u64 = 100;
 
 pub async fn run_deadlines(node: Arc<Node>, group_id: u32, mut stop: watch::Receiver<bool>) {
     let group = node.groups[group_id as usize].clone();
-    let mut metrics = group.raft.metrics();
+    // Server metrics change only with the vote, the role, the leader or the membership; the
+    // full metrics change with every append and apply, which would rescan the deadline index
+    // once per entry.
+    let mut leadership = group.raft.server_metrics();
     let mut clock = node.clock.subscribe();
     loop {
         if *stop.borrow() {
             return;
         }
         // A leader whose clock is out of bounds proposes nothing until it has stepped down.
-        if !is_leader(&group, node.node_id()) || !node.clock.healthy() {
+        // Judged from the server metrics themselves: openraft publishes them before the full
+        // metrics, so `is_leader` could still see the old role right after a change wakes us.
+        let leading = {
+            let seen = leadership.borrow_and_update();
+            seen.state == ServerState::Leader && seen.current_leader == Some(node.node_id())
+        };
+        if !leading || !node.clock.healthy() {
             tokio::select! {
-                changed = metrics.changed() => if changed.is_err() { return },
+                changed = leadership.changed() => if changed.is_err() { return },
                 changed = clock.changed() => if changed.is_err() { return },
                 _ = stop.changed() => return,
             }
@@ -66,7 +75,7 @@ pub async fn run_deadlines(node: Arc<Node>, group_id: u32, mut stop: watch::Rece
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(sleep_ms as u64)) => {}
             _ = group.observer.deadlines_changed.notified() => {}
-            changed = metrics.changed() => if changed.is_err() { return },
+            changed = leadership.changed() => if changed.is_err() { return },
             _ = stop.changed() => return,
         }
     }

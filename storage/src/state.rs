@@ -533,14 +533,21 @@ impl StateWriter<'_> {
                 self.stage(by_creator, []);
             }
             Some(before) => {
-                if let Some(due) = next_deadline_ms(before) {
-                    self.stage_removal(keys::deadline(due, &before.id));
+                let due_before = next_deadline_ms(before);
+                if due_before != next_deadline_ms(after) {
+                    if let Some(due) = due_before {
+                        self.stage_removal(keys::deadline(due, &before.id));
+                    }
                 }
             }
         }
-        // Re-inserted even when unchanged: only the last write staged per key is kept.
-        if let Some(due) = next_deadline_ms(after) {
-            self.stage(keys::deadline(due, &after.id), []);
+        // An unchanged deadline is not written again (most bids): `before` is this batch's own
+        // view, so no removal of that key is staged either.
+        let due_after = next_deadline_ms(after);
+        if before.map_or(true, |before| next_deadline_ms(before) != due_after) {
+            if let Some(due) = due_after {
+                self.stage(keys::deadline(due, &after.id), []);
+            }
         }
         self.stage(keys::auction(&after.id), encode(after)?);
         self.auctions.insert(after.id.clone(), after.clone());

@@ -285,7 +285,10 @@ fn stage_bid_war(state: &StateTree) -> StateWriter<'_> {
     for (i, bidder) in ["bob", "dave", "erin", "bob"].iter().enumerate() {
         let amount = 5 + i as i64 * 2;
         writer
-            .apply(T0 + 1 + i as i64, &bid("a", bidder, &format!("k{i}"), amount))
+            .apply(
+                T0 + 1 + i as i64,
+                &bid("a", bidder, &format!("k{i}"), amount),
+            )
             .unwrap();
     }
     writer.set_meta("applied", vec![4, 2]);
