@@ -544,7 +544,7 @@ impl StateWriter<'_> {
         // An unchanged deadline is not written again (most bids): `before` is this batch's own
         // view, so no removal of that key is staged either.
         let due_after = next_deadline_ms(after);
-        if before.map_or(true, |before| next_deadline_ms(before) != due_after) {
+        if before.is_none_or(|before| next_deadline_ms(before) != due_after) {
             if let Some(due) = due_after {
                 self.stage(keys::deadline(due, &after.id), []);
             }
