@@ -84,10 +84,11 @@ pub fn main() -> ExitCode {
 }
 
 fn run_server(args: config::ServeArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("gavel")
-        .build()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = args.worker_threads {
+        runtime.worker_threads(usize::from(threads));
+    }
+    let runtime = runtime.enable_all().thread_name("gavel").build()?;
     let result = runtime.block_on(crate::http::server::serve(args));
     if let Err(error) = &result {
         tracing::error!(error = format!("{error:#}"), "gavel serve failed");
