@@ -2,7 +2,8 @@
 //! `chromium-driver`, which `.ci/run` installs), driven over WebDriver by a minimal client here:
 //! the page loads, shows the price, follows a bid made over HTTP, reconnects by itself when the
 //! node restarts, places a bid through its own form, shows the countdown reach the end, and
-//! the list page links to the auction.
+//! the list page links to the auction. In a three-node cluster, the page follows the stream
+//! from another node when its own node is killed.
 //!
 //! Without the two binaries the test fails under CI and says so elsewhere (a developer machine
 //! without a browser); nothing is downloaded.
@@ -14,6 +15,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::cluster::*;
 use common::*;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -23,6 +25,10 @@ const PAGE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long the auction lasts: long enough to bid twice and restart the node, short enough to
 /// watch it end.
 const AUCTION_MS: i64 = 14_000;
+/// How long the failover test's auction lasts: it must not end during the test.
+const FAILOVER_AUCTION_MS: i64 = 120_000;
+/// How long a bid through a survivor may take, the election after the kill included.
+const FAILOVER_BID_WITHIN: Duration = Duration::from_secs(20);
 /// The W3C WebDriver key of an element reference.
 const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 
@@ -355,6 +361,84 @@ async fn the_live_page_follows_bids_and_counts_down_to_the_end() {
         })
         .await;
     driver.screenshot("list").await;
+    driver.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_page_follows_another_node_when_its_node_is_killed() {
+    if !browser_installed() {
+        return;
+    }
+    let mut cluster = Cluster::start(ClusterConfig::default()).await;
+    let ids = cluster.ids();
+    let (home, survivors) = (ids[0], ids[1..].to_vec());
+    let (carol, bob, vera) = (
+        token("carol", &["creator"]),
+        token("bob", &["bidder"]),
+        token("vera", &["viewer"]),
+    );
+    let body = auction_body("failover-post", -1_000, FAILOVER_AUCTION_MS);
+    let auction = cluster.api(home).create_auction(&carol, &body).await;
+    let id = auction["id"].as_str().expect("an id").to_owned();
+    let home_api = cluster.api(home);
+    poll_until(
+        "the page's node to hold the auction",
+        PAGE_TIMEOUT,
+        || async {
+            let path = format!("/auctions/{id}?consistency=local");
+            let resp = try_send(home_api.request(reqwest::Method::GET, &path, Some(&vera))).await;
+            resp.ok().filter(|r| r.status == 200).map(|_| ())
+        },
+    )
+    .await;
+    let mut driver = Driver::start().await;
+
+    driver
+        .open(&home_api.url(&format!("/a/{id}#token={vera}")))
+        .await;
+    driver
+        .wait_text("connection", "a live stream", |t| t == "live")
+        .await;
+    let home_host = cluster.member(home).client_addr();
+    assert_eq!(driver.text("via").await, format!("via {home_host}"));
+    assert_eq!(driver.text("version").await, "1");
+    // The page learned the other nodes when it loaded.
+    poll_until("the page to know all three nodes", PAGE_TIMEOUT, || async {
+        let known = driver.script("return nodes.urls.length;").await;
+        (known == 3).then_some(())
+    })
+    .await;
+
+    cluster.kill9(home);
+    let bid = BidRequest {
+        token: &bob,
+        auction_id: &id,
+        key: "after-the-kill",
+        amount: "12.50",
+        within: FAILOVER_BID_WITHIN,
+    };
+    let reply = bid_until_decided(&cluster.apis(&survivors), &mut 0, &bid)
+        .await
+        .unwrap_or_else(|failure| panic!("{failure}\n{}", cluster.all_logs()));
+    assert_eq!(reply["status"], "accepted", "{reply}");
+
+    // The page shows the bid: its stream now comes from a survivor.
+    driver
+        .wait_text("price", "the bid made after the kill", |t| t == "12.50")
+        .await;
+    driver.wait_text("version", "version 2", |t| t == "2").await;
+    assert_eq!(driver.text("winner").await, "bob");
+    assert_eq!(driver.text("connection").await, "live");
+    let via = driver.text("via").await;
+    let survivor_hosts: Vec<String> = survivors
+        .iter()
+        .map(|id| format!("via {}", cluster.member(*id).client_addr()))
+        .collect();
+    assert!(
+        survivor_hosts.contains(&via),
+        "{via} is not one of {survivor_hosts:?}"
+    );
+    driver.screenshot("failed-over").await;
     driver.quit().await;
 }
 
