@@ -15,7 +15,8 @@
 //!   extractor, and tokens: HS256 and RS256/ES256/EdDSA checks, key files and their reload,
 //!   minting), `json.rs` (the body extractor, exact money, RFC 3339 times,
 //!   `Idempotency-Key`), `problem.rs` (the one mapping of errors to RFC 9457 problems),
-//!   `cursor.rs`, `limits.rs`, `metrics.rs`, `engine.rs` (the narrow engine interface the
+//!   `cursor.rs`, `limits.rs`, `metrics.rs`, `cors.rs` (the two routes other origins may
+//!   read: the SSE stream and the node list), `engine.rs` (the narrow engine interface the
 //!   handlers use: the cluster node, or a fake in unit tests), `tls.rs` (the HTTPS listener)
 //!   and `openapi.json` (the contract).
 //! - `live/`: live updates: the per-node fan-out hub fed by the apply path, SSE and WebSocket

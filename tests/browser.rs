@@ -2,7 +2,8 @@
 //! `chromium-driver`, which `.ci/run` installs), driven over WebDriver by a minimal client here:
 //! the page loads, shows the price, follows a bid made over HTTP, reconnects by itself when the
 //! node restarts, places a bid through its own form, shows the countdown reach the end, and
-//! the list page links to the auction.
+//! the list page links to the auction. In a three-node cluster, the page follows the stream
+//! from another node when its own node is killed, also when the others are full at first.
 //!
 //! Without the two binaries the test fails under CI and says so elsewhere (a developer machine
 //! without a browser); nothing is downloaded.
@@ -14,6 +15,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::cluster::*;
 use common::*;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -23,6 +25,10 @@ const PAGE_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long the auction lasts: long enough to bid twice and restart the node, short enough to
 /// watch it end.
 const AUCTION_MS: i64 = 14_000;
+/// How long the failover test's auction lasts: it must not end during the test.
+const FAILOVER_AUCTION_MS: i64 = 120_000;
+/// How long a bid through a survivor may take, the election after the kill included.
+const FAILOVER_BID_WITHIN: Duration = Duration::from_secs(20);
 /// The W3C WebDriver key of an element reference.
 const ELEMENT_KEY: &str = "element-6066-11e4-a52e-4f735466cecf";
 
@@ -356,6 +362,170 @@ async fn the_live_page_follows_bids_and_counts_down_to_the_end() {
         .await;
     driver.screenshot("list").await;
     driver.quit().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_page_follows_another_node_when_its_node_is_killed() {
+    if !browser_installed() {
+        return;
+    }
+    let mut watch = Watching::start(ClusterConfig::default()).await;
+    watch.cluster.kill9(watch.home);
+    watch.bid_through_survivors("12.50").await;
+    watch.await_bid_via_a_survivor("12.50").await;
+    watch.driver.screenshot("failed-over").await;
+    watch.driver.quit().await;
+}
+
+/// The survivors are full (`--viewers-max 1`, their slot taken) when the page's node dies: the
+/// page reads their 503s across origins, keeps away from each until its `Retry-After` passed,
+/// and comes live on one once a slot frees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_page_honours_the_retry_after_of_full_nodes() {
+    if !browser_installed() {
+        return;
+    }
+    let mut config = ClusterConfig::default();
+    for id in [2, 3] {
+        config
+            .node_args
+            .insert(id, vec!["--viewers-max".into(), "1".into()]);
+    }
+    let mut watch = Watching::start(config).await;
+    let mut held = Vec::new();
+    for &id in &watch.survivors {
+        let path = format!("/auctions/{}/stream", watch.auction_id);
+        let resp = watch
+            .cluster
+            .api(id)
+            .request(reqwest::Method::GET, &path, Some(&watch.viewer_token))
+            .send()
+            .await
+            .expect("a stream that takes the node's one slot");
+        assert_eq!(resp.status(), 200);
+        held.push(resp);
+    }
+    watch.cluster.kill9(watch.home);
+    let refused = "const now = Date.now(); \
+                   return [...nodes.retryAt.values()].filter((at) => at > now - 60000).length;";
+    poll_until(
+        "both full nodes' Retry-After read",
+        PAGE_TIMEOUT,
+        || async {
+            let count = watch.driver.script(refused).await;
+            (count == 2).then_some(())
+        },
+    )
+    .await;
+    assert!(watch
+        .driver
+        .text("connection")
+        .await
+        .starts_with("reconnecting"));
+    // The held viewers leave; their nodes notice when the bid's frame cannot be written.
+    drop(held);
+    watch.bid_through_survivors("12.50").await;
+    watch.await_bid_via_a_survivor("12.50").await;
+    watch.driver.quit().await;
+}
+
+/// A cluster with an active auction and the live page watching it from node 1 (`home`), which
+/// it has come live on and from which it learned every node.
+struct Watching {
+    cluster: Cluster,
+    driver: Driver,
+    home: u64,
+    survivors: Vec<u64>,
+    auction_id: String,
+    viewer_token: String,
+}
+
+impl Watching {
+    async fn start(config: ClusterConfig) -> Watching {
+        let cluster = Cluster::start(config).await;
+        let ids = cluster.ids();
+        let (home, survivors) = (ids[0], ids[1..].to_vec());
+        let carol = token("carol", &["creator"]);
+        let vera = token("vera", &["viewer"]);
+        let body = auction_body("failover-post", -1_000, FAILOVER_AUCTION_MS);
+        let home_api = cluster.api(home);
+        let auction = home_api.create_auction(&carol, &body).await;
+        let id = auction["id"].as_str().expect("an id").to_owned();
+        poll_until(
+            "the page's node to hold the auction",
+            PAGE_TIMEOUT,
+            || async {
+                let path = format!("/auctions/{id}?consistency=local");
+                let resp =
+                    try_send(home_api.request(reqwest::Method::GET, &path, Some(&vera))).await;
+                resp.ok().filter(|r| r.status == 200).map(|_| ())
+            },
+        )
+        .await;
+        let driver = Driver::start().await;
+        driver
+            .open(&home_api.url(&format!("/a/{id}#token={vera}")))
+            .await;
+        driver
+            .wait_text("connection", "a live stream", |t| t == "live")
+            .await;
+        let home_host = cluster.member(home).client_addr();
+        assert_eq!(driver.text("via").await, format!("via {home_host}"));
+        assert_eq!(driver.text("version").await, "1");
+        poll_until("the page to know all three nodes", PAGE_TIMEOUT, || async {
+            let known = driver.script("return nodes.urls.length;").await;
+            (known == 3).then_some(())
+        })
+        .await;
+        Watching {
+            cluster,
+            driver,
+            home,
+            survivors,
+            auction_id: id,
+            viewer_token: vera,
+        }
+    }
+
+    /// A bid by bob through the survivors, retried there until decided (the groups the killed
+    /// node led elect new leaders meanwhile).
+    async fn bid_through_survivors(&self, amount: &str) {
+        let bob = token("bob", &["bidder"]);
+        let bid = BidRequest {
+            token: &bob,
+            auction_id: &self.auction_id,
+            key: "after-the-kill",
+            amount,
+            within: FAILOVER_BID_WITHIN,
+        };
+        let reply = bid_until_decided(&self.cluster.apis(&self.survivors), &mut 0, &bid)
+            .await
+            .unwrap_or_else(|failure| panic!("{failure}\n{}", self.cluster.all_logs()));
+        assert_eq!(reply["status"], "accepted", "{reply}");
+    }
+
+    /// The page shows the bid, live on a stream from a survivor.
+    async fn await_bid_via_a_survivor(&self, amount: &str) {
+        let driver = &self.driver;
+        driver
+            .wait_text("price", "the bid made after the kill", |t| t == amount)
+            .await;
+        driver.wait_text("version", "version 2", |t| t == "2").await;
+        assert_eq!(driver.text("winner").await, "bob");
+        driver
+            .wait_text("connection", "a live stream", |t| t == "live")
+            .await;
+        let via = driver.text("via").await;
+        let survivor_hosts: Vec<String> = self
+            .survivors
+            .iter()
+            .map(|id| format!("via {}", self.cluster.member(*id).client_addr()))
+            .collect();
+        assert!(
+            survivor_hosts.contains(&via),
+            "{via} is not one of {survivor_hosts:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -5,6 +5,7 @@
 //! port without any change to the cluster's state: a plaintext peer that sends a well-formed
 //! handshake and a vote, a TLS client without a certificate, and one whose certificate comes
 //! from another CA. Plain HTTP to the HTTPS port fails cleanly and the port keeps serving.
+//! `GET /cluster/endpoints` lists the nodes' https URLs.
 //! `gavel serve` with only some TLS flags, or with unusable PEM, refuses to start.
 
 mod common;
@@ -180,6 +181,18 @@ async fn live_over_https(cluster: &Cluster, pki: &Pki, auction: &Value) {
         "the live page: {}",
         page.text()
     );
+    // Viewers fail over to the nodes' HTTPS URLs, never to plain HTTP.
+    let nodes: Vec<String> = cluster
+        .ids()
+        .iter()
+        .map(|id| format!("https://{}", cluster.member(*id).client_addr()))
+        .collect();
+    let endpoints = cluster
+        .api(1)
+        .get_anonymous("/cluster/endpoints")
+        .await
+        .expect_json(200);
+    assert_eq!(endpoints.json(), json!({ "endpoints": nodes }));
     let mut sse = cluster
         .api(2)
         .request(

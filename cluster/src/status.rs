@@ -1,7 +1,7 @@
 //! `/cluster` as the node sees it: every known node with its addresses and reachability, and
 //! per group the leader, term, members and each reachable replica's log, commit and apply
 //! progress with a digest of its state machine (equal digests at equal applied indexes mean
-//! byte-identical replicas).
+//! byte-identical replicas); and the members' client addresses alone, from the local view.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -115,6 +115,19 @@ impl Node {
         me.client_addr = self.config.client_addr.clone();
         me.peer_addr = self.config.peer_addr.clone();
         nodes
+    }
+
+    /// The client address (`HOST:PORT`) of every member, voter or learner, of any group, this
+    /// node included, by node id. This node's view alone (its membership, and for the members
+    /// an `--initial-cluster` named only by peer address, their transport handshakes): no Raft
+    /// round trip, so it may trail a membership change briefly. A member whose client address
+    /// this node has not learned yet is left out.
+    pub fn member_client_addrs(&self) -> BTreeMap<u64, String> {
+        self.known_nodes()
+            .into_iter()
+            .filter(|(_, node)| !node.client_addr.is_empty())
+            .map(|(id, node)| (id, node.client_addr))
+            .collect()
     }
 
     pub async fn cluster_status(&self) -> ClusterStatus {

@@ -332,6 +332,14 @@ impl ServeArgs {
             })
     }
 
+    /// `http` or `https`, the scheme of [`ServeArgs::client_url`].
+    pub fn client_scheme(&self, bound: &str) -> &'static str {
+        match self.client_url(bound).scheme.as_str() {
+            "https" => "https",
+            _ => "http",
+        }
+    }
+
     /// How tokens are checked.
     pub fn auth_config(&self) -> crate::http::auth::AuthConfig {
         crate::http::auth::AuthConfig {

@@ -6,6 +6,7 @@
 //! runs the real auction rules) while `gavel_cluster::Node` serves production. It adds no
 //! behaviour of its own.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -41,6 +42,9 @@ pub trait Engine: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Option<BidPage>, ReadError>>;
     fn readiness(&self) -> Result<(), String>;
     fn cluster_status(&self) -> BoxFuture<'_, ClusterStatus>;
+    /// The client `HOST:PORT` of every member (voters and learners), this node included, by
+    /// node id, from this node's local view: no Raft round trip.
+    fn member_client_addrs(&self) -> BTreeMap<u64, String>;
     fn add_node(&self, member: NewMember) -> BoxFuture<'_, Result<(), MembershipError>>;
     fn remove_node(&self, node_id: u64) -> BoxFuture<'_, Result<(), MembershipError>>;
     fn transfer_leader(&self, group: u32, to: u64) -> BoxFuture<'_, Result<(), MembershipError>>;
@@ -106,6 +110,10 @@ impl Engine for NodeEngine {
 
     fn cluster_status(&self) -> BoxFuture<'_, ClusterStatus> {
         Box::pin(self.0.cluster_status())
+    }
+
+    fn member_client_addrs(&self) -> BTreeMap<u64, String> {
+        self.0.member_client_addrs()
     }
 
     fn add_node(&self, member: NewMember) -> BoxFuture<'_, Result<(), MembershipError>> {
@@ -185,12 +193,18 @@ pub mod fake {
         /// Answers the next membership changes give instead of the fake's own, first in first out.
         pub membership_answers: Mutex<Vec<Result<(), MembershipError>>>,
         pub not_ready: Mutex<Option<String>>,
+        /// What `member_client_addrs` answers: node 1 at `FAKE_CLIENT_ADDR` unless replaced.
+        pub client_addrs: Mutex<BTreeMap<u64, String>>,
     }
+
+    /// The client address the fake, a cluster of itself alone, announces.
+    pub const FAKE_CLIENT_ADDR: &str = "127.0.0.1:8080";
 
     impl FakeEngine {
         pub fn new(now_ms: i64) -> FakeEngine {
             let engine = FakeEngine::default();
             engine.now_ms.store(now_ms, Ordering::SeqCst);
+            *engine.client_addrs.lock().unwrap() = BTreeMap::from([(1, FAKE_CLIENT_ADDR.into())]);
             engine
         }
 
@@ -356,6 +370,10 @@ pub mod fake {
                 Some(reason) => Err(reason),
                 None => Ok(()),
             }
+        }
+
+        fn member_client_addrs(&self) -> BTreeMap<u64, String> {
+            self.client_addrs.lock().unwrap().clone()
         }
 
         /// The fake is a cluster of itself alone: node 1, leader of the one group 0.

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod cors;
 pub mod cursor;
 pub mod engine;
 pub mod json;

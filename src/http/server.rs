@@ -41,6 +41,9 @@ pub struct AppState {
     /// `None` when no recorder is installed (tests): `/metrics` is then empty.
     pub metrics: Option<PrometheusHandle>,
     pub node_id: u64,
+    /// `http` or `https`: how clients reach this node (`--advertise-client-url`'s scheme, else
+    /// `https` with `--cert-file`), and so the scheme `GET /cluster/endpoints` lists nodes with.
+    pub client_scheme: &'static str,
     /// Live-update fan-out (SSE and WebSocket viewers).
     pub live: crate::live::Hub,
 }
@@ -59,7 +62,8 @@ pub struct HttpLimits {
 }
 
 /// The whole application: API routes behind the in-flight bound, ops routes, problem fallbacks,
-/// the body limit, request metrics and tracing.
+/// the body limit, cross-origin reads of the SSE stream and the node list, request metrics and
+/// tracing.
 pub fn app(state: AppState, limits: HttpLimits) -> Router {
     let in_flight = InFlight(Arc::new(Semaphore::new(limits.requests_in_flight_max)));
     let api =
@@ -70,6 +74,7 @@ pub fn app(state: AppState, limits: HttpLimits) -> Router {
         .merge(api::router_of(crate::live::page::route_table()))
         .fallback(not_found_fallback)
         .layer(DefaultBodyLimit::max(limits.body_limit_bytes))
+        .layer(from_fn(crate::http::cors::allow_cross_origin_reads))
         .layer(from_fn(crate::http::metrics::track_requests))
         .layer(TraceLayer::new_for_http().make_span_with(crate::live::request_span))
         .with_state(state)
@@ -116,6 +121,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         )),
         metrics: Some(metrics),
         node_id: args.node_id,
+        client_scheme: args.client_scheme(&local_addr.to_string()),
         live: live.clone(),
     };
     let limits = HttpLimits {

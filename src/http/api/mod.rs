@@ -3,13 +3,15 @@
 //!
 //! One file per resource: `auctions.rs` (create, read, list, control), `bids.rs` (place, history),
 //! `cluster.rs` (membership and leadership, admin only), `backup.rs` (the backup stream, admin
-//! only) and `ops.rs` (health, readiness, metrics, OpenAPI). Handlers turn HTTP into engine calls and
+//! only), `endpoints.rs` (the nodes' client URLs, no token) and `ops.rs` (health, readiness,
+//! metrics, OpenAPI). Handlers turn HTTP into engine calls and
 //! engine replies into JSON; they never decide anything the state machine decides.
 
 pub mod auctions;
 pub mod backup;
 pub mod bids;
 pub mod cluster;
+pub mod endpoints;
 pub mod ops;
 
 #[cfg(test)]

@@ -1,8 +1,10 @@
 //! Operations endpoints, all without authentication: `GET /healthz` (the process runs),
 //! `GET /readyz` (this node can serve its groups), `GET /metrics` (Prometheus text) and
-//! `GET /openapi.json` (the hand-written API description embedded at build time).
+//! `GET /openapi.json` (the hand-written API description embedded at build time), and
+//! `GET /cluster/endpoints` (`endpoints.rs`).
 //!
-//! They are outside the in-flight bound so that probes and scrapes still answer under load.
+//! They are outside the in-flight bound so that probes and scrapes still answer under load, and
+//! so do viewers looking for another node in a reconnect storm.
 
 use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -26,6 +28,7 @@ pub fn route_table() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/readyz", get(readyz)),
         ("/metrics", get(metrics)),
         ("/openapi.json", get(openapi)),
+        ("/cluster/endpoints", get(super::endpoints::list)),
     ]
 }
 

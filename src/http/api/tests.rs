@@ -44,6 +44,19 @@ impl Harness {
 
     /// A harness whose API takes at most `requests_in_flight_max` requests at once.
     pub(super) fn with_limits(bids_per_s: u32, requests_in_flight_max: usize) -> Harness {
+        Harness::build(bids_per_s, requests_in_flight_max, "http")
+    }
+
+    /// A harness whose clients reach it over `client_scheme` (`http` or `https`).
+    pub(super) fn serving(client_scheme: &'static str) -> Harness {
+        Harness::build(0, 64, client_scheme)
+    }
+
+    fn build(
+        bids_per_s: u32,
+        requests_in_flight_max: usize,
+        client_scheme: &'static str,
+    ) -> Harness {
         let engine = Arc::new(FakeEngine::new(NOW_MS));
         let secret = Secret::new(b"test-secret-test-secret-test-secret".to_vec()).unwrap();
         let state = AppState {
@@ -52,6 +65,7 @@ impl Harness {
             bid_limiter: Arc::new(BidRateLimiter::new(bids_per_s, bids_per_s)),
             metrics: None,
             node_id: 7,
+            client_scheme,
             live: crate::live::Hub::start(engine.clone(), LIVE_CONFIG),
         };
         let limits = HttpLimits {

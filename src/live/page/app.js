@@ -1,18 +1,30 @@
 // Gavel's live auction page. Plain JavaScript, no build step, no third-party code.
 //
-// "/" lists auctions; "/a/{id}" shows one live over the node's WebSocket stream. Rules:
+// "/" lists auctions; "/a/{id}" shows one live over the auction's SSE stream. Rules:
 // - last version wins: a frame (or a REST read) older than what is shown is ignored, so the
 //   page never shows an older state after a newer one, across reconnects too;
-// - the page reconnects by itself (with backoff), resuming with ?sinceVersion=;
+// - the page reconnects by itself, resuming with ?sinceVersion=, to its own node or to another
+//   node of the cluster (see "Nodes" below), so it outlives the node that served it;
 // - the token comes from the form or from "#token=..." in the URL, and is kept in
-//   localStorage; streams get it as ?access_token= (browsers cannot set their headers).
+//   localStorage; streams get it as ?access_token= (that also keeps a stream from another node
+//   a CORS "simple request", which needs no preflight).
 "use strict";
 
 const TOKEN_KEY = "gavel.token";
 const RECONNECT_MS_MIN = 500;
+const RECONNECT_MS_MAX = 10000;
 // Ticks this page asks for: one after 5 s without another frame (the default is 1 s).
 const TICK_MS = 5000;
-const RECONNECT_MS_MAX = 10000;
+// A stream that brings no byte this long is taken for dead: while the auction runs a frame
+// comes at least every TICK_MS, and a keepalive comment every 15 s in any case.
+const STREAM_SILENCE_MS_MAX = 20000;
+// The longest SSE record the page buffers (frames are a few hundred bytes).
+const SSE_RECORD_CHARS_MAX = 65536;
+// The longest Retry-After the page takes at its word, in seconds.
+const RETRY_AFTER_S_MAX = 300;
+const NODES_MAX = 64;
+const NODES_REFRESH_MS = 60000;
+const NODES_FETCH_TIMEOUT_MS = 5000;
 const HISTORY_SHOWN_MAX = 50;
 const HISTORY_REFETCH_MS_MIN = 1000;
 const HISTORY_REFETCH_JITTER_MS = 2000;
@@ -178,8 +190,8 @@ const live = {
   remainingMs: 0,
   remainingAt: 0, // performance.now() when remainingMs was true
   ended: false,
-  socket: null,
-  attempts: 0,
+  stream: null, // { node, controller, silence, open } of the stream being read
+  attempts: 0, // reconnects since a stream last brought a frame
   history: new Map(), // version -> { amount, bidder }
   historyTimer: null,
 };
@@ -317,37 +329,183 @@ function scheduleHistoryRefetch() {
   }, wait);
 }
 
-function connect() {
+// ---------------------------------------------------------------------------------------------
+// Nodes: where the stream may come from
+//
+// The page streams from its own node first. When a stream drops it tries again after a
+// jittered exponential backoff (a crowd whose node died spreads its reconnects), preferring
+// another node than the one that just failed, and never asks a node again before the
+// Retry-After of its 503 (at --viewers-max, or behind the version asked for) ran out. The
+// other nodes come from GET /cluster/endpoints, read at load and every NODES_REFRESH_MS.
+//
+// The stream is read with fetch() rather than EventSource or WebSocket because only fetch shows
+// a refusal's status and Retry-After. REST calls (the auction, its history, bids) stay on the
+// page's own node: they send the token in a header, which from another origin needs a CORS
+// preflight the API does not answer (only the stream and the node list may be read from other
+// origins). When the page's node is gone the stream carries on elsewhere, while bids and
+// history fail with a message until the page is reloaded from a live node.
+
+const nodes = {
+  urls: [location.origin], // origins to stream from, the page's own first
+  failedAt: new Map(), // origin -> Date.now() of its last failed or dropped stream
+  retryAt: new Map(), // origin -> Date.now() before which its Retry-After says not to ask
+};
+
+// An origin from the node list, or null: the page's scheme (an https page cannot stream from
+// an http node), nothing but scheme, host and port.
+function nodeOrigin(text) {
+  try {
+    const url = new URL(text);
+    const plain = url.pathname === "/" && !url.search && !url.hash && !url.username && !url.password;
+    return url.protocol === location.protocol && plain ? url.origin : null;
+  } catch (_) {
+    return null;
+  }
+}
+
+async function refreshNodes() {
+  const from = live.stream ? live.stream.node : location.origin;
+  const controller = new AbortController();
+  const timer = setTimeout(() => controller.abort(), NODES_FETCH_TIMEOUT_MS);
+  try {
+    const response = await fetch(`${from}/cluster/endpoints`, {
+      signal: controller.signal,
+      credentials: "omit",
+      cache: "no-store",
+    });
+    const body = response.ok ? await response.json() : null;
+    if (!body || !Array.isArray(body.endpoints)) return;
+    const listed = body.endpoints.map(nodeOrigin).filter(Boolean);
+    nodes.urls = [...new Set([location.origin, ...listed])].slice(0, NODES_MAX);
+    for (const known of [nodes.failedAt, nodes.retryAt]) {
+      for (const url of [...known.keys()]) if (!nodes.urls.includes(url)) known.delete(url);
+    }
+  } catch (_) {
+    // Keep the list we have; it holds the page's own node at least.
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+// Where to stream from next, and after how long.
+function nextAttempt(failed) {
+  const now = Date.now();
+  const backoff = Math.random() * Math.min(RECONNECT_MS_MAX, RECONNECT_MS_MIN * 2 ** live.attempts);
+  const others = nodes.urls.filter((url) => url !== failed);
+  const pool = others.length > 0 ? others : nodes.urls;
+  const freeAt = (url) => Math.max(now + backoff, nodes.retryAt.get(url) || 0);
+  const lastFailed = (url) => nodes.failedAt.get(url) || 0;
+  // Free soonest first, then the one that failed longest ago (or never), random among equals.
+  const rank = (a, b) => freeAt(a) - freeAt(b) || lastFailed(a) - lastFailed(b);
+  const best = [...pool].sort(rank)[0];
+  const ties = pool.filter((url) => rank(url, best) === 0);
+  const node = ties[Math.floor(Math.random() * ties.length)];
+  return { node, wait: freeAt(node) - now };
+}
+
+function retryAfterS(response) {
+  const seconds = parseInt(response.headers.get("Retry-After") || "", 10);
+  return Number.isFinite(seconds) && seconds > 0 ? Math.min(seconds, RETRY_AFTER_S_MAX) : null;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The stream
+
+async function connect(node) {
   if (live.ended) return;
-  const scheme = location.protocol === "https:" ? "wss" : "ws";
   // The countdown runs locally from each frame's remainingMs; sparse ticks only resync it.
   const params = new URLSearchParams({ access_token: token(), tickMs: String(TICK_MS) });
   if (live.version > 0) params.set("sinceVersion", String(live.version));
-  const url = `${scheme}://${location.host}/auctions/${encodeURIComponent(live.id)}/ws?${params}`;
-  const socket = new WebSocket(url);
-  live.socket = socket;
-  socket.onopen = () => {
+  const url = `${node}/auctions/${encodeURIComponent(live.id)}/stream?${params}`;
+  const stream = { node, controller: new AbortController(), silence: null, open: false };
+  live.stream = stream;
+  let refusal = { status: 0, retryAfterS: null };
+  try {
+    keepWatching(stream);
+    const response = await fetch(url, {
+      signal: stream.controller.signal,
+      credentials: "omit",
+      cache: "no-store",
+    });
+    if (response.ok) {
+      await readRecords(response, stream);
+    } else {
+      refusal = { status: response.status, retryAfterS: retryAfterS(response) };
+    }
+  } catch (_) {
+    // The node died, is unreachable or went silent: try again, elsewhere.
+  } finally {
+    clearTimeout(stream.silence);
+  }
+  if (live.stream !== stream || live.ended) return;
+  live.stream = null;
+  // A refused token or a malformed request fails on every node alike: retrying cannot help.
+  if ([400, 401, 403].includes(refusal.status)) {
+    $("connection").textContent = "not connected";
+    $("connection").className = "connection";
+    $("auction-message").textContent = refusal.status === 400
+      ? "The stream refused this page's request."
+      : "The stream refused the token: paste a valid one above.";
+    return;
+  }
+  reconnect(node, refusal.retryAfterS);
+}
+
+function reconnect(failed, retryAfterS) {
+  const now = Date.now();
+  nodes.failedAt.set(failed, now);
+  if (retryAfterS !== null) nodes.retryAt.set(failed, now + retryAfterS * 1000);
+  const { node, wait } = nextAttempt(failed);
+  live.attempts += 1;
+  $("connection").textContent = "reconnecting…";
+  $("connection").className = "connection";
+  setTimeout(() => connect(node), wait);
+}
+
+// Aborts the stream when it stays silent for STREAM_SILENCE_MS_MAX.
+function keepWatching(stream) {
+  clearTimeout(stream.silence);
+  stream.silence = setTimeout(() => stream.controller.abort(), STREAM_SILENCE_MS_MAX);
+}
+
+// Reads SSE records ("field: value" lines, a blank line after each; the server ends lines with
+// "\n") until the body ends.
+async function readRecords(response, stream) {
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    keepWatching(stream);
+    buffer += value;
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      onRecord(buffer.slice(0, end), stream);
+      buffer = buffer.slice(end + 2);
+    }
+    if (buffer.length > SSE_RECORD_CHARS_MAX) throw new Error("an SSE record beyond the bound");
+  }
+}
+
+function onRecord(record, stream) {
+  const data = record
+    .split("\n")
+    .filter((line) => line.startsWith("data:"))
+    .map((line) => line.slice(5).replace(/^ /, ""))
+    .join("\n");
+  if (!data) return; // a keepalive comment
+  if (!stream.open) {
+    stream.open = true;
     live.attempts = 0;
     $("connection").textContent = "live";
     $("connection").className = "connection live";
-  };
-  socket.onmessage = (message) => {
-    try {
-      onFrame(JSON.parse(message.data));
-    } catch (error) {
-      console.error("bad frame", error);
-    }
-  };
-  socket.onclose = () => {
-    if (live.socket !== socket) return;
-    live.socket = null;
-    if (live.ended) return;
-    const wait = Math.min(RECONNECT_MS_MAX, RECONNECT_MS_MIN * 2 ** live.attempts) * (0.5 + Math.random());
-    live.attempts += 1;
-    $("connection").textContent = "reconnecting…";
-    $("connection").className = "connection";
-    setTimeout(connect, wait);
-  };
+    $("via").textContent = `via ${new URL(stream.node).host}`;
+  }
+  try {
+    onFrame(JSON.parse(data));
+  } catch (error) {
+    console.error("bad frame", error);
+  }
 }
 
 function updateBidForm() {
@@ -399,6 +557,7 @@ async function placeBid(event) {
 async function startAuction(id) {
   live.id = id;
   $("auction-view").hidden = false;
+  refreshNodes();
   $("bid-form").addEventListener("submit", placeBid);
   try {
     const a = await api(`/auctions/${encodeURIComponent(id)}?consistency=local`);
@@ -421,8 +580,9 @@ async function startAuction(id) {
     if (error.status === 401 || error.status === 404) return;
   }
   loadHistory();
-  connect();
+  connect(location.origin);
   setInterval(drawCountdown, COUNTDOWN_REDRAW_MS);
+  setInterval(refreshNodes, NODES_REFRESH_MS);
 }
 
 // ---------------------------------------------------------------------------------------------

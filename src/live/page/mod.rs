@@ -3,14 +3,16 @@
 //! and CSS embedded in the binary at build time: no build step, nothing from a CDN.
 //!
 //! The page is static and needs no token to load; it calls the same API as any client (token
-//! from its form or `#token=` in the URL) and follows the WebSocket stream. This module knows
-//! only how to serve the files; what the page does is in `app.js`.
+//! from its form or `#token=` in the URL) and follows the SSE stream, of another node when its
+//! own dies. This module knows only how to serve the files, and which nodes the page may
+//! connect to (its `Content-Security-Policy`); what the page does is in `app.js`.
 
-use axum::extract::Path;
+use axum::extract::{Path, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, MethodRouter};
 
+use crate::http::api::endpoints::client_urls;
 use crate::http::api::is_valid_id;
 use crate::http::problem::ApiError;
 use crate::http::server::AppState;
@@ -19,9 +21,11 @@ const INDEX_HTML: &str = include_str!("index.html");
 const APP_JS: &str = include_str!("app.js");
 const STYLE_CSS: &str = include_str!("style.css");
 
-/// Scripts, styles and connections only from this node; no framing, no inline code.
+/// Scripts, styles and connections only from this node; no framing, no inline code. The page
+/// may also connect to the cluster's other nodes: see [`page_policy`].
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
      connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+const CONNECT_SRC: &str = "connect-src 'self'";
 
 /// The live page and its assets.
 pub fn route_table() -> Vec<(&'static str, MethodRouter<AppState>)> {
@@ -34,38 +38,58 @@ pub fn route_table() -> Vec<(&'static str, MethodRouter<AppState>)> {
 }
 
 /// `GET /`
-async fn index() -> Response {
-    asset(INDEX_HTML, "text/html; charset=utf-8")
+async fn index(State(state): State<AppState>) -> Response {
+    page(&state)
 }
 
 /// `GET /a/{id}`: the same page; its script reads the id from the path.
-async fn auction(Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn auction(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     if !is_valid_id(&id) {
         return Err(ApiError::NotFound("no such auction".into()));
     }
-    Ok(asset(INDEX_HTML, "text/html; charset=utf-8"))
+    Ok(page(&state))
 }
 
 /// `GET /assets/app.js`
 async fn app_js() -> Response {
-    asset(APP_JS, "text/javascript; charset=utf-8")
+    asset(APP_JS, "text/javascript; charset=utf-8", static_policy())
 }
 
 /// `GET /assets/style.css`
 async fn style_css() -> Response {
-    asset(STYLE_CSS, "text/css; charset=utf-8")
+    asset(STYLE_CSS, "text/css; charset=utf-8", static_policy())
 }
 
-fn asset(body: &'static str, content_type: &'static str) -> Response {
+fn page(state: &AppState) -> Response {
+    // `client_urls` lets only plain `HOST:PORT` URLs through, so this holds; should it ever
+    // not, the page is served without its other nodes rather than not at all.
+    let policy =
+        HeaderValue::try_from(page_policy(&client_urls(state))).unwrap_or_else(|_| static_policy());
+    asset(INDEX_HTML, "text/html; charset=utf-8", policy)
+}
+
+/// The page may connect to this node and to the cluster's nodes as this node knows them now,
+/// to follow the stream elsewhere when this node dies. A node that joins later is allowed
+/// after a reload.
+fn page_policy(node_urls: &[String]) -> String {
+    let listed: String = node_urls.iter().map(|url| format!(" {url}")).collect();
+    CONTENT_SECURITY_POLICY.replacen(CONNECT_SRC, &format!("{CONNECT_SRC}{listed}"), 1)
+}
+
+fn static_policy() -> HeaderValue {
+    HeaderValue::from_static(CONTENT_SECURITY_POLICY)
+}
+
+fn asset(body: &'static str, content_type: &'static str, policy: HeaderValue) -> Response {
     let mut response = (StatusCode::OK, body).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     // Revalidate every time: a node upgrade must not leave old scripts in browsers.
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CONTENT_SECURITY_POLICY),
-    );
+    headers.insert(header::CONTENT_SECURITY_POLICY, policy);
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
@@ -101,5 +125,21 @@ mod tests {
         ] {
             assert!(INDEX_HTML.contains(&format!("id=\"{id}\"")), "{id}");
         }
+    }
+
+    #[test]
+    fn the_page_may_connect_to_the_listed_nodes_only() {
+        let urls = [
+            "http://127.0.0.1:8081".to_owned(),
+            "http://127.0.0.1:8082".to_owned(),
+        ];
+        let policy = page_policy(&urls);
+        assert!(policy
+            .contains("; connect-src 'self' http://127.0.0.1:8081 http://127.0.0.1:8082; img-src"));
+        assert_eq!(
+            policy.replace(" http://127.0.0.1:8081 http://127.0.0.1:8082", ""),
+            CONTENT_SECURITY_POLICY
+        );
+        assert_eq!(page_policy(&[]), CONTENT_SECURITY_POLICY);
     }
 }

@@ -830,7 +830,13 @@ async fn viewers_full(run: &mut Run) {
 }
 
 async fn operations(run: &mut Run) {
-    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+        "/cluster/endpoints",
+    ] {
         run.expect(req(Method::GET, path, "").who(Who::Nobody), 200)
             .await;
     }
