@@ -124,14 +124,6 @@ impl Store {
         Ok(())
     }
 
-    /// `flush` for a thread of its own (the log flusher): blocks it, so never call it from an
-    /// async task.
-    pub fn flush_blocking(&self) -> Result<(), StorageError> {
-        let _one_at_a_time = self.flushing.blocking_lock();
-        self.db.flush()?;
-        Ok(())
-    }
-
     /// Node-level settings (node id, group count) that must survive restarts.
     pub fn node_meta<T: serde::de::DeserializeOwned>(
         &self,
