@@ -62,6 +62,16 @@ struct Common {
     /// Concurrent bidders.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=200))]
     bidders: u64,
+    #[command(flatten)]
+    namespaces: Namespaces,
+}
+
+#[derive(clap::Args, Clone)]
+struct Namespaces {
+    /// Prefix of the run's network namespaces. Two suites running on one machine at once need
+    /// different ones: a run removes whatever namespaces with its prefix it finds.
+    #[arg(long, env = "GAVEL_JEPSEN_NAMESPACE_PREFIX", default_value = net::DEFAULT_NAMESPACE_PREFIX)]
+    namespace_prefix: String,
 }
 
 #[derive(Subcommand)]
@@ -92,7 +102,10 @@ enum Command {
     /// Lists the scenarios.
     List,
     /// Removes namespaces and processes left by an interrupted run.
-    Cleanup,
+    Cleanup {
+        #[command(flatten)]
+        namespaces: Namespaces,
+    },
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -126,10 +139,12 @@ fn main() -> ExitCode {
             Ok(true)
         }
         Command::Check { history } => check_file(&history),
-        Command::Cleanup => net::cleanup_stale().map(|n| {
-            println!("removed {n} namespaces");
-            true
-        }),
+        Command::Cleanup { namespaces } => net::set_namespace_prefix(&namespaces.namespace_prefix)
+            .and_then(|()| net::cleanup_stale())
+            .map(|n| {
+                println!("removed {n} namespaces");
+                true
+            }),
         Command::Run {
             scenario,
             nodes,
@@ -200,6 +215,7 @@ fn run_all(
     nodes: Option<usize>,
     common: Common,
 ) -> anyhow::Result<bool> {
+    net::set_namespace_prefix(&common.namespaces.namespace_prefix)?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the fault suite needs root (network namespaces and iptables)");

@@ -7,19 +7,25 @@
 //! sides. Clients are never cut off from nodes: the nemesis partitions the cluster, not the
 //! clients (as Jepsen does), so the history shows what each side of a partition answers.
 //!
-//! Every namespace carries the run's prefix; `cleanup_stale` removes what an earlier run left
+//! Every namespace carries the run's prefix (`--namespace-prefix`, default `gjep-`); `cleanup_stale` removes what an earlier run left
 //! (processes first, then namespaces), and `Net::teardown` removes what this run made. Deleting a
 //! namespace deletes its veth ends and its iptables rules with it.
 
 use std::collections::BTreeSet;
 use std::process::Command;
+use std::sync::OnceLock;
 
 use anyhow::{bail, Context};
 
 use crate::harness::NodeId;
 
 /// Every namespace of the suite starts with this, so a later run can find and remove leftovers.
-pub const NAMESPACE_PREFIX: &str = "gjep-";
+/// Two suites on one machine need different prefixes (`--namespace-prefix`), or each one's
+/// cleanup kills the other's nodes.
+pub const DEFAULT_NAMESPACE_PREFIX: &str = "gjep-";
+/// This run's prefix, set once from the command line before any namespace is touched.
+static NAMESPACE_PREFIX: OnceLock<String> = OnceLock::new();
+const NAMESPACE_PREFIX_LEN_MAX: usize = 32;
 /// The subnet of the test network: node n is `10.77.0.n`, the clients are `10.77.0.100`.
 const SUBNET: &str = "10.77.0";
 const CLIENT_HOST: u8 = 100;
@@ -53,16 +59,51 @@ fn in_ns(ns: &str, program: &str, args: &[&str]) -> anyhow::Result<String> {
     run("ip", &full)
 }
 
+/// Sets this run's namespace prefix: lowercase letters, digits and `-`, starting with a letter.
+pub fn set_namespace_prefix(prefix: &str) -> anyhow::Result<()> {
+    let well_formed = prefix.starts_with(|c: char| c.is_ascii_lowercase())
+        && prefix.len() <= NAMESPACE_PREFIX_LEN_MAX
+        && prefix
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !well_formed {
+        bail!(
+            "namespace prefix {prefix:?}: use 1-{NAMESPACE_PREFIX_LEN_MAX} lowercase letters, \
+             digits or '-', starting with a letter"
+        );
+    }
+    if NAMESPACE_PREFIX.get_or_init(|| prefix.to_owned()) != prefix {
+        bail!("the namespace prefix is already set");
+    }
+    Ok(())
+}
+
+fn namespace_prefix() -> &'static str {
+    NAMESPACE_PREFIX.get_or_init(|| DEFAULT_NAMESPACE_PREFIX.to_owned())
+}
+
 pub fn node_namespace(node: NodeId) -> String {
-    format!("{NAMESPACE_PREFIX}n{node}")
+    format!("{}n{node}", namespace_prefix())
 }
 
 pub fn client_namespace() -> String {
-    format!("{NAMESPACE_PREFIX}clients")
+    format!("{}clients", namespace_prefix())
 }
 
 fn switch_namespace() -> String {
-    format!("{NAMESPACE_PREFIX}switch")
+    format!("{}switch", namespace_prefix())
+}
+
+/// Whether `name` is one of this run's namespaces: exactly the prefix and a name the suite
+/// gives, so the default `gjep-` never matches another suite's `gjep-b-n1`.
+fn is_suite_namespace(name: &str) -> bool {
+    match name.strip_prefix(namespace_prefix()) {
+        Some("clients" | "switch") => true,
+        Some(rest) => rest
+            .strip_prefix('n')
+            .is_some_and(|id| !id.is_empty() && id.chars().all(|c| c.is_ascii_digit())),
+        None => false,
+    }
 }
 
 pub fn node_ip(node: NodeId) -> String {
@@ -77,7 +118,7 @@ pub fn cleanup_stale() -> anyhow::Result<usize> {
         let Some(name) = line.split_whitespace().next() else {
             continue;
         };
-        if !name.starts_with(NAMESPACE_PREFIX) {
+        if !is_suite_namespace(name) {
             continue;
         }
         kill_namespace_processes(name);
@@ -173,14 +214,16 @@ impl Net {
 /// the other enslaved to the bridge.
 fn attach_host(switch: &str, index: usize, ns: &str, ip: &str) -> anyhow::Result<()> {
     run("ip", &["netns", "add", ns])?;
+    // Made inside the switch's namespace, never in the host's, where the ports of two suites
+    // running at once would share one name space.
     let port = format!("gjv{index}");
-    run(
+    in_ns(
+        switch,
         "ip",
         &[
             "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", ns,
         ],
     )?;
-    run("ip", &["link", "set", &port, "netns", switch])?;
     in_ns(switch, "ip", &["link", "set", &port, "master", "br0", "up"])?;
     in_ns(
         ns,
@@ -220,4 +263,35 @@ pub fn enter_client_namespace() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_suites_own_names_count_as_its_namespaces() {
+        assert!(is_suite_namespace("gjep-n1"));
+        assert!(is_suite_namespace("gjep-n12"));
+        assert!(is_suite_namespace("gjep-clients"));
+        assert!(is_suite_namespace("gjep-switch"));
+        assert!(!is_suite_namespace("gjep-b-n1"), "another suite's prefix");
+        assert!(!is_suite_namespace("gjep-n"));
+        assert!(!is_suite_namespace("gjep-nx"));
+        assert!(!is_suite_namespace("other-n1"));
+    }
+
+    #[test]
+    fn prefixes_are_checked() {
+        for bad in [
+            "",
+            "1abc",
+            "Upper-",
+            "has space",
+            "semi;colon",
+            &"a".repeat(33),
+        ] {
+            assert!(set_namespace_prefix(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }
