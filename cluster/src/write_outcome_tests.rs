@@ -281,6 +281,12 @@ async fn a_write_openraft_rejects_without_appending_is_retried() {
     let leader = trio.leader().expect("a leader");
     let follower = (1..=3).find(|&id| id != leader).expect("a follower");
     let group = &trio.groups[&follower];
+    // The new leader's first entry may still be on its way; counted before it lands, it would
+    // look like an append of the rejected write.
+    until("the follower holds the leader's whole log", || {
+        last_log_index(group) == last_log_index(&trio.groups[&leader])
+    })
+    .await;
     let before = last_log_index(group);
     // Past the metrics check, straight to openraft, as when this node stepped down a moment
     // before the write reached RaftCore.
