@@ -49,7 +49,6 @@ async fn run(store: Store, mut pending: mpsc::Receiver<LogFlushed<TypeConfig>>) 
     let mut batch = Vec::with_capacity(FLUSH_BATCH_MAX);
     while pending.recv_many(&mut batch, FLUSH_BATCH_MAX).await > 0 {
         metrics::histogram!("gavel_log_appends_per_flush").record(batch.len() as f64);
-        metrics::histogram!("gavel_log_appends_per_flush").record(batch.len() as f64);
         let result = store.flush().await;
         for callback in batch.drain(..) {
             let outcome = match &result {
