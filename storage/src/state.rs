@@ -525,26 +525,19 @@ impl StateWriter<'_> {
         before: Option<&Auction>,
         after: &Auction,
     ) -> Result<(), StorageError> {
-        match before {
-            None => {
-                self.stage(keys::by_created(after.created_at_ms, &after.id), []);
-                let by_creator =
-                    keys::by_creator(&after.creator_id, after.created_at_ms, &after.id);
-                self.stage(by_creator, []);
-            }
-            Some(before) => {
-                let due_before = next_deadline_ms(before);
-                if due_before != next_deadline_ms(after) {
-                    if let Some(due) = due_before {
-                        self.stage_removal(keys::deadline(due, &before.id));
-                    }
-                }
-            }
+        if before.is_none() {
+            self.stage(keys::by_created(after.created_at_ms, &after.id), []);
+            let by_creator = keys::by_creator(&after.creator_id, after.created_at_ms, &after.id);
+            self.stage(by_creator, []);
         }
         // An unchanged deadline is not written again (most bids): `before` is this batch's own
         // view, so no removal of that key is staged either.
+        let due_before = before.and_then(next_deadline_ms);
         let due_after = next_deadline_ms(after);
-        if before.is_none_or(|before| next_deadline_ms(before) != due_after) {
+        if due_before != due_after {
+            if let Some(due) = due_before {
+                self.stage_removal(keys::deadline(due, &after.id));
+            }
             if let Some(due) = due_after {
                 self.stage(keys::deadline(due, &after.id), []);
             }
