@@ -177,15 +177,21 @@ impl Node {
         Ok(())
     }
 
-    /// On a fresh cluster, stand for election at once in the groups this node should lead
-    /// (`voters[g mod n]`, as `placement` prefers), so leaders start out spread instead of
-    /// being moved one transfer at a time.
+    /// Stands for election at once, rather than after an election timeout, where that is
+    /// sure to help: on a fresh cluster in the groups this node should lead (`voters[g mod
+    /// n]`, as `placement` prefers), so leaders start out spread instead of being moved one
+    /// transfer at a time; and in the groups this node is the only voter of, which after a
+    /// restart wait for an election (`LogStore::give_up_leadership_on_restart`).
     async fn campaign_where_preferred(&self) {
+        let me = self.config.node_id;
         for group in &self.groups {
             let (voters, _) = crate::raft_ops::members(group);
             let fresh = group.raft.metrics().borrow().current_term <= 1;
             let preferred = voters.get(group.id as usize % voters.len().max(1));
-            if fresh && voters.len() > 1 && preferred == Some(&self.config.node_id) {
+            let spread = fresh && voters.len() > 1 && preferred == Some(&me);
+            let alone =
+                voters.len() == 1 && voters.contains(&me) && !crate::raft_ops::is_leader(group, me);
+            if spread || alone {
                 if let Err(e) = group.raft.trigger().elect().await {
                     tracing::debug!(group = group.id, error = %e, "early campaign failed");
                 }

@@ -148,3 +148,55 @@ async fn decides_reads_times_and_restarts() {
     assert!(node.readiness().is_ok(), "{:?}", node.readiness());
     node.shutdown().await;
 }
+
+/// A node that led its groups when it stopped comes back as a follower and wins a new election
+/// (a higher term, whose first entry orders after everything it acknowledged before), instead
+/// of resuming its old leadership with a read index that could miss those writes. Alone in its
+/// groups, it campaigns at once rather than after an election timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_is_elected_again_in_a_new_term() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(config(dir.path())).await.unwrap();
+    node.propose(create("r1", -1_000, 60_000)).await.unwrap();
+    node.propose(bid("r1", "bob", "k1", 11)).await.unwrap();
+    let before = all_groups_led(&node).await;
+    node.shutdown().await;
+    drop(node);
+
+    let started = std::time::Instant::now();
+    let node = Node::start(config(dir.path())).await.unwrap();
+    let auction = node
+        .auction("r1", Consistency::Linearizable)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(auction.current_winner_id.as_deref(), Some("bob"));
+    let after = all_groups_led(&node).await;
+    for (old, new) in before.groups.iter().zip(&after.groups) {
+        assert!(
+            new.term > old.term,
+            "group {} kept term {} across the restart",
+            new.id,
+            old.term
+        );
+    }
+    // Far below the 600 ms election timeout a campaign would otherwise wait for, with room
+    // for a slow machine.
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    node.shutdown().await;
+}
+
+async fn all_groups_led(node: &Arc<Node>) -> gavel_cluster::ClusterStatus {
+    for _ in 0..250 {
+        let status = node.cluster_status().await;
+        if status.groups.iter().all(|g| g.leader == Some(1)) {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{:?}", node.cluster_status().await);
+}

@@ -111,6 +111,12 @@ impl Group {
     ) -> Result<Group, GroupError> {
         let config = Arc::new(settings.openraft_config(id)?);
         let log_store = LogStore::new(store.clone(), store.log(id)?, flusher.clone());
+        if log_store.give_up_leadership_on_restart(node_id)? {
+            tracing::info!(
+                group = id,
+                "led this group when it stopped: back as a follower"
+            );
+        }
         let committed_index = log_store.committed_index();
         let state = store.state(id)?;
         let observer = Arc::new(GroupObserver::new(events.clone()));

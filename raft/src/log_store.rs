@@ -15,7 +15,7 @@ use openraft::{OptionalSend, RaftLogReader, StorageIOError};
 
 use crate::flusher::Flusher;
 use crate::types::{
-    upgrade_entry, Entry, LogId, RaftStorageError, TypeConfig, TypeConfigV1, Vote,
+    upgrade_entry, Entry, LogId, NodeId, RaftStorageError, TypeConfig, TypeConfigV1, Vote,
     ENTRY_FORMAT_VERSION,
 };
 
@@ -45,6 +45,35 @@ impl LogStore {
     /// A live view of the committed index this store has saved.
     pub fn committed_index(&self) -> Arc<AtomicU64> {
         self.committed_index.clone()
+    }
+
+    /// Run before the group's openraft instance starts: if the saved vote is this node's own
+    /// committed vote (it led the group when it stopped), keeps the vote but uncommitted, so the
+    /// node comes back a follower and the group elects a leader. Returns whether it did.
+    ///
+    /// Why: openraft 0.9 restores such a node as leader at once, without an election
+    /// (`Engine::startup`). That leader's read index is the larger of its term's first entry
+    /// and the committed index it saved, and the saved one may be older than writes it
+    /// acknowledged just before it stopped (it is not flushed; the entries are). Reads through
+    /// it then miss acknowledged writes: the fault suite saw it after kill -9 and after a
+    /// restart under clock skew. A newly elected leader appends a blank entry in a new term,
+    /// which orders after everything acknowledged, so its read index covers them.
+    ///
+    /// The promise for the term is kept: an uncommitted vote for this node is below the
+    /// committed one only, so the node grants no vote it would have refused.
+    pub fn give_up_leadership_on_restart(
+        &self,
+        node_id: NodeId,
+    ) -> Result<bool, gavel_storage::StorageError> {
+        let Some(vote) = self.record::<Vote>(VOTE)? else {
+            return Ok(false);
+        };
+        if !vote.is_committed() || vote.leader_id().voted_for() != Some(node_id) {
+            return Ok(false);
+        }
+        let uncommitted = Vote::new(vote.leader_id().term, node_id);
+        self.log.set_record(VOTE, encode(&uncommitted)?)?;
+        Ok(true)
     }
 
     fn record<T: serde::de::DeserializeOwned>(
@@ -250,6 +279,31 @@ mod tests {
             let entry = decode_entry(&gavel_storage::encode(&old).unwrap()).unwrap();
             assert_eq!(entry.log_id, log_id(8));
             assert!(!matches!(entry.payload, EntryPayload::Normal(_)));
+        }
+    }
+
+    #[tokio::test]
+    async fn only_this_nodes_committed_vote_is_given_up_on_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path(), &gavel_storage::StoreConfig::default()).unwrap();
+        let mut log_store =
+            LogStore::new(store.clone(), store.log(0).unwrap(), Flusher::start(store));
+        assert!(
+            !log_store.give_up_leadership_on_restart(1).unwrap(),
+            "no vote saved"
+        );
+        let cases = [
+            (Vote::new_committed(4, 1), true, Vote::new(4, 1)),
+            (Vote::new_committed(4, 2), false, Vote::new_committed(4, 2)),
+            (Vote::new(5, 1), false, Vote::new(5, 1)),
+        ];
+        for (saved, given_up, read_back) in cases {
+            log_store.save_vote(&saved).await.unwrap();
+            assert_eq!(
+                log_store.give_up_leadership_on_restart(1).unwrap(),
+                given_up
+            );
+            assert_eq!(log_store.read_vote().await.unwrap(), Some(read_back));
         }
     }
 
