@@ -93,7 +93,8 @@ impl Forwarders {
             group,
             timeout,
         };
-        tokio::spawn(link.run(receiver, self.stop.clone()));
+        // On the node's runtime, like the connections it writes to (`Transport::spawn`).
+        self.transport.spawn(link.run(receiver, self.stop.clone()));
         queues.insert((group, leader), queue.clone());
         queue
     }

@@ -65,6 +65,10 @@ pub struct Holds {
     /// The group, for the queue-depth gauge.
     group: u32,
     drained: Notify,
+    /// The node's runtime, where the timers that end holds run: a hold set by a request on
+    /// the HTTP runtime must still end on time when that runtime is saturated (an unended
+    /// heartbeat hold deposes the leader).
+    runtime: tokio::runtime::Handle,
 }
 
 /// One write admitted past the write hold, counted until dropped.
@@ -149,6 +153,7 @@ impl Holds {
             admitted: Mutex::new(0),
             group,
             drained: Notify::new(),
+            runtime: tokio::runtime::Handle::current(),
         }
     }
 
@@ -235,7 +240,7 @@ impl Holds {
             return;
         }
         let (group, slot) = (group.clone(), self.writes_until.clone());
-        tokio::spawn(async move {
+        self.runtime.spawn(async move {
             tokio::time::sleep_until(end).await;
             // A later hold may have extended the window: only the last one re-enables.
             if expired(&slot) {
@@ -255,7 +260,7 @@ impl Holds {
         }
         let (group, slot) = (group.clone(), self.elections_until.clone());
         let (elect_ok, leaving) = (self.elect_ok.clone(), self.leaving.clone());
-        tokio::spawn(async move {
+        self.runtime.spawn(async move {
             tokio::time::sleep_until(end).await;
             gate(&group, &slot, &elect_ok, &leaving);
         });

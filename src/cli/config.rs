@@ -69,6 +69,11 @@ pub struct ServeArgs {
     /// hand-off between threads costs a wake-up, and idle threads steal work from busy ones.
     #[arg(long, env = "GAVEL_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub worker_threads: Option<u16>,
+    /// Threads of the node's consensus runtime: Raft, the peer transport, the state machine
+    /// and deadline timers, kept apart from the HTTP and fan-out threads so that viewers can
+    /// never delay a heartbeat. Default: half the CPU cores, at least one.
+    #[arg(long, env = "GAVEL_CONSENSUS_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub consensus_threads: Option<u16>,
     /// Live viewers (SSE and WebSocket together) this node serves at once; more are answered
     /// 503. Each holds a socket: keep it well below the process's open-files limit.
     #[arg(long, env = "GAVEL_VIEWERS_MAX", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]

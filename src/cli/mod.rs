@@ -83,16 +83,36 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// How long stopping waits for the consensus runtime's last blocking work (a final flush).
+const CONSENSUS_RUNTIME_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Two runtimes: one for HTTP and live fan-out, one for consensus (Raft, peer transport,
+/// state machine, timers). Tokio runs a runtime's ready tasks in turn with no priorities, so on
+/// one shared runtime a node busy streaming to many viewers made its heartbeats and vote
+/// answers wait behind them, past their timeouts, and its groups lost their leaders. Threads of
+/// their own let the kernel's scheduler favour the consensus threads, which sleep most of the
+/// time, whenever they wake.
 fn run_server(args: config::ServeArgs) -> anyhow::Result<()> {
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = args.worker_threads {
         runtime.worker_threads(usize::from(threads));
     }
     let runtime = runtime.enable_all().thread_name("gavel").build()?;
-    let result = runtime.block_on(crate::http::server::serve(args));
+    let consensus_threads = args.consensus_threads.map_or_else(
+        || (std::thread::available_parallelism().map_or(1, usize::from) / 2).max(1),
+        usize::from,
+    );
+    let consensus = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(consensus_threads)
+        .enable_all()
+        .thread_name("gavel-consensus")
+        .build()?;
+    let result = runtime.block_on(crate::http::server::serve(args, consensus.handle().clone()));
     if let Err(error) = &result {
         tracing::error!(error = format!("{error:#}"), "gavel serve failed");
     }
+    drop(runtime);
+    consensus.shutdown_timeout(CONSENSUS_RUNTIME_STOP_WAIT);
     result
 }
 

@@ -91,8 +91,9 @@ pub fn routed_paths() -> Vec<&'static str> {
     tables.into_iter().flatten().map(|(path, _)| path).collect()
 }
 
-/// Runs `gavel serve` to completion.
-pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+/// Runs `gavel serve` to completion, with the node on the `consensus` runtime (its tasks stay
+/// there: see `run_server`) and HTTP on the current one.
+pub async fn serve(args: ServeArgs, consensus: tokio::runtime::Handle) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create the data dir {}", args.data_dir.display()))?;
     let auth = crate::http::auth::start(args.auth_config(), &args.data_dir)?;
@@ -106,8 +107,12 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let local_addr = listener
         .local_addr()
         .context("the listener has no address")?;
-    let node = Node::start(args.node_config(&local_addr.to_string(), peer_tls))
+    let node = consensus
+        .spawn(Node::start(
+            args.node_config(&local_addr.to_string(), peer_tls),
+        ))
         .await
+        .context("the node's start was cut short")?
         .context("cannot start the node")?;
     let engine: Arc<dyn Engine> = Arc::new(NodeEngine(node.clone()));
     let live = crate::live::Hub::start(engine.clone(), args.live_config());

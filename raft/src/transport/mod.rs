@@ -148,6 +148,10 @@ pub struct Transport {
 
 struct Inner {
     config: TransportConfig,
+    /// The runtime the transport was started on, where every connection's tasks run: dials
+    /// may be started from anywhere (a client request on the HTTP runtime), and connections
+    /// must not queue behind that runtime's work (see `spawn`).
+    runtime: tokio::runtime::Handle,
     handler: Arc<OnceLock<Arc<dyn InboundHandler>>>,
     links: Mutex<BTreeMap<NodeId, Arc<Link>>>,
     stop: watch::Sender<bool>,
@@ -185,17 +189,30 @@ impl Transport {
         let transport = Transport {
             inner: Arc::new(Inner {
                 config,
+                runtime: tokio::runtime::Handle::current(),
                 handler: Arc::new(OnceLock::new()),
                 links: Mutex::new(BTreeMap::new()),
                 stop,
             }),
         };
-        tokio::spawn(transport.clone().accept_loop(listener));
+        transport.spawn(transport.clone().accept_loop(listener));
         Ok((transport, local))
     }
 
     pub fn node_id(&self) -> NodeId {
         self.inner.config.node_id
+    }
+
+    /// Runs `task` on the runtime the transport was started on, wherever it is called from.
+    /// `gavel serve` starts its node on a runtime of its own, apart from HTTP and live fan-out,
+    /// so heartbeats and votes never wait behind viewers' work (a saturated shared runtime let
+    /// 150 ms heartbeats time out and deposed leaders).
+    pub fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.inner.runtime.spawn(task)
     }
 
     /// Installs the handler for inbound requests; only the first call counts.
@@ -348,7 +365,7 @@ impl Transport {
         if lock(&link.addr).is_none() || link.dialing.swap(true, Ordering::AcqRel) {
             return;
         }
-        tokio::spawn(self.clone().dial_loop(link.clone()));
+        self.spawn(self.clone().dial_loop(link.clone()));
     }
 
     async fn dial_loop(self, link: Arc<Link>) {
