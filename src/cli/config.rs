@@ -74,6 +74,10 @@ pub struct ServeArgs {
     /// never delay a heartbeat. Default: half the CPU cores, at least one.
     #[arg(long, env = "GAVEL_CONSENSUS_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub consensus_threads: Option<u16>,
+    /// Threads that send live updates to WebSocket viewers, kept apart from the HTTP threads
+    /// so that a crowd of viewers never delays an API request (a bid). Default: one per core.
+    #[arg(long, env = "GAVEL_FANOUT_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub fanout_threads: Option<u16>,
     /// Live viewers (SSE and WebSocket together) this node serves at once; more are answered
     /// 503. Each holds a socket: keep it well below the process's open-files limit.
     #[arg(long, env = "GAVEL_VIEWERS_MAX", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]

@@ -83,15 +83,16 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// How long stopping waits for the consensus runtime's last blocking work (a final flush).
-const CONSENSUS_RUNTIME_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long stopping waits for a runtime's last blocking work (the consensus runtime's final
+/// flush).
+const RUNTIME_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Two runtimes: one for HTTP and live fan-out, one for consensus (Raft, peer transport,
-/// state machine, timers). Tokio runs a runtime's ready tasks in turn with no priorities, so on
-/// one shared runtime a node busy streaming to many viewers made its heartbeats and vote
-/// answers wait behind them, past their timeouts, and its groups lost their leaders. Threads of
-/// their own let the kernel's scheduler favour the consensus threads, which sleep most of the
-/// time, whenever they wake.
+/// Three runtimes: HTTP, consensus (Raft, peer transport, state machine, timers) and
+/// WebSocket fan-out. Tokio runs a runtime's ready tasks in turn with no priorities, so on one
+/// shared runtime a node busy streaming to many viewers made its heartbeats and vote answers
+/// wait behind them, past their timeouts (its groups lost their leaders), and its bids wait
+/// seconds. Threads of their own let the kernel's scheduler favour the threads that sleep most
+/// of the time (consensus, API requests) whenever they wake.
 fn run_server(args: config::ServeArgs) -> anyhow::Result<()> {
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = args.worker_threads {
@@ -107,12 +108,23 @@ fn run_server(args: config::ServeArgs) -> anyhow::Result<()> {
         .enable_all()
         .thread_name("gavel-consensus")
         .build()?;
-    let result = runtime.block_on(crate::http::server::serve(args, consensus.handle().clone()));
+    let mut fanout = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = args.fanout_threads {
+        fanout.worker_threads(usize::from(threads));
+    }
+    let fanout = fanout.enable_all().thread_name("gavel-fanout").build()?;
+    let runtimes = crate::http::server::Runtimes {
+        consensus: consensus.handle().clone(),
+        fanout: fanout.handle().clone(),
+    };
+    let result = runtime.block_on(crate::http::server::serve(args, runtimes));
     if let Err(error) = &result {
         tracing::error!(error = format!("{error:#}"), "gavel serve failed");
     }
+    // Viewers' sockets belong to the HTTP runtime's reactor: stop their tasks first.
+    fanout.shutdown_timeout(RUNTIME_STOP_WAIT);
     drop(runtime);
-    consensus.shutdown_timeout(CONSENSUS_RUNTIME_STOP_WAIT);
+    consensus.shutdown_timeout(RUNTIME_STOP_WAIT);
     result
 }
 

@@ -91,9 +91,18 @@ pub fn routed_paths() -> Vec<&'static str> {
     tables.into_iter().flatten().map(|(path, _)| path).collect()
 }
 
-/// Runs `gavel serve` to completion, with the node on the `consensus` runtime (its tasks stay
-/// there: see `run_server`) and HTTP on the current one.
-pub async fn serve(args: ServeArgs, consensus: tokio::runtime::Handle) -> anyhow::Result<()> {
+/// The runtimes `gavel serve` spreads its work over besides the current one (HTTP): see
+/// `run_server`.
+pub struct Runtimes {
+    /// The node and everything it spawns.
+    pub consensus: tokio::runtime::Handle,
+    /// The live hub's pump and the WebSocket viewers' tasks.
+    pub fanout: tokio::runtime::Handle,
+}
+
+/// Runs `gavel serve` to completion, with the node on the consensus runtime, WebSocket viewers
+/// on the fan-out runtime and HTTP on the current one.
+pub async fn serve(args: ServeArgs, runtimes: Runtimes) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("cannot create the data dir {}", args.data_dir.display()))?;
     let auth = crate::http::auth::start(args.auth_config(), &args.data_dir)?;
@@ -107,7 +116,8 @@ pub async fn serve(args: ServeArgs, consensus: tokio::runtime::Handle) -> anyhow
     let local_addr = listener
         .local_addr()
         .context("the listener has no address")?;
-    let node = consensus
+    let node = runtimes
+        .consensus
         .spawn(Node::start(
             args.node_config(&local_addr.to_string(), peer_tls),
         ))
@@ -115,7 +125,10 @@ pub async fn serve(args: ServeArgs, consensus: tokio::runtime::Handle) -> anyhow
         .context("the node's start was cut short")?
         .context("cannot start the node")?;
     let engine: Arc<dyn Engine> = Arc::new(NodeEngine(node.clone()));
-    let live = crate::live::Hub::start(engine.clone(), args.live_config());
+    let live = {
+        let _fanout = runtimes.fanout.enter();
+        crate::live::Hub::start(engine.clone(), args.live_config())
+    };
     crate::http::metrics::spawn_upkeep(metrics.clone());
     let state = AppState {
         engine,

@@ -71,6 +71,8 @@ pub struct Hub(Arc<Inner>);
 struct Inner {
     engine: Arc<dyn Engine>,
     config: LiveConfig,
+    /// Where the pump and every WebSocket viewer's task run (`Hub::spawn_viewer`).
+    runtime: tokio::runtime::Handle,
     permits: Arc<Semaphore>,
     watched: Mutex<HashMap<String, Watched>>,
     closing: watch::Sender<bool>,
@@ -112,13 +114,15 @@ impl SharedTick {
 }
 
 impl Hub {
-    /// Creates the hub and starts its pump on the current tokio runtime.
+    /// Creates the hub and starts its pump on the current tokio runtime, where the viewers'
+    /// tasks will run too (`gavel serve` enters its fan-out runtime for this).
     pub fn start(engine: Arc<dyn Engine>, config: LiveConfig) -> Hub {
         let events = engine.subscribe();
         let (closing, closing_rx) = watch::channel(false);
         let inner = Arc::new(Inner {
             engine,
             config,
+            runtime: tokio::runtime::Handle::current(),
             permits: Arc::new(Semaphore::new(config.viewers_max)),
             watched: Mutex::new(HashMap::new()),
             closing,
@@ -129,6 +133,16 @@ impl Hub {
 
     pub fn config(&self) -> LiveConfig {
         self.0.config
+    }
+
+    /// Runs a viewer's connection task on the hub's runtime. Sending frames to a crowd is
+    /// most of a busy node's work; on a runtime of its own it leaves the HTTP runtime free to
+    /// answer API requests (bids) at once, and the kernel's scheduler shares the cores.
+    pub fn spawn_viewer<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.0.runtime.spawn(task);
     }
 
     /// Ends every live connection (WebSocket close 1001, SSE end of stream) and admits no more:

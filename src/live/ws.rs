@@ -60,13 +60,18 @@ pub async fn upgrade(
     tracing::debug!(auction_id = %request.auction_id, sub = %request.principal.sub, "WebSocket viewer joined");
     let config = state.live.config();
     let tick_period = request.tick_period;
+    let live = state.live.clone();
     Ok(upgrade
         .read_buffer_size(WS_READ_BUFFER_BYTES)
         .write_buffer_size(0)
         .max_write_buffer_size(WS_WRITE_BUFFER_BYTES_MAX)
         .max_message_size(WS_MESSAGE_BYTES_MAX)
         .max_frame_size(WS_MESSAGE_BYTES_MAX)
-        .on_upgrade(move |socket| serve(socket, Viewer::new(subscription, tick_period), config)))
+        .on_upgrade(move |socket| {
+            let viewer = Viewer::new(subscription, tick_period);
+            live.spawn_viewer(serve(socket, viewer, config));
+            std::future::ready(())
+        }))
 }
 
 /// How a connection ended.
