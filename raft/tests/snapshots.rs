@@ -65,6 +65,13 @@ async fn write(group: &Group, stamp_ms: i64, command: Command) -> Reply {
         commands: vec![command],
     };
     let response = group.raft.client_write(proposal).await.unwrap();
+    // openraft answers before it publishes the apply in its metrics, which tests read next.
+    group
+        .raft
+        .wait(Some(Duration::from_secs(10)))
+        .applied_index_at_least(Some(response.log_id.index), "the write is applied")
+        .await
+        .unwrap();
     let mut replies = response.data.0;
     assert_eq!(replies.len(), 1, "one reply per command");
     replies.remove(0)

@@ -78,15 +78,33 @@ pub struct Store {
 /// Counts the handles that keep one database open.
 pub(crate) type HandleToken = std::sync::Arc<()>;
 
+/// How long `Store::open` waits for another holder of the data dir's lock to let go.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Store {
+    /// Opens (or creates) the database in `dir`. sled releases a database's file lock from its
+    /// own threads a moment after the last handle is dropped, so a data dir closed just before
+    /// (a node restarted in the same process) can still be locked for a few milliseconds: the
+    /// open retries for up to `LOCK_WAIT` before it reports the lock as held.
     pub fn open(dir: &Path, config: &StoreConfig) -> Result<Store, StorageError> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(config.cache_capacity_bytes)
             .flush_every_ms(config.background_flush_ms)
             .mode(sled::Mode::HighThroughput)
-            .use_compression(false)
-            .open()?;
+            .use_compression(false);
+        let give_up_at = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match config.open() {
+                Err(sled::Error::Io(e))
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < give_up_at =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                opened => break opened?,
+            }
+        };
         state::replay_journals(&db)?;
         Ok(Store {
             db,
@@ -147,4 +165,28 @@ impl Store {
 /// The state machine key of a meta record, as it appears in a `SnapshotBlob`.
 pub fn meta_key(name: &str) -> Vec<u8> {
     keys::meta(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_waits_for_a_lock_released_soon_and_reports_one_that_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = Store::open(dir.path(), &StoreConfig::default()).unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(held);
+        });
+        let reopened = Store::open(dir.path(), &StoreConfig::default());
+        release.join().unwrap();
+        assert!(reopened.is_ok(), "{:?}", reopened.err());
+
+        let started = std::time::Instant::now();
+        let second = Store::open(dir.path(), &StoreConfig::default());
+        let error = second.err().expect("the lock is still held").to_string();
+        assert!(error.contains("could not acquire lock"), "{error}");
+        assert!(started.elapsed() >= LOCK_WAIT, "{:?}", started.elapsed());
+    }
 }
