@@ -54,15 +54,33 @@ fn bid(auction: &str, bidder: &str, key: &str, amount: i64) -> Command {
     }
 }
 
-async fn wait_for_status(node: &Arc<Node>, id: &str, status: Status) {
-    for _ in 0..100 {
-        let auction = node.auction(id, Consistency::Local).await.unwrap().unwrap();
-        if auction.status == status {
-            return;
+/// Checks every 20 ms, for up to 5 s, until `check` answers `Ok`; panics with its last `Err`.
+async fn eventually<T, F, Fut>(mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let mut why = String::new();
+    for _ in 0..250 {
+        match check().await {
+            Ok(value) => return value,
+            Err(e) => why = e,
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("auction {id} never reached {status:?}");
+    panic!("{why}");
+}
+
+async fn wait_for_status(node: &Arc<Node>, id: &str, status: Status) {
+    eventually(|| async {
+        let auction = node.auction(id, Consistency::Local).await.unwrap().unwrap();
+        if auction.status == status {
+            Ok(())
+        } else {
+            Err(format!("auction {id} never reached {status:?}"))
+        }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,15 +164,7 @@ async fn decides_reads_times_and_restarts() {
         .unwrap();
     assert_eq!(page.bids.len(), 2);
     // Every group elects its leader again after the restart and applies that election's entry.
-    let mut readiness = node.readiness();
-    for _ in 0..250 {
-        if readiness.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        readiness = node.readiness();
-    }
-    assert!(readiness.is_ok(), "{readiness:?}");
+    eventually(|| async { node.readiness() }).await;
     node.shutdown().await;
 }
 
@@ -200,12 +210,13 @@ async fn a_restarted_leader_is_elected_again_in_a_new_term() {
 }
 
 async fn all_groups_led(node: &Arc<Node>) -> gavel_cluster::ClusterStatus {
-    for _ in 0..250 {
+    eventually(|| async {
         let status = node.cluster_status().await;
         if status.groups.iter().all(|g| g.leader == Some(1)) {
-            return status;
+            Ok(status)
+        } else {
+            Err(format!("{status:?}"))
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{:?}", node.cluster_status().await);
+    })
+    .await
 }
