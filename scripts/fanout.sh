@@ -100,8 +100,20 @@ if [ "$KILL" = 1 ]; then
 fi
 
 echo "fan-out: $VIEWERS viewers on $VIEWERS_ON of 3 voters + $LEARNERS learners, a bid every ${BID_INTERVAL_MS} ms x $BIDS, tickMs=$TICK_MS$([ "$KILL" = 1 ] && echo ', killing the last learner halfway')"
+# Handshakes the kernel dropped because a listener's accept queue was full: each such client
+# waits out TCP's retransmission backoff, so this must stay near 0 (counted machine-wide).
+listen_overflows() {
+  command -v nstat >/dev/null 2>&1 || { echo "?"; return; }
+  nstat -asz TcpExtListenOverflows | awk '/ListenOverflows/ { print $2 }'
+}
+OVERFLOWS_BEFORE=$(listen_overflows)
+
 "$BIN" bench viewers --endpoints "$ENDPOINTS" --bid-endpoint http://127.0.0.1:8181 \
   --auth-secret-file "$DIR/secret" \
   --viewers "$VIEWERS" --viewers-per-process "$VIEWERS_PER_PROCESS" \
   --connect-concurrency "$CONNECT_CONCURRENCY" \
   --bids "$BIDS" --bid-interval-ms "$BID_INTERVAL_MS" --tick-ms "$TICK_MS" "${KILL_FLAGS[@]}"
+OVERFLOWS_AFTER=$(listen_overflows)
+if [ "$OVERFLOWS_BEFORE" != "?" ]; then
+  echo "listen queue overflows during the run (TcpExtListenOverflows): $((OVERFLOWS_AFTER - OVERFLOWS_BEFORE))"
+fi

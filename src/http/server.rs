@@ -100,6 +100,44 @@ pub struct Runtimes {
     pub fanout: tokio::runtime::Handle,
 }
 
+/// Connections the kernel may hold ready for `accept` on the API port (it caps this at
+/// `net.core.somaxconn`, 4096 by default). When a node dies, its viewers reconnect to the
+/// survivors within a second or two, thousands at once; with mio's default of 1,024 a busy node
+/// overflowed its queue, the kernel dropped the handshakes' last ACKs and the clients waited out
+/// TCP's retransmission backoff (seconds, doubling) before they were let in.
+pub const LISTEN_BACKLOG: u32 = 16_384;
+
+/// Binds the API listener with `LISTEN_BACKLOG`: on the first address `host:port` resolves to
+/// that binds, as `TcpListener::bind` does.
+async fn listen(host_port: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last_error = None;
+    for addr in tokio::net::lookup_host(host_port).await? {
+        match bind_with_backlog(addr) {
+            Ok(listener) => return Ok(listener),
+            Err(error) => last_error = Some(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "the address resolves to nothing",
+        )
+    }))
+}
+
+fn bind_with_backlog(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As `TcpListener::bind` does: a restarted node binds again while connections of the
+    // previous process linger in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Runs `gavel serve` to completion, with the node on the consensus runtime, WebSocket viewers
 /// on the fan-out runtime and HTTP on the current one.
 pub async fn serve(args: ServeArgs, runtimes: Runtimes) -> anyhow::Result<()> {
@@ -110,7 +148,7 @@ pub async fn serve(args: ServeArgs, runtimes: Runtimes) -> anyhow::Result<()> {
     let http_tls = args.http_tls()?;
     args.warn_if_peers_unprotected();
     let metrics = crate::http::metrics::install()?;
-    let listener = tokio::net::TcpListener::bind(&args.listen)
+    let listener = listen(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let local_addr = listener
@@ -292,5 +330,53 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => tracing::info!("received Ctrl-C"),
         () = terminate => tracing::info!("received SIGTERM"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The accept queue the kernel gives the API listener: `ss` reports a listening socket's
+    /// backlog as its Send-Q.
+    fn kernel_backlog(port: u16) -> u32 {
+        let out = std::process::Command::new("ss")
+            .args(["-Hltn", &format!("sport = :{port}")])
+            .output()
+            .expect("ss (iproute2) runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let columns: Vec<&str> = text.split_whitespace().collect();
+        assert!(columns.len() >= 3, "ss printed no listener: {text:?}");
+        columns[2].parse().expect("a numeric Send-Q")
+    }
+
+    #[tokio::test]
+    async fn the_api_listener_queues_a_reconnect_storm_of_connections() {
+        let listener = listen("localhost:0")
+            .await
+            .expect("localhost resolves and binds");
+        let port = listener.local_addr().unwrap().port();
+        let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .expect("Linux reports its accept-queue cap")
+            .trim()
+            .parse()
+            .unwrap();
+        // Not mio's default of 1,024: a busy node dropped the handshakes past it.
+        assert_eq!(kernel_backlog(port), LISTEN_BACKLOG.min(somaxconn));
+
+        let client = tokio::net::TcpStream::connect(("127.0.0.1", port));
+        let (accepted, connected) = tokio::join!(listener.accept(), client);
+        accepted.expect("accepts");
+        connected.expect("connects");
+    }
+
+    #[tokio::test]
+    async fn a_taken_or_unresolvable_api_address_is_an_error() {
+        let taken = listen("127.0.0.1:0").await.unwrap();
+        let addr = taken.local_addr().unwrap().to_string();
+        // SO_REUSEADDR lets a restarted node bind past TIME_WAIT, never past a live listener.
+        let error = listen(&addr).await.expect_err("the port is taken");
+        assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse);
+        assert!(listen("no-such-host.invalid:8080").await.is_err());
     }
 }
