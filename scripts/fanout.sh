@@ -37,7 +37,8 @@ while [ $# -gt 0 ]; do
     --kill) KILL=1; shift ;;
     --viewers-on) VIEWERS_ON=$2; shift 2 ;;
     --connect-concurrency) CONNECT_CONCURRENCY=$2; shift 2 ;;
-    *) echo "usage: $0 [--viewers N] [--learners K] [--tick-ms MS] [--bids N] [--kill] [--viewers-on all|learners] [--connect-concurrency N]" >&2; exit 2 ;;
+    --viewers-per-process) VIEWERS_PER_PROCESS=$2; shift 2 ;;
+    *) echo "usage: $0 [--viewers N] [--learners K] [--tick-ms MS] [--bids N] [--kill] [--viewers-on all|learners] [--connect-concurrency N] [--viewers-per-process N]" >&2; exit 2 ;;
   esac
 done
 

@@ -632,6 +632,7 @@ impl Run<'_> {
     fn report_reconnects(&self) -> anyhow::Result<()> {
         let (mut reconnects, mut handshakes) = (histogram()?, histogram()?);
         let (mut went_back, mut refused) = (0u64, 0u64);
+        let mut failed = std::collections::BTreeMap::<&str, u64>::new();
         for (_, _, report) in self.reports {
             for ms in &report.reconnect_ms {
                 reconnects.record((*ms).max(1))?;
@@ -641,8 +642,11 @@ impl Run<'_> {
             }
             went_back += report.went_back;
             refused += report.refused;
+            for (kind, count) in &report.failed {
+                *failed.entry(kind.as_str()).or_default() += count;
+            }
         }
-        if reconnects.is_empty() && refused == 0 {
+        if reconnects.is_empty() && refused == 0 && failed.is_empty() {
             return Ok(());
         }
         println!(
@@ -653,6 +657,13 @@ impl Run<'_> {
             "  of which:         drop to new handshake p50 {} ms, p99 {} ms, max {} ms (the rest waits for the first frame)",
             handshakes.value_at_quantile(0.5), handshakes.value_at_quantile(0.99), handshakes.max()
         );
+        if !failed.is_empty() {
+            let kinds: Vec<String> = failed.iter().map(|(k, n)| format!("{n} {k}")).collect();
+            println!(
+                "  failed attempts:  {} (then backed off and retried)",
+                kinds.join(", ")
+            );
+        }
         Ok(())
     }
 

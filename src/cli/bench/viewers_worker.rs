@@ -82,6 +82,9 @@ pub struct WorkerReport {
     pub went_back: u64,
     /// Connection attempts answered 503 (admission full, or the replica behind).
     pub refused: u64,
+    /// Other failed connection attempts, by what went wrong (`io: ConnectionRefused`, `http 401`).
+    #[serde(default)]
+    pub failed: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Deserialize)]
@@ -252,13 +255,18 @@ async fn connect(context: &Crowd, endpoint: &mut usize, shown: u64, first: bool)
                 .tls
                 .clone()
                 .map(tokio_tungstenite::Connector::Rustls);
-            tokio_tungstenite::connect_async_tls_with_config(
-                url.as_str(),
-                Some(config),
-                true,
-                connector,
-            )
-            .await
+            match open_stream(&url).await {
+                Ok(stream) => {
+                    tokio_tungstenite::client_async_tls_with_config(
+                        url.as_str(),
+                        stream,
+                        Some(config),
+                        connector,
+                    )
+                    .await
+                }
+                Err(error) => Err(error),
+            }
         };
         let wait_ms = match result {
             Ok((socket, _)) => return Some(socket),
@@ -271,7 +279,14 @@ async fn connect(context: &Crowd, endpoint: &mut usize, shown: u64, first: bool)
                     .unwrap_or(RETRY_AFTER_S_DEFAULT);
                 retry_after_s * 1_000
             }
-            Err(_) => (BACKOFF_MS_MIN << attempt.min(8)).min(BACKOFF_MS_MAX),
+            Err(error) => {
+                *context
+                    .report()
+                    .failed
+                    .entry(failure_kind(&error))
+                    .or_default() += 1;
+                (BACKOFF_MS_MIN << attempt.min(8)).min(BACKOFF_MS_MAX)
+            }
         };
         // Half to one and a half times the wait: a crowd that failed together retries apart.
         let jittered = rand::thread_rng().gen_range(wait_ms / 2..=wait_ms + wait_ms / 2);
@@ -281,6 +296,54 @@ async fn connect(context: &Crowd, endpoint: &mut usize, shown: u64, first: bool)
         }
     }
     None
+}
+
+/// Source addresses a loopback client spreads its connections over (127.1.0.0/16 minus the
+/// network and broadcast-looking ends of each /24).
+const LOOPBACK_SOURCES: u32 = 250 * 254;
+
+/// The TCP connection for a stream URL. To a server on IPv4 loopback it comes from a random
+/// source address of 127.1.0.0/16: every connection from 127.0.0.1 to one node shares one
+/// ephemeral port range (about 28,000 ports), and Linux finds a free port by probing the
+/// ports in use one by one (`__inet_check_established`). With 15,000 viewers per node that
+/// probing was most of the clients' CPU, and it made a reconnect storm a test of the kernel's
+/// port allocator instead of the nodes. Real viewers come from addresses of their own.
+async fn open_stream(url: &str) -> Result<tokio::net::TcpStream, WsError> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let request = url.into_client_request()?;
+    let uri = request.uri();
+    let host = uri.host().unwrap_or_default().trim_matches(['[', ']']);
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("wss") {
+            443
+        } else {
+            80
+        });
+    let stream = match host.parse::<std::net::Ipv4Addr>() {
+        Ok(ip) if ip.is_loopback() => {
+            let n = rand::thread_rng().gen_range(0..LOOPBACK_SOURCES);
+            let source = std::net::Ipv4Addr::new(127, 1, (n / 254) as u8, (n % 254 + 1) as u8);
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind((source, 0).into())?;
+            socket.connect((ip, port).into()).await?
+        }
+        _ => tokio::net::TcpStream::connect((host, port)).await?,
+    };
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// A failed attempt's kind, coarse enough to count: the I/O error kind or the HTTP status.
+fn failure_kind(error: &WsError) -> String {
+    match error {
+        WsError::Io(e) => format!("io: {:?}", e.kind()),
+        WsError::Http(response) => format!("http {}", response.status().as_u16()),
+        WsError::Protocol(_) => "protocol".to_owned(),
+        WsError::Tls(_) => "tls".to_owned(),
+        WsError::ConnectionClosed | WsError::AlreadyClosed => "closed".to_owned(),
+        _ => "other".to_owned(),
+    }
 }
 
 /// Reads frames until `ended` or the connection drops; `on_snapshot` gets a snapshot's version
