@@ -78,6 +78,12 @@ pub struct ServeArgs {
     /// so that a crowd of viewers never delays an API request (a bid). Default: one per core.
     #[arg(long, env = "GAVEL_FANOUT_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub fanout_threads: Option<u16>,
+    /// The niceness of the fan-out threads (0-19, Linux). Higher runs them after the HTTP and
+    /// consensus threads whenever those have work: a saturated node lets viewers (re)connect
+    /// about twice as fast, its crowd's frames coalesce instead. Off by default: a niced thread
+    /// preempted while it holds a lock the apply path shares stalls bids (seen as outliers).
+    #[arg(long, env = "GAVEL_FANOUT_NICE", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=19))]
+    pub fanout_nice: u8,
     /// Live viewers (SSE and WebSocket together) this node serves at once; more are answered
     /// 503. Each holds a socket: keep it well below the process's open-files limit.
     #[arg(long, env = "GAVEL_VIEWERS_MAX", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]

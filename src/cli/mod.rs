@@ -83,6 +83,24 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Raises the calling thread's niceness to `nice` (Linux sets it per thread). Raising it needs
+/// no privilege; if the kernel refuses anyway, the thread keeps its priority and says so.
+fn lower_this_threads_priority(nice: u8) {
+    if nice == 0 {
+        return;
+    }
+    // SAFETY: `gettid` and `setpriority` take plain integers and touch only this thread's
+    // scheduling attributes.
+    let result = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, libc::c_int::from(nice))
+    };
+    if result != 0 {
+        let error = std::io::Error::last_os_error();
+        tracing::warn!(%error, nice, "cannot lower a fan-out thread's priority");
+    }
+}
+
 /// How long stopping waits for a runtime's last blocking work (the consensus runtime's final
 /// flush).
 const RUNTIME_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -92,7 +110,8 @@ const RUNTIME_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10
 /// shared runtime a node busy streaming to many viewers made its heartbeats and vote answers
 /// wait behind them, past their timeouts (its groups lost their leaders), and its bids wait
 /// seconds. Threads of their own let the kernel's scheduler favour the threads that sleep most
-/// of the time (consensus, API requests) whenever they wake.
+/// of the time (consensus, API requests) whenever they wake; `--fanout-nice` can lower the
+/// fan-out threads' priority further.
 fn run_server(args: config::ServeArgs) -> anyhow::Result<()> {
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = args.worker_threads {
@@ -112,7 +131,12 @@ fn run_server(args: config::ServeArgs) -> anyhow::Result<()> {
     if let Some(threads) = args.fanout_threads {
         fanout.worker_threads(usize::from(threads));
     }
-    let fanout = fanout.enable_all().thread_name("gavel-fanout").build()?;
+    let fanout_nice = args.fanout_nice;
+    let fanout = fanout
+        .enable_all()
+        .thread_name("gavel-fanout")
+        .on_thread_start(move || lower_this_threads_priority(fanout_nice))
+        .build()?;
     let runtimes = crate::http::server::Runtimes {
         consensus: consensus.handle().clone(),
         fanout: fanout.handle().clone(),
@@ -166,5 +190,43 @@ fn init_tracing(format: LogFormat) {
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This thread's niceness, field 19 of `/proc/thread-self/stat`.
+    fn this_threads_niceness() -> i64 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        // The command name (field 2) may hold spaces; it ends at the last ')'.
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        after_name.split(' ').nth(16).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn fan_out_threads_run_at_the_niceness_asked_for_and_other_threads_do_not() {
+        let (fanout, other) = std::thread::spawn(|| {
+            let before = this_threads_niceness();
+            lower_this_threads_priority(7);
+            (this_threads_niceness() - before, this_threads_niceness())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(fanout, 7);
+        assert!(other >= 7);
+        // Per thread, not per process: the test's own thread kept its niceness.
+        assert_eq!(this_threads_niceness() + 7, other);
+    }
+
+    #[test]
+    fn fan_out_niceness_is_0_to_19() {
+        let serve = |nice: &str| Cli::try_parse_from(["gavel", "serve", "--fanout-nice", nice]);
+        assert!(serve("0").is_ok());
+        assert!(serve("19").is_ok());
+        for bad in ["20", "-1", "ten", ""] {
+            assert!(serve(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! `gavel bench viewers-worker`: one client process's share of the viewers of
 //! `gavel bench viewers`. Each viewer is a WebSocket on its home node; when that connection
-//! drops before `ended` (its node died, or shut down), the viewer reconnects to the next node
-//! of its list with jittered exponential backoff, honouring a 503's `Retry-After`, and resumes
+//! drops before `ended` (its node died, or shut down), the viewer reconnects, as the live page
+//! does: after a random wait of up to half a second, to another node at random, with jittered
+//! exponential backoff after failures, honouring a 503's `Retry-After`, and resumes
 //! with `sinceVersion` set to the newest version it showed. It records when it first saw each
 //! version, whether a resumed snapshot ever went back, and how long each reconnect took.
 //!
@@ -31,6 +32,9 @@ const CONNECT_ATTEMPTS_MAX: u32 = 12;
 /// The first backoff after a failed attempt, doubled each time up to the cap, with jitter.
 const BACKOFF_MS_MIN: u64 = 100;
 const BACKOFF_MS_MAX: u64 = 2_000;
+/// The most a viewer waits before its first reconnect attempt: the live page's
+/// `RECONNECT_MS_MIN`, over which it spreads that attempt too.
+const FIRST_RECONNECT_JITTER_MS: u64 = 500;
 /// The wait a 503 without a usable `Retry-After` gets, in seconds.
 const RETRY_AFTER_S_DEFAULT: u64 = 1;
 
@@ -229,6 +233,11 @@ async fn view(context: Arc<Crowd>, ready: mpsc::Sender<bool>) {
             Outcome::Ended => return,
             Outcome::Dropped => {
                 dropped_at = Some(Instant::now());
+                // As the live page does (`nextAttempt` in app.js): even the first attempt waits
+                // a random part of the shortest backoff, so a dead node's crowd, which notices
+                // at the same instant, does not land on the survivors in one burst.
+                let wait_ms = rand::thread_rng().gen_range(0..=FIRST_RECONNECT_JITTER_MS);
+                tokio::time::sleep(Duration::from_millis(wait_ms)).await;
                 // Any other node, at random: a dead node's crowd spreads over the survivors
                 // instead of all landing on the next one.
                 let others = context.urls.len().saturating_sub(1).max(1);
