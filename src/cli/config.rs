@@ -80,8 +80,8 @@ pub struct ServeArgs {
     pub fanout_threads: Option<u16>,
     /// The niceness of the fan-out threads (0-19, Linux). Higher runs them after the HTTP and
     /// consensus threads whenever those have work: a saturated node lets viewers (re)connect
-    /// about twice as fast, its crowd's frames coalesce instead. Off by default: a niced thread
-    /// preempted while it holds a lock the apply path shares stalls bids (seen as outliers).
+    /// about twice as fast, its crowd's frames coalesce instead. Off by default: bid
+    /// acknowledgements had a worse tail with it (docs/OPERATIONS.md).
     #[arg(long, env = "GAVEL_FANOUT_NICE", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=19))]
     pub fanout_nice: u8,
     /// Live viewers (SSE and WebSocket together) this node serves at once; more are answered
