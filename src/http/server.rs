@@ -364,7 +364,8 @@ mod tests {
         // Not mio's default of 1,024: a busy node dropped the handshakes past it.
         assert_eq!(kernel_backlog(port), LISTEN_BACKLOG.min(somaxconn));
 
-        let client = tokio::net::TcpStream::connect(("127.0.0.1", port));
+        // Wherever "localhost" resolved first (127.0.0.1 or ::1).
+        let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap());
         let (accepted, connected) = tokio::join!(listener.accept(), client);
         accepted.expect("accepts");
         connected.expect("connects");

@@ -264,18 +264,17 @@ async fn connect(context: &Crowd, endpoint: &mut usize, shown: u64, first: bool)
                 .tls
                 .clone()
                 .map(tokio_tungstenite::Connector::Rustls);
-            match open_stream(&url).await {
-                Ok(stream) => {
-                    tokio_tungstenite::client_async_tls_with_config(
-                        url.as_str(),
-                        stream,
-                        Some(config),
-                        connector,
-                    )
-                    .await
-                }
-                Err(error) => Err(error),
+            async {
+                let stream = open_stream(&url).await?;
+                tokio_tungstenite::client_async_tls_with_config(
+                    url.as_str(),
+                    stream,
+                    Some(config),
+                    connector,
+                )
+                .await
             }
+            .await
         };
         let wait_ms = match result {
             Ok((socket, _)) => return Some(socket),
