@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gavel_raft::{wall_clock_ms, Group, Proposal};
+use gavel_raft::{gather_ready, wall_clock_ms, Group, Proposal};
 use gavel_rules::{Command, Reply};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -131,8 +131,9 @@ async fn propose_batch(node: &Node, group: &Arc<Group>, batch: Vec<Queued>) {
     }
 }
 
-/// Waits for the next queued item, then takes whatever else is already queued, up to a
-/// proposal's worth: what arrived while the previous batch was in flight goes out together.
+/// Waits for the next queued item, then takes whatever else is queued, up to a proposal's
+/// worth: what arrived while the previous batch was in flight, and what tasks ready to run
+/// queue next (`gather_ready`), go out together.
 /// `None` once the queue closed or the node stops.
 pub(crate) async fn next_batch<T>(
     queue: &mut mpsc::Receiver<T>,
@@ -143,5 +144,9 @@ pub(crate) async fn next_batch<T>(
         received = queue.recv_many(&mut batch, COMMANDS_PER_PROPOSAL_MAX) => received,
         _ = stop.changed() => 0,
     };
-    (received > 0).then_some(batch)
+    if received == 0 {
+        return None;
+    }
+    gather_ready(queue, &mut batch, COMMANDS_PER_PROPOSAL_MAX).await;
+    Some(batch)
 }

@@ -5,6 +5,7 @@
 //! - `log_store`: the durable Raft log per group;
 //! - `state_machine`: applies entries with the auction rules; snapshots;
 //! - `flusher`: group commit of appends across all groups;
+//! - `gather`: batching without a timer (the flusher, proposers and forwarders use it);
 //! - `network`: outbound RPCs;
 //! - `group`: opening a group with explicit settings;
 //! - `clock`: the wall clock and clock-probe offset samples;
@@ -18,6 +19,7 @@
 
 mod clock;
 mod flusher;
+mod gather;
 mod group;
 mod log_store;
 mod network;
@@ -28,6 +30,7 @@ mod types;
 
 pub use clock::{wall_clock_ms, ClockSample};
 pub use flusher::{Flusher, PENDING_FLUSHES_MAX};
+pub use gather::gather_ready;
 pub use gavel_rules::Reply;
 pub use group::{Group, GroupError, RaftSettings};
 pub use log_store::LogStore;
