@@ -8,9 +8,9 @@
 //! Outcomes are those of forwarding each command alone: a call that was never sent (no
 //! connection, a `Busy` or `Refused` peer) ends every command in it as retry or unavailable;
 //! once sent, a lost answer is "unknown" for each command in it. A command that waited in the
-//! queue over `QUEUED_WAIT_MS_MAX` while no call to the leader was answered is not sent but
-//! retried (the leader may be gone); if answers kept coming, the leader is only busy and the
-//! command is sent, to be judged by the leader's own queue bound.
+//! queue over `QUEUED_WAIT_MS_MAX` while no call to the leader was answered for as long is not
+//! sent but retried (the leader may be gone); if answers kept coming, the leader is only busy
+//! and the command is sent, to be judged by the leader's own queue bound.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -148,7 +148,7 @@ impl Link {
         let (stale, batch): (Vec<Forwarded>, Vec<Forwarded>) = batch
             .into_iter()
             .partition(|f| leader_silent_too_long(f.queued_at, now, answered_at));
-        // Never sent, and no answer since they queued: the leader may be gone. Retried like a
+        // Never sent, and the leader silent for as long: it may be gone. Retried like a
         // call that found no connection (on the new leader, within the write's attempts), not
         // shed. (Retrying when the leader was merely busy cost each such write a 500 ms wait
         // for a leader change that never came: the spike's p99 was over a second.)
@@ -242,11 +242,13 @@ impl Link {
 }
 
 /// Whether a write queued at `queued_at` waited too long with no sign of the leader: over
-/// `QUEUED_WAIT_MS_MAX`, and no call answered since it queued.
+/// `QUEUED_WAIT_MS_MAX`, and no call answered for as long. (A leader that stopped right
+/// after answering, say a paused process, is silent from then on: its queued writes are
+/// retried once that silence is long enough, not sent to it to time out as "unknown".)
 fn leader_silent_too_long(queued_at: Instant, now: Instant, answered_at: Option<Instant>) -> bool {
-    let waited = now.saturating_duration_since(queued_at);
-    waited > Duration::from_millis(QUEUED_WAIT_MS_MAX)
-        && answered_at.is_none_or(|answered| answered < queued_at)
+    let wait_max = Duration::from_millis(QUEUED_WAIT_MS_MAX);
+    now.saturating_duration_since(queued_at) > wait_max
+        && answered_at.is_none_or(|answered| now.saturating_duration_since(answered) > wait_max)
 }
 
 fn unavailable(reason: String) -> Attempt {
@@ -270,16 +272,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_a_long_wait_with_no_answer_since_means_the_leader_may_be_gone() {
+    fn only_a_long_wait_through_a_long_silence_means_the_leader_may_be_gone() {
+        let ms = |n: u64| Duration::from_millis(n);
         let queued = Instant::now();
-        let long = queued + Duration::from_millis(QUEUED_WAIT_MS_MAX + 50);
-        let short = queued + Duration::from_millis(QUEUED_WAIT_MS_MAX - 50);
-        let before = queued - Duration::from_millis(10);
-        let since = queued + Duration::from_millis(10);
+        let long = queued + ms(QUEUED_WAIT_MS_MAX + 100);
+        let short = queued + ms(QUEUED_WAIT_MS_MAX - 50);
         assert!(leader_silent_too_long(queued, long, None));
-        assert!(leader_silent_too_long(queued, long, Some(before)));
+        assert!(leader_silent_too_long(queued, long, Some(queued - ms(10))));
         assert!(
-            !leader_silent_too_long(queued, long, Some(since)),
+            leader_silent_too_long(queued, long, Some(queued + ms(10))),
+            "answered once after it queued, then silent for longer than the bound"
+        );
+        assert!(
+            !leader_silent_too_long(queued, long, Some(long - ms(20))),
             "a busy leader that keeps answering is sent the write"
         );
         assert!(!leader_silent_too_long(queued, short, None));
