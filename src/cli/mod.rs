@@ -84,16 +84,25 @@ pub fn main() -> ExitCode {
 }
 
 /// Raises the calling thread's niceness to `nice` (Linux sets it per thread). Raising it needs
-/// no privilege; if the kernel refuses anyway, the thread keeps its priority and says so.
+/// no privilege; if the kernel refuses anyway, the thread keeps its priority and says so. A
+/// thread already at least that nice (a node started under `nice`) is left alone: setting the
+/// value would raise its priority above the node's other threads, the opposite of the intent.
 fn lower_this_threads_priority(nice: u8) {
+    let nice = libc::c_int::from(nice);
     if nice == 0 {
         return;
     }
-    // SAFETY: `gettid` and `setpriority` take plain integers and touch only this thread's
-    // scheduling attributes.
+    // SAFETY: `gettid`, `getpriority` and `setpriority` take plain integers and touch only
+    // this thread's scheduling attributes; errno is this thread's own.
     let result = unsafe {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, libc::c_int::from(nice))
+        // -1 is a valid niceness: only errno tells it from a failure.
+        *libc::__errno_location() = 0;
+        let current = libc::getpriority(libc::PRIO_PROCESS, tid);
+        if *libc::__errno_location() == 0 && current >= nice {
+            return;
+        }
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice)
     };
     if result != 0 {
         let error = std::io::Error::last_os_error();
@@ -207,17 +216,29 @@ mod tests {
 
     #[test]
     fn fan_out_threads_run_at_the_niceness_asked_for_and_other_threads_do_not() {
-        let (fanout, other) = std::thread::spawn(|| {
+        let (raised_by, fanout_niceness) = std::thread::spawn(|| {
             let before = this_threads_niceness();
             lower_this_threads_priority(7);
             (this_threads_niceness() - before, this_threads_niceness())
         })
         .join()
         .unwrap();
-        assert_eq!(fanout, 7);
-        assert!(other >= 7);
+        assert_eq!(raised_by, 7);
+        assert!(fanout_niceness >= 7);
         // Per thread, not per process: the test's own thread kept its niceness.
-        assert_eq!(this_threads_niceness() + 7, other);
+        assert_eq!(this_threads_niceness() + 7, fanout_niceness);
+    }
+
+    #[test]
+    fn a_thread_already_nicer_keeps_its_niceness() {
+        let niceness = std::thread::spawn(|| {
+            lower_this_threads_priority(12);
+            lower_this_threads_priority(7);
+            this_threads_niceness()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(niceness, 12, "never raises a thread's priority");
     }
 
     #[test]
