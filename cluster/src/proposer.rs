@@ -108,7 +108,7 @@ async fn propose_batch(node: &Node, group: &Arc<Group>, batch: Vec<Queued>) {
     metrics::histogram!("gavel_commands_per_proposal").record(commands.len() as f64);
     let proposal = Proposal {
         stamp_ms: wall_clock_ms(),
-        commands,
+        commands: commands.into(),
     };
     match propose_local(group, proposal, node.propose_timeout()).await {
         Ok(replies) if replies.len() == waiters.len() => {

@@ -58,7 +58,7 @@ fn create(id: &str) -> Command {
 fn proposal(id: &str) -> Proposal {
     Proposal {
         stamp_ms: wall_clock_ms(),
-        commands: vec![create(id)],
+        commands: vec![create(id)].into(),
     }
 }
 

@@ -146,7 +146,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Normal(proposal) => {
                     // In order, each with the entry's stamp, exactly as if alone in its entry.
                     let mut replies = Vec::with_capacity(proposal.commands.len());
-                    for command in &proposal.commands {
+                    for command in proposal.commands.iter() {
                         let applied = writer.apply(proposal.stamp_ms, command).map_err(sm_error)?;
                         deadlines_moved |= applied.deadline_moved;
                         if let (false, Some(auction)) =

@@ -4,16 +4,21 @@
 
 use std::fmt;
 use std::io::Cursor;
+use std::sync::Arc;
 
 use gavel_rules::{Command, Reply, StampMs};
 use serde::{Deserialize, Serialize};
 
 /// Commands as proposed by a group leader, stamped once with the leader's wall clock. The state
 /// machine decides them in order, each exactly as if it were alone in its entry.
+///
+/// The commands are shared, not owned: an entry is cloned for each follower it is sent to and
+/// for the state machine (`LogStore`'s recent entries), and a clone must not copy every bid.
+/// Serialized exactly as a `Vec`, so the on-disk entry format is unchanged.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proposal {
     pub stamp_ms: StampMs,
-    pub commands: Vec<Command>,
+    pub commands: Arc<[Command]>,
 }
 
 impl fmt::Display for Proposal {
@@ -68,7 +73,7 @@ pub fn upgrade_entry(entry: openraft::Entry<TypeConfigV1>) -> Entry {
         EntryPayload::Blank => EntryPayload::Blank,
         EntryPayload::Normal(old) => EntryPayload::Normal(Proposal {
             stamp_ms: old.stamp_ms,
-            commands: vec![old.command],
+            commands: Arc::new([old.command]),
         }),
         EntryPayload::Membership(membership) => EntryPayload::Membership(membership),
     };

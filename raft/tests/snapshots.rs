@@ -62,7 +62,7 @@ async fn lead_alone(group: &Group) {
 async fn write(group: &Group, stamp_ms: i64, command: Command) -> Reply {
     let proposal = Proposal {
         stamp_ms,
-        commands: vec![command],
+        commands: vec![command].into(),
     };
     let response = group.raft.client_write(proposal).await.unwrap();
     // openraft answers before it publishes the apply in its metrics, which tests read next.
@@ -331,7 +331,7 @@ async fn a_batch_decides_each_command_as_if_alone() {
     lead_alone(&batched).await;
     let proposal = Proposal {
         stamp_ms,
-        commands: commands.clone(),
+        commands: commands.clone().into(),
     };
     let replies = batched.raft.client_write(proposal).await.unwrap().data.0;
 
