@@ -11,11 +11,14 @@
 //! the writes happened, or the record is there and `replay_journals` (run when the store opens)
 //! redoes its writes, which set final values and so can be redone any number of times.
 //! `StateWriter` reads through its own pending writes, so later entries of a batch see what
-//! earlier ones did.
+//! earlier ones did, and then through `Committed`, what earlier commits left decoded in memory:
+//! most batches bid on auctions the previous one wrote, and reading and decoding those again
+//! from sled was most of the cost of looking them up.
 //!
 //! The tree never decides anything: `gavel_rules::apply` does, this file persists its effects.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use gavel_rules::{
     next_deadline_ms, Auction, BidDecision, BidStatus, Command, Effects, StampMs, Status,
@@ -42,6 +45,18 @@ const JOURNAL_TREE: &str = "apply-journal";
 /// One journaled commit: every key it writes, with its new value or `None` for a removal.
 type JournalWrites = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
+/// Most auctions `Committed` keeps per group; past it, it starts afresh.
+const COMMITTED_AUCTIONS_MAX: usize = 4_096;
+
+/// What the group's commits left, decoded, for the next batch's writer: the newest stamp and
+/// the auctions they wrote. Only the state machine writes the tree (`commit`, `import`), and
+/// both keep this equal to the tree; readers go to the tree.
+#[derive(Default)]
+struct Committed {
+    last_stamp: Option<StampMs>,
+    auctions: HashMap<String, Auction>,
+}
+
 #[derive(Clone)]
 pub struct StateTree {
     tree: sled::Tree,
@@ -49,6 +64,7 @@ pub struct StateTree {
     journal: sled::Tree,
     /// This group's key in `journal`.
     journal_key: [u8; 4],
+    committed: Arc<Mutex<Committed>>,
     _open: crate::HandleToken,
 }
 
@@ -142,7 +158,12 @@ impl StateTree {
             snapshots: db.open_tree(format!("snap/{group}"))?,
             journal: db.open_tree(JOURNAL_TREE)?,
             journal_key: group.to_be_bytes(),
+            committed: Arc::default(),
         })
+    }
+
+    fn committed(&self) -> MutexGuard<'_, Committed> {
+        self.committed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn auction(&self, id: &str) -> Result<Option<Auction>, StorageError> {
@@ -280,12 +301,16 @@ impl StateTree {
     }
 
     pub fn writer(&self) -> Result<StateWriter<'_>, StorageError> {
+        let last_stamp = match self.committed().last_stamp {
+            Some(stamp) => stamp,
+            None => self.last_stamp()?,
+        };
         Ok(StateWriter {
             state: self,
             writes: BTreeMap::new(),
             auctions: BTreeMap::new(),
             decisions: BTreeMap::new(),
-            last_stamp: self.last_stamp()?,
+            last_stamp,
         })
     }
 
@@ -302,6 +327,7 @@ impl StateTree {
 
     /// Replaces the whole state machine with `blob` in one atomic batch (rare, so sled's batch).
     pub fn import(&self, blob: &SnapshotBlob) -> Result<(), StorageError> {
+        *self.committed() = Committed::default();
         // The last journaled commit must never be redone over the imported state. Removed first:
         // a crash between the two leaves the old state, complete since that commit was.
         self.journal.remove(self.journal_key)?;
@@ -479,17 +505,37 @@ impl StateWriter<'_> {
             self.stage(keys::meta(META_STAMP), stamp);
         }
         let writes: JournalWrites = std::mem::take(&mut self.writes).into_iter().collect();
-        self.state
-            .journal
-            .insert(self.state.journal_key, encode(&writes)?)?;
-        write_each(&self.state.tree, writes)
+        let state = self.state;
+        let mut committed = state.committed();
+        let written = encode(&writes).and_then(|journaled| {
+            state.journal.insert(state.journal_key, journaled)?;
+            write_each(&state.tree, writes)
+        });
+        if let Err(e) = written {
+            // Half written, perhaps: nothing in memory may stand for what the tree holds.
+            *committed = Committed::default();
+            return Err(e);
+        }
+        committed.last_stamp = Some(self.last_stamp);
+        if committed.auctions.len() + self.auctions.len() > COMMITTED_AUCTIONS_MAX {
+            committed.auctions.clear();
+        }
+        if self.auctions.len() <= COMMITTED_AUCTIONS_MAX {
+            committed
+                .auctions
+                .extend(std::mem::take(&mut self.auctions));
+        }
+        Ok(())
     }
 
     fn auction(&self, id: &str) -> Result<Option<Auction>, StorageError> {
-        match self.auctions.get(id) {
-            Some(auction) => Ok(Some(auction.clone())),
-            None => self.state.auction(id),
+        if let Some(auction) = self.auctions.get(id) {
+            return Ok(Some(auction.clone()));
         }
+        if let Some(auction) = self.state.committed().auctions.get(id) {
+            return Ok(Some(auction.clone()));
+        }
+        self.state.auction(id)
     }
 
     fn decision_by_key(
