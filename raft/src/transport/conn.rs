@@ -23,7 +23,11 @@ use super::frame::{encode_frame, read_frame, Envelope, FrameError, Hello, Messag
 use super::messages::{PeerRequest, PeerResponse};
 use super::tls::PeerStream;
 use super::{lock, CallError, InboundHandler};
+use crate::gather_ready;
 use crate::types::NodeId;
+
+/// Most frames written before the writer looks at the queue again.
+const FRAMES_PER_WRITE_MAX: usize = 64;
 
 pub(super) struct ConnParams {
     pub peer: NodeId,
@@ -219,14 +223,21 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     mut queue: mpsc::Receiver<Vec<u8>>,
 ) {
     let mut writer = BufWriter::new(writer);
-    loop {
-        let frame = tokio::select! {
-            frame = queue.recv() => frame,
-            _ = conn.close_signal.notified() => None,
+    let mut frames = Vec::new();
+    'writing: loop {
+        let received = tokio::select! {
+            received = queue.recv_many(&mut frames, FRAMES_PER_WRITE_MAX) => received,
+            _ = conn.close_signal.notified() => 0,
         };
-        let Some(frame) = frame else { break };
-        if writer.write_all(&frame).await.is_err() {
+        if received == 0 {
             break;
+        }
+        // What other groups' tasks, ready to run, are about to send shares the syscall.
+        gather_ready(&mut queue, &mut frames, FRAMES_PER_WRITE_MAX).await;
+        for frame in frames.drain(..) {
+            if writer.write_all(&frame).await.is_err() {
+                break 'writing;
+            }
         }
         // Pipelining: flush only once the queue is drained, so bursts share a syscall.
         if queue.is_empty() && writer.flush().await.is_err() {
