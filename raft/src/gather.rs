@@ -1,8 +1,8 @@
 //! Batching without a timer: before a batch goes out (one fsync, one Raft entry, one forwarded
-//! frame), the tasks that are ready to run on the same runtime run once, and what they queue
-//! joins the batch. Under load, others are usually about to queue (other groups about to
-//! append, requests already read off their sockets); when nothing else is ready, it does not
-//! wait at all, so an idle node answers as fast as before.
+//! frame, one write to a peer connection), the tasks that are ready to run on the same runtime
+//! run once, and what they queue joins the batch. Under load, others are usually about to
+//! queue (other groups about to append, requests already read off their sockets); when nothing
+//! else is ready, it does not wait at all, so an idle node answers as fast as before.
 
 use tokio::sync::mpsc;
 

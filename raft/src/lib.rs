@@ -5,7 +5,8 @@
 //! - `log_store`: the durable Raft log per group;
 //! - `state_machine`: applies entries with the auction rules; snapshots;
 //! - `flusher`: group commit of appends across all groups;
-//! - `gather`: batching without a timer (the flusher, proposers and forwarders use it);
+//! - `gather`: batching without a timer (the flusher, proposers, forwarders and peer writers
+//!   use it);
 //! - `network`: outbound RPCs;
 //! - `group`: opening a group with explicit settings;
 //! - `clock`: the wall clock and clock-probe offset samples;
