@@ -79,12 +79,16 @@ impl RecentEntries {
         }
     }
 
+    fn pop_back(&mut self) {
+        if let Some(entry) = self.entries.pop_back() {
+            self.commands -= commands_in(&entry);
+        }
+    }
+
     /// Drops every entry with an index at or above `index`.
     fn truncate_from(&mut self, index: u64) {
         while self.entries.back().is_some_and(|e| e.log_id.index >= index) {
-            if let Some(entry) = self.entries.pop_back() {
-                self.commands -= commands_in(&entry);
-            }
+            self.pop_back();
         }
     }
 

@@ -329,14 +329,20 @@ fn a_commit_cut_short_by_a_crash_is_completed_when_the_store_opens() {
     assert_eq!(reopen(&cut_dir).digest().unwrap(), whole.digest().unwrap());
 }
 
-#[test]
-fn an_imported_state_is_never_overwritten_by_an_older_journaled_commit() {
-    let (_source_dir, source) = store();
-    let mut writer = source.writer().unwrap();
+/// A store holding one auction, `id`, just created: the source of a state to import.
+fn store_with_auction(id: &str) -> (tempfile::TempDir, StateTree) {
+    let (dir, state) = store();
+    let mut writer = state.writer().unwrap();
     writer
-        .apply(T0, &create("b", "carol", T0, T0 + 60_000))
+        .apply(T0, &create(id, "carol", T0, T0 + 60_000))
         .unwrap();
     writer.commit().unwrap();
+    (dir, state)
+}
+
+#[test]
+fn an_imported_state_is_never_overwritten_by_an_older_journaled_commit() {
+    let (_source_dir, source) = store_with_auction("b");
 
     let (target_dir, target) = store();
     stage_bid_war(&target).commit().unwrap();
@@ -352,12 +358,7 @@ fn an_imported_state_is_never_overwritten_by_an_older_journaled_commit() {
 /// import replaces them with the imported state's.
 #[test]
 fn after_an_import_writers_decide_on_the_imported_state() {
-    let (_source_dir, source) = store();
-    let mut writer = source.writer().unwrap();
-    writer
-        .apply(T0, &create("a", "carol", T0, T0 + 60_000))
-        .unwrap();
-    writer.commit().unwrap();
+    let (_source_dir, source) = store_with_auction("a");
 
     let (_target_dir, target) = store();
     stage_bid_war(&target).commit().unwrap();
