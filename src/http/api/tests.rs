@@ -855,7 +855,7 @@ async fn backups_are_for_admins_only() {
     let viewer = Some(("vera", Role::Viewer));
     let response = h.call(Method::GET, "/cluster/backup", viewer, None).await;
     problem(response, StatusCode::FORBIDDEN, "forbidden").await;
-    // The fake engine streams a stand-in; the real backup is tested in tests/backup.rs.
+    // The fake engine streams a stand-in; the real backup is tested in tests/integration/backup.rs.
     let admin = Some(("root", Role::Admin));
     let response = h.call(Method::GET, "/cluster/backup", admin, None).await;
     assert_eq!(response.status(), StatusCode::OK);

@@ -22,7 +22,7 @@ mod verify;
 
 /// Keys generated for tests, shared with the integration tests' harness.
 #[cfg(test)]
-#[path = "../../../tests/common/keys.rs"]
+#[path = "../../../tests/integration/common/keys.rs"]
 mod test_keys;
 
 use axum::extract::{FromRef, FromRequestParts};
