@@ -28,16 +28,14 @@ async fn admitted(port: u16, id: &str, token: &str) -> WsViewer {
 #[tokio::test]
 async fn beyond_the_limit_is_503_and_a_viewer_that_stops_reading_is_dropped() {
     let limits = ServerOptions {
-        args: [
-            "--viewers-max",
-            &VIEWERS_MAX.to_string(),
-            "--viewer-ping-interval-ms",
-            &PING_INTERVAL_MS.to_string(),
-            "--viewer-send-timeout-ms",
-            "1000",
-        ]
-        .map(String::from)
-        .to_vec(),
+        args: vec![
+            "--viewers-max".into(),
+            VIEWERS_MAX.to_string(),
+            "--viewer-ping-interval-ms".into(),
+            PING_INTERVAL_MS.to_string(),
+            "--viewer-send-timeout-ms".into(),
+            "1000".into(),
+        ],
         ..ServerOptions::default()
     };
     let server = Server::start_with(None, limits).await;

@@ -1,6 +1,6 @@
 //! Every integration test of the `gavel` binary, as one test binary: each module here was a
-//! test binary of its own, and linking 32 of them (each with tokio, reqwest and the harness)
-//! took about three minutes of a cold CI build. They drive real `gavel` processes over real
+//! test binary of its own, and building 32 of them (each compiling the harness and linking
+//! tokio, reqwest and rustls) took about 170 s of compile time in a cold CI build. They drive real `gavel` processes over real
 //! sockets through `common` (the harness) and `live_common` (viewers); nothing links the
 //! server's code. Run one file's tests with `cargo test --test integration cluster_failover::`.
 //!
