@@ -220,7 +220,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let error =
             |e: gavel_storage::StorageError| StorageIOError::write_snapshot(signature.clone(), &e);
         let data = snapshot.into_inner();
-        let blob: SnapshotBlob = decode(&data).map_err(error)?;
+        let blob = SnapshotBlob::from_bytes(&data).map_err(error)?;
         if !install_blob(&self.state, meta, blob).map_err(error)? {
             // openraft installs only snapshots past what this replica committed, and builds
             // stop at applied, so this does not happen; keeping the stored one is still right.
@@ -262,7 +262,7 @@ pub(crate) fn install_blob(
     set_pair(&mut blob, APPLIED, encode(&meta.last_log_id)?);
     set_pair(&mut blob, MEMBERSHIP, encode(&meta.last_membership)?);
     state.import(&blob)?;
-    let stored = encode(&(meta, encode(&blob)?))?;
+    let stored = encode(&(meta, blob.to_bytes()?))?;
     state.save_snapshot_if_newer(snapshot_position(meta.last_log_id), &stored)
 }
 
@@ -298,7 +298,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: membership,
             snapshot_id,
         };
-        let data = encode(&blob).map_err(error)?;
+        let data = blob.to_bytes().map_err(error)?;
         let stored = encode(&(&meta, &data)).map_err(error)?;
         // openraft 0.9 runs this outside the state machine task: an install may have stored a
         // newer snapshot since the copy was taken. Saving only when newer keeps that one (a

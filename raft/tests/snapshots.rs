@@ -358,8 +358,7 @@ async fn a_restored_group_starts_from_the_copy_with_new_members() {
     assert!(applied.leader_id.term >= 1);
     let snapshot = snapshot_at_least(&source, applied.index).await;
     source.raft.shutdown().await.unwrap();
-    let blob: gavel_storage::SnapshotBlob =
-        gavel_storage::decode(snapshot.snapshot.get_ref()).unwrap();
+    let blob = gavel_storage::SnapshotBlob::from_bytes(snapshot.snapshot.get_ref()).unwrap();
 
     let target_dir = tempfile::tempdir().unwrap();
     {

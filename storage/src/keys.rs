@@ -7,6 +7,8 @@ use gavel_rules::StampMs;
 
 pub const AUCTION: u8 = b'A';
 pub const DECISION: u8 = b'B';
+/// Idempotency records, one per bid, written by versions before the in-memory index
+/// (`idempotency.rs`). No longer written; removed where found (`state::drop_idempotency_records`).
 pub const IDEMPOTENCY: u8 = b'K';
 pub const BY_CREATED: u8 = b'C';
 pub const BY_CREATOR: u8 = b'U';
@@ -48,6 +50,7 @@ pub fn decision(auction_id: &str, seq: u64) -> Vec<u8> {
     key
 }
 
+/// A bid's (auction, bidder, key) as one byte string: the batch's own index of its decisions.
 pub fn idempotency(auction_id: &str, bidder_id: &str, key_text: &str) -> Vec<u8> {
     let mut key = vec![IDEMPOTENCY];
     push_str(&mut key, auction_id);

@@ -4,8 +4,9 @@
 //! Layout (all keys big-endian so sled's byte order is numeric order):
 //! - `log/{group}`: log index -> encoded Raft entry (opaque bytes to this crate);
 //! - `raft/{group}`: vote, committed and purged log ids (opaque bytes);
-//! - `sm/{group}`: the state machine (auctions, decision logs, idempotency keys, indexes, the
-//!   applied log id), see `state.rs`;
+//! - `sm/{group}`: the state machine (auctions, decision logs, listing and deadline indexes,
+//!   the applied log id), see `state.rs`; idempotency keys are indexed in memory from the
+//!   decision logs (`idempotency.rs`);
 //! - `snap/{group}`: the latest built snapshot;
 //! - `apply-journal`: per group, the writes of its last state machine commit, redone when the
 //!   store opens (see `state.rs`).
@@ -16,8 +17,11 @@
 //! types (it persists them) but nothing of openraft: Raft records arrive as bytes.
 
 mod codec;
+mod idempotency;
 mod keys;
 mod log;
+#[cfg(test)]
+mod retry_tests;
 mod state;
 mod summary;
 
@@ -27,7 +31,7 @@ pub use codec::{decode, decode_as, encode, encode_as, format_of, FORMAT_VERSION}
 pub use log::LogTree;
 pub use state::{
     Applied, AuctionCursor, AuctionFilter, AuctionPage, BidFilter, BidPage, SnapshotBlob,
-    StateTree, StateWriter, LIST_SCAN_ROWS_MAX,
+    StateTree, StateWriter, LIST_SCAN_ROWS_MAX, SNAPSHOT_FORMAT,
 };
 pub use summary::StateSummary;
 
@@ -106,6 +110,7 @@ impl Store {
             }
         };
         state::replay_journals(&db)?;
+        state::drop_idempotency_records(&db)?;
         Ok(Store {
             db,
             flushing: std::sync::Arc::new(tokio::sync::Mutex::new(())),

@@ -1,5 +1,6 @@
-//! One group's state machine on sled: auctions, each auction's decision log, idempotency keys,
-//! listing and deadline indexes, the applied Raft position, and the latest snapshot.
+//! One group's state machine on sled: auctions, each auction's decision log, listing and
+//! deadline indexes, the applied Raft position, and the latest snapshot. Idempotency keys are
+//! looked up in memory, in an index built from the decision logs (`idempotency.rs`).
 //!
 //! All of it lives in one tree (`sm/{group}`). Applying a batch of log entries must land
 //! together or not at all after a crash: bids, auction state, idempotency records and the
@@ -13,7 +14,8 @@
 //! `StateWriter` reads through its own pending writes, so later entries of a batch see what
 //! earlier ones did, and then through `Committed`, what earlier commits left decoded in memory:
 //! most batches bid on auctions the previous one wrote, and reading and decoding those again
-//! from sled was most of the cost of looking them up.
+//! from sled was most of the cost of looking them up. `Committed` also holds the idempotency
+//! index, which commits extend the same way.
 //!
 //! The tree never decides anything: `gavel_rules::apply` does, this file persists its effects.
 
@@ -26,7 +28,8 @@ use gavel_rules::{
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 
-use crate::codec::{decode, encode};
+use crate::codec::{decode, decode_as, encode, encode_as, format_of};
+use crate::idempotency::{AuctionKeys, IdempotencyIndex, INDEX_ENTRIES_MAX};
 use crate::keys;
 use crate::StorageError;
 
@@ -48,13 +51,30 @@ type JournalWrites = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 /// Most auctions `Committed` keeps per group; past it, it starts afresh.
 const COMMITTED_AUCTIONS_MAX: usize = 4_096;
 
-/// What the group's commits left, decoded, for the next batch's writer: the newest stamp and
-/// the auctions they wrote. Only the state machine writes the tree (`commit`, `import`), and
-/// both keep this equal to the tree; readers go to the tree.
-#[derive(Default)]
+/// What the group's commits left, decoded, for the next batch's writer: the newest stamp, the
+/// auctions they wrote and the idempotency index. Only the state machine writes the tree
+/// (`commit`, `import`), and both keep this equal to the tree; readers go to the tree.
 struct Committed {
     last_stamp: Option<StampMs>,
     auctions: HashMap<String, Auction>,
+    keys: IdempotencyIndex,
+}
+
+impl Committed {
+    fn new(index_entries_max: usize) -> Committed {
+        Committed {
+            last_stamp: None,
+            auctions: HashMap::new(),
+            keys: IdempotencyIndex::new(index_entries_max),
+        }
+    }
+
+    /// Forgets everything, for when the tree changed under it (import, failed commit).
+    fn reset(&mut self) {
+        self.last_stamp = None;
+        self.auctions.clear();
+        self.keys.clear();
+    }
 }
 
 #[derive(Clone)]
@@ -140,10 +160,60 @@ pub struct BidPage {
     pub next_after_seq: Option<u64>,
 }
 
-/// A whole state machine as key/value pairs, the payload of a Raft snapshot.
+/// A whole state machine as key/value pairs, the payload of a Raft snapshot and of a backup.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SnapshotBlob {
     pub pairs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// The format of a state copy without idempotency records. A version that still decides
+/// retries by those records must refuse such a copy (it would decide a retried bid again), and
+/// it does: it reads only format 1.
+pub const SNAPSHOT_FORMAT: u8 = 2;
+
+impl SnapshotBlob {
+    pub fn to_bytes(&self) -> Result<Vec<u8>, StorageError> {
+        encode_as(SNAPSHOT_FORMAT, self)
+    }
+
+    /// Reads a copy of either format; one from an older version (format 1) loses its
+    /// idempotency records, which this version neither reads nor keeps.
+    pub fn from_bytes(bytes: &[u8]) -> Result<SnapshotBlob, StorageError> {
+        match format_of(bytes)? {
+            SNAPSHOT_FORMAT => decode_as(SNAPSHOT_FORMAT, bytes),
+            _ => {
+                let mut blob: SnapshotBlob = decode(bytes)?;
+                blob.pairs
+                    .retain(|(key, _)| key.first() != Some(&keys::IDEMPOTENCY));
+                Ok(blob)
+            }
+        }
+    }
+}
+
+/// Removes the idempotency records an older version wrote (see `keys::IDEMPOTENCY`) from every
+/// group's state, once, when the store opens after the journals are replayed. Nothing reads
+/// them; removing them keeps replicas' states (and digests) equal whichever version wrote them.
+pub(crate) fn drop_idempotency_records(db: &sled::Db) -> Result<(), StorageError> {
+    for name in db.tree_names() {
+        if !name.starts_with(b"sm/") {
+            continue;
+        }
+        let tree = db.open_tree(&name)?;
+        let mut dropped = 0u64;
+        for key in tree.scan_prefix([keys::IDEMPOTENCY]).keys() {
+            tree.remove(key?)?;
+            dropped += 1;
+        }
+        if dropped > 0 {
+            tracing::info!(
+                tree = %String::from_utf8_lossy(&name),
+                dropped,
+                "removed idempotency records of an older version"
+            );
+        }
+    }
+    Ok(())
 }
 
 impl StateTree {
@@ -158,8 +228,16 @@ impl StateTree {
             snapshots: db.open_tree(format!("snap/{group}"))?,
             journal: db.open_tree(JOURNAL_TREE)?,
             journal_key: group.to_be_bytes(),
-            committed: Arc::default(),
+            committed: Arc::new(Mutex::new(Committed::new(INDEX_ENTRIES_MAX))),
         })
+    }
+
+    /// The same tree with another idempotency index (a small bound, shared fingerprints), to
+    /// test what happens past the bound and on fingerprint collisions.
+    #[cfg(test)]
+    pub(crate) fn with_index(self, index: IdempotencyIndex) -> StateTree {
+        self.committed().keys = index;
+        self
     }
 
     fn committed(&self) -> MutexGuard<'_, Committed> {
@@ -173,26 +251,32 @@ impl StateTree {
             .transpose()
     }
 
-    pub fn decision_by_key(
+    /// Decision `seq` of the auction's log.
+    pub fn decision(
         &self,
         auction_id: &str,
-        bidder_id: &str,
-        key: &str,
+        seq: u64,
     ) -> Result<Option<BidDecision>, StorageError> {
-        let Some(seq) = self
-            .tree
-            .get(keys::idempotency(auction_id, bidder_id, key))?
-        else {
-            return Ok(None);
-        };
-        let seq: u64 = decode(&seq)?;
-        let decision = self.tree.get(keys::decision(auction_id, seq))?;
-        match decision {
-            Some(bytes) => Ok(Some(decode(&bytes)?)),
-            None => Err(StorageError::Corrupt(format!(
-                "idempotency key of auction {auction_id} points at missing decision {seq}"
-            ))),
+        self.tree
+            .get(keys::decision(auction_id, seq))?
+            .map(|b| decode(&b))
+            .transpose()
+    }
+
+    /// Every (bidder, key) of the auction's decision log, for the idempotency index.
+    fn index_decisions(
+        &self,
+        auction_id: &str,
+        index: &IdempotencyIndex,
+    ) -> Result<AuctionKeys, StorageError> {
+        let mut keys = AuctionKeys::default();
+        for item in self.tree.scan_prefix(keys::decision_prefix(auction_id)) {
+            let (_, value) = item?;
+            let decision: BidDecision = decode(&value)?;
+            let fingerprint = index.fingerprint(&decision.bidder_id, &decision.idempotency_key);
+            keys.insert(fingerprint, decision.seq);
         }
+        Ok(keys)
     }
 
     /// A page of the auction's decision log in decision order.
@@ -327,7 +411,7 @@ impl StateTree {
 
     /// Replaces the whole state machine with `blob` in one atomic batch (rare, so sled's batch).
     pub fn import(&self, blob: &SnapshotBlob) -> Result<(), StorageError> {
-        *self.committed() = Committed::default();
+        self.committed().reset();
         // The last journaled commit must never be redone over the imported state. Removed first:
         // a crash between the two leaves the old state, complete since that commit was.
         self.journal.remove(self.journal_key)?;
@@ -513,10 +597,18 @@ impl StateWriter<'_> {
         });
         if let Err(e) = written {
             // Half written, perhaps: nothing in memory may stand for what the tree holds.
-            *committed = Committed::default();
+            committed.reset();
             return Err(e);
         }
         committed.last_stamp = Some(self.last_stamp);
+        for decision in self.decisions.values() {
+            let fingerprint = committed
+                .keys
+                .fingerprint(&decision.bidder_id, &decision.idempotency_key);
+            committed
+                .keys
+                .record(&decision.auction_id, fingerprint, decision.seq);
+        }
         if committed.auctions.len() + self.auctions.len() > COMMITTED_AUCTIONS_MAX {
             committed.auctions.clear();
         }
@@ -538,6 +630,8 @@ impl StateWriter<'_> {
         self.state.auction(id)
     }
 
+    /// The decision an earlier bid with this (bidder, key) got: from this batch, or through the
+    /// idempotency index (built from the auction's log the first time it is needed).
     fn decision_by_key(
         &self,
         auction_id: &str,
@@ -545,10 +639,35 @@ impl StateWriter<'_> {
         key: &str,
     ) -> Result<Option<BidDecision>, StorageError> {
         let idempotency = keys::idempotency(auction_id, bidder_id, key);
-        match self.decisions.get(&idempotency) {
-            Some(decision) => Ok(Some(decision.clone())),
-            None => self.state.decision_by_key(auction_id, bidder_id, key),
+        if let Some(decision) = self.decisions.get(&idempotency) {
+            return Ok(Some(decision.clone()));
         }
+        let candidates = {
+            let mut committed = self.state.committed();
+            let index = &mut committed.keys;
+            let fingerprint = index.fingerprint(bidder_id, key);
+            match index.candidates(auction_id, fingerprint) {
+                Some(candidates) => candidates,
+                None => {
+                    let keys = self.state.index_decisions(auction_id, index)?;
+                    index.load(auction_id, keys);
+                    index
+                        .candidates(auction_id, fingerprint)
+                        .unwrap_or_default()
+                }
+            }
+        };
+        for seq in candidates.seqs() {
+            let Some(decision) = self.state.decision(auction_id, seq)? else {
+                return Err(StorageError::Corrupt(format!(
+                    "idempotency index of auction {auction_id} names missing decision {seq}"
+                )));
+            };
+            if decision.bidder_id == bidder_id && decision.idempotency_key == key {
+                return Ok(Some(decision));
+            }
+        }
+        Ok(None)
     }
 
     fn stage_decision(&mut self, decision: &BidDecision) -> Result<(), StorageError> {
@@ -561,7 +680,6 @@ impl StateWriter<'_> {
             keys::decision(&decision.auction_id, decision.seq),
             encode(decision)?,
         );
-        self.stage(idempotency.clone(), encode(&decision.seq)?);
         self.decisions.insert(idempotency, decision.clone());
         Ok(())
     }

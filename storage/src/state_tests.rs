@@ -69,8 +69,13 @@ fn a_batch_reads_its_own_writes_and_commits_atomically() {
     writer.commit().unwrap();
     let auction = state.auction("a").unwrap().unwrap();
     assert_eq!((auction.bid_count, auction.version), (1, 2));
-    assert!(state.decision_by_key("a", "bob", "k").unwrap().is_some());
     assert_eq!(state.last_stamp().unwrap(), T0 + 2);
+    let mut next = state.writer().unwrap();
+    let retried = next.apply(T0 + 3, &bid("a", "bob", "k", 5)).unwrap();
+    assert!(matches!(
+        retried.effects.reply,
+        Reply::Bid { replayed: true, .. }
+    ));
 }
 
 #[test]

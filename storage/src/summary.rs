@@ -23,6 +23,7 @@ pub struct StateSummary {
     /// Every decision (accepted and rejected bids).
     pub decisions: u64,
     pub accepted_bids: u64,
+    /// Keys a retry is answered by: one per decision (each bid's key gets one decision).
     pub idempotency_keys: u64,
     /// Entries of the deadline index: auctions still waiting to start or end.
     pub pending_deadlines: u64,
@@ -64,11 +65,11 @@ fn count(summary: &mut StateSummary, key: &[u8], value: &[u8]) -> Result<(), Sto
         Some(keys::DECISION) => {
             let decision: BidDecision = decode(value)?;
             summary.decisions += 1;
+            summary.idempotency_keys += 1;
             if decision.status == BidStatus::Accepted {
                 summary.accepted_bids += 1;
             }
         }
-        Some(keys::IDEMPOTENCY) => summary.idempotency_keys += 1,
         Some(keys::DEADLINE) => {
             summary.pending_deadlines += 1;
             if summary.next_deadline_ms.is_none() {

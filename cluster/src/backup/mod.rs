@@ -107,7 +107,7 @@ pub(crate) fn read_verified(
         let corrupt = |e: gavel_storage::StorageError| {
             BackupError::Corrupt(format!("group {}'s state: {e}", record.group))
         };
-        let blob: SnapshotBlob = gavel_storage::decode(&record.state).map_err(corrupt)?;
+        let blob = SnapshotBlob::from_bytes(&record.state).map_err(corrupt)?;
         let state = blob.summary().map_err(corrupt)?;
         groups.push(GroupSummary {
             group: record.group,
