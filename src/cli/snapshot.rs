@@ -263,7 +263,7 @@ fn print_summary(file: &Path, summary: &BackupSummary) {
     println!("sha256    {} (verified)", hex(&summary.checksum));
     println!(
         "format    {}, written by gavel {} on node {} at {}",
-        backup::BACKUP_FORMAT_VERSION,
+        summary.format_version,
         header.gavel_version,
         header.source_node,
         time(header.created_at_ms)
@@ -335,7 +335,7 @@ fn summary_json(file: &Path, summary: &BackupSummary) -> Value {
         "file": file.display().to_string(),
         "fileBytes": summary.file_bytes,
         "sha256": hex(&summary.checksum),
-        "formatVersion": backup::BACKUP_FORMAT_VERSION,
+        "formatVersion": summary.format_version,
         "gavelVersion": summary.header.gavel_version,
         "createdAt": time(summary.header.created_at_ms),
         "sourceNode": summary.header.source_node,

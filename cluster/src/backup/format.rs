@@ -33,8 +33,12 @@ use super::BackupError;
 
 pub const MAGIC: [u8; 8] = *b"GAVELBAK";
 pub const END_MAGIC: [u8; 8] = *b"GAVELEND";
-/// The format version this build writes and the only one it reads.
-pub const BACKUP_FORMAT_VERSION: u16 = 1;
+/// The format version this build writes. Version 2 differs from 1 only in what its groups'
+/// states hold: copies without idempotency records (`gavel_storage::SNAPSHOT_FORMAT`), which a
+/// build that reads only version 1 must refuse, and does, by this number.
+pub const BACKUP_FORMAT_VERSION: u16 = 2;
+/// The oldest format version this build reads (`SnapshotBlob::from_bytes` reads its states).
+pub const BACKUP_FORMAT_OLDEST_READ: u16 = 1;
 /// The largest state one group may have in a backup, in bytes. A node holds one group's state
 /// in memory while it sends it (as it does for a Raft snapshot), and a reader refuses a larger
 /// length before allocating anything.
@@ -168,6 +172,7 @@ impl<R: Read> Read for Hashing<R> {
 /// does with the pieces may be kept before `finish` succeeded.
 pub struct Decoder<R> {
     reader: Hashing<R>,
+    format_version: u16,
     header: BackupHeader,
     next_group: u32,
 }
@@ -184,7 +189,7 @@ impl<R: Read> Decoder<R> {
             return Err(BackupError::NotABackup);
         }
         let version = u16::from_be_bytes(read_array(&mut reader, "format version")?);
-        if version != BACKUP_FORMAT_VERSION {
+        if !(BACKUP_FORMAT_OLDEST_READ..=BACKUP_FORMAT_VERSION).contains(&version) {
             return Err(BackupError::UnsupportedVersion {
                 found: version,
                 supported: BACKUP_FORMAT_VERSION,
@@ -193,6 +198,7 @@ impl<R: Read> Decoder<R> {
         let header = read_header(&mut reader)?;
         Ok(Decoder {
             reader,
+            format_version: version,
             header,
             next_group: 0,
         })
@@ -200,6 +206,11 @@ impl<R: Read> Decoder<R> {
 
     pub fn header(&self) -> &BackupHeader {
         &self.header
+    }
+
+    /// The format version the file was written in.
+    pub fn format_version(&self) -> u16 {
+        self.format_version
     }
 
     /// The next group's record, `None` after the last one.
@@ -386,11 +397,16 @@ mod tests {
     #[test]
     fn other_versions_and_other_files_are_named_as_such() {
         let mut bytes = encode(&[record(0, b"x")]);
-        bytes[9] = 2;
+        bytes[9] = 3;
         assert!(matches!(
             decode(&bytes),
-            Err(BackupError::UnsupportedVersion { found: 2, .. })
+            Err(BackupError::UnsupportedVersion { found: 3, .. })
         ));
+        // Version 1 differs only in its states' format, which the storage crate reads. (The
+        // checksum covers the version, so only the header is read here.)
+        bytes[9] = 1;
+        let decoder = Decoder::open(&bytes[..]).expect("version 1 is read");
+        assert_eq!(decoder.format_version(), 1);
         assert!(matches!(
             decode(b"SQLite format 3\0 and more"),
             Err(BackupError::NotABackup)

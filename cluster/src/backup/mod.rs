@@ -22,8 +22,8 @@ use gavel_storage::{SnapshotBlob, StateSummary};
 
 pub use capture::{BackupStream, BACKUP_PIECES_QUEUED_MAX};
 pub use format::{
-    AppliedAt, BackupHeader, Decoder, Encoder, GroupRecord, BACKUP_FORMAT_VERSION,
-    GROUP_STATE_BYTES_MAX,
+    AppliedAt, BackupHeader, Decoder, Encoder, GroupRecord, BACKUP_FORMAT_OLDEST_READ,
+    BACKUP_FORMAT_VERSION, GROUP_STATE_BYTES_MAX,
 };
 pub use restore::{restore, RestoreTarget};
 
@@ -32,7 +32,8 @@ pub enum BackupError {
     #[error("not a Gavel backup file (no GAVELBAK magic at its start)")]
     NotABackup,
     #[error(
-        "backup format version {found} is not supported: this gavel reads version {supported}"
+        "backup format version {found} is not supported: this gavel reads versions {} to {supported}",
+        BACKUP_FORMAT_OLDEST_READ
     )]
     UnsupportedVersion { found: u16, supported: u16 },
     #[error("the backup file is truncated: {0}")]
@@ -75,6 +76,8 @@ pub struct GroupSummary {
 /// What a verified backup file holds.
 #[derive(Clone, Debug)]
 pub struct BackupSummary {
+    /// The format version the file was written in.
+    pub format_version: u16,
     pub header: BackupHeader,
     pub groups: Vec<GroupSummary>,
     pub file_bytes: u64,
@@ -102,6 +105,7 @@ pub(crate) fn read_verified(
     let file_bytes = file.metadata()?.len();
     let mut decoder = Decoder::open(BufReader::new(file))?;
     let header = decoder.header().clone();
+    let format_version = decoder.format_version();
     let mut groups = Vec::with_capacity(header.groups as usize);
     while let Some(record) = decoder.next_group()? {
         let corrupt = |e: gavel_storage::StorageError| {
@@ -119,6 +123,7 @@ pub(crate) fn read_verified(
     }
     let checksum = decoder.finish()?;
     Ok(BackupSummary {
+        format_version,
         header,
         groups,
         file_bytes,
