@@ -3,7 +3,7 @@
 //! looked up in memory, in an index built from the decision logs (`idempotency.rs`).
 //!
 //! All of it lives in one tree (`sm/{group}`). Applying a batch of log entries must land
-//! together or not at all after a crash: bids, auction state, idempotency records and the
+//! together or not at all after a crash: decisions, auction state, indexes and the
 //! applied log id. sled's own atomic batch does that by sealing and writing its IO buffer twice
 //! per batch (a `pwrite` and a `sync_file_range` each), which cost more than everything else an
 //! apply does. So a commit is journaled instead: the batch's writes go first into one record of
