@@ -2,9 +2,10 @@
 //!
 //! `apply` decodes a batch of committed entries, lets the storage crate decide each command
 //! with the auction rules, and writes all of it, with the applied log id and membership, as one
-//! commit that lands whole or not at all (journaled, see `gavel_storage`'s `state.rs`). Snapshots are the whole state tree as key/value pairs: built in the state
-//! machine task (so the copy is consistent), installed atomically, kept in `snap/{group}`; a
-//! snapshot is stored only if it reaches further than the stored one.
+//! commit that lands whole or not at all (journaled, see `gavel_storage`'s `state.rs`).
+//! Snapshots are the whole state tree as key/value pairs: built in the state machine task (so
+//! the copy is consistent), installed atomically, kept in `snap/{group}`; a snapshot is stored
+//! only if it reaches further than the stored one.
 
 use std::io::Cursor;
 use std::sync::Arc;

@@ -59,17 +59,21 @@ impl Candidates {
 }
 
 impl AuctionKeys {
-    pub fn insert(&mut self, fingerprint: u64, seq: u64) {
-        if let Some(&first) = self.seqs.get(&fingerprint) {
-            if first != seq {
-                let more = self.shared.entry(fingerprint).or_default();
-                if !more.contains(&seq) {
-                    more.push(seq);
-                }
-            }
-            return;
+    /// Adds `seq` under `fingerprint`; returns whether it was not there yet.
+    pub fn insert(&mut self, fingerprint: u64, seq: u64) -> bool {
+        let Some(&first) = self.seqs.get(&fingerprint) else {
+            self.seqs.insert(fingerprint, seq);
+            return true;
+        };
+        if first == seq {
+            return false;
         }
-        self.seqs.insert(fingerprint, seq);
+        let more = self.shared.entry(fingerprint).or_default();
+        if more.contains(&seq) {
+            return false;
+        }
+        more.push(seq);
+        true
     }
 
     fn candidates(&self, fingerprint: u64) -> Candidates {
@@ -141,12 +145,17 @@ impl IdempotencyIndex {
         }
     }
 
-    /// Records a committed decision, if its auction is indexed (otherwise its log has it).
+    /// Records a committed decision, if its auction is indexed (otherwise its log has it),
+    /// making room if needed: commits grow the index as much as loads do.
     pub fn record(&mut self, auction_id: &str, fingerprint: u64, seq: u64) {
-        if let Some(keys) = self.auctions.get_mut(auction_id) {
-            let before = keys.entries();
-            keys.insert(fingerprint, seq);
-            self.entries += keys.entries() - before;
+        let Some(keys) = self.auctions.get_mut(auction_id) else {
+            return;
+        };
+        if keys.insert(fingerprint, seq) {
+            self.entries += 1;
+            if self.entries > self.entries_max {
+                self.make_room(auction_id);
+            }
         }
     }
 
@@ -184,10 +193,11 @@ mod tests {
     #[test]
     fn shared_fingerprints_keep_every_seq() {
         let mut keys = AuctionKeys::default();
-        keys.insert(7, 1);
-        keys.insert(7, 4);
-        keys.insert(7, 4);
-        keys.insert(9, 2);
+        assert!(keys.insert(7, 1));
+        assert!(keys.insert(7, 4));
+        assert!(!keys.insert(7, 4));
+        assert!(!keys.insert(7, 1));
+        assert!(keys.insert(9, 2));
         assert_eq!(keys.candidates(7).seqs().collect::<Vec<_>>(), vec![1, 4]);
         assert_eq!(keys.candidates(9).seqs().collect::<Vec<_>>(), vec![2]);
         assert_eq!(keys.candidates(8), Candidates::default());
@@ -228,6 +238,22 @@ mod tests {
         index.record("a", 2, 2);
         assert_eq!(index.candidates("a", 2).unwrap().first, Some(2));
         assert_eq!(index.entries, 3);
+    }
+
+    #[test]
+    fn commits_past_the_bound_make_room_too() {
+        let mut index = IdempotencyIndex::new(8);
+        index.load("old", AuctionKeys::default());
+        index.load("hot", AuctionKeys::default());
+        for seq in 1..=6 {
+            index.record("old", 100 + seq, seq);
+        }
+        // 2 + 6 = 8 entries: at the bound. The hot auction's first decision crosses it.
+        assert_eq!(index.entries, 8);
+        index.record("hot", 1, 1);
+        assert!(index.candidates("old", 101).is_none());
+        assert_eq!(index.candidates("hot", 1).unwrap().first, Some(1));
+        assert_eq!(index.entries, 2);
     }
 
     #[test]

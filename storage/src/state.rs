@@ -65,11 +65,11 @@ struct Committed {
 }
 
 impl Committed {
-    fn new(index_entries_max: usize) -> Committed {
+    fn new() -> Committed {
         Committed {
             last_stamp: None,
             auctions: HashMap::new(),
-            keys: IdempotencyIndex::new(index_entries_max),
+            keys: IdempotencyIndex::new(INDEX_ENTRIES_MAX),
         }
     }
 
@@ -232,7 +232,7 @@ impl StateTree {
             snapshots: db.open_tree(format!("snap/{group}"))?,
             journal: db.open_tree(JOURNAL_TREE)?,
             journal_key: group.to_be_bytes(),
-            committed: Arc::new(Mutex::new(Committed::new(INDEX_ENTRIES_MAX))),
+            committed: Arc::new(Mutex::new(Committed::new())),
         })
     }
 
