@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gavel_raft::transport::{Transport, TransportConfig};
-use gavel_raft::{AuctionEvent, Flusher, GavelNode, Group, RaftSettings, APPLIED_EVENTS_QUEUE_MAX};
+use gavel_raft::{AppliedChannel, AppliedEvents, Flusher, GavelNode, Group, RaftSettings, Watched};
 use gavel_rules::Auction;
 use gavel_storage::{Store, StoreConfig};
 use openraft::error::{InitializeError, RaftError};
@@ -58,7 +58,7 @@ pub struct Node {
     /// Set by the shutdown handoff (`handoff`): no campaigns, no transfers to this node.
     pub(crate) leaving: Arc<std::sync::atomic::AtomicBool>,
     stop: watch::Sender<bool>,
-    events: broadcast::Sender<AuctionEvent>,
+    applied: AppliedChannel,
     tasks: tokio::sync::Mutex<JoinSet<()>>,
 }
 
@@ -108,8 +108,8 @@ impl Node {
             transport.set_peer_addr(*id, addr);
         }
         // One channel for the whole node: every group's apply path publishes into it.
-        let events = broadcast::channel(APPLIED_EVENTS_QUEUE_MAX).0;
-        let groups = open_groups(&config, &store, &transport, &events).await?;
+        let applied = AppliedChannel::default();
+        let groups = open_groups(&config, &store, &transport, &applied).await?;
         let (stop, _) = watch::channel(false);
         let clock = ClockGuard::new(config.node_id, config.max_clock_offset_ms);
         let (proposers, proposer_queues): (Vec<_>, Vec<_>) =
@@ -132,7 +132,7 @@ impl Node {
             groups,
             transport,
             stop,
-            events,
+            applied,
             tasks: tokio::sync::Mutex::new(JoinSet::new()),
         });
         node.transport.set_handler(Arc::new(Inbound::new(&node)));
@@ -282,11 +282,16 @@ impl Node {
         *self.stop.borrow()
     }
 
-    /// Every auction change this node's replicas apply (leader or not), for live fan-out.
-    /// A receiver that falls more than `APPLIED_EVENTS_QUEUE_MAX` behind gets `Lagged` and
-    /// should re-read the state it cares about.
-    pub fn subscribe(&self) -> broadcast::Receiver<AuctionEvent> {
-        self.events.subscribe()
+    /// Every change this node's replicas apply (leader or not) to an auction marked in
+    /// [`Node::watched`], a batch at a time, for live fan-out. A receiver that falls more than `APPLIED_EVENTS_QUEUE_MAX` batches behind
+    /// gets `Lagged` and should re-read the state it cares about.
+    pub fn subscribe(&self) -> broadcast::Receiver<AppliedEvents> {
+        self.applied.events.subscribe()
+    }
+
+    /// Which auctions the subscriber watches: changes to no other auction are published.
+    pub fn watched(&self) -> Arc<Watched> {
+        self.applied.watched.clone()
     }
 
     pub async fn auction(
@@ -425,7 +430,7 @@ async fn open_groups(
     config: &NodeConfig,
     store: &Store,
     transport: &Transport,
-    events: &broadcast::Sender<AuctionEvent>,
+    applied: &AppliedChannel,
 ) -> Result<Vec<Arc<Group>>, NodeError> {
     let flusher = Flusher::start(store.clone());
     let settings = raft_settings(config.snapshot_after_entries);
@@ -437,7 +442,7 @@ async fn open_groups(
             store,
             &flusher,
             &settings,
-            events,
+            applied,
             transport,
         )
         .await

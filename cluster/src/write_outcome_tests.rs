@@ -142,10 +142,10 @@ impl Trio {
                 cut_off: cut_off.clone(),
             });
             transport.set_handler(gate.clone());
-            let events = tokio::sync::broadcast::channel(16).0;
+            let applied = gavel_raft::AppliedChannel::default();
             let flusher = Flusher::start(store.clone());
             let settings = RaftSettings::default();
-            let group = Group::open(0, id, &store, &flusher, &settings, &events, &transport)
+            let group = Group::open(0, id, &store, &flusher, &settings, &applied, &transport)
                 .await
                 .expect("group opens");
             let group = Arc::new(group);

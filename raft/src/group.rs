@@ -10,10 +10,9 @@ use openraft::{Config, SnapshotPolicy};
 use crate::flusher::Flusher;
 use crate::log_store::LogStore;
 use crate::network::Network;
-use crate::state_machine::{AuctionEvent, GroupObserver, StateMachine};
+use crate::state_machine::{AppliedChannel, GroupObserver, StateMachine};
 use crate::transport::Transport;
 use crate::types::{NodeId, Raft};
-use tokio::sync::broadcast;
 
 /// Raft timing and log-retention settings shared by every group of a node.
 #[derive(Clone, Debug)]
@@ -106,7 +105,7 @@ impl Group {
         store: &Store,
         flusher: &Flusher,
         settings: &RaftSettings,
-        events: &broadcast::Sender<AuctionEvent>,
+        applied: &AppliedChannel,
         transport: &Transport,
     ) -> Result<Group, GroupError> {
         let config = Arc::new(settings.openraft_config(id)?);
@@ -119,7 +118,7 @@ impl Group {
         }
         let committed_index = log_store.committed_index();
         let state = store.state(id)?;
-        let observer = Arc::new(GroupObserver::new(events.clone()));
+        let observer = Arc::new(GroupObserver::new(applied.clone()));
         let state_machine = StateMachine::new(id, store.clone(), state.clone(), observer.clone());
         let network = Network {
             transport: transport.clone(),

@@ -38,6 +38,7 @@ pub use log_store::LogStore;
 pub use network::Network;
 pub use restore::{restore_group, restored_log_id};
 pub use state_machine::{
-    AuctionEvent, GroupObserver, SnapshotBuilder, StateMachine, APPLIED_EVENTS_QUEUE_MAX,
+    AppliedChannel, AppliedEvents, AuctionEvent, GroupObserver, SnapshotBuilder, StateMachine,
+    Watched, APPLIED_EVENTS_QUEUE_MAX,
 };
 pub use types::*;

@@ -13,15 +13,18 @@ use std::time::Duration;
 
 use gavel_raft::transport::{Transport, TransportConfig};
 use gavel_raft::{
-    Flusher, GavelNode, Group, GroupObserver, Proposal, RaftSettings, Reply, Snapshot, StateMachine,
+    AppliedChannel, Flusher, GavelNode, Group, GroupObserver, Proposal, RaftSettings, Reply,
+    Snapshot, StateMachine,
 };
-use gavel_rules::{BidStatus, Command, CreateAuction, Decimal};
+use gavel_rules::{BidStatus, Command, Decimal};
 use gavel_storage::{Store, StoreConfig};
 use openraft::storage::RaftStateMachine;
 use openraft::RaftSnapshotBuilder;
 
+mod fixtures;
+use fixtures::{create, START_MS};
+
 const GROUP: u32 = 2;
-const START_MS: i64 = 1_700_000_000_000;
 
 fn settings() -> RaftSettings {
     RaftSettings {
@@ -35,12 +38,20 @@ fn settings() -> RaftSettings {
 async fn open(dir: &Path) -> (Store, Group) {
     let store = Store::open(dir, &StoreConfig::default()).unwrap();
     let flusher = Flusher::start(store.clone());
-    let events = tokio::sync::broadcast::channel(16).0;
+    let applied = AppliedChannel::default();
     let config = TransportConfig::new(1, String::new(), String::new());
     let (transport, _) = Transport::start(config, "127.0.0.1:0").await.unwrap();
-    let group = Group::open(GROUP, 1, &store, &flusher, &settings(), &events, &transport)
-        .await
-        .unwrap();
+    let group = Group::open(
+        GROUP,
+        1,
+        &store,
+        &flusher,
+        &settings(),
+        &applied,
+        &transport,
+    )
+    .await
+    .unwrap();
     (store, group)
 }
 
@@ -75,22 +86,6 @@ async fn write(group: &Group, stamp_ms: i64, command: Command) -> Reply {
     let mut replies = response.data.0;
     assert_eq!(replies.len(), 1, "one reply per command");
     replies.remove(0)
-}
-
-fn create(id: &str) -> Command {
-    Command::Create {
-        auction_id: id.into(),
-        creator_id: "carol".into(),
-        idempotency_key: None,
-        request: CreateAuction {
-            post_id: "post".into(),
-            start_at_ms: START_MS,
-            end_at_ms: START_MS + 3_600_000,
-            start_price: Decimal::ONE,
-            min_increment: Decimal::ONE,
-            anti_sniping_seconds: 0,
-        },
-    }
 }
 
 fn bid(auction: &str, n: i64) -> Command {

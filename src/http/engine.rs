@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use gavel_cluster::backup::BackupStream;
 use gavel_cluster::{
-    AuctionEvent, AuctionFilter, AuctionListing, BidFilter, BidPage, ClusterStatus, Consistency,
-    MembershipError, Node, ProposeError, ReadError,
+    AppliedEvents, AuctionFilter, AuctionListing, BidFilter, BidPage, ClusterStatus, Consistency,
+    MembershipError, Node, ProposeError, ReadError, Watched,
 };
 use gavel_rules::{Auction, Command, Reply};
 use tokio::sync::broadcast;
@@ -51,9 +51,12 @@ pub trait Engine: Send + Sync + 'static {
     /// A linearizable copy of every group as the backup file's bytes; fails before the first
     /// byte when a group cannot be read linearizably.
     fn backup(&self) -> BoxFuture<'_, Result<BackupStream, ReadError>>;
-    /// Every auction change this node's replicas apply, in apply order. The channel is bounded:
-    /// a receiver that falls behind gets `Lagged` and must re-read what it cares about.
-    fn subscribe(&self) -> broadcast::Receiver<AuctionEvent>;
+    /// Every auction change this node's replicas apply, in apply order, a batch at a time (each
+    /// auction at most once per batch). The channel is bounded: a receiver that falls behind
+    /// gets `Lagged` and must re-read what it cares about.
+    fn subscribe(&self) -> broadcast::Receiver<AppliedEvents>;
+    /// Which auctions the subscriber watches: only their changes reach `subscribe`'s channel.
+    fn watched(&self) -> Arc<Watched>;
     /// Milliseconds since the Unix epoch on this node's clock, for early checks at the edge
     /// only: the state machine decides with the leader's stamp.
     fn now_ms(&self) -> i64 {
@@ -137,8 +140,12 @@ impl Engine for NodeEngine {
         Box::pin(self.0.backup())
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<AuctionEvent> {
+    fn subscribe(&self) -> broadcast::Receiver<AppliedEvents> {
         self.0.subscribe()
+    }
+
+    fn watched(&self) -> Arc<Watched> {
+        self.0.watched()
     }
 
     fn now_ms(&self) -> i64 {
@@ -154,7 +161,7 @@ pub mod fake {
     use std::sync::atomic::{AtomicI64, Ordering};
     use std::sync::Mutex;
 
-    use gavel_cluster::AuctionCursor;
+    use gavel_cluster::{AuctionCursor, AuctionEvent};
     use gavel_rules::{BidDecision, BidStatus};
 
     use super::*;
@@ -167,7 +174,7 @@ pub mod fake {
     }
 
     /// What the fake applies, as the node's event channel would carry it.
-    struct Events(broadcast::Sender<AuctionEvent>);
+    struct Events(broadcast::Sender<AppliedEvents>);
 
     /// What the fake's backup endpoint streams.
     pub const FAKE_BACKUP: &[u8] = b"the in-memory engine's stand-in backup";
@@ -186,6 +193,7 @@ pub mod fake {
         pub now_ms: AtomicI64,
         state: Mutex<State>,
         events: Events,
+        watched: Arc<Watched>,
         /// Failures the next proposals answer with, first in first out.
         pub failures: Mutex<Vec<ProposeError>>,
         /// Failures the next reads (auction, list, bids) answer with, first in first out.
@@ -265,7 +273,7 @@ pub mod fake {
                         applied_at: std::time::Instant::now(),
                     };
                     // No receiver is fine: nobody is watching.
-                    let _ = self.events.0.send(event);
+                    let _ = self.events.0.send(Arc::from([event]));
                 }
                 state.auctions.insert(id, auction);
             }
@@ -454,8 +462,13 @@ pub mod fake {
             Box::pin(async move { result })
         }
 
-        fn subscribe(&self) -> broadcast::Receiver<AuctionEvent> {
+        fn subscribe(&self) -> broadcast::Receiver<AppliedEvents> {
             self.events.0.subscribe()
+        }
+
+        /// The fake publishes every change; it only keeps the marks for tests to look at.
+        fn watched(&self) -> Arc<Watched> {
+            self.watched.clone()
         }
     }
 }

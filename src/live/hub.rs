@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
-use gavel_cluster::{AuctionEvent, Consistency};
+use gavel_cluster::{AppliedEvents, AuctionEvent, Consistency, Watched};
 use gavel_rules::Auction;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
@@ -74,11 +74,13 @@ struct Inner {
     /// Where the pump and every WebSocket viewer's task run (`Hub::spawn_viewer`).
     runtime: tokio::runtime::Handle,
     permits: Arc<Semaphore>,
-    watched: Mutex<HashMap<String, Watched>>,
+    watched: Mutex<HashMap<String, WatchedAuction>>,
+    /// The node's marks of the auctions in `watched`: apply publishes changes of these only.
+    marks: Arc<Watched>,
     closing: watch::Sender<bool>,
 }
 
-struct Watched {
+struct WatchedAuction {
     tx: watch::Sender<Latest>,
     tick: Arc<SharedTick>,
     viewers: usize,
@@ -118,8 +120,10 @@ impl Hub {
     /// tasks will run too (`gavel serve` enters its fan-out runtime for this).
     pub fn start(engine: Arc<dyn Engine>, config: LiveConfig) -> Hub {
         let events = engine.subscribe();
+        let marks = engine.watched();
         let (closing, closing_rx) = watch::channel(false);
         let inner = Arc::new(Inner {
+            marks,
             engine,
             config,
             runtime: tokio::runtime::Handle::current(),
@@ -151,7 +155,9 @@ impl Hub {
         self.0.closing.send_replace(true);
         // Dropping the senders ends every viewer's `changed()`: no viewer needs to wait on the
         // closing flag itself (one shared waiter list fewer for every frame of every viewer).
-        self.0.lock().clear();
+        for (auction_id, _) in self.0.lock().drain() {
+            self.0.marks.unwatch(&auction_id);
+        }
     }
 
     /// Milliseconds since the epoch on this node's clock (for `serverTime` and `remainingMs`).
@@ -206,13 +212,15 @@ impl Hub {
         if *self.0.closing.borrow() {
             return Err(JoinError::Closing);
         }
-        let entry = watched
-            .entry(auction_id.to_owned())
-            .or_insert_with(|| Watched {
+        let entry = watched.entry(auction_id.to_owned()).or_insert_with(|| {
+            // Before `join` reads the auction's state: see `Watched` for why nothing is missed.
+            self.0.marks.watch(auction_id);
+            WatchedAuction {
                 tx: watch::channel(Latest::default()).0,
                 tick: Arc::default(),
                 viewers: 0,
-            });
+            }
+        });
         entry.viewers += 1;
         let watching = Watching {
             rx: entry.tx.subscribe(),
@@ -228,6 +236,7 @@ impl Hub {
             entry.viewers = entry.viewers.saturating_sub(1);
             if entry.viewers == 0 {
                 watched.remove(auction_id);
+                self.0.marks.unwatch(auction_id);
             }
         }
     }
@@ -240,7 +249,7 @@ impl Hub {
 }
 
 impl Inner {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Watched>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, WatchedAuction>> {
         // A panic while holding this lock leaves the map consistent (every update is one call).
         self.watched.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -274,13 +283,12 @@ impl Inner {
         });
     }
 
-    fn on_event(&self, event: AuctionEvent) {
-        let received_at = event.applied_at;
+    fn on_event(&self, event: &AuctionEvent) {
         let Some(tx) = self.sender(&event.auction.id) else {
             return;
         };
         let kind = FrameKind::of_changes(event.changes.iter().map(|c| c.kind));
-        self.publish(&tx, event.auction, Some(kind), received_at);
+        self.publish(&tx, event.auction.clone(), Some(kind), event.applied_at);
     }
 
     /// Re-reads every watched auction from the replica: after the node channel dropped events.
@@ -307,7 +315,7 @@ impl Inner {
 /// node's channel closes.
 async fn pump(
     inner: Weak<Inner>,
-    mut events: broadcast::Receiver<AuctionEvent>,
+    mut events: broadcast::Receiver<AppliedEvents>,
     mut closing: watch::Receiver<bool>,
 ) {
     loop {
@@ -315,7 +323,7 @@ async fn pump(
             received = events.recv() => {
                 let Some(inner) = inner.upgrade() else { break };
                 match received {
-                    Ok(event) => inner.on_event(event),
+                    Ok(batch) => batch.iter().for_each(|event| inner.on_event(event)),
                     Err(RecvError::Lagged(missed)) => {
                         tracing::warn!(missed, "live fan-out fell behind the apply path; re-reading watched auctions");
                         inner.reload_all().await;

@@ -204,6 +204,31 @@ async fn unknown_auctions_are_refused_and_forgotten() {
     ));
     assert_eq!(f.hub.watched_auctions(), 0);
     assert_eq!(f.hub.viewers(), 0, "the slot was given back");
+    assert!(
+        !f.engine.watched().may_be_watched("nope"),
+        "its mark was taken back"
+    );
+}
+
+/// The node publishes changes only of the auctions the hub marks: marked from the first
+/// viewer's join (before it reads the state) until the last viewer leaves or the hub closes.
+#[tokio::test]
+async fn the_hub_marks_exactly_the_auctions_it_watches() {
+    let f = Fixture::new();
+    f.auction("a").await;
+    f.auction("b").await;
+    let marks = f.engine.watched();
+    let first = f.hub.join("a", None, Transport::Ws).await.unwrap();
+    let second = f.hub.join("a", None, Transport::Sse).await.unwrap();
+    assert!(marks.may_be_watched("a"));
+    drop(first);
+    assert!(marks.may_be_watched("a"), "a viewer of a is left");
+    drop(second);
+    assert!(!marks.may_be_watched("a"), "a's last viewer left");
+    let _held = f.hub.join("b", None, Transport::Ws).await.unwrap();
+    assert!(marks.may_be_watched("b"));
+    f.hub.close();
+    assert!(!marks.may_be_watched("b"), "closing unmarks everything");
 }
 
 #[tokio::test]
