@@ -10,8 +10,8 @@
 //! this file does no IO and reads no clock; errors say which check failed and never repeat the
 //! token.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -94,6 +94,50 @@ struct Trust {
     hs256: Option<DecodingKey>,
     keys: watch::Receiver<Arc<KeySet>>,
     checks: ClaimChecks,
+    verified: Mutex<VerifiedTokens>,
+}
+
+/// How many bytes of tokens (and what they name) `VerifiedTokens` keeps before it starts over.
+pub const VERIFIED_TOKENS_BYTES_MAX: usize = 4 * 1024 * 1024;
+
+/// Tokens whose signature and claims were checked, so that a client's next request with the
+/// same token skips the signature check and the decoding: about a tenth of the HTTP threads'
+/// time under a bid load, where every client sends the same token again and again. Only
+/// successes are kept, each with the key set it was checked against: once the keys are
+/// reloaded, an entry no longer counts (a removed key's tokens are refused at once). The
+/// times (`exp`, `nbf`) are checked again on every use. Bounded in bytes; when full it is
+/// emptied, which costs each client one full check.
+#[derive(Default)]
+struct VerifiedTokens {
+    entries: HashMap<Box<str>, Verified>,
+    bytes: usize,
+}
+
+struct Verified {
+    principal: Principal,
+    exp: i64,
+    nbf: Option<i64>,
+    /// The key set the token was checked against (held, so its address cannot be reused).
+    keys: Arc<KeySet>,
+}
+
+impl VerifiedTokens {
+    fn get(&self, token: &str, keys: &Arc<KeySet>) -> Option<&Verified> {
+        self.entries
+            .get(token)
+            .filter(|verified| Arc::ptr_eq(&verified.keys, keys))
+    }
+
+    fn insert(&mut self, token: &str, verified: Verified) {
+        let bytes = token.len() + verified.principal.sub.len() + std::mem::size_of::<Verified>();
+        if self.bytes + bytes > VERIFIED_TOKENS_BYTES_MAX {
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        if self.entries.insert(token.into(), verified).is_none() {
+            self.bytes += bytes;
+        }
+    }
 }
 
 impl TokenVerifier {
@@ -112,6 +156,7 @@ impl TokenVerifier {
             hs256,
             keys,
             checks,
+            verified: Mutex::default(),
         })))
     }
 
@@ -127,17 +172,36 @@ impl TokenVerifier {
         if token.len() > TOKEN_LEN_MAX {
             return Err(TokenError::TooLong);
         }
+        let keys = self.0.keys.borrow().clone();
+        let leeway_s = self.0.checks.leeway_s;
+        if let Some(verified) = self.verified().get(token, &keys) {
+            check_times(verified.exp, verified.nbf, now_s, leeway_s)?;
+            return Ok(verified.principal.clone());
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
             ErrorKind::InvalidToken => TokenError::Malformed,
             _ => TokenError::Header,
         })?;
-        let keys = self.0.keys.borrow().clone();
         let (key, alg) = self.select(header.alg, header.kid.as_deref(), &keys)?;
         let claims = jsonwebtoken::decode::<Claims>(token, key, &self.validation(alg))
             .map_err(|e| library_error(e.kind()))?
             .claims;
-        check_times(&claims, now_s, self.0.checks.leeway_s)?;
-        principal(claims)
+        check_times(claims.exp, claims.nbf, now_s, leeway_s)?;
+        let (exp, nbf) = (claims.exp, claims.nbf);
+        let principal = principal(claims)?;
+        let verified = Verified {
+            principal: principal.clone(),
+            exp,
+            nbf,
+            keys,
+        };
+        self.verified().insert(token, verified);
+        Ok(principal)
+    }
+
+    fn verified(&self) -> std::sync::MutexGuard<'_, VerifiedTokens> {
+        // A panic while holding the lock leaves at worst a partial map of checked tokens.
+        self.0.verified.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The key (and so the algorithm) a token with header `alg` and `kid` is checked with.
@@ -220,15 +284,12 @@ fn library_error(kind: &ErrorKind) -> TokenError {
     }
 }
 
-fn check_times(claims: &Claims, now_s: i64, leeway_s: u64) -> Result<(), TokenError> {
+fn check_times(exp: i64, nbf: Option<i64>, now_s: i64, leeway_s: u64) -> Result<(), TokenError> {
     let leeway_s = i64::try_from(leeway_s).unwrap_or(i64::MAX);
-    if now_s >= claims.exp.saturating_add(leeway_s) {
+    if now_s >= exp.saturating_add(leeway_s) {
         return Err(TokenError::Expired);
     }
-    if claims
-        .nbf
-        .is_some_and(|nbf| now_s.saturating_add(leeway_s) < nbf)
-    {
+    if nbf.is_some_and(|nbf| now_s.saturating_add(leeway_s) < nbf) {
         return Err(TokenError::NotYetValid);
     }
     Ok(())
@@ -603,6 +664,60 @@ mod tests {
         let open = TokenVerifier::hs256(&secret()).unwrap();
         let any = json!({ "iss": "whoever", "aud": ["x", "y"] });
         assert!(open.verify(&hs256(SECRET, &claims(any)), NOW).is_ok());
+    }
+
+    fn remembered(verifier: &TokenVerifier) -> usize {
+        verifier.verified().entries.len()
+    }
+
+    #[test]
+    fn a_checked_token_is_remembered_and_its_times_still_count() {
+        let verifier = TokenVerifier::hs256(&secret()).unwrap();
+        let token = hs256(SECRET, &claims(json!({ "exp": NOW + 60 })));
+        assert_eq!(verifier.verify(&token, NOW).unwrap().sub, "alice");
+        assert_eq!(remembered(&verifier), 1);
+        let again = verifier.verify(&token, NOW + 59).unwrap();
+        assert_eq!(
+            (again.sub.as_str(), again.roles.as_slice()),
+            ("alice", &[Role::Bidder][..])
+        );
+        assert_eq!(verifier.verify(&token, NOW + 60), Err(TokenError::Expired));
+    }
+
+    #[test]
+    fn refused_tokens_are_not_remembered() {
+        let verifier = TokenVerifier::hs256(&secret()).unwrap();
+        let forged = hs256(b"another secret entirely, 32 bytes", &claims(json!({})));
+        let expired = hs256(SECRET, &claims(json!({ "exp": NOW })));
+        let unknown_role = hs256(SECRET, &claims(json!({ "roles": ["root"] })));
+        for _ in 0..2 {
+            assert_eq!(verifier.verify(&forged, NOW), Err(TokenError::Signature));
+            assert_eq!(verifier.verify(&expired, NOW), Err(TokenError::Expired));
+            assert!(matches!(
+                verifier.verify(&unknown_role, NOW),
+                Err(TokenError::Claims(_))
+            ));
+        }
+        assert_eq!(remembered(&verifier), 0);
+    }
+
+    #[test]
+    fn remembered_tokens_stay_within_their_bound() {
+        let verifier = TokenVerifier::hs256(&secret()).unwrap();
+        let mut most = 0;
+        for n in 0..20_000 {
+            let token = hs256(SECRET, &claims(json!({ "sub": format!("bidder-{n}") })));
+            assert!(verifier.verify(&token, NOW).is_ok());
+            let verified = verifier.verified();
+            assert!(
+                verified.bytes <= VERIFIED_TOKENS_BYTES_MAX,
+                "{}",
+                verified.bytes
+            );
+            most = most.max(verified.entries.len());
+        }
+        assert!(most < 20_000, "the bound emptied the memory at least once");
+        assert!(most > 1_000, "it remembered many before that: {most}");
     }
 
     #[test]
