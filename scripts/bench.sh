@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Gavel against etcd, the same shapes driven by one tool (`gavel bench bids`), on loopback:
-#   scripts/bench.sh            # about 7 minutes; prints a markdown table for the README
+#   scripts/bench.sh            # about 8 minutes; prints a markdown table for the README
 # It starts a three-node Gavel (release build, --bid-rate-per-bidder 0) and runs every shape,
 # then a three-member etcd (fsync on, as by default) and runs the same shapes as etcd puts
 # through its v3 JSON gateway. Gavel goes first because the open-loop shape runs both at 80% of
