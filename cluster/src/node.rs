@@ -283,8 +283,9 @@ impl Node {
     }
 
     /// Every change this node's replicas apply (leader or not) to an auction marked in
-    /// [`Node::watched`], a batch at a time, for live fan-out. A receiver that falls more than `APPLIED_EVENTS_QUEUE_MAX` batches behind
-    /// gets `Lagged` and should re-read the state it cares about.
+    /// [`Node::watched`], a batch at a time, for live fan-out. A receiver that falls more than
+    /// `APPLIED_EVENTS_QUEUE_MAX` batches behind gets `Lagged` and should re-read the state it
+    /// cares about.
     pub fn subscribe(&self) -> broadcast::Receiver<AppliedEvents> {
         self.applied.events.subscribe()
     }
