@@ -158,16 +158,16 @@ struct ChangedAuctions {
 }
 
 impl ChangedAuctions {
-    fn record(&mut self, auction: &Auction, changes: Vec<Change>) {
+    fn record(&mut self, auction: Auction, changes: Vec<Change>) {
         match self.position.get(&auction.id) {
             Some(&at) => {
                 let (newest, all) = &mut self.changed[at];
-                *newest = auction.clone();
+                *newest = auction;
                 all.extend(changes);
             }
             None => {
                 self.position.insert(auction.id.clone(), self.changed.len());
-                self.changed.push((auction.clone(), changes));
+                self.changed.push((auction, changes));
             }
         }
     }
@@ -282,7 +282,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         let applied = writer.apply(proposal.stamp_ms, command).map_err(sm_error)?;
                         deadlines_moved |= applied.deadline_moved;
                         if let (false, Some(auction)) =
-                            (applied.effects.changes.is_empty(), &applied.effects.auction)
+                            (applied.effects.changes.is_empty(), applied.effects.auction)
                         {
                             events.record(auction, applied.effects.changes);
                         }
