@@ -7,8 +7,9 @@
 # Gavel's measured open-loop peak. Shapes: 3 x 32 clients (spread over all members), the same
 # on one hot auction, 3 x 400 (a spike: no warm-up), one member with 96 clients, one sequential
 # client; open loop offered twice the best closed-loop rate (open-peak: what each system
-# decides when overloaded), then open loop at 80% of Gavel's open-peak. Knobs: BENCH_DURATION (20s), BENCH_WARMUP (2s), BENCH_AUCTIONS (128),
-# BENCH_OUT (where the JSON summaries and PNG plots stay; default target/bench).
+# decides when overloaded), then open loop at 80% of Gavel's open-peak. Knobs: BENCH_DURATION
+# (20s), BENCH_WARMUP (2s), BENCH_AUCTIONS (128), BENCH_OUT (where the JSON summaries and PNG
+# plots stay; default target/bench).
 # Installs nothing; needs etcd (apt-get install -y etcd-server), curl and jq. Every wait is
 # bounded; processes and temp dirs are removed on exit and on Ctrl-C.
 set -euo pipefail

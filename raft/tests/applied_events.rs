@@ -48,6 +48,11 @@ fn entry(index: u64, commands: Vec<Command>) -> Entry {
     }
 }
 
+/// Applies `commands` as entry `index`, alone in its apply call.
+async fn apply_alone(machine: &mut StateMachine, index: u64, commands: Vec<Command>) {
+    machine.apply(vec![entry(index, commands)]).await.unwrap();
+}
+
 #[tokio::test]
 async fn one_message_per_apply_for_watched_auctions_only() {
     let dir = tempfile::tempdir().unwrap();
@@ -79,26 +84,17 @@ async fn one_message_per_apply_for_watched_auctions_only() {
     );
 
     // Nobody watches `quiet`: a batch of its changes only publishes nothing.
-    machine
-        .apply(vec![entry(3, vec![bid("quiet", 5)])])
-        .await
-        .unwrap();
+    apply_alone(&mut machine, 3, vec![bid("quiet", 5)]).await;
     assert_eq!(events.try_recv().unwrap_err(), TryRecvError::Empty);
 
     // Once its last viewer left, `hot` is not published either.
     applied.watched.unwatch("hot");
-    machine
-        .apply(vec![entry(4, vec![bid("hot", 6)])])
-        .await
-        .unwrap();
+    apply_alone(&mut machine, 4, vec![bid("hot", 6)]).await;
     assert_eq!(events.try_recv().unwrap_err(), TryRecvError::Empty);
 
     // Watched again (its state read by the new viewer), its next change is published.
     applied.watched.watch("hot");
-    machine
-        .apply(vec![entry(5, vec![bid("hot", 7)])])
-        .await
-        .unwrap();
+    apply_alone(&mut machine, 5, vec![bid("hot", 7)]).await;
     let batch = events.try_recv().expect("published again");
     assert_eq!(batch[0].auction.current_price, Decimal::new(7, 0));
 }
