@@ -166,6 +166,7 @@ pub async fn serve(args: ServeArgs, runtimes: Runtimes) -> anyhow::Result<()> {
     let live = {
         let _fanout = runtimes.fanout.enter();
         crate::live::Hub::start(engine.clone(), args.live_config())
+            .context("cannot start the live fan-out")?
     };
     crate::http::metrics::spawn_upkeep(metrics.clone());
     let state = AppState {

@@ -34,7 +34,15 @@ struct Fixture {
 impl Fixture {
     fn new() -> Fixture {
         let engine = Arc::new(FakeEngine::new(NOW_MS));
-        let hub = Hub::start(engine.clone(), CONFIG);
+        let hub = Hub::start(engine.clone(), CONFIG).expect("the hub starts");
+        Fixture { engine, hub }
+    }
+
+    /// For tests on the paused clock: the pump runs on the test's runtime, so the clock waits
+    /// for it (on a thread of its own, a frame due at once could lose the race to a tick).
+    fn paused() -> Fixture {
+        let engine = Arc::new(FakeEngine::new(NOW_MS));
+        let hub = Hub::start_with_pump_here(engine.clone(), CONFIG);
         Fixture { engine, hub }
     }
 
@@ -110,7 +118,7 @@ async fn next(viewer: &mut Viewer) -> Frame {
         .expect("the stream is not over")
 }
 
-/// Lets the pump run until it has published what was applied.
+/// Lets the test's other tasks (and a pump on the test's runtime) run.
 async fn settle() {
     for _ in 0..10 {
         tokio::task::yield_now().await;
@@ -175,6 +183,70 @@ async fn a_slow_viewer_skips_to_the_newest_state() {
     // Both viewers got the very same bytes: the frame was serialized once.
     let last_fast = last_fast.unwrap();
     assert_eq!(frame.text().as_ptr(), last_fast.text().as_ptr());
+}
+
+/// Each change wakes an auction's viewers in the order they began to wait, so they are served
+/// in the same order every round: the last viewer of a change waits at most one round of
+/// sends. (The watch's own notification spread its waiters over several lists at random, and
+/// a viewer served first in one round could be served last in the next.)
+#[tokio::test]
+async fn viewers_are_served_in_the_same_order_every_round() {
+    const VIEWERS: usize = 64;
+    let engine = Arc::new(FakeEngine::new(NOW_MS));
+    let config = LiveConfig {
+        viewers_max: VIEWERS,
+        ..CONFIG
+    };
+    let hub = Hub::start(engine.clone(), config).expect("the hub starts");
+    let f = Fixture { engine, hub };
+    f.auction("a").await;
+    let served = Arc::new(std::sync::Mutex::new(Vec::<(u64, usize)>::new()));
+    for index in 0..VIEWERS {
+        let subscription = f.hub.join("a", None, Transport::Ws).await.unwrap();
+        // No ticks: only changes are served.
+        let mut viewer = Viewer::new(subscription, Duration::from_secs(3_600));
+        let served = served.clone();
+        tokio::spawn(async move {
+            while let Some(frame) = viewer.next().await {
+                served.lock().unwrap().push((frame.version(), index));
+            }
+        });
+    }
+    let all_served = |version: u64| {
+        let served = served.clone();
+        async move {
+            while served
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(v, _)| *v == version)
+                .count()
+                < VIEWERS
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    };
+    for (amount, version) in (10..15).zip(1..) {
+        tokio::time::timeout(Duration::from_secs(5), all_served(version))
+            .await
+            .expect("every viewer is served");
+        f.bid("a", amount).await;
+    }
+    tokio::time::timeout(Duration::from_secs(5), all_served(6))
+        .await
+        .expect("every viewer is served");
+    let served = served.lock().unwrap();
+    let order = |version: u64| -> Vec<usize> {
+        served
+            .iter()
+            .filter(|(v, _)| *v == version)
+            .map(|(_, index)| *index)
+            .collect()
+    };
+    for version in 3..=6 {
+        assert_eq!(order(version), order(2), "round {version} against round 2");
+    }
 }
 
 #[tokio::test]
@@ -252,7 +324,7 @@ async fn the_viewer_limit_answers_full_and_slots_come_back() {
 
 #[tokio::test(start_paused = true)]
 async fn a_tick_comes_only_after_a_tick_period_without_frames() {
-    let f = Fixture::new();
+    let f = Fixture::paused();
     f.auction("a").await;
     let mut viewer = f.viewer("a").await;
     next(&mut viewer).await;
@@ -274,7 +346,7 @@ async fn a_tick_comes_only_after_a_tick_period_without_frames() {
 
 #[tokio::test(start_paused = true)]
 async fn frames_faster_than_the_tick_period_leave_no_room_for_ticks() {
-    let f = Fixture::new();
+    let f = Fixture::paused();
     f.auction("a").await;
     let mut viewer = f.viewer("a").await;
     next(&mut viewer).await;
@@ -288,7 +360,7 @@ async fn frames_faster_than_the_tick_period_leave_no_room_for_ticks() {
 
 #[tokio::test(start_paused = true)]
 async fn a_viewer_may_ask_for_sparser_ticks() {
-    let f = Fixture::new();
+    let f = Fixture::paused();
     f.auction("a").await;
     let sparse = Duration::from_millis(5_000);
     let subscription = f.hub.join("a", None, Transport::Sse).await.unwrap();
@@ -302,7 +374,7 @@ async fn a_viewer_may_ask_for_sparser_ticks() {
 
 #[tokio::test(start_paused = true)]
 async fn viewers_due_together_send_one_shared_tick() {
-    let f = Fixture::new();
+    let f = Fixture::paused();
     f.auction("a").await;
     let mut first = f.viewer("a").await;
     let mut second = f.viewer("a").await;
@@ -322,7 +394,7 @@ async fn viewers_due_together_send_one_shared_tick() {
 
 #[tokio::test(start_paused = true)]
 async fn resuming_ahead_of_the_replica_is_refused_after_a_bounded_wait() {
-    let f = Fixture::new();
+    let f = Fixture::paused();
     f.auction("a").await;
     let started = tokio::time::Instant::now();
     let refused = f.hub.join("a", Some(2), Transport::Sse).await;

@@ -111,22 +111,26 @@ impl Viewer {
     }
 
     /// Waits for news: a newer state (sent as its change frame), or a tick once the tick
-    /// period passed since the last frame. `None` once the hub dropped the auction's channel
-    /// (shutdown).
+    /// period passed since the last frame. `None` once the hub closes (shutdown).
     async fn live(&mut self) -> Option<Frame> {
         loop {
+            // Registered before the state is checked, so a publication in between still wakes
+            // this viewer; dropped (a cancelled `next`) it takes its place in the line with it.
+            let news = self.sub.news.clone();
+            let mut notified = std::pin::pin!(news.notified());
+            notified.as_mut().enable();
+            let closed = self.sub.rx.has_changed().is_err();
+            if closed || self.sub.hub().is_closing() {
+                self.step = Step::Done;
+                return None;
+            }
+            if let Some(frame) = self.newer_state() {
+                return Some(frame);
+            }
             let tick_due = self.last_frame_at + self.tick_period;
             tokio::select! {
                 biased;
-                changed = self.sub.rx.changed() => {
-                    if changed.is_err() {
-                        self.step = Step::Done;
-                        return None;
-                    }
-                    if let Some(frame) = self.newer_state() {
-                        return Some(frame);
-                    }
-                }
+                () = &mut notified => {}
                 () = tokio::time::sleep_until(tick_due) => {
                     if let Some(frame) = self.newer_state().or_else(|| self.tick()) {
                         return Some(frame);

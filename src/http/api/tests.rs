@@ -66,7 +66,7 @@ impl Harness {
             metrics: None,
             node_id: 7,
             client_scheme,
-            live: crate::live::Hub::start(engine.clone(), LIVE_CONFIG),
+            live: crate::live::Hub::start(engine.clone(), LIVE_CONFIG).expect("the hub starts"),
         };
         let limits = HttpLimits {
             body_limit_bytes: BODY_LIMIT_BYTES,
