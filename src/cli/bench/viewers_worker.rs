@@ -35,6 +35,9 @@ const BACKOFF_MS_MAX: u64 = 2_000;
 /// The most a viewer waits before its first reconnect attempt: the live page's
 /// `RECONNECT_MS_MIN`, over which it spreads that attempt too.
 const FIRST_RECONNECT_JITTER_MS: u64 = 500;
+/// How long a viewer waits for the server's close after `ended` (the server spreads its
+/// closes over `ENDED_CLOSE_SPREAD_MS`, 2 s) before it drops the connection itself.
+const SERVER_CLOSE_WAIT_MS: u64 = 5_000;
 /// The wait a 503 without a usable `Retry-After` gets, in seconds.
 const RETRY_AFTER_S_DEFAULT: u64 = 1;
 
@@ -354,6 +357,14 @@ fn failure_kind(error: &WsError) -> String {
     }
 }
 
+/// After `ended`, as a browser does: waits (bounded) for the server's close frame, which
+/// tungstenite answers, instead of dropping the connection while the server is still busy
+/// taking `ended` to the rest of the crowd.
+async fn await_server_close(socket: &mut Socket) {
+    let closed = async { while let Some(Ok(_)) = socket.next().await {} };
+    let _ = tokio::time::timeout(Duration::from_millis(SERVER_CLOSE_WAIT_MS), closed).await;
+}
+
 /// Reads frames until `ended` or the connection drops; `on_snapshot` gets a snapshot's version
 /// and the version shown before it.
 async fn watch(
@@ -381,12 +392,15 @@ async fn watch(
             *shown = frame.version;
         }
         if frame.kind == "ended" {
-            let mut report = context.report();
-            if frame.winner_id.as_deref() == Some(context.winner.as_str()) {
-                report.ended_right += 1;
-            } else {
-                report.ended_wrong += 1;
+            {
+                let mut report = context.report();
+                if frame.winner_id.as_deref() == Some(context.winner.as_str()) {
+                    report.ended_right += 1;
+                } else {
+                    report.ended_wrong += 1;
+                }
             }
+            await_server_close(&mut socket).await;
             return Outcome::Ended;
         }
     }
