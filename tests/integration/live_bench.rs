@@ -54,4 +54,16 @@ fn the_viewer_bench_reports_connects_and_latencies() {
         stdout.contains("every viewer saw every bid: yes"),
         "{stdout}"
     );
+    // Five of the five bids, each named once by its place in the run.
+    let slowest = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("slowest bids:"))
+        .unwrap_or_else(|| panic!("no slowest bids line: {stdout}"));
+    for place in 1..=5 {
+        assert_eq!(
+            slowest.matches(&format!("#{place} ")).count(),
+            1,
+            "{slowest}"
+        );
+    }
 }

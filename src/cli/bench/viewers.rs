@@ -47,6 +47,8 @@ const BID_RETRY_PAUSE_MS: u64 = 100;
 const RSS_METRIC: &str = "gavel_process_resident_memory_bytes";
 /// The metric a node counts frames handed to viewers in (one series per transport).
 const FRAMES_METRIC: &str = "gavel_viewer_frames_sent_total";
+/// Bids listed by `slowest bids`.
+const SLOWEST_BIDS_SHOWN: usize = 5;
 
 #[derive(Args, Debug, Clone)]
 pub struct ViewersArgs {
@@ -550,6 +552,16 @@ impl Run<'_> {
     /// Bid-to-last-viewer over the viewers homed on `home` (all of them with `None`), and
     /// whether each of them saw every bid.
     fn to_last_viewer(&self, home: Option<usize>) -> anyhow::Result<(Histogram<u64>, bool)> {
+        let (lags_us, everyone) = self.last_viewer_lags(home);
+        let mut to_last = histogram()?;
+        for lag_us in lags_us {
+            to_last.record(lag_us.max(1))?;
+        }
+        Ok((to_last, everyone))
+    }
+
+    /// Each bid's time to its last viewer homed on `home`, in microseconds and bid order.
+    fn last_viewer_lags(&self, home: Option<usize>) -> (Vec<u64>, bool) {
         let homed = |h: &usize| home.is_none_or(|home| home == *h);
         let viewers: u64 = self
             .reports
@@ -557,23 +569,41 @@ impl Run<'_> {
             .filter(|(h, _, _)| homed(h))
             .map(|(_, n, _)| u64::from(*n))
             .sum();
-        let mut to_last = histogram()?;
         let mut everyone = true;
-        for bid in self.bids {
-            let (mut last_us, mut count) = (0u64, 0u64);
-            for (_, _, report) in self.reports.iter().filter(|(h, _, _)| homed(h)) {
-                let (at, n) = report
-                    .seen
-                    .get(bid.version as usize)
-                    .copied()
-                    .unwrap_or((0, 0));
-                last_us = last_us.max(at);
-                count += n;
-            }
-            everyone &= count == viewers;
-            to_last.record(last_us.saturating_sub(bid.sent_us).max(1))?;
-        }
-        Ok((to_last, everyone))
+        let lags_us = self
+            .bids
+            .iter()
+            .map(|bid| {
+                let (mut last_us, mut count) = (0u64, 0u64);
+                for (_, _, report) in self.reports.iter().filter(|(h, _, _)| homed(h)) {
+                    let (at, n) = report
+                        .seen
+                        .get(bid.version as usize)
+                        .copied()
+                        .unwrap_or((0, 0));
+                    last_us = last_us.max(at);
+                    count += n;
+                }
+                everyone &= count == viewers;
+                last_us.saturating_sub(bid.sent_us)
+            })
+            .collect();
+        (lags_us, everyone)
+    }
+
+    /// The bids that took longest to reach their last viewer, with their place in the run: a
+    /// tail made of the last bids points at the end of the auction, one spread over the run at
+    /// the rounds themselves.
+    fn slowest_bids(&self) -> String {
+        let (lags_us, _) = self.last_viewer_lags(None);
+        let mut slowest: Vec<(usize, u64)> = lags_us.into_iter().enumerate().collect();
+        slowest.sort_by_key(|(_, lag_us)| std::cmp::Reverse(*lag_us));
+        slowest
+            .iter()
+            .take(SLOWEST_BIDS_SHOWN)
+            .map(|(index, lag_us)| format!("#{} {:.1} ms", index + 1, *lag_us as f64 / 1e3))
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     fn report(&self) -> anyhow::Result<()> {
@@ -601,6 +631,11 @@ impl Run<'_> {
             "bid-to-last-viewer: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (every viewer saw every bid: {})",
             ms(&to_last, 0.5), ms(&to_last, 0.99), to_last.max() as f64 / 1000.0,
             if everyone_saw_all { "yes" } else { "NO" }
+        );
+        println!(
+            "slowest bids:       {} (of {}, numbered in order)",
+            self.slowest_bids(),
+            self.bids.len()
         );
         let ended_all = self.report_ends();
         self.report_reconnects()?;
