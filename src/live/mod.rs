@@ -39,6 +39,18 @@ pub const SSE_KEEPALIVE_MS: u64 = 15_000;
 /// How long a stream opened with `sinceVersion`/`Last-Event-ID` may wait for this node's
 /// replica to reach that version before it is refused with a 503, in milliseconds.
 pub const RESUME_WAIT_MS: u64 = 5_000;
+/// After `ended`, a stream ends (WebSocket: its close frame) after a random part of this, in
+/// milliseconds. The round of sends that takes `ended` to a crowd is then one send per viewer,
+/// with the closing handshakes spread over the time after it: inside it, they made that round,
+/// and so the auction's last bids, about twice as slow to reach 100,000 viewers as the rounds
+/// before.
+pub const ENDED_CLOSE_SPREAD_MS: u64 = 2_000;
+
+/// How long this stream waits after `ended` before it ends.
+fn ended_close_pause() -> std::time::Duration {
+    use rand::Rng;
+    std::time::Duration::from_millis(rand::thread_rng().gen_range(0..=ENDED_CLOSE_SPREAD_MS))
+}
 
 /// Viewers connected to this node, by transport (gauge).
 pub const VIEWERS: &str = "gavel_viewers";

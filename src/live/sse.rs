@@ -19,7 +19,7 @@ use tokio::time::{interval_at, Instant, Interval, MissedTickBehavior};
 use super::access::StreamRequest;
 use super::frame::FrameKind;
 use super::viewer::Viewer;
-use super::{Transport, SSE_KEEPALIVE_MS};
+use super::{ended_close_pause, Transport, SSE_KEEPALIVE_MS};
 use crate::http::problem::ApiError;
 use crate::http::server::AppState;
 
@@ -70,6 +70,9 @@ struct SseState {
 /// The next piece of the body: a frame, a keepalive comment, or the end.
 async fn next_chunk(mut state: SseState) -> Option<(Result<Bytes, Infallible>, SseState)> {
     if state.done {
+        // `ended` went out with the previous chunk: end the response (and, with it, the
+        // connection) once the crowd has had its round.
+        tokio::time::sleep(ended_close_pause()).await;
         return None;
     }
     let chunk = tokio::select! {

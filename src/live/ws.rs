@@ -17,13 +17,12 @@ use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket, W
 use axum::extract::State;
 use axum::response::Response;
 use bytes::Bytes;
-use rand::Rng;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
 
 use super::access::StreamRequest;
 use super::frame::FrameKind;
 use super::viewer::Viewer;
-use super::{LiveConfig, Transport, VIEWERS_DROPPED_TOTAL};
+use super::{ended_close_pause, LiveConfig, Transport, VIEWERS_DROPPED_TOTAL};
 use crate::http::problem::ApiError;
 use crate::http::server::AppState;
 
@@ -42,11 +41,6 @@ pub const WS_MESSAGE_BYTES_MAX: usize = 4 * 1024;
 pub const PONG_MISSED_MAX: u32 = 3;
 /// How long the closing handshake may take after our close frame.
 const CLOSE_WAIT_MS: u64 = 2_000;
-/// After `ended`, the close frame waits a random part of this, in milliseconds. The round of
-/// sends that takes `ended` to a crowd is then one send per viewer, with the closing
-/// handshakes spread over the time after it: inside it, they made that round, and so the
-/// auction's last bids, about twice as slow to reach 100,000 viewers as the rounds before.
-pub const ENDED_CLOSE_SPREAD_MS: u64 = 2_000;
 
 /// `GET /auctions/{id}/ws`
 pub async fn upgrade(
@@ -138,10 +132,6 @@ async fn send(socket: &mut WebSocket, message: Message, timeout: Duration) -> Re
         Ok(Err(_)) => Err(End::ClientLeft),
         Err(_) => Err(End::SendTimeout),
     }
-}
-
-fn ended_close_pause() -> Duration {
-    Duration::from_millis(rand::thread_rng().gen_range(0..=ENDED_CLOSE_SPREAD_MS))
 }
 
 /// Reads (and drops) what the client sends for up to `pause`; true if it closed or left
