@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -25,6 +25,11 @@ const BALANCE_POLL: Duration = Duration::from_millis(250);
 /// Auctions created per auction used, at most, while balancing them over the groups (auction
 /// ids are random, so some land in a group that already has its share).
 const CREATE_ATTEMPTS_PER_AUCTION_MAX: u32 = 16;
+/// How long creating one auction keeps retrying answers that may yet succeed (503, 504, a lost
+/// connection, as after an overloaded run the leaders move), with the same `Idempotency-Key`
+/// and body, as API.md asks of clients.
+const CREATE_RETRY_MAX: Duration = Duration::from_secs(15);
+const CREATE_RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// How long the auctions stay open beyond the run, so none ends under the load.
 const AUCTION_SLACK: Duration = Duration::from_secs(3600);
 /// How long the tokens this tool signs are valid beyond the run.
@@ -354,18 +359,35 @@ async fn create_auction(
         "startPrice": format!("{INCREMENT_UNITS}.00"),
         "minIncrement": format!("{INCREMENT_UNITS}.00"),
     });
-    let response = http
-        .post(format!("{base}/auctions"))
-        .bearer_auth(creator)
-        .json(&body)
-        .send()
-        .await
-        .with_context(|| format!("POST {base}/auctions"))?;
-    let status = response.status();
-    let text = response.text().await.unwrap_or_default();
-    if status != 201 {
-        bail!("creating an auction at {base} answered {status}: {text}");
-    }
+    let key = uuid::Uuid::new_v4().to_string();
+    let started = std::time::Instant::now();
+    let text = loop {
+        let answer = http
+            .post(format!("{base}/auctions"))
+            .bearer_auth(creator)
+            .header("Idempotency-Key", &key)
+            .json(&body)
+            .send()
+            .await;
+        let retryable = match answer {
+            Ok(response) => {
+                let status = response.status();
+                let text = response.text().await.unwrap_or_default();
+                if status == 201 {
+                    break text;
+                }
+                if !matches!(status.as_u16(), 503 | 504) {
+                    bail!("creating an auction at {base} answered {status}: {text}");
+                }
+                anyhow!("creating an auction at {base} answered {status}: {text}")
+            }
+            Err(error) => anyhow::Error::new(error).context(format!("POST {base}/auctions")),
+        };
+        if started.elapsed() >= CREATE_RETRY_MAX {
+            return Err(retryable.context(format!("still failing after {CREATE_RETRY_MAX:?}")));
+        }
+        tokio::time::sleep(CREATE_RETRY_PAUSE).await;
+    };
     let auction: Value = serde_json::from_str(&text).context("the created auction")?;
     auction["id"]
         .as_str()
@@ -375,6 +397,8 @@ async fn create_auction(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::*;
 
     #[test]
@@ -394,6 +418,63 @@ mod tests {
             "groups": [{"leader": 1}, {"leader": 1}, {"leader": 1}, {"leader": 2}],
         });
         assert_eq!(placement(&status), (4, false));
+    }
+
+    /// A stand-in node on loopback that answers its first `POST /auctions` with `first` and
+    /// the next with 201, recording each request's `Idempotency-Key` and body.
+    async fn flaky_node(first: u16) -> (String, Arc<Mutex<Vec<(String, Value)>>>) {
+        use axum::http::{HeaderMap, StatusCode};
+        let seen = Arc::new(Mutex::new(Vec::<(String, Value)>::new()));
+        let recorded = seen.clone();
+        let app = axum::Router::new().route(
+            "/auctions",
+            axum::routing::post(move |headers: HeaderMap, body: axum::Json<Value>| {
+                let seen = recorded.clone();
+                async move {
+                    let key = headers
+                        .get("idempotency-key")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    let mut seen = seen.lock().unwrap();
+                    seen.push((key, body.0));
+                    if seen.len() == 1 {
+                        (StatusCode::from_u16(first).unwrap(), axum::Json(json!({})))
+                    } else {
+                        (StatusCode::CREATED, axum::Json(json!({"id": "created"})))
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (base, seen)
+    }
+
+    #[tokio::test]
+    async fn an_unknown_outcome_is_retried_with_the_same_key_and_body() {
+        let (base, seen) = flaky_node(504).await;
+        let http = reqwest::Client::new();
+        let id = create_auction(&http, &base, "token", Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(id, "created");
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2);
+        assert!(!seen[0].0.is_empty(), "the request carries a key");
+        assert_eq!(seen[0], seen[1], "the retry is the same request");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_is_not_retried() {
+        let (base, seen) = flaky_node(400).await;
+        let http = reqwest::Client::new();
+        let error = create_auction(&http, &base, "token", Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("400"), "{error:#}");
+        assert_eq!(seen.lock().unwrap().len(), 1);
     }
 
     #[test]
