@@ -177,12 +177,5 @@ async fn finish(mut socket: WebSocket, end: End, auction_id: &str, send_timeout:
         return;
     }
     // Wait (bounded) for the client's close frame so the close is clean on both sides.
-    let _ = tokio::time::timeout(Duration::from_millis(CLOSE_WAIT_MS), async {
-        while let Some(Ok(message)) = socket.recv().await {
-            if matches!(message, Message::Close(_)) {
-                break;
-            }
-        }
-    })
-    .await;
+    client_leaves_within(&mut socket, Duration::from_millis(CLOSE_WAIT_MS)).await;
 }

@@ -452,13 +452,21 @@ mod tests {
         (base, seen)
     }
 
+    /// Creates an auction on `base` as the bench does.
+    async fn create_on(base: &str) -> anyhow::Result<String> {
+        create_auction(
+            &reqwest::Client::new(),
+            base,
+            "token",
+            Duration::from_secs(1),
+        )
+        .await
+    }
+
     #[tokio::test]
     async fn an_unknown_outcome_is_retried_with_the_same_key_and_body() {
         let (base, seen) = flaky_node(504).await;
-        let http = reqwest::Client::new();
-        let id = create_auction(&http, &base, "token", Duration::from_secs(1))
-            .await
-            .unwrap();
+        let id = create_on(&base).await.unwrap();
         assert_eq!(id, "created");
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 2);
@@ -469,10 +477,7 @@ mod tests {
     #[tokio::test]
     async fn a_refusal_is_not_retried() {
         let (base, seen) = flaky_node(400).await;
-        let http = reqwest::Client::new();
-        let error = create_auction(&http, &base, "token", Duration::from_secs(1))
-            .await
-            .unwrap_err();
+        let error = create_on(&base).await.unwrap_err();
         assert!(error.to_string().contains("400"), "{error:#}");
         assert_eq!(seen.lock().unwrap().len(), 1);
     }
