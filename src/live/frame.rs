@@ -8,10 +8,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use gavel_rules::{Auction, ChangeKind, Status};
 use serde::Serialize;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::http::json::{format_money, format_time};
 
@@ -98,6 +98,9 @@ struct Rendered {
     text: Utf8Bytes,
     /// `id:`, `event:` and `data:` lines and the blank line that ends an SSE record.
     sse: Bytes,
+    /// `text` as a whole WebSocket text frame from the server (unmasked, so the same bytes for
+    /// every connection): what the crowd writes straight to its viewers' sockets.
+    ws: Bytes,
     /// When the change was applied on this node (or, for a re-read state, read), for the
     /// apply-to-send latency.
     received_at: Instant,
@@ -138,9 +141,11 @@ impl Frame {
             auction.version,
             kind.as_str()
         );
+        let ws = ws_text_frame(json.as_bytes());
         Frame(Arc::new(Rendered {
             kind,
             version: auction.version,
+            ws,
             text: Utf8Bytes::from(json),
             sse: Bytes::from(sse),
             received_at,
@@ -165,9 +170,34 @@ impl Frame {
         self.0.sse.clone()
     }
 
+    /// The whole WebSocket text frame (shared bytes).
+    pub fn ws(&self) -> Bytes {
+        self.0.ws.clone()
+    }
+
     pub fn received_at(&self) -> Instant {
         self.0.received_at
     }
+}
+
+/// A final, unmasked WebSocket text frame carrying `payload` (RFC 6455 section 5.2).
+pub fn ws_text_frame(payload: &[u8]) -> Bytes {
+    const FIN_TEXT: u8 = 0x81;
+    let mut frame = Vec::with_capacity(payload.len() + 10);
+    frame.push(FIN_TEXT);
+    match payload.len() {
+        len @ 0..=125 => frame.push(len as u8),
+        len @ 126..=0xFFFF => {
+            frame.push(126);
+            frame.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            frame.push(127);
+            frame.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(payload);
+    Bytes::from(frame)
 }
 
 /// Milliseconds left until the auction ends on this node's clock: until `endAt` while scheduled
@@ -259,6 +289,24 @@ mod tests {
         assert!(String::from_utf8(frame.sse().to_vec())
             .unwrap()
             .starts_with(&format!("retry: {SSE_RETRY_MS}\nid: 2\nevent: snapshot\n")));
+    }
+
+    #[test]
+    fn a_ws_frame_is_a_final_unmasked_text_frame_of_any_length() {
+        use std::io::Cursor;
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
+        for len in [0usize, 125, 126, 300, 0xFFFF, 0x1_0000] {
+            let payload = vec![b'x'; len];
+            let frame = ws_text_frame(&payload);
+            let mut cursor = Cursor::new(frame.as_ref());
+            let (header, length) = FrameHeader::parse(&mut cursor).unwrap().unwrap();
+            assert!(header.is_final, "length {len}");
+            assert_eq!(header.opcode, OpCode::Data(Data::Text), "length {len}");
+            assert_eq!(header.mask, None, "a server's frames are unmasked");
+            assert_eq!(length, len as u64);
+            assert_eq!(&frame[cursor.position() as usize..], &payload[..]);
+        }
     }
 
     #[test]

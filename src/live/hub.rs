@@ -32,6 +32,7 @@ use gavel_rules::Auction;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
+use super::crowd::{Crowd, Sink};
 use super::frame::{Frame, FrameKind};
 use super::{LiveConfig, Transport, VIEWERS, VIEWERS_REFUSED_TOTAL};
 use crate::http::engine::Engine;
@@ -86,6 +87,9 @@ struct WatchedAuction {
     channel: Channel,
     tick: Arc<SharedTick>,
     viewers: usize,
+    /// Its WebSocket viewers whose sockets the node writes in passes (`crowd.rs`), once the
+    /// first of them is handed over.
+    crowd: Option<Arc<Crowd>>,
 }
 
 /// Where one auction's newest state is published: the value, and the call that wakes its
@@ -265,6 +269,7 @@ impl Hub {
                 },
                 tick: Arc::default(),
                 viewers: 0,
+                crowd: None,
             }
         });
         entry.viewers += 1;
@@ -274,6 +279,35 @@ impl Hub {
             tick: entry.tick.clone(),
         };
         Ok((entry.channel.clone(), watching))
+    }
+
+    /// Hands a WebSocket viewer's socket to its auction's crowd, which writes its frames from
+    /// now on; gives it straight back (`GoingAway`) when the hub is closing.
+    pub fn admit_to_crowd(&self, sink: Sink) {
+        let crowd = {
+            let mut watched = self.0.lock();
+            let entry = watched
+                .get_mut(sink.auction_id())
+                .filter(|_| !*self.0.closing.borrow());
+            entry.map(|entry| {
+                let (config, runtime) = (self.0.config, self.0.runtime.clone());
+                let (channel, tick) = (&entry.channel, &entry.tick);
+                let crowd = entry.crowd.get_or_insert_with(|| {
+                    let feed = Watching {
+                        rx: channel.tx.subscribe(),
+                        news: channel.news.clone(),
+                        tick: tick.clone(),
+                    };
+                    Arc::new(Crowd::new(feed, config, runtime))
+                });
+                crowd.clone()
+            })
+        };
+        match crowd {
+            Some(crowd) => crowd.admit(sink),
+            // The viewer's subscription keeps its entry, so only closing removes it.
+            None => sink.going_away(),
+        }
     }
 
     /// One viewer of `auction_id` left; the entry goes with the last one.

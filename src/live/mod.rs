@@ -5,6 +5,8 @@
 //!   channel per watched auction, viewer admission (`--viewers-max`).
 //! - `frame.rs`: the JSON event of API.md, serialized once into shared bytes.
 //! - `viewer.rs`: one viewer's frame sequence (snapshot, coalesced changes, ticks, ended).
+//! - `crowd.rs`: the WebSocket viewers of an auction on plain TCP, written in passes by one task
+//!   per chunk of them instead of a task each.
 //! - `sse.rs`, `ws.rs`: the two transports and their keepalives and drop policies.
 //! - `access.rs`: stream authentication (header or `?access_token=`), resume versions, and the
 //!   request span that redacts tokens.
@@ -17,6 +19,7 @@
 //! that viewer's own task or body stream. A slow viewer costs itself frames, nobody else time.
 
 mod access;
+mod crowd;
 mod frame;
 mod hub;
 pub mod page;
@@ -122,5 +125,7 @@ pub fn describe_metrics() {
     );
 }
 
+#[cfg(test)]
+mod crowd_tests;
 #[cfg(test)]
 mod tests;

@@ -83,6 +83,11 @@ pub struct GuardedStream {
 }
 
 impl GuardedStream {
+    /// The socket itself, for a WebSocket viewer whose writes its crowd bounds (`crowd.rs`).
+    pub fn into_inner(self) -> TcpStream {
+        self.inner
+    }
+
     /// Maps a write poll: progress disarms the timer; `Pending` arms it (registering this task
     /// to be woken when it fires) and turns into an error once it has fired.
     fn guard<T>(&mut self, cx: &mut Context<'_>, poll: Poll<io::Result<T>>) -> Poll<io::Result<T>> {

@@ -26,15 +26,19 @@ const CONFIG: LiveConfig = LiveConfig {
     ping_interval_ms: 1_000,
 };
 
-struct Fixture {
-    engine: Arc<FakeEngine>,
-    hub: Hub,
+pub(super) struct Fixture {
+    pub(super) engine: Arc<FakeEngine>,
+    pub(super) hub: Hub,
 }
 
 impl Fixture {
-    fn new() -> Fixture {
+    pub(super) fn new() -> Fixture {
+        Fixture::with_config(CONFIG)
+    }
+
+    pub(super) fn with_config(config: LiveConfig) -> Fixture {
         let engine = Arc::new(FakeEngine::new(NOW_MS));
-        let hub = Hub::start(engine.clone(), CONFIG).expect("the hub starts");
+        let hub = Hub::start(engine.clone(), config).expect("the hub starts");
         Fixture { engine, hub }
     }
 
@@ -51,7 +55,7 @@ impl Fixture {
     }
 
     /// An active auction by `carol`, ending in an hour.
-    async fn auction(&self, id: &str) {
+    pub(super) async fn auction(&self, id: &str) {
         let request = CreateAuction {
             post_id: "post".into(),
             start_at_ms: NOW_MS - 1_000,
@@ -71,7 +75,7 @@ impl Fixture {
         assert!(matches!(reply, Reply::Created { .. }), "{reply:?}");
     }
 
-    async fn bid(&self, id: &str, amount: i64) {
+    pub(super) async fn bid(&self, id: &str, amount: i64) {
         let reply = self
             .propose(Command::Bid {
                 auction_id: id.into(),
@@ -84,7 +88,7 @@ impl Fixture {
         assert!(matches!(reply, Reply::Bid { .. }), "{reply:?}");
     }
 
-    async fn control(&self, id: &str, action: ControlAction) {
+    pub(super) async fn control(&self, id: &str, action: ControlAction) {
         let reply = self
             .propose(Command::Control {
                 auction_id: id.into(),
@@ -98,7 +102,7 @@ impl Fixture {
         assert!(matches!(reply, Reply::Controlled(_)), "{reply:?}");
     }
 
-    async fn viewer(&self, id: &str) -> Viewer {
+    pub(super) async fn viewer(&self, id: &str) -> Viewer {
         Viewer::new(
             self.hub.join(id, None, Transport::Ws).await.unwrap(),
             TICK_PERIOD,

@@ -16,7 +16,7 @@ use gavel_rules::Status;
 use metrics::{Counter, Histogram};
 
 use super::frame::{Frame, FrameKind};
-use super::hub::Subscription;
+use super::hub::{Latest, Subscription};
 use super::{APPLY_TO_SEND_SECONDS, FRAMES_COALESCED_TOTAL, FRAMES_SENT_TOTAL};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,7 +127,7 @@ impl Viewer {
             if let Some(frame) = self.newer_state() {
                 return Some(frame);
             }
-            let tick_due = self.last_frame_at + self.tick_period;
+            let tick_due = self.tick_due_at();
             tokio::select! {
                 biased;
                 () = &mut notified => {}
@@ -145,12 +145,17 @@ impl Viewer {
     /// The change frame of a state newer than the one this viewer was last sent, if any.
     fn newer_state(&mut self) -> Option<Frame> {
         let latest = self.sub.rx.borrow_and_update().clone();
+        self.newer_state_in(&latest)
+    }
+
+    /// The change frame of `latest` if it is newer than what this viewer was last sent.
+    fn newer_state_in(&mut self, latest: &Latest) -> Option<Frame> {
         // `Hub::join` loaded the state before it admitted this viewer.
-        let auction = latest.auction?;
+        let auction = latest.auction.as_ref()?;
         if auction.version <= self.sent_version {
             return None;
         }
-        let event = latest.event?;
+        let event = latest.event.clone()?;
         let skipped = auction.version - self.sent_version - 1;
         if skipped > 0 {
             self.stats.coalesced.increment(skipped);
@@ -165,12 +170,61 @@ impl Viewer {
     /// A tick of the state this viewer was last sent (shared with the auction's other viewers
     /// due about now); never after `ended`.
     fn tick(&mut self) -> Option<Frame> {
-        let auction = self.sub.rx.borrow().auction.clone()?;
+        let latest = self.sub.rx.borrow().clone();
+        self.tick_of(&latest)
+    }
+
+    fn tick_of(&mut self, latest: &Latest) -> Option<Frame> {
+        let auction = latest.auction.as_ref()?;
         if auction.status == Status::Ended {
             // Its `ended` frame is on its way through the watch; a tick would come after the end.
             return None;
         }
-        Some(self.sub.tick.get(&auction, self.sub.hub()))
+        Some(self.sub.tick.get(auction, self.sub.hub()))
+    }
+
+    /// For a crowd that serves this viewer among many (`crowd.rs`), in one pass at `now`, the
+    /// same rules as `next`: the change frame of `latest` if it is newer than what this viewer
+    /// was last sent, else a tick once its tick period passed without a frame. The frame is
+    /// counted as sent: the caller writes it, or keeps it until the socket takes it.
+    pub fn due(&mut self, latest: &Latest, now: tokio::time::Instant) -> Option<Frame> {
+        if self.step != Step::Live {
+            return None;
+        }
+        let frame = match self.newer_state_in(latest) {
+            Some(frame) => frame,
+            None if now >= self.tick_due_at() => match self.tick_of(latest) {
+                Some(tick) => tick,
+                None => {
+                    // Nothing to tick (the end is on its way): a period more, not every pass.
+                    self.last_frame_at = now;
+                    return None;
+                }
+            },
+            None => return None,
+        };
+        self.last_frame_at = now;
+        Some(frame)
+    }
+
+    /// When this viewer's next tick is due if no other frame comes first.
+    pub fn tick_due_at(&self) -> tokio::time::Instant {
+        self.last_frame_at + self.tick_period
+    }
+
+    /// Whether this viewer is past its snapshot and waits for changes.
+    pub fn is_live(&self) -> bool {
+        self.step == Step::Live
+    }
+
+    /// Whether this viewer was sent `ended` (or the hub's end): nothing more comes.
+    pub fn is_done(&self) -> bool {
+        self.step == Step::Done
+    }
+
+    /// The hub this viewer belongs to.
+    pub fn hub(&self) -> &super::hub::Hub {
+        self.sub.hub()
     }
 
     /// Records that `frame` was handed to the connection.

@@ -1,26 +1,41 @@
-//! `GET /auctions/{id}/ws`: live updates over WebSocket (axum's `ws`, tokio-tungstenite under it).
+//! `GET /auctions/{id}/ws`: live updates over WebSocket (tokio-tungstenite; the upgrade is
+//! answered here rather than by axum's `ws`, to keep the socket under it).
 //!
-//! Each connection is one task that sends its viewer's frames (the shared bytes, as text
-//! frames), answers nothing the client says (except close), and keeps the connection honest:
-//! a ping every `--viewer-ping-interval-ms`, dropped when nothing came back for
-//! `PONG_MISSED_MAX` intervals (a viewer that stopped reading) or when one send takes longer
-//! than `--viewer-send-timeout-ms` (a full socket). Buffers are small because a crowd has tens
-//! of thousands of these: tungstenite's defaults (128 KiB read buffer, 128 KiB write buffer)
-//! would cost gigabytes.
+//! Each connection has a task that sends its viewer's snapshot, answers nothing the client says
+//! (except close), and keeps the connection honest: a ping every `--viewer-ping-interval-ms`,
+//! dropped when nothing came back for `PONG_MISSED_MAX` intervals (a viewer that stopped
+//! reading) or when one send takes longer than `--viewer-send-timeout-ms` (a full socket).
+//! On a plain TCP connection the task then hands the socket to its auction's crowd
+//! (`crowd.rs`), which writes the frames, ticks and pings of its viewers in passes, and only
+//! reads it until the crowd gives it back to close it; a TLS connection's task sends everything
+//! itself. Buffers are small because a crowd has tens of thousands of these: tungstenite's
+//! defaults (128 KiB read buffer, 128 KiB write buffer) would cost gigabytes.
 //!
 //! Close codes: 1000 after `ended` (within `ENDED_CLOSE_SPREAD_MS`), 1001 when the node shuts
 //! down.
 
 use std::time::Duration;
 
-use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 use tokio::time::{interval_at, Instant, MissedTickBehavior};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 use super::access::StreamRequest;
+use super::crowd::{HandBack, Outlet, SharedStream, Sink};
 use super::frame::FrameKind;
+use super::stall::GuardedStream;
 use super::viewer::Viewer;
 use super::{ended_close_pause, LiveConfig, Transport, VIEWERS_DROPPED_TOTAL};
 use crate::http::problem::ApiError;
@@ -42,42 +57,126 @@ pub const PONG_MISSED_MAX: u32 = 3;
 /// How long the closing handshake may take after our close frame.
 const CLOSE_WAIT_MS: u64 = 2_000;
 
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER_BYTES)
+        .write_buffer_size(0)
+        .max_write_buffer_size(WS_WRITE_BUFFER_BYTES_MAX)
+        .max_message_size(Some(WS_MESSAGE_BYTES_MAX))
+        .max_frame_size(Some(WS_MESSAGE_BYTES_MAX))
+}
+
+/// A WebSocket upgrade request (RFC 6455 section 4.2.1, HTTP/1.1).
+pub struct UpgradeRequest {
+    key: HeaderValue,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for UpgradeRequest {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let not_an_upgrade = |why: &str| {
+            ApiError::BadRequest(format!("this endpoint takes a WebSocket upgrade: {why}"))
+        };
+        if parts.method != Method::GET {
+            return Err(not_an_upgrade("the method must be GET"));
+        }
+        let headers = &parts.headers;
+        if !header_has_token(headers, header::CONNECTION, "upgrade") {
+            return Err(not_an_upgrade("`Connection` must include `upgrade`"));
+        }
+        if !header_has_token(headers, header::UPGRADE, "websocket") {
+            return Err(not_an_upgrade("`Upgrade` must be `websocket`"));
+        }
+        if headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .map(|v| v.as_bytes())
+            != Some(b"13")
+        {
+            return Err(not_an_upgrade("`Sec-WebSocket-Version` must be 13"));
+        }
+        let key = headers
+            .get(header::SEC_WEBSOCKET_KEY)
+            .filter(|key| !key.is_empty())
+            .cloned()
+            .ok_or_else(|| not_an_upgrade("`Sec-WebSocket-Key` is missing"))?;
+        let on_upgrade = parts
+            .extensions
+            .remove::<hyper::upgrade::OnUpgrade>()
+            .ok_or_else(|| not_an_upgrade("this connection cannot be upgraded"))?;
+        Ok(UpgradeRequest { key, on_upgrade })
+    }
+}
+
+/// Whether `name` lists `token` (comma-separated, any case).
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|value| {
+        value.to_str().is_ok_and(|value| {
+            value
+                .split(',')
+                .any(|part| part.trim().eq_ignore_ascii_case(token))
+        })
+    })
+}
+
 /// `GET /auctions/{id}/ws`
 pub async fn upgrade(
     State(state): State<AppState>,
     request: StreamRequest,
-    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+    upgrade: UpgradeRequest,
 ) -> Result<Response, ApiError> {
-    let upgrade = upgrade.map_err(|rejection| {
-        ApiError::BadRequest(format!(
-            "this endpoint takes a WebSocket upgrade: {}",
-            rejection.body_text()
-        ))
-    })?;
     let subscription = state
         .live
         .join(&request.auction_id, request.since_version, Transport::Ws)
         .await?;
     tracing::debug!(auction_id = %request.auction_id, sub = %request.principal.sub, "WebSocket viewer joined");
     let config = state.live.config();
-    let tick_period = request.tick_period;
-    let live = state.live.clone();
-    Ok(upgrade
-        .read_buffer_size(WS_READ_BUFFER_BYTES)
-        .write_buffer_size(0)
-        .max_write_buffer_size(WS_WRITE_BUFFER_BYTES_MAX)
-        .max_message_size(WS_MESSAGE_BYTES_MAX)
-        .max_frame_size(WS_MESSAGE_BYTES_MAX)
-        .on_upgrade(move |socket| {
-            let viewer = Viewer::new(subscription, tick_period);
-            live.spawn_viewer(serve(socket, viewer, config));
-            std::future::ready(())
-        }))
+    let viewer = Viewer::new(subscription, request.tick_period);
+    let on_upgrade = upgrade.on_upgrade;
+    state.live.spawn_viewer(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        match plain_socket(upgraded) {
+            Ok((stream, read_ahead)) => serve_direct(stream, read_ahead, viewer, config).await,
+            Err(upgraded) => {
+                let io = TokioIo::new(upgraded);
+                let socket =
+                    WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).await;
+                serve(socket, viewer, config).await;
+            }
+        }
+    });
+    let accept =
+        tokio_tungstenite::tungstenite::handshake::derive_accept_key(upgrade.key.as_bytes());
+    let response = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(axum::body::Body::empty())
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(response)
+}
+
+/// The TCP socket under an upgraded connection, with what the server read past the upgrade
+/// request; the connection back when it is not plain TCP (TLS).
+fn plain_socket(
+    upgraded: hyper::upgrade::Upgraded,
+) -> Result<(TcpStream, Bytes), hyper::upgrade::Upgraded> {
+    use hyper_util::server::conn::auto::upgrade::downcast;
+    let upgraded = match downcast::<TokioIo<GuardedStream>>(upgraded) {
+        Ok(parts) => return Ok((parts.io.into_inner().into_inner(), parts.read_buf)),
+        Err(upgraded) => upgraded,
+    };
+    // A router served straight from a `TcpListener` (tests, embedders).
+    downcast::<TokioIo<TcpStream>>(upgraded).map(|parts| (parts.io.into_inner(), parts.read_buf))
 }
 
 /// How a connection ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum End {
+pub enum End {
     /// `ended` was sent: close 1000.
     AuctionEnded,
     /// The node is shutting down: close 1001.
@@ -90,7 +189,13 @@ enum End {
     Unresponsive,
 }
 
-async fn serve(mut socket: WebSocket, mut viewer: Viewer, config: LiveConfig) {
+type Socket<S> = WebSocketStream<S>;
+
+/// A connection whose task sends everything itself (TLS).
+async fn serve<S>(mut socket: Socket<S>, mut viewer: Viewer, config: LiveConfig)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let send_timeout = Duration::from_millis(config.send_timeout_ms);
     let ping_period = Duration::from_millis(config.ping_interval_ms);
     let mut pings = interval_at(Instant::now() + ping_period, ping_period);
@@ -108,7 +213,7 @@ async fn serve(mut socket: WebSocket, mut viewer: Viewer, config: LiveConfig) {
                     break End::AuctionEnded;
                 }
             }
-            incoming = socket.recv() => match incoming {
+            incoming = socket.next() => match incoming {
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break End::ClientLeft,
                 Some(Ok(_)) => heard_at = Instant::now(),
             },
@@ -125,9 +230,102 @@ async fn serve(mut socket: WebSocket, mut viewer: Viewer, config: LiveConfig) {
     finish(socket, end, viewer.auction_id(), send_timeout).await;
 }
 
+/// A plain TCP connection: the task sends the snapshot, then the auction's crowd writes the
+/// rest while the task reads what the client sends, until the crowd gives the socket back.
+pub(super) async fn serve_direct(
+    stream: TcpStream,
+    read_ahead: Bytes,
+    mut viewer: Viewer,
+    config: LiveConfig,
+) {
+    let send_timeout = Duration::from_millis(config.send_timeout_ms);
+    let outlet = Outlet::new(stream);
+    // A copy: `read_ahead` shares hyper's whole read buffer (8 KiB a connection).
+    let unread = read_ahead.to_vec();
+    drop(read_ahead);
+    let mut socket = WebSocketStream::from_partially_read(
+        SharedStream(outlet.clone()),
+        unread,
+        Role::Server,
+        Some(ws_config()),
+    )
+    .await;
+    // The snapshot, and the `ended` that follows it at once for an auction already over.
+    while let Some(frame) = viewer.next().await {
+        if let Err(end) = send(&mut socket, Message::Text(frame.text()), send_timeout).await {
+            return finish(socket, end, viewer.auction_id(), send_timeout).await;
+        }
+        viewer.sent(&frame);
+        if frame.kind() == FrameKind::Ended {
+            return finish(socket, End::AuctionEnded, viewer.auction_id(), send_timeout).await;
+        }
+        if viewer.is_live() {
+            break;
+        }
+    }
+    if !viewer.is_live() {
+        // The hub closed before the snapshot.
+        return finish(socket, End::GoingAway, viewer.auction_id(), send_timeout).await;
+    }
+    // Nothing of tungstenite's may still wait to be written when the crowd starts writing.
+    if let Err(end) = flush(&mut socket, send_timeout).await {
+        return finish(socket, end, viewer.auction_id(), send_timeout).await;
+    }
+    let (hand_back_tx, mut hand_back) = oneshot::channel::<HandBack>();
+    let hub = viewer.hub().clone();
+    let ping_period = Duration::from_millis(config.ping_interval_ms);
+    hub.admit_to_crowd(Sink::new(viewer, outlet.clone(), hand_back_tx, ping_period));
+    let back = loop {
+        tokio::select! {
+            back = &mut hand_back => break back.ok(),
+            incoming = socket.next() => match incoming {
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break None,
+                Some(Ok(_)) => outlet.heard(),
+            },
+        }
+    };
+    let Some(HandBack {
+        end,
+        viewer,
+        unsent,
+    }) = back
+    else {
+        // The client left (or the crowd found the connection broken): its chunk drops the viewer.
+        outlet.leave();
+        return;
+    };
+    for piece in unsent {
+        let written = tokio::time::timeout(send_timeout, socket.get_mut().write_all(&piece)).await;
+        if !matches!(written, Ok(Ok(()))) {
+            let end = if written.is_err() {
+                End::SendTimeout
+            } else {
+                End::ClientLeft
+            };
+            return finish(socket, end, viewer.auction_id(), send_timeout).await;
+        }
+    }
+    finish(socket, end, viewer.auction_id(), send_timeout).await;
+}
+
 /// Sends one message, bounded by `timeout`.
-async fn send(socket: &mut WebSocket, message: Message, timeout: Duration) -> Result<(), End> {
+async fn send<S>(socket: &mut Socket<S>, message: Message, timeout: Duration) -> Result<(), End>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     match tokio::time::timeout(timeout, socket.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(End::ClientLeft),
+        Err(_) => Err(End::SendTimeout),
+    }
+}
+
+/// Writes out whatever tungstenite holds (a reply to the client's ping), bounded by `timeout`.
+async fn flush<S>(socket: &mut Socket<S>, timeout: Duration) -> Result<(), End>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(timeout, socket.flush()).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(End::ClientLeft),
         Err(_) => Err(End::SendTimeout),
@@ -136,10 +334,13 @@ async fn send(socket: &mut WebSocket, message: Message, timeout: Duration) -> Re
 
 /// Reads (and drops) what the client sends for up to `pause`; true if it closed or left
 /// meanwhile (tungstenite answers a client's close frame by itself).
-async fn client_leaves_within(socket: &mut WebSocket, pause: Duration) -> bool {
+async fn client_leaves_within<S>(socket: &mut Socket<S>, pause: Duration) -> bool
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let left = tokio::time::timeout(pause, async {
         loop {
-            match socket.recv().await {
+            match socket.next().await {
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
                 Some(Ok(_)) => {}
             }
@@ -149,13 +350,16 @@ async fn client_leaves_within(socket: &mut WebSocket, pause: Duration) -> bool {
 }
 
 /// Closes cleanly when the end is ours to announce; drops the socket otherwise.
-async fn finish(mut socket: WebSocket, end: End, auction_id: &str, send_timeout: Duration) {
+async fn finish<S>(mut socket: Socket<S>, end: End, auction_id: &str, send_timeout: Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     if end == End::AuctionEnded && client_leaves_within(&mut socket, ended_close_pause()).await {
         return;
     }
     let (code, reason) = match end {
-        End::AuctionEnded => (close_code::NORMAL, "auction ended"),
-        End::GoingAway => (close_code::AWAY, "server shutting down"),
+        End::AuctionEnded => (CloseCode::Normal, "auction ended"),
+        End::GoingAway => (CloseCode::Away, "server shutting down"),
         End::ClientLeft => return,
         End::SendTimeout | End::Unresponsive => {
             let reason = if end == End::SendTimeout {
@@ -171,7 +375,7 @@ async fn finish(mut socket: WebSocket, end: End, auction_id: &str, send_timeout:
     };
     let close = Message::Close(Some(CloseFrame {
         code,
-        reason: Utf8Bytes::from_static(reason),
+        reason: reason.into(),
     }));
     if send(&mut socket, close, send_timeout).await.is_err() {
         return;
