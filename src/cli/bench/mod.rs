@@ -2,7 +2,8 @@
 //! one it starts for the run).
 //!
 //! - `viewers.rs`: `gavel bench viewers`, live fan-out over one or many nodes, with its
-//!   WebSocket viewers in worker processes (`viewers_worker.rs`, which also reconnects them).
+//!   WebSocket viewers in worker processes (`viewers_worker.rs`, which also reconnects them;
+//!   `ws_client.rs` is its lean receive path for ws:// URLs).
 //! - `bids.rs`: `gavel bench bids`, bid throughput and latency, closed or open loop, against
 //!   Gavel or, for comparison, etcd; `bids_target.rs` is what one request is on each system,
 //!   `bids_load.rs` the load loops and their recorder, `bids_report.rs` the summary, `plot.rs`
@@ -20,6 +21,7 @@ mod own_node;
 mod plot;
 mod viewers;
 mod viewers_worker;
+mod ws_client;
 
 use clap::{Args, Subcommand};
 
