@@ -35,7 +35,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
-use super::hub::Watching;
+use super::hub::{Latest, Watching};
 use super::viewer::Viewer;
 use super::ws::End;
 use super::LiveConfig;
@@ -294,7 +294,7 @@ impl Sink {
 /// One chunk's share of a crowd.
 pub struct Chunk {
     /// Viewers admitted since the chunk's last pass.
-    incoming: Mutex<Vec<Sink>>,
+    incoming: Mutex<Vec<Box<Sink>>>,
     /// Wakes the chunk for its incoming viewers, a viewer that left, or the crowd's end.
     wake: Notify,
     /// Viewers the chunk serves or was given: `Crowd::admit` fills chunks up to `CHUNK_VIEWERS`.
@@ -355,7 +355,7 @@ impl Crowd {
             .incoming
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .push(sink);
+            .push(Box::new(sink));
         chunk.wake.notify_one();
     }
 }
@@ -373,7 +373,10 @@ impl Drop for Crowd {
 /// A chunk's task: a pass over its viewers whenever the auction has news, a viewer joins or
 /// leaves, or a timer (tick, ping, stalled socket) is due; ends with the crowd.
 async fn serve_chunk(chunk: Arc<Chunk>, feed: Watching, config: LiveConfig) {
-    let mut sinks: Vec<Sink> = Vec::new();
+    // Boxed: a pass moves every viewer from one list to the other, so a pointer each.
+    let mut sinks: Vec<Box<Sink>> = Vec::new();
+    // The next pass's list, kept to reuse its allocation.
+    let mut spare: Vec<Box<Sink>> = Vec::new();
     let ping_period = Duration::from_millis(config.ping_interval_ms);
     let limits = Limits {
         ping_period,
@@ -402,7 +405,7 @@ async fn serve_chunk(chunk: Arc<Chunk>, feed: Watching, config: LiveConfig) {
         let now = Instant::now();
         let latest = feed.rx.borrow().clone();
         let before = sinks.len();
-        let next_due = pass(&mut sinks, &latest, now, &limits);
+        let next_due = pass(&mut sinks, &mut spare, &latest, now, &limits);
         chunk
             .load
             .fetch_sub(before - sinks.len(), Ordering::Relaxed);
@@ -430,16 +433,16 @@ struct Limits {
 }
 
 /// Serves every viewer in `sinks` once, in order; drops or hands back the ones whose stream
-/// ends. Returns when the next timer of any of them is due.
+/// ends. Returns when the next timer of any of them is due. `kept` is an empty list to reuse.
 fn pass(
-    sinks: &mut Vec<Sink>,
-    latest: &super::hub::Latest,
+    sinks: &mut Vec<Box<Sink>>,
+    kept: &mut Vec<Box<Sink>>,
+    latest: &Latest,
     now: Instant,
     limits: &Limits,
 ) -> Option<Instant> {
     let mut next_due: Option<Instant> = None;
     let mut due = |at: Instant| next_due = Some(next_due.map_or(at, |n| n.min(at)));
-    let mut kept = Vec::with_capacity(sinks.len());
     for mut sink in sinks.drain(..) {
         if sink.outlet.gone.load(Ordering::Acquire) {
             // The task's answer to the client's close, if it was still waiting for a pass.
@@ -457,7 +460,7 @@ fn pass(
             Served::Broken => {}
         }
     }
-    *sinks = kept;
+    std::mem::swap(sinks, kept);
     next_due
 }
 
@@ -469,12 +472,7 @@ enum Served {
     Broken,
 }
 
-fn serve_one(
-    sink: &mut Sink,
-    latest: &super::hub::Latest,
-    now: Instant,
-    limits: &Limits,
-) -> Served {
+fn serve_one(sink: &mut Sink, latest: &Latest, now: Instant, limits: &Limits) -> Served {
     if !sink.unsent.is_empty() {
         if sink.outlet.write_now(&mut sink.unsent).is_err() {
             return Served::Broken;
