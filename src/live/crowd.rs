@@ -26,6 +26,7 @@ use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::future::Future;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -62,6 +63,8 @@ pub struct Outlet {
     epoch: Instant,
     /// The connection task is gone (the client closed or vanished).
     gone: AtomicBool,
+    /// `Writes::deferred` has bytes: spares every pass a lock per viewer.
+    has_deferred: AtomicBool,
     /// The chunk serving this viewer, told when the connection goes.
     chunk: Mutex<Weak<Chunk>>,
 }
@@ -84,6 +87,7 @@ impl Outlet {
             heard_at_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             gone: AtomicBool::new(false),
+            has_deferred: AtomicBool::new(false),
             chunk: Mutex::new(Weak::new()),
         })
     }
@@ -95,6 +99,9 @@ impl Outlet {
 
     /// What the connection task wrote while the chunk owned the socket.
     fn take_deferred(&self) -> Option<Bytes> {
+        if !self.has_deferred.swap(false, Ordering::Acquire) {
+            return None;
+        }
         let mut writes = self.writes();
         (!writes.deferred.is_empty()).then(|| Bytes::from(std::mem::take(&mut writes.deferred)))
     }
@@ -194,6 +201,7 @@ impl AsyncWrite for SharedStream {
             let mut writes = self.0.writes();
             if writes.chunk_owns {
                 writes.deferred.extend_from_slice(buf);
+                self.0.has_deferred.store(true, Ordering::Release);
                 return Poll::Ready(Ok(buf.len()));
             }
         }
@@ -410,6 +418,15 @@ async fn serve_chunk(chunk: Arc<Chunk>, feed: Watching, config: LiveConfig) {
             .load
             .fetch_sub(before - sinks.len(), Ordering::Relaxed);
         let wake_at = next_due.map(|due| due.max(now + Duration::from_millis(TIMER_GATHER_MS)));
+        let news_during_pass = std::future::poll_fn(|cx| Poll::Ready(news.as_mut().poll(cx)))
+            .await
+            .is_ready();
+        if news_during_pass {
+            // That news woke the auction's other chunks into the runtime's queue: go behind
+            // them rather than serve this chunk's viewers twice before theirs once.
+            tokio::task::yield_now().await;
+            continue;
+        }
         tokio::select! {
             biased;
             () = &mut news => {}
