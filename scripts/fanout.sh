@@ -57,12 +57,18 @@ cargo build --release --quiet
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$DIR/secret"
 chmod 600 "$DIR/secret"
 
+# Each node's fan-out gets one thread (`--fanout-threads`, default one per core): the six nodes
+# share two cores, and with two threads each their twelve fan-out threads contended for them
+# (bid-to-last-viewer p50 0.93 s against 0.67-0.79 s with one, docs/PERFORMANCE.md).
+FANOUT_THREADS=1
+
 start_node() { # id, extra flags...
   local id=$1; shift
   "$BIN" serve --node-id "$id" --listen "127.0.0.1:$((8180 + id))" \
     --peer-listen "127.0.0.1:$((9180 + id))" --data-dir "$DIR/n$id" \
     --auth-secret-file "$DIR/secret" --groups "$RAFT_GROUPS" --bid-rate-per-bidder 0 \
-    --viewers-max "$VIEWERS_MAX_PER_NODE" "$@" >"$DIR/n$id.log" 2>&1 &
+    --viewers-max "$VIEWERS_MAX_PER_NODE" --fanout-threads "$FANOUT_THREADS" "$@" \
+    >"$DIR/n$id.log" 2>&1 &
   PIDS+=($!)
 }
 

@@ -20,7 +20,8 @@
 //!   handlers use: the cluster node, or a fake in unit tests), `tls.rs` (the HTTPS listener)
 //!   and `openapi.json` (the contract).
 //! - `live/`: live updates: the per-node fan-out hub fed by the apply path, SSE and WebSocket
-//!   viewers and their limits, and `page/`, the live auction page embedded at build time.
+//!   viewers and their limits (plain-TCP WebSocket viewers written in passes by their auction's
+//!   crowd), and `page/`, the live auction page embedded at build time.
 //!
 //! Architecture invariant: `src/` is the only place that knows HTTP and JSON. It decides no
 //! auction rule itself: it validates input early for clear errors, proposes commands to the

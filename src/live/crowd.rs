@@ -22,11 +22,11 @@
 //! `sse.rs`). The frame rules are the viewer's own ([`Viewer::due`]), so every path sends the
 //! same sequence.
 
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::future::Future;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -39,7 +39,7 @@ use tokio::time::Instant;
 use super::hub::{Latest, Watching};
 use super::viewer::Viewer;
 use super::ws::End;
-use super::LiveConfig;
+use super::{LiveConfig, Transport};
 
 /// The most viewers one chunk task serves. A pass over a full chunk is about 2 ms of sends on
 /// this machine: short enough for the runtime's other tasks, and a crowd of 100,000 is a few
@@ -390,6 +390,7 @@ async fn serve_chunk(chunk: Arc<Chunk>, feed: Watching, config: LiveConfig) {
         ping_period,
         silent_max: ping_period * super::ws::PONG_MISSED_MAX,
         send_timeout: Duration::from_millis(config.send_timeout_ms),
+        frames_sent: metrics::counter!(super::FRAMES_SENT_TOTAL, "transport" => Transport::Ws.as_str()),
     };
     loop {
         // Registered before the pass reads the state, so news published during it is not lost.
@@ -447,6 +448,8 @@ struct Limits {
     ping_period: Duration,
     silent_max: Duration,
     send_timeout: Duration,
+    /// `FRAMES_SENT_TOTAL` of WebSocket viewers, counted once a pass.
+    frames_sent: metrics::Counter,
 }
 
 /// Serves every viewer in `sinks` once, in order; drops or hands back the ones whose stream
@@ -460,6 +463,7 @@ fn pass(
 ) -> Option<Instant> {
     let mut next_due: Option<Instant> = None;
     let mut due = |at: Instant| next_due = Some(next_due.map_or(at, |n| n.min(at)));
+    let mut frames = 0;
     for mut sink in sinks.drain(..) {
         if sink.outlet.gone.load(Ordering::Acquire) {
             // The task's answer to the client's close, if it was still waiting for a pass.
@@ -468,7 +472,7 @@ fn pass(
             let _ = sink.outlet.write_now(&mut last);
             continue;
         }
-        match serve_one(&mut sink, latest, now, limits) {
+        match serve_one(&mut sink, latest, now, limits, &mut frames) {
             Served::Keep(at) => {
                 due(at);
                 kept.push(sink);
@@ -478,6 +482,7 @@ fn pass(
         }
     }
     std::mem::swap(sinks, kept);
+    limits.frames_sent.increment(frames);
     next_due
 }
 
@@ -489,7 +494,13 @@ enum Served {
     Broken,
 }
 
-fn serve_one(sink: &mut Sink, latest: &Latest, now: Instant, limits: &Limits) -> Served {
+fn serve_one(
+    sink: &mut Sink,
+    latest: &Latest,
+    now: Instant,
+    limits: &Limits,
+    frames: &mut u64,
+) -> Served {
     if !sink.unsent.is_empty() {
         if sink.outlet.write_now(&mut sink.unsent).is_err() {
             return Served::Broken;
@@ -513,7 +524,8 @@ fn serve_one(sink: &mut Sink, latest: &Latest, now: Instant, limits: &Limits) ->
     }
     if let Some(frame) = sink.viewer.due(latest, now) {
         pieces.push(frame.ws());
-        sink.viewer.sent(&frame);
+        sink.viewer.latency_of(&frame);
+        *frames += 1;
     }
     if !pieces.is_empty() {
         if sink.outlet.write_now(&mut pieces).is_err() {

@@ -34,7 +34,7 @@ async fn direct_viewer(f: &Fixture, id: &str) -> Client {
     let (client, accepted) = tokio::join!(client, listener.accept());
     let (server, _) = accepted.unwrap();
     let viewer = f.viewer(id).await;
-    tokio::spawn(serve_direct(server, bytes::Bytes::new(), viewer, CONFIG));
+    tokio::spawn(serve_direct(server, Vec::new(), viewer, CONFIG));
     WebSocketStream::from_raw_socket(client.unwrap(), Role::Client, None).await
 }
 

@@ -230,6 +230,11 @@ impl Viewer {
     /// Records that `frame` was handed to the connection.
     pub fn sent(&self, frame: &Frame) {
         self.stats.sent.increment(1);
+        self.latency_of(frame);
+    }
+
+    /// Records `frame`'s apply-to-send latency only: a crowd counts its frames once a pass.
+    pub fn latency_of(&self, frame: &Frame) {
         if matches!(
             frame.kind(),
             FrameKind::Bid | FrameKind::Status | FrameKind::Ended

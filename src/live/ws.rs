@@ -134,18 +134,21 @@ pub async fn upgrade(
     let config = state.live.config();
     let viewer = Viewer::new(subscription, request.tick_period);
     let on_upgrade = upgrade.on_upgrade;
-    state.live.spawn_viewer(async move {
+    let live = state.live.clone();
+    // On this (the HTTP) runtime: hyper's connection buffers, allocated by this thread, are
+    // freed here too, before the viewer moves to the fan-out runtime.
+    tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
         match plain_socket(upgraded) {
-            Ok((stream, read_ahead)) => serve_direct(stream, read_ahead, viewer, config).await,
-            Err(upgraded) => {
+            Ok((stream, unread)) => live.spawn_viewer(serve_direct(stream, unread, viewer, config)),
+            Err(upgraded) => live.spawn_viewer(async move {
                 let io = TokioIo::new(upgraded);
                 let socket =
                     WebSocketStream::from_raw_socket(io, Role::Server, Some(ws_config())).await;
                 serve(socket, viewer, config).await;
-            }
+            }),
         }
     });
     let accept =
@@ -160,18 +163,20 @@ pub async fn upgrade(
     Ok(response)
 }
 
-/// The TCP socket under an upgraded connection, with what the server read past the upgrade
-/// request; the connection back when it is not plain TCP (TLS).
+/// The TCP socket under an upgraded connection, with a copy of what the server read past the
+/// upgrade request (the original shares hyper's whole read buffer, 8 KiB a connection); the
+/// connection back when it is not plain TCP (TLS).
 fn plain_socket(
     upgraded: hyper::upgrade::Upgraded,
-) -> Result<(TcpStream, Bytes), hyper::upgrade::Upgraded> {
+) -> Result<(TcpStream, Vec<u8>), hyper::upgrade::Upgraded> {
     use hyper_util::server::conn::auto::upgrade::downcast;
     let upgraded = match downcast::<TokioIo<GuardedStream>>(upgraded) {
-        Ok(parts) => return Ok((parts.io.into_inner().into_inner(), parts.read_buf)),
+        Ok(parts) => return Ok((parts.io.into_inner().into_inner(), parts.read_buf.to_vec())),
         Err(upgraded) => upgraded,
     };
     // A router served straight from a `TcpListener` (tests, embedders).
-    downcast::<TokioIo<TcpStream>>(upgraded).map(|parts| (parts.io.into_inner(), parts.read_buf))
+    downcast::<TokioIo<TcpStream>>(upgraded)
+        .map(|parts| (parts.io.into_inner(), parts.read_buf.to_vec()))
 }
 
 /// How a connection ended.
@@ -234,15 +239,12 @@ where
 /// rest while the task reads what the client sends, until the crowd gives the socket back.
 pub(super) async fn serve_direct(
     stream: TcpStream,
-    read_ahead: Bytes,
+    unread: Vec<u8>,
     mut viewer: Viewer,
     config: LiveConfig,
 ) {
     let send_timeout = Duration::from_millis(config.send_timeout_ms);
     let outlet = Outlet::new(stream);
-    // A copy: `read_ahead` shares hyper's whole read buffer (8 KiB a connection).
-    let unread = read_ahead.to_vec();
-    drop(read_ahead);
     let mut socket = WebSocketStream::from_partially_read(
         SharedStream(outlet.clone()),
         unread,
@@ -252,12 +254,20 @@ pub(super) async fn serve_direct(
     .await;
     // The snapshot, and the `ended` that follows it at once for an auction already over.
     while let Some(frame) = viewer.next().await {
-        if let Err(end) = send(&mut socket, Message::Text(frame.text()), send_timeout).await {
-            return finish(socket, end, viewer.auction_id(), send_timeout).await;
+        if let Err(end) =
+            Box::pin(send(&mut socket, Message::Text(frame.text()), send_timeout)).await
+        {
+            return Box::pin(finish(socket, end, viewer.auction_id(), send_timeout)).await;
         }
         viewer.sent(&frame);
         if frame.kind() == FrameKind::Ended {
-            return finish(socket, End::AuctionEnded, viewer.auction_id(), send_timeout).await;
+            return Box::pin(finish(
+                socket,
+                End::AuctionEnded,
+                viewer.auction_id(),
+                send_timeout,
+            ))
+            .await;
         }
         if viewer.is_live() {
             break;
@@ -265,11 +275,17 @@ pub(super) async fn serve_direct(
     }
     if !viewer.is_live() {
         // The hub closed before the snapshot.
-        return finish(socket, End::GoingAway, viewer.auction_id(), send_timeout).await;
+        return Box::pin(finish(
+            socket,
+            End::GoingAway,
+            viewer.auction_id(),
+            send_timeout,
+        ))
+        .await;
     }
     // Nothing of tungstenite's may still wait to be written when the crowd starts writing.
-    if let Err(end) = flush(&mut socket, send_timeout).await {
-        return finish(socket, end, viewer.auction_id(), send_timeout).await;
+    if let Err(end) = Box::pin(flush(&mut socket, send_timeout)).await {
+        return Box::pin(finish(socket, end, viewer.auction_id(), send_timeout)).await;
     }
     let (hand_back_tx, mut hand_back) = oneshot::channel::<HandBack>();
     let hub = viewer.hub().clone();
@@ -302,10 +318,10 @@ pub(super) async fn serve_direct(
             } else {
                 End::ClientLeft
             };
-            return finish(socket, end, viewer.auction_id(), send_timeout).await;
+            return Box::pin(finish(socket, end, viewer.auction_id(), send_timeout)).await;
         }
     }
-    finish(socket, end, viewer.auction_id(), send_timeout).await;
+    Box::pin(finish(socket, end, viewer.auction_id(), send_timeout)).await;
 }
 
 /// Sends one message, bounded by `timeout`.
