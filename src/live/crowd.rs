@@ -406,8 +406,9 @@ async fn serve_chunk(chunk: Arc<Chunk>, feed: Watching, config: LiveConfig) {
             let mut incoming = chunk.incoming.lock().unwrap_or_else(|e| e.into_inner());
             sinks.append(&mut incoming);
         }
-        let hub = sinks.first().map(|s| s.viewer.hub().clone());
-        if hub.as_ref().is_some_and(|hub| hub.is_closing()) {
+        let closing = sinks.first().is_some_and(|s| s.viewer.hub().is_closing());
+        if closing {
+            chunk.load.fetch_sub(sinks.len(), Ordering::Relaxed);
             for sink in sinks.drain(..) {
                 sink.hand_back(End::GoingAway);
             }
