@@ -645,16 +645,7 @@ mod tests {
         );
         let server = tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.unwrap();
-            let mut request = Vec::new();
-            while !request.ends_with(b"\r\n\r\n") {
-                request.push(stream.read_u8().await.unwrap());
-            }
-            let request = String::from_utf8(request).unwrap();
-            let key = request
-                .lines()
-                .find_map(|line| line.strip_prefix("Sec-WebSocket-Key: "))
-                .unwrap()
-                .to_owned();
+            let (_, key) = super::super::ws_client::tests::read_upgrade_request(&mut stream).await;
             stream.write_all(response(&key).as_bytes()).await.unwrap();
             stream
         });

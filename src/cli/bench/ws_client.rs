@@ -408,7 +408,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LeanSocket<S> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use tokio::io::{duplex, DuplexStream};
 
     use super::*;
@@ -638,6 +638,24 @@ mod tests {
         );
     }
 
+    /// A test server's side of the upgrade: reads the request head, one byte at a time so
+    /// that nothing after it is consumed, and returns it with its `Sec-WebSocket-Key`.
+    pub(in crate::cli::bench) async fn read_upgrade_request(
+        stream: &mut (impl AsyncRead + Unpin),
+    ) -> (String, String) {
+        let mut request = Vec::new();
+        while find_head_end(&request).is_none() {
+            request.push(stream.read_u8().await.unwrap());
+        }
+        let request = String::from_utf8(request).unwrap();
+        let key = request
+            .lines()
+            .find_map(|line| line.strip_prefix("Sec-WebSocket-Key: "))
+            .unwrap()
+            .to_owned();
+        (request, key)
+    }
+
     /// Runs `handshake` against a server that answers `response(key)` and returns the result
     /// with the request the server read.
     async fn handshake_answered(
@@ -648,18 +666,7 @@ mod tests {
             .parse()
             .unwrap();
         let server = tokio::spawn(async move {
-            let mut request = Vec::new();
-            while find_head_end(&request).is_none() {
-                let mut byte = [0u8; 1];
-                server.read_exact(&mut byte).await.unwrap();
-                request.push(byte[0]);
-            }
-            let request = String::from_utf8(request).unwrap();
-            let key = request
-                .lines()
-                .find_map(|line| line.strip_prefix("Sec-WebSocket-Key: "))
-                .unwrap()
-                .to_owned();
+            let (request, key) = read_upgrade_request(&mut server).await;
             // Then the server's end closes: what it wrote can still be read.
             server.write_all(&response(&key)).await.unwrap();
             request
