@@ -560,7 +560,7 @@ async fn watch_tls<F: FnMut(u64, u64)>(
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
     use super::*;
