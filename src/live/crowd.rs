@@ -284,6 +284,8 @@ impl Sink {
     fn hand_back(self, end: End) {
         let mut unsent = self.unsent;
         {
+            // One lock: a task write after it goes to the socket, so it must find nothing
+            // (the end of a frame, a deferred reply) still to be written before it.
             let mut writes = self.outlet.writes();
             writes.chunk_owns = false;
             if !writes.deferred.is_empty() {

@@ -329,11 +329,7 @@ async fn send<S>(socket: &mut Socket<S>, message: Message, timeout: Duration) ->
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    match tokio::time::timeout(timeout, socket.send(message)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(End::ClientLeft),
-        Err(_) => Err(End::SendTimeout),
-    }
+    bounded(timeout, socket.send(message)).await
 }
 
 /// Writes out whatever tungstenite holds (a reply to the client's ping), bounded by `timeout`.
@@ -341,7 +337,15 @@ async fn flush<S>(socket: &mut Socket<S>, timeout: Duration) -> Result<(), End>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    match tokio::time::timeout(timeout, socket.flush()).await {
+    bounded(timeout, socket.flush()).await
+}
+
+/// A write to the client, bounded by `timeout`: how it failed is how the connection ends.
+async fn bounded<E>(
+    timeout: Duration,
+    write: impl std::future::Future<Output = Result<(), E>>,
+) -> Result<(), End> {
+    match tokio::time::timeout(timeout, write).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(End::ClientLeft),
         Err(_) => Err(End::SendTimeout),
