@@ -9,7 +9,8 @@
 //! What it must not change: outcomes. A batch is proposed exactly as one write was
 //! (`raft_ops::propose_local`), and every waiter gets its own reply or the batch's outcome
 //! (unavailable: never proposed; unknown: maybe decided). A command that waited in the queue
-//! longer than `QUEUED_WAIT_MS_MAX` is answered "unavailable" and never proposed.
+//! longer than `QUEUED_WAIT_MS_MAX` while the queue stands (the round before was late too) is
+//! answered "unavailable" and never proposed.
 //!
 //! Knows nothing of forwarding or HTTP: `write_path` queues commands it admitted.
 
@@ -33,7 +34,8 @@ pub const COMMANDS_PER_PROPOSAL_MAX: usize = 512;
 /// full anyway is refused, never waited for.
 pub const PROPOSER_QUEUE_MAX: usize = 1_024;
 /// The longest a command waits in the queue before it is answered "unavailable" instead of
-/// proposed: past it, queueing alone would break the 500 ms p99 bound.
+/// proposed, once the queue stands (see `Rounds`): past it, queueing alone would break the
+/// 500 ms p99 bound.
 pub const QUEUED_WAIT_MS_MAX: u64 = 250;
 const RETRY_AFTER_S: u32 = 1;
 
@@ -57,11 +59,16 @@ pub(crate) async fn run_proposer(
     mut stop: watch::Receiver<bool>,
 ) {
     let group = node.groups[group_id as usize].clone();
+    let mut rounds = Rounds::default();
     loop {
         let Some(batch) = next_batch(&mut queue, &mut stop).await else {
             break;
         };
-        propose_batch(&node, &group, batch).await;
+        let (stale, batch) = rounds.split_stale(batch, Instant::now());
+        shed(stale, group_id);
+        if !batch.is_empty() {
+            propose_batch(&node, &group, batch).await;
+        }
     }
     queue.close();
     while let Ok(queued) = queue.try_recv() {
@@ -78,23 +85,50 @@ fn unavailable(reason: String) -> Attempt {
     })
 }
 
-async fn propose_batch(node: &Node, group: &Arc<Group>, batch: Vec<Queued>) {
-    let now = Instant::now();
-    let wait_max = Duration::from_millis(QUEUED_WAIT_MS_MAX);
-    let (stale, batch): (Vec<Queued>, Vec<Queued>) = batch
-        .into_iter()
-        .partition(|q| now.saturating_duration_since(q.queued_at) > wait_max);
+/// Whether the proposer's queue stands. A round is late when a command in it waited over
+/// `QUEUED_WAIT_MS_MAX`. One late round is a single slow proposal (an fsync stall, a
+/// leader's first entry): what queued behind it goes out in the next proposal, so shedding it
+/// would refuse writes the group is about to take. Two late rounds in a row mean the group
+/// does not keep up, and then what waited too long is shed.
+#[derive(Default)]
+struct Rounds {
+    last_was_late: bool,
+}
+
+impl Rounds {
+    /// Splits a batch into what to shed and what to propose, and notes whether it was late.
+    fn split_stale<T: QueuedAt>(&mut self, batch: Vec<T>, now: Instant) -> (Vec<T>, Vec<T>) {
+        let wait_max = Duration::from_millis(QUEUED_WAIT_MS_MAX);
+        let waited_too_long = |q: &T| now.saturating_duration_since(q.queued_at()) > wait_max;
+        let late = batch.iter().any(waited_too_long);
+        let standing = late && self.last_was_late;
+        self.last_was_late = late;
+        if !standing {
+            return (Vec::new(), batch);
+        }
+        batch.into_iter().partition(waited_too_long)
+    }
+}
+
+trait QueuedAt {
+    fn queued_at(&self) -> Instant;
+}
+
+impl QueuedAt for Queued {
+    fn queued_at(&self) -> Instant {
+        self.queued_at
+    }
+}
+
+fn shed(stale: Vec<Queued>, group_id: u32) {
     for queued in stale {
         metrics::counter!("gavel_writes_shed_total").increment(1);
-        let why = format!(
-            "queued over {QUEUED_WAIT_MS_MAX} ms in group {}; not proposed",
-            group.id
-        );
+        let why = format!("queued over {QUEUED_WAIT_MS_MAX} ms in group {group_id}; not proposed");
         let _ = queued.reply.send(Err(unavailable(why)));
     }
-    if batch.is_empty() {
-        return;
-    }
+}
+
+async fn propose_batch(node: &Node, group: &Arc<Group>, batch: Vec<Queued>) {
     // The stamp is read here, so the clock is judged here too (see `clock_guard`).
     if let Some(problem) = node.clock.problem() {
         for queued in batch {
@@ -149,4 +183,45 @@ pub(crate) async fn next_batch<T>(
     }
     gather_ready(queue, &mut batch, COMMANDS_PER_PROPOSAL_MAX).await;
     Some(batch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    impl QueuedAt for Instant {
+        fn queued_at(&self) -> Instant {
+            *self
+        }
+    }
+
+    #[test]
+    fn what_waited_behind_one_slow_proposal_is_proposed_and_a_standing_queue_is_shed() {
+        let ms = |n: u64| Duration::from_millis(n);
+        let start = Instant::now();
+        let mut rounds = Rounds::default();
+        let on_time = start + ms(10);
+        let (shed, proposed) = rounds.split_stale(vec![start], on_time);
+        assert!(shed.is_empty() && proposed.len() == 1);
+
+        let after_a_slow_proposal = start + ms(QUEUED_WAIT_MS_MAX + 50);
+        let (shed, proposed) = rounds.split_stale(vec![start, on_time], after_a_slow_proposal);
+        assert!(shed.is_empty(), "one late round is a stall, not overload");
+        assert_eq!(proposed.len(), 2);
+
+        let fresh = after_a_slow_proposal + ms(QUEUED_WAIT_MS_MAX);
+        let later = fresh + ms(100);
+        let (shed, proposed) = rounds.split_stale(vec![after_a_slow_proposal, fresh], later);
+        assert_eq!(
+            shed,
+            vec![after_a_slow_proposal],
+            "the second late round in a row"
+        );
+        assert_eq!(proposed, vec![fresh]);
+
+        let (shed, proposed) = rounds.split_stale(vec![later], later + ms(5));
+        assert!(shed.is_empty() && proposed.len() == 1);
+        let (shed, _) = rounds.split_stale(vec![later], later + ms(QUEUED_WAIT_MS_MAX + 1));
+        assert!(shed.is_empty(), "an on-time round ends the standing queue");
+    }
 }
