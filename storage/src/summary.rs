@@ -5,11 +5,12 @@
 //!
 //! It reads only the copy: no tree, no sled.
 
-use gavel_rules::{Auction, BidDecision, BidStatus, StampMs, Status};
+use gavel_rules::{Auction, BidStatus, StampMs, Status};
 use serde::Serialize;
 
 use crate::codec::decode;
 use crate::keys;
+use crate::state::decode_decisions;
 use crate::{SnapshotBlob, StorageError};
 
 /// Counts of one state machine's records.
@@ -63,11 +64,12 @@ fn count(summary: &mut StateSummary, key: &[u8], value: &[u8]) -> Result<(), Sto
             }
         }
         Some(keys::DECISION) => {
-            let decision: BidDecision = decode(value)?;
-            summary.decisions += 1;
-            summary.idempotency_keys += 1;
-            if decision.status == BidStatus::Accepted {
-                summary.accepted_bids += 1;
+            for decision in decode_decisions(value)? {
+                summary.decisions += 1;
+                summary.idempotency_keys += 1;
+                if decision.status == BidStatus::Accepted {
+                    summary.accepted_bids += 1;
+                }
             }
         }
         Some(keys::DEADLINE) => {
