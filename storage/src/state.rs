@@ -194,21 +194,24 @@ pub struct SnapshotBlob {
     pub pairs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-/// The format of a state copy without idempotency records. A version that still decides
-/// retries by those records must refuse such a copy (it would decide a retried bid again), and
-/// it does: it reads only format 1.
-pub const SNAPSHOT_FORMAT: u8 = 2;
+/// The format of a state copy whose decision logs may hold runs (`DECISION_RUN_FORMAT`). A
+/// version from before runs must refuse such a copy (it cannot read the runs), and it does: it
+/// reads only formats 1 and 2.
+pub const SNAPSHOT_FORMAT: u8 = 3;
+/// A copy without idempotency records, from before runs. A version that still decides retries
+/// by those records refuses it: it reads only format 1.
+const SNAPSHOT_FORMAT_BEFORE_RUNS: u8 = 2;
 
 impl SnapshotBlob {
     pub fn to_bytes(&self) -> Result<Vec<u8>, StorageError> {
         encode_as(SNAPSHOT_FORMAT, self)
     }
 
-    /// Reads a copy of either format; one from an older version (format 1) loses its
-    /// idempotency records, which this version neither reads nor keeps.
+    /// Reads a copy of any format; one from a version before the in-memory idempotency index
+    /// (format 1) loses its idempotency records, which this version neither reads nor keeps.
     pub fn from_bytes(bytes: &[u8]) -> Result<SnapshotBlob, StorageError> {
         match format_of(bytes)? {
-            SNAPSHOT_FORMAT => decode_as(SNAPSHOT_FORMAT, bytes),
+            format @ (SNAPSHOT_FORMAT | SNAPSHOT_FORMAT_BEFORE_RUNS) => decode_as(format, bytes),
             _ => {
                 let mut blob: SnapshotBlob = decode(bytes)?;
                 blob.pairs

@@ -600,3 +600,15 @@ fn replicas_that_apply_the_same_entries_in_different_batches_store_the_same_reco
     assert_eq!(together.digest().unwrap(), apart.digest().unwrap());
     assert_eq!(decision_records(&apart, "a").len(), 3);
 }
+
+#[test]
+fn a_state_copy_from_before_runs_reads_and_this_versions_copies_say_runs() {
+    let (_dir, state) = store();
+    stage_decision_runs(&state);
+    let blob = state.export().unwrap();
+    let copy = blob.to_bytes().unwrap();
+    assert_eq!(copy[0], SNAPSHOT_FORMAT);
+    assert_eq!(SnapshotBlob::from_bytes(&copy).unwrap(), blob);
+    let before_runs = encode_as(SNAPSHOT_FORMAT_BEFORE_RUNS, &blob).unwrap();
+    assert_eq!(SnapshotBlob::from_bytes(&before_runs).unwrap(), blob);
+}

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! magic            8 bytes   "GAVELBAK"
-//! format version   u16       1
+//! format version   u16       3 (versions 1 and 2 are still read)
 //! groups           u32       how many group records follow (the cluster's --groups)
 //! node count       u32       voters of the backed-up cluster
 //! created at       i64       ms since the Unix epoch, the saving node's clock
@@ -33,10 +33,11 @@ use super::BackupError;
 
 pub const MAGIC: [u8; 8] = *b"GAVELBAK";
 pub const END_MAGIC: [u8; 8] = *b"GAVELEND";
-/// The format version this build writes. Version 2 differs from 1 only in what its groups'
-/// states hold: copies without idempotency records (`gavel_storage::SNAPSHOT_FORMAT`), which a
-/// build that reads only version 1 must refuse, and does, by this number.
-pub const BACKUP_FORMAT_VERSION: u16 = 2;
+/// The format version this build writes. Versions differ only in what their groups' states
+/// hold (`gavel_storage::SNAPSHOT_FORMAT`), which a build that reads only older versions must
+/// refuse, and does, by this number: 2, copies without idempotency records; 3, decision logs
+/// in runs.
+pub const BACKUP_FORMAT_VERSION: u16 = 3;
 /// The oldest format version this build reads (`SnapshotBlob::from_bytes` reads its states).
 pub const BACKUP_FORMAT_OLDEST_READ: u16 = 1;
 /// The largest state one group may have in a backup, in bytes. A node holds one group's state
@@ -397,16 +398,19 @@ mod tests {
     #[test]
     fn other_versions_and_other_files_are_named_as_such() {
         let mut bytes = encode(&[record(0, b"x")]);
-        bytes[9] = 3;
+        let newer = BACKUP_FORMAT_VERSION + 1;
+        bytes[8..10].copy_from_slice(&newer.to_be_bytes());
         assert!(matches!(
             decode(&bytes),
-            Err(BackupError::UnsupportedVersion { found: 3, .. })
+            Err(BackupError::UnsupportedVersion { found, .. }) if found == newer
         ));
-        // Version 1 differs only in its states' format, which the storage crate reads. (The
-        // checksum covers the version, so only the header is read here.)
-        bytes[9] = 1;
-        let decoder = Decoder::open(&bytes[..]).expect("version 1 is read");
-        assert_eq!(decoder.format_version(), 1);
+        // Versions 1 and 2 differ only in their states' format, which the storage crate reads.
+        // (The checksum covers the version, so only the header is read here.)
+        for older in [1, 2] {
+            bytes[8..10].copy_from_slice(&u16::to_be_bytes(older));
+            let decoder = Decoder::open(&bytes[..]).expect("older versions are read");
+            assert_eq!(decoder.format_version(), older);
+        }
         assert!(matches!(
             decode(b"SQLite format 3\0 and more"),
             Err(BackupError::NotABackup)
