@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Gavel against etcd, the same shapes driven by one tool (`gavel bench bids`), on loopback:
 #   scripts/bench.sh            # about 8 minutes; prints a markdown table for the README
-# It starts a three-node Gavel (release build, --bid-rate-per-bidder 0) and runs every shape,
+# It starts a three-node Gavel (release build, --bid-rate-per-bidder 0, --groups 6) and runs every shape,
 # then a three-member etcd (fsync on, as by default) and runs the same shapes as etcd puts
 # through its v3 JSON gateway. Gavel goes first because the open-loop shape runs both at 80% of
 # Gavel's measured open-loop peak. Shapes: 3 x 32 clients (spread over all members), the same
 # on one hot auction, 3 x 400 (a spike: no warm-up), one member with 96 clients, one sequential
 # client; open loop offered twice the best closed-loop rate (open-peak: what each system
 # decides when overloaded), then open loop at 80% of Gavel's open-peak. Knobs: BENCH_DURATION
-# (20s), BENCH_WARMUP (2s), BENCH_AUCTIONS (128), BENCH_OUT (where the JSON summaries and PNG
-# plots stay; default target/bench).
+# (20s), BENCH_WARMUP (2s), BENCH_AUCTIONS (128), BENCH_GROUPS (6), BENCH_OUT (where the JSON
+# summaries and PNG plots stay; default target/bench).
+# Why 6 groups and not the serve default (16): three nodes on two cores have no parallelism
+# to spend on more groups, and 96 clients over 16 groups fill each Raft entry with about 3
+# bids, so every bid pays a third of an entry's fixed cost; 6 groups keep two leaders a node
+# (docs/OPERATIONS.md, "Choosing the group count", has the measurements).
 # Installs nothing; needs etcd (apt-get install -y etcd-server), curl and jq. Every wait is
 # bounded; processes and temp dirs are removed on exit and on Ctrl-C.
 set -euo pipefail
@@ -18,6 +22,7 @@ cd "$(dirname "$0")/.."
 DURATION=${BENCH_DURATION:-20s}
 WARMUP=${BENCH_WARMUP:-2s}
 AUCTIONS=${BENCH_AUCTIONS:-128}
+GROUPS_AT_INIT=${BENCH_GROUPS:-6}
 OUT=${BENCH_OUT:-target/bench}
 BIN=./target/release/gavel
 # Loopback ports: Gavel clients 18181-18183, peers 19181-19183; etcd clients 23791-23793,
@@ -84,10 +89,31 @@ start_gavel() {
   for n in 1 2 3; do
     "$BIN" serve --node-id "$n" --listen "127.0.0.1:1818$n" --peer-listen "127.0.0.1:1918$n" \
       --data-dir "$WORK/gavel$n" --initial-cluster "$initial" --auth-secret-file "$WORK/secret" \
-      --bid-rate-per-bidder 0 >"$WORK/gavel$n.log" 2>&1 &
+      --bid-rate-per-bidder 0 --groups "$GROUPS_AT_INIT" >"$WORK/gavel$n.log" 2>&1 &
     PIDS+=($!)
   done
   for n in 1 2 3; do wait_url "${GAVEL_URLS[$((n - 1))]}/readyz" "$WORK/gavel$n.log"; done
+  wait_leaders_spread
+}
+
+# A new cluster's groups are led by whoever won the first elections (often one node leads most
+# of them); placement then moves leaders to spread them, one transfer at a time per node, once
+# a leadership is 10 s old. Measuring before that measures start-up: wait for every node to
+# lead its share, at most READY_WAIT_S.
+wait_leaders_spread() {
+  local token share
+  token=$("$BIN" token --auth-secret-file "$WORK/secret" --sub bench --role admin)
+  share=$((GROUPS_AT_INIT / 3))
+  for _ in $(seq 1 $((READY_WAIT_S * 2))); do
+    if curl -sf -H "Authorization: Bearer $token" "${GAVEL_URLS[0]}/cluster" |
+      jq -e --argjson share "$share" \
+        '[.groups[].leader] | group_by(.) | map(select(.[0] != null) | length) | (length == 3 and min >= $share)' \
+        >/dev/null; then
+      return 0
+    fi
+    sleep 0.5
+  done
+  echo "bench.sh: leaders did not spread over the three nodes within ${READY_WAIT_S}s; measuring anyway" >&2
 }
 
 start_etcd() {
@@ -177,7 +203,7 @@ ratio() { # GAVEL ETCD FIELD
     "if (\$g[0].failed or \$e[0].failed) then \"-\" elif \$e[0]$3 > 0 then (\$g[0]$3 / \$e[0]$3 * 100 | round / 100) else \"-\" end"
 }
 echo
-echo "$(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), load average $LOAD_BEFORE before the run and $(cut -d' ' -f1-3 /proc/loadavg) after; duration $DURATION, warm-up $WARMUP (spike: none), $AUCTIONS auctions/keys; open loop at $RATE/s (80% of Gavel's open-loop peak $PEAK/s, measured offering $OVERLOAD/s, twice its best closed-loop rate)"
+echo "$(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), load average $LOAD_BEFORE before the run and $(cut -d' ' -f1-3 /proc/loadavg) after; duration $DURATION, warm-up $WARMUP (spike: none), $AUCTIONS auctions/keys, Gavel with $GROUPS_AT_INIT Raft groups; open loop at $RATE/s (80% of Gavel's open-loop peak $PEAK/s, measured offering $OVERLOAD/s, twice its best closed-loop rate)"
 echo
 echo "| shape | Gavel decisions/s | Gavel p50 / p99 / p99.9 ms | etcd puts/s | etcd p50 / p99 / p99.9 ms | throughput Gavel/etcd | p99 Gavel/etcd |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
