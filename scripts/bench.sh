@@ -23,6 +23,7 @@ DURATION=${BENCH_DURATION:-20s}
 WARMUP=${BENCH_WARMUP:-2s}
 AUCTIONS=${BENCH_AUCTIONS:-128}
 GROUPS_AT_INIT=${BENCH_GROUPS:-6}
+[[ "$GROUPS_AT_INIT" =~ ^[1-9][0-9]{0,3}$ ]] || { echo "bench.sh: BENCH_GROUPS must be 1-1024, not '$GROUPS_AT_INIT'" >&2; exit 2; }
 OUT=${BENCH_OUT:-target/bench}
 BIN=./target/release/gavel
 # Loopback ports: Gavel clients 18181-18183, peers 19181-19183; etcd clients 23791-23793,
@@ -101,19 +102,20 @@ start_gavel() {
 # a leadership is 10 s old. Measuring before that measures start-up: wait for every node to
 # lead its share, at most READY_WAIT_S.
 wait_leaders_spread() {
-  local token share
+  local token share leading
   token=$("$BIN" token --auth-secret-file "$WORK/secret" --sub bench --role admin)
   share=$((GROUPS_AT_INIT / 3))
+  leading=$((GROUPS_AT_INIT < 3 ? GROUPS_AT_INIT : 3))
   for _ in $(seq 1 $((READY_WAIT_S * 2))); do
     if curl -sf -H "Authorization: Bearer $token" "${GAVEL_URLS[0]}/cluster" |
-      jq -e --argjson share "$share" \
-        '[.groups[].leader] | group_by(.) | map(select(.[0] != null) | length) | (length == 3 and min >= $share)' \
+      jq -e --argjson share "$share" --argjson leading "$leading" \
+        '[.groups[].leader] | group_by(.) | map(select(.[0] != null) | length) | (length == $leading and min >= $share)' \
         >/dev/null; then
       return 0
     fi
     sleep 0.5
   done
-  echo "bench.sh: leaders did not spread over the three nodes within ${READY_WAIT_S}s; measuring anyway" >&2
+  echo "bench.sh: leaders did not spread over the nodes within ${READY_WAIT_S}s; measuring anyway" >&2
 }
 
 start_etcd() {
