@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Gavel against etcd, the same shapes driven by one tool (`gavel bench bids`), on loopback:
 #   scripts/bench.sh            # about 8 minutes; prints a markdown table for the README
-# It starts a three-node Gavel (release build, --bid-rate-per-bidder 0, --groups 6) and runs every shape,
-# then a three-member etcd (fsync on, as by default) and runs the same shapes as etcd puts
-# through its v3 JSON gateway. Gavel goes first because the open-loop shape runs both at 80% of
-# Gavel's measured open-loop peak. Shapes: 3 x 32 clients (spread over all members), the same
+# It starts a three-node Gavel (release build, --bid-rate-per-bidder 0, --groups 6) and a
+# three-member etcd (fsync on, as by default), then runs each shape on Gavel and at once on
+# etcd (as puts through its v3 JSON gateway), each run on a settled disk: a pair of runs sees
+# the same machine, whose speed drifts by tens of percent over minutes. Gavel goes first
+# because the open-loop shape runs both at 80% of Gavel's measured open-loop peak. Shapes: 3 x 32 clients (spread over all members), the same
 # on one hot auction, 3 x 400 (a spike: no warm-up), one member with 96 clients, one sequential
 # client; open loop offered twice the best closed-loop rate (open-peak: what each system
 # decides when overloaded), then open loop at 80% of Gavel's open-peak. Knobs: BENCH_DURATION
@@ -66,10 +67,10 @@ trap cleanup EXIT
 # Ctrl-C ends the script at once (bash defers traps until a foreground command returns).
 trap 'echo "bench.sh: interrupted" >&2; exit 130' INT TERM
 
-# Each system writes gigabytes; left dirty in the page cache, they are written back while the
-# next one runs, and its fsyncs wait behind them (a run whose Gavel shapes started that way
-# used 0.9-1.5 cores instead of 1.5-1.6 and the hot auction fell by half). Each system starts
-# on a settled disk.
+# A run writes hundreds of megabytes; left dirty in the page cache, they are written back while
+# the next run goes, and its fsyncs wait behind them (a run whose first shapes started that way
+# used 0.9-1.5 cores instead of 1.5-1.6 and the hot auction fell by half). Each run starts on a
+# settled disk.
 settle_disk() {
   timeout 300 sync || echo "bench.sh: sync did not finish within 300 s; measuring anyway" >&2
 }
@@ -160,18 +161,21 @@ run() {
     "$OUT/$target-$shape.json" >&2
 }
 
-# closed_shapes TARGET URL,URL,URL FIRST_URL / open_shape TARGET URL,URL,URL RATE
-closed_shapes() {
-  local target=$1 all=$2 one=$3
-  run "$target" 3x32 --endpoints "$all" --connections 96 --auctions "$AUCTIONS" --warmup "$WARMUP"
-  run "$target" 3x32-hot --endpoints "$all" --connections 96 --hot --warmup "$WARMUP"
-  run "$target" 3x400-spike --endpoints "$all" --connections 1200 --auctions "$AUCTIONS" --warmup 0s
-  run "$target" 1x96 --endpoints "$one" --connections 96 --auctions "$AUCTIONS" --warmup "$WARMUP"
-  run "$target" sequential --endpoints "$one" --connections 1 --auctions 1 --warmup "$WARMUP"
+join() { local IFS=,; echo "$*"; }
+# endpoints_of TARGET all|one: every member's URL, or the first member's.
+endpoints_of() {
+  local urls
+  if [ "$1" = gavel ]; then urls=("${GAVEL_URLS[@]}"); else urls=("${ETCD_URLS[@]}"); fi
+  if [ "$2" = one ]; then echo "${urls[0]}"; else join "${urls[@]}"; fi
 }
-open_shape() { # TARGET URLS RATE [SHAPE]
-  local target=$1 all=$2 rate=$3 shape=${4:-open-80}
-  run "$target" "$shape" --endpoints "$all" --rate "$rate" --connections 1024 --auctions "$AUCTIONS" --warmup "$WARMUP"
+# pair SHAPE all|one ARGS...: the shape on Gavel, then on etcd, each on a settled disk.
+pair() {
+  local shape=$1 which=$2 target
+  shift 2
+  for target in gavel etcd; do
+    settle_disk
+    run "$target" "$shape" --endpoints "$(endpoints_of "$target" "$which")" "$@"
+  done
 }
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -179,32 +183,26 @@ cargo build --release --quiet &
 wait $!
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT"/*.png
-join() { local IFS=,; echo "$*"; }
 
-settle_disk
 start_gavel
-closed_shapes gavel "$(join "${GAVEL_URLS[@]}")" "${GAVEL_URLS[0]}"
+start_etcd
+pair 3x32 all --connections 96 --auctions "$AUCTIONS" --warmup "$WARMUP"
+pair 3x32-hot all --connections 96 --hot --warmup "$WARMUP"
+pair 3x400-spike all --connections 1200 --auctions "$AUCTIONS" --warmup 0s
+pair 1x96 one --connections 96 --auctions "$AUCTIONS" --warmup "$WARMUP"
+pair sequential one --connections 1 --auctions 1 --warmup "$WARMUP"
 # The open loop's peak is its own workload's (128 auctions over the three members, clients
 # racing on each): offered at twice the best closed-loop rate, Gavel decides what it can. 80%
 # of a closed shape's peak would be another workload's: the hot auction's (mostly cheap
 # rejections) overloads it, the spread shape's (every bid accepted, 96 clients) underloads it.
-CLOSED_PEAK=$(jq -s 'map(.decisions_per_s) | max | floor' "$OUT"/gavel-*.json)
+CLOSED_PEAK=$(jq -s 'map(if .failed then 0 else .decisions_per_s end) | max | floor' "$OUT"/gavel-*.json)
 OVERLOAD=$((CLOSED_PEAK * 2))
 [ "$OVERLOAD" -ge 1 ] || { echo "bench.sh: Gavel's peak was $CLOSED_PEAK/s; no open-loop rate" >&2; exit 1; }
-open_shape gavel "$(join "${GAVEL_URLS[@]}")" "$OVERLOAD" open-peak
+pair open-peak all --rate "$OVERLOAD" --connections 1024 --auctions "$AUCTIONS" --warmup "$WARMUP"
 PEAK=$(jq -r 'if .failed then 0 else .decisions_per_s | floor end' "$OUT/gavel-open-peak.json")
 RATE=$((PEAK * 8 / 10))
 [ "$RATE" -ge 1 ] || { echo "bench.sh: Gavel's open-loop peak was $PEAK/s; no open-loop rate" >&2; exit 1; }
-open_shape gavel "$(join "${GAVEL_URLS[@]}")" "$RATE"
-stop_all
-# Deleted files are not written back: drop Gavel's data before the sync.
-rm -rf "$WORK"/gavel[123]
-
-settle_disk
-start_etcd
-closed_shapes etcd "$(join "${ETCD_URLS[@]}")" "${ETCD_URLS[0]}"
-open_shape etcd "$(join "${ETCD_URLS[@]}")" "$OVERLOAD" open-peak
-open_shape etcd "$(join "${ETCD_URLS[@]}")" "$RATE"
+pair open-80 all --rate "$RATE" --connections 1024 --auctions "$AUCTIONS" --warmup "$WARMUP"
 stop_all
 
 cell() { # FILE: "rate | p50 / p99 / p99.9 ms", and how many requests failed
