@@ -2,12 +2,12 @@
 # Gavel against etcd, the same shapes driven by one tool (`gavel bench bids`), on loopback:
 #   scripts/bench.sh            # about 8 minutes; prints a markdown table for the README
 # It starts a three-node Gavel (release build, --bid-rate-per-bidder 0, --groups 6) and a
-# three-member etcd (fsync on, as by default), then runs each shape on Gavel and at once on
-# etcd (as puts through its v3 JSON gateway), each run on a settled disk: a pair of runs sees
-# the same machine, whose speed drifts by tens of percent over minutes. Gavel goes first
-# because the open-loop shape runs both at 80% of Gavel's measured open-loop peak. Shapes: 3 x 32 clients (spread over all members), the same
-# on one hot auction, 3 x 400 (a spike: no warm-up), one member with 96 clients, one sequential
-# client; open loop offered twice the best closed-loop rate (open-peak: what each system
+# three-member etcd (fsync on, as by default), then runs each shape on Gavel and right after
+# on etcd (as puts through its v3 JSON gateway), each run on a settled disk: a pair of runs
+# sees the same machine, whose speed drifts by tens of percent over minutes. Gavel goes first
+# because the open-loop shape runs both at 80% of Gavel's measured open-loop peak. Shapes:
+# 3 x 32 clients (spread over all members), the same on one hot auction, 3 x 400 (a spike: no
+# warm-up), one member with 96 clients, one sequential client; open loop offered twice the best closed-loop rate (open-peak: what each system
 # decides when overloaded), then open loop at 80% of Gavel's open-peak. Knobs: BENCH_DURATION
 # (20s), BENCH_WARMUP (2s), BENCH_AUCTIONS (128), BENCH_GROUPS (6), BENCH_OUT (where the JSON
 # summaries and PNG plots stay; default target/bench).
@@ -24,7 +24,7 @@ DURATION=${BENCH_DURATION:-20s}
 WARMUP=${BENCH_WARMUP:-2s}
 AUCTIONS=${BENCH_AUCTIONS:-128}
 GROUPS_AT_INIT=${BENCH_GROUPS:-6}
-[[ "$GROUPS_AT_INIT" =~ ^[1-9][0-9]{0,3}$ ]] || { echo "bench.sh: BENCH_GROUPS must be 1-1024, not '$GROUPS_AT_INIT'" >&2; exit 2; }
+[[ "$GROUPS_AT_INIT" =~ ^[1-9][0-9]{0,3}$ ]] && [ "$GROUPS_AT_INIT" -le 1024 ] || { echo "bench.sh: BENCH_GROUPS must be 1-1024, not '$GROUPS_AT_INIT'" >&2; exit 2; }
 OUT=${BENCH_OUT:-target/bench}
 BIN=./target/release/gavel
 # Loopback ports: Gavel clients 18181-18183, peers 19181-19183; etcd clients 23791-23793,

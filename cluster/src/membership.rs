@@ -80,7 +80,8 @@ pub struct Admitted<'a>(&'a Holds);
 /// machine (the hot-auction benchmark), so a full queue drains in about 40 ms, an order of
 /// magnitude inside the 500 ms p99 bound. 128 was too few for a spike on few groups: 1,200
 /// bidders over 6 groups are about 200 a group, and the excess was shed as 503 while the
-/// group had room to take them into its next entries.
+/// group had room to take them into its next entries. A node's own bound on requests in flight
+/// (`--requests-in-flight-max`, 4,096) keeps all its groups together far below 16 full queues.
 pub const WRITES_QUEUED_PER_GROUP_MAX: usize = 512;
 
 /// Who asks to write: client writes are shed when the group's queue is full; the leader's own
