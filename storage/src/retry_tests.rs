@@ -1,13 +1,14 @@
 //! Retried bids through real sled: the in-memory idempotency index must answer every retry as
 //! the decision log says, past its bound, across reopens and imports, with fingerprints that
-//! collide, and after an upgrade from a version that kept a record per key.
+//! collide, and after an upgrade from a version that kept a record per key. Every auction reads
+//! back as the rules left it, whether a bid's run or a control's record holds its newest state.
 //!
 //! The property test prints its seed; replay or widen it with
 //! `PROPTEST_RNG_SEED=<n> cargo test -p gavel-storage retries` (and `PROPTEST_CASES=<n>`).
 
 use std::collections::HashMap;
 
-use gavel_rules::{Auction, BidDecision, Command, Reply, StampMs};
+use gavel_rules::{Actor, Auction, BidDecision, Command, ControlAction, Reply, StampMs};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestRunner};
 
@@ -29,6 +30,13 @@ enum Step {
         key: usize,
         amount: i64,
     },
+    /// Pauses, resumes, ends or starts an auction, as its creator.
+    Control {
+        auction: usize,
+        action: ControlAction,
+    },
+    /// Ends a Raft entry inside the batch.
+    EndEntry,
     /// Ends the batch: commit, and a new writer.
     Commit,
     /// Commits, then opens the data dir again (nothing in memory survives).
@@ -42,6 +50,13 @@ fn step() -> impl Strategy<Value = Step> {
         12 => (0..AUCTIONS, 0..3usize, 0..5usize, 1..30i64).prop_map(
             |(auction, bidder, key, amount)| Step::Bid { auction, bidder, key, amount }
         ),
+        1 => (0..AUCTIONS, prop_oneof![
+            Just(ControlAction::Pause),
+            Just(ControlAction::Resume),
+            Just(ControlAction::End),
+            Just(ControlAction::Start),
+        ]).prop_map(|(auction, action)| Step::Control { auction, action }),
+        2 => Just(Step::EndEntry),
         3 => Just(Step::Commit),
         1 => Just(Step::Reopen),
         1 => Just(Step::Import),
@@ -128,6 +143,20 @@ fn run(steps: &[Step], entries_max: usize, mask: u64) -> Result<(), TestCaseErro
                 let got = writer.apply(stamp, &command).unwrap().effects.reply;
                 prop_assert_eq!(got, expected, "{:?}", command);
             }
+            Step::Control { auction, action } => {
+                let command = Command::Control {
+                    auction_id: format!("a{auction}"),
+                    action: *action,
+                    actor: Actor {
+                        user_id: "carol".into(),
+                        is_admin: false,
+                    },
+                };
+                let expected = model.apply(stamp, &command);
+                let got = writer.apply(stamp, &command).unwrap().effects.reply;
+                prop_assert_eq!(got, expected, "{:?}", command);
+            }
+            Step::EndEntry => writer.end_entry().unwrap(),
             Step::Commit | Step::Reopen | Step::Import => {
                 writer.commit().unwrap();
                 if matches!(step, Step::Reopen) {
@@ -142,11 +171,23 @@ fn run(steps: &[Step], entries_max: usize, mask: u64) -> Result<(), TestCaseErro
                     state = open_state(&dir, entries_max, mask);
                     state.import(&copy).unwrap();
                 }
+                assert_auctions_read_as_modelled(&state, &model)?;
                 writer = state.writer().unwrap();
             }
         }
     }
     writer.commit().unwrap();
+    assert_auctions_read_as_modelled(&state, &model)?;
+    drop(state);
+    assert_auctions_read_as_modelled(&open_state(&dir, entries_max, mask), &model)
+}
+
+fn assert_auctions_read_as_modelled(state: &StateTree, model: &Model) -> Result<(), TestCaseError> {
+    for i in 0..AUCTIONS {
+        let id = format!("a{i}");
+        let stored = state.auction(&id).unwrap();
+        prop_assert_eq!(stored.as_ref(), model.auctions.get(&id), "auction {}", id);
+    }
     Ok(())
 }
 

@@ -543,6 +543,56 @@ fn an_entrys_decisions_are_stored_in_runs_per_auction_and_read_back_one_by_one()
     assert_reads_whole_log(&reopen(&dir));
 }
 
+/// Bids leave the auction's record as the create wrote it: the last record of each entry's
+/// run carries the auction (only the last: a hot entry's earlier records do not), and the
+/// auction reads as the newest of the two, after a control writes the record again too.
+#[test]
+fn bids_leave_the_auction_record_and_the_entrys_last_run_carries_the_auction() {
+    let (dir, state) = store();
+    stage_decision_runs(&state);
+    let record = |state: &StateTree| -> Auction {
+        decode(&state.tree.get(keys::auction("a")).unwrap().unwrap()).unwrap()
+    };
+    let formats: Vec<u8> = state
+        .tree
+        .scan_prefix(keys::decision_prefix("a"))
+        .values()
+        .map(|record| record.unwrap()[0])
+        .collect();
+    let (plain, carrying) = (DECISION_RUN_FORMAT, DECISION_RUN_WITH_AUCTION_FORMAT);
+    assert_eq!(formats, [plain, plain, carrying, carrying]);
+    assert_eq!(record(&state).decision_count, 0);
+    let after_bids = state.auction("a").unwrap().unwrap();
+    assert_eq!(after_bids.decision_count, 45);
+    assert_eq!(after_bids.current_price, Decimal::new(55, 0));
+
+    let mut writer = state.writer().unwrap();
+    let pause = Command::Control {
+        auction_id: "a".into(),
+        action: gavel_rules::ControlAction::Pause,
+        actor: gavel_rules::Actor {
+            user_id: "carol".into(),
+            is_admin: false,
+        },
+    };
+    writer.apply(T0 + 50, &pause).unwrap();
+    writer.commit().unwrap();
+    assert_eq!(record(&state).status, Status::Paused);
+    assert_eq!(record(&state).decision_count, 45);
+    // Paused: the bid is rejected, a decision with no new version, newer than the record.
+    let mut writer = state.writer().unwrap();
+    writer.apply(T0 + 51, &bid("a", "zed", "k", 99)).unwrap();
+    writer.commit().unwrap();
+    drop(state);
+    let state = reopen(&dir);
+    let auction = state.auction("a").unwrap().unwrap();
+    assert_eq!(
+        (auction.status, auction.decision_count),
+        (Status::Paused, 46)
+    );
+    assert_eq!(auction.version, record(&state).version);
+}
+
 #[test]
 fn decisions_stored_one_per_record_before_runs_still_read() {
     let (dir, state) = store();
@@ -609,6 +659,11 @@ fn a_state_copy_from_before_runs_reads_and_this_versions_copies_say_runs() {
     let copy = blob.to_bytes().unwrap();
     assert_eq!(copy[0], SNAPSHOT_FORMAT);
     assert_eq!(SnapshotBlob::from_bytes(&copy).unwrap(), blob);
+    let runs_without_auctions = encode_as(SNAPSHOT_FORMAT_RUNS, &blob).unwrap();
+    assert_eq!(
+        SnapshotBlob::from_bytes(&runs_without_auctions).unwrap(),
+        blob
+    );
     let before_runs = encode_as(SNAPSHOT_FORMAT_BEFORE_RUNS, &blob).unwrap();
     assert_eq!(SnapshotBlob::from_bytes(&before_runs).unwrap(), blob);
 }

@@ -5,12 +5,14 @@
 //!
 //! It reads only the copy: no tree, no sled.
 
+use std::collections::HashMap;
+
 use gavel_rules::{Auction, BidStatus, StampMs, Status};
 use serde::Serialize;
 
 use crate::codec::decode;
 use crate::keys;
-use crate::state::decode_decisions;
+use crate::state::{decode_decisions, decode_run_auction, newer};
 use crate::{SnapshotBlob, StorageError};
 
 /// Counts of one state machine's records.
@@ -39,22 +41,17 @@ impl SnapshotBlob {
     /// that does not decode or on keys out of order (a copy is always in key order).
     pub fn summary(&self) -> Result<StateSummary, StorageError> {
         let mut summary = StateSummary::default();
+        // Each auction's newest state: its record or a decision-log record's copy.
+        let mut auctions = HashMap::new();
         for (i, (key, value)) in self.pairs.iter().enumerate() {
             if i > 0 && self.pairs[i - 1].0 >= *key {
                 return Err(StorageError::Corrupt(format!(
                     "state copy keys out of order at pair {i}"
                 )));
             }
-            count(&mut summary, key, value)?;
+            count(&mut summary, &mut auctions, key, value)?;
         }
-        Ok(summary)
-    }
-}
-
-fn count(summary: &mut StateSummary, key: &[u8], value: &[u8]) -> Result<(), StorageError> {
-    match key.first().copied() {
-        Some(keys::AUCTION) => {
-            let auction: Auction = decode(value)?;
+        for auction in auctions.into_values() {
             summary.auctions += 1;
             match auction.status {
                 Status::Scheduled => summary.scheduled += 1,
@@ -63,7 +60,28 @@ fn count(summary: &mut StateSummary, key: &[u8], value: &[u8]) -> Result<(), Sto
                 Status::Ended => summary.ended += 1,
             }
         }
+        Ok(summary)
+    }
+}
+
+fn count(
+    summary: &mut StateSummary,
+    auctions: &mut HashMap<String, Auction>,
+    key: &[u8],
+    value: &[u8],
+) -> Result<(), StorageError> {
+    let mut keep_newer = |auction: Auction| {
+        let known = auctions.remove(&auction.id);
+        if let Some(newest) = newer(known, Some(auction)) {
+            auctions.insert(newest.id.clone(), newest);
+        }
+    };
+    match key.first().copied() {
+        Some(keys::AUCTION) => keep_newer(decode(value)?),
         Some(keys::DECISION) => {
+            if let Some(auction) = decode_run_auction(value)? {
+                keep_newer(auction);
+            }
             for decision in decode_decisions(value)? {
                 summary.decisions += 1;
                 summary.idempotency_keys += 1;
