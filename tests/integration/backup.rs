@@ -465,9 +465,9 @@ async fn corrupt_truncated_and_foreign_files_are_refused_and_nothing_is_written(
             "truncated",
         ),
         (
-            "v4.backup",
-            with_version(&bytes, 4),
-            "format version 4 is not supported",
+            "v5.backup",
+            with_version(&bytes, 5),
+            "format version 5 is not supported",
         ),
     ];
     for (name, contents, why) in variants {
