@@ -10,7 +10,8 @@
 # warm-up), one member with 96 clients, one sequential client; open loop offered twice the best closed-loop rate (open-peak: what each system
 # decides when overloaded), then open loop at 80% of Gavel's open-peak. Knobs: BENCH_DURATION
 # (20s), BENCH_WARMUP (2s), BENCH_AUCTIONS (128), BENCH_GROUPS (6), BENCH_OUT (where the JSON
-# summaries and PNG plots stay; default target/bench).
+# summaries and PNG plots stay; default target/bench). Each run also reports the CPU the
+# servers (not the load generator) spent in its measured window per decision (`--server-pids`).
 # Why 6 groups and not the serve default (16): three nodes on two cores have no parallelism
 # to spend on more groups, and 96 clients over 16 groups fill each Raft entry with about 3
 # bids, so every bid pays a third of an entry's fixed cost; 6 groups keep two leaders a node
@@ -45,6 +46,8 @@ need jq jq
 
 WORK=$(mktemp -d -t gavel-bench.XXXXXX)
 PIDS=()   # servers
+GAVEL_PIDS=()
+ETCD_PIDS=()
 RUNNING=  # the `timeout` of the load run in progress, if any
 # Stops the load run and the servers: TERM, then KILL after 10 s.
 stop_all() {
@@ -101,6 +104,7 @@ start_gavel() {
       --data-dir "$WORK/gavel$n" --initial-cluster "$initial" --auth-secret-file "$WORK/secret" \
       --bid-rate-per-bidder 0 --groups "$GROUPS_AT_INIT" >"$WORK/gavel$n.log" 2>&1 &
     PIDS+=($!)
+    GAVEL_PIDS+=($!)
   done
   for n in 1 2 3; do wait_url "${GAVEL_URLS[$((n - 1))]}/readyz" "$WORK/gavel$n.log"; done
   wait_leaders_spread
@@ -136,6 +140,7 @@ start_etcd() {
       --initial-cluster "$initial" --initial-cluster-state new --initial-cluster-token gavel-bench \
       --quota-backend-bytes "$ETCD_QUOTA_BYTES" --logger zap --log-level warn >"$WORK/etcd$n.log" 2>&1 &
     PIDS+=($!)
+    ETCD_PIDS+=($!)
   done
   for n in 1 2 3; do wait_url "${ETCD_URLS[$((n - 1))]}/health" "$WORK/etcd$n.log"; done
 }
@@ -143,8 +148,13 @@ start_etcd() {
 # run TARGET SHAPE ARGS...: one `gavel bench bids` run; its JSON summary goes to $OUT.
 run() {
   local target=$1 shape=$2; shift 2
-  local extra=()
-  [ "$target" = gavel ] && extra=(--auth-secret-file "$WORK/secret")
+  local extra
+  # The servers' CPU in the measured window (the load generator's is left out).
+  if [ "$target" = gavel ]; then
+    extra=(--auth-secret-file "$WORK/secret" --server-pids "$(join "${GAVEL_PIDS[@]}")")
+  else
+    extra=(--server-pids "$(join "${ETCD_PIDS[@]}")")
+  fi
   echo "== $target $shape: gavel bench bids $*" >&2
   timeout "$RUN_TIMEOUT_S" "$BIN" bench bids --target "$target" "${extra[@]}" \
     --duration "$DURATION" --json --plot "$OUT/$target-$shape.png" "$@" >"$OUT/$target-$shape.json" &
@@ -157,7 +167,7 @@ run() {
     echo '{"failed": true}' >"$OUT/$target-$shape.json"
     return 0
   fi
-  jq -r '"   \(.unit)/s \(.decisions_per_s|floor)  accepted \(.accepted) rejected \(.rejected) shed \(.shed) errors \(.errors) unsent \(.unsent)  p50 \(.latency_ms.p50) p99 \(.latency_ms.p99) p99.9 \(.latency_ms.p999) max \(.latency_ms.max) ms"' \
+  jq -r '"   \(.unit)/s \(.decisions_per_s|floor)  accepted \(.accepted) rejected \(.rejected) shed \(.shed) errors \(.errors) unsent \(.unsent)  p50 \(.latency_ms.p50) p99 \(.latency_ms.p99) p99.9 \(.latency_ms.p999) max \(.latency_ms.max) ms  servers \(.server_cpu.cores * 100 | round / 100) cores, \(.server_cpu.us_per_decision | round) us each"' \
     "$OUT/$target-$shape.json" >&2
 }
 
@@ -210,6 +220,9 @@ cell() { # FILE: "rate | p50 / p99 / p99.9 ms", and how many requests failed
     if .failed then "failed | -" else "\(.decisions_per_s|floor) | \(.latency_ms.p50|ms) / \(.latency_ms.p99|ms) / \(.latency_ms.p999|ms)"
     + (if (.shed + .errors + .unsent) > 0 then " (\(.shed + .errors + .unsent) failed)" else "" end) end' "$1"
 }
+cpu() { # FILE: the servers' CPU per decision in µs
+  jq -r 'if .failed then "-" else .server_cpu.us_per_decision | round end' "$1"
+}
 ratio() { # GAVEL ETCD FIELD
   jq -rn --slurpfile g "$1" --slurpfile e "$2" \
     "if (\$g[0].failed or \$e[0].failed) then \"-\" elif \$e[0]$3 > 0 then (\$g[0]$3 / \$e[0]$3 * 100 | round / 100) else \"-\" end"
@@ -217,11 +230,11 @@ ratio() { # GAVEL ETCD FIELD
 echo
 echo "$(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), load average $LOAD_BEFORE before the run and $(cut -d' ' -f1-3 /proc/loadavg) after; duration $DURATION, warm-up $WARMUP (spike: none), $AUCTIONS auctions/keys, Gavel with $GROUPS_AT_INIT Raft groups; open loop at $RATE/s (80% of Gavel's open-loop peak $PEAK/s, measured offering $OVERLOAD/s, twice its best closed-loop rate)"
 echo
-echo "| shape | Gavel decisions/s | Gavel p50 / p99 / p99.9 ms | etcd puts/s | etcd p50 / p99 / p99.9 ms | throughput Gavel/etcd | p99 Gavel/etcd |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+echo "| shape | Gavel decisions/s | Gavel p50 / p99 / p99.9 ms | etcd puts/s | etcd p50 / p99 / p99.9 ms | throughput Gavel/etcd | p99 Gavel/etcd | server CPU µs per decision / put, Gavel vs etcd | CPU Gavel/etcd |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 for shape in 3x32 3x32-hot 3x400-spike 1x96 sequential open-peak open-80; do
   g="$OUT/gavel-$shape.json" e="$OUT/etcd-$shape.json"
-  echo "| $shape | $(cell "$g") | $(cell "$e") | $(ratio "$g" "$e" .decisions_per_s) | $(ratio "$g" "$e" .latency_ms.p99) |"
+  echo "| $shape | $(cell "$g") | $(cell "$e") | $(ratio "$g" "$e" .decisions_per_s) | $(ratio "$g" "$e" .latency_ms.p99) | $(cpu "$g") vs $(cpu "$e") | $(ratio "$g" "$e" .server_cpu.us_per_decision) |"
 done
 echo
 echo "JSON summaries and latency plots: $OUT"

@@ -118,6 +118,14 @@ fn a_closed_loop_run_reports_a_consistent_summary_and_a_plot() {
     // One client per auction: every bid outbids the last, so every one is accepted.
     assert_eq!(count(&summary, "rejected"), 0, "{summary}");
     assert_eq!(summary["groups_covered"], 2, "{summary}");
+    // The node the tool started is the server whose CPU it reports, and it did work.
+    let cpu = &summary["server_cpu"];
+    assert_eq!(cpu["pids"].as_array().map(Vec::len), Some(1), "{summary}");
+    assert!(cpu["cores"].as_f64().is_some_and(|c| c > 0.0), "{summary}");
+    assert!(
+        cpu["us_per_decision"].as_f64().is_some_and(|us| us > 0.0),
+        "{summary}"
+    );
     let png = std::fs::read(&plot).expect("the plot was written");
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
 }
@@ -164,5 +172,13 @@ fn bad_flags_fail_with_a_message_before_any_node_starts() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("whole number and a unit"), "{stderr}");
+    let output = bench_bids(&["--server-pids", "4294967295"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no process 4294967295"), "{stderr}");
+    let output = bench_bids(&["--server-pids", "12,x"]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--server-pids"), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(10));
 }

@@ -17,6 +17,7 @@ use super::bids_load::{self, Loop, Recorder, Schedule};
 use super::bids_report::{Shape, Summary};
 use super::bids_target::{Plan, TargetKind, Tokens};
 use super::own_node::OwnNode;
+use super::server_cpu::{self, ServerCpu};
 use crate::http::auth::{load_secret, Secret};
 
 /// Clients (connections), at most.
@@ -101,6 +102,11 @@ pub struct BidsArgs {
     /// A PEM file of CA certificates to trust for https:// endpoints (a private CA).
     #[arg(long, env = "GAVEL_CACERT")]
     pub cacert: Option<PathBuf>,
+    /// Process ids of the servers on this machine, comma-separated: report the CPU they spend
+    /// in the measured window, per decision (Linux, `/proc`). Default: the node this tool
+    /// starts, if it starts one.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pids: Vec<u32>,
 }
 
 impl BidsArgs {
@@ -132,6 +138,12 @@ impl BidsArgs {
         }
         if self.endpoints.len() > ENDPOINTS_MAX {
             return Err(format!("at most {ENDPOINTS_MAX} --endpoints"));
+        }
+        if self.server_pids.len() > server_cpu::PIDS_MAX {
+            return Err(format!("at most {} --server-pids", server_cpu::PIDS_MAX));
+        }
+        if let Err(e) = server_cpu::cpu_seconds(&self.server_pids) {
+            return Err(format!("{e:#}"));
         }
         if self.duration.is_zero() || self.duration > DURATION_MAX {
             return Err(format!(
@@ -256,7 +268,11 @@ async fn run_async(args: BidsArgs) -> anyhow::Result<()> {
             .await?
         }
     };
-    let summary = measure(&args, Arc::new(plan), connections).await?;
+    let mut server_pids = args.server_pids.clone();
+    if server_pids.is_empty() {
+        server_pids.extend(own.as_ref().and_then(OwnNode::pid));
+    }
+    let summary = measure(&args, Arc::new(plan), connections, server_pids).await?;
     drop(own);
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
@@ -290,7 +306,12 @@ fn tokens(
 }
 
 /// Drives the plan and builds the summary (and the plot).
-async fn measure(args: &BidsArgs, plan: Arc<Plan>, connections: u32) -> anyhow::Result<Summary> {
+async fn measure(
+    args: &BidsArgs,
+    plan: Arc<Plan>,
+    connections: u32,
+    server_pids: Vec<u32>,
+) -> anyhow::Result<Summary> {
     let clients = (0..connections)
         .map(|_| {
             let builder = crate::cli::tls::http_client(args.cacert.as_deref())?;
@@ -308,6 +329,11 @@ async fn measure(args: &BidsArgs, plan: Arc<Plan>, connections: u32) -> anyhow::
     };
     let progress = progress_bar(args.warmup + args.duration);
     let schedule = Schedule::new(args.warmup, args.duration, args.timeout);
+    let server_cpu = (!server_pids.is_empty()).then(|| {
+        let window =
+            server_cpu::measure_window(server_pids.clone(), schedule.measure_from, schedule.end);
+        tokio::spawn(window)
+    });
     let recorder = Arc::new(Recorder::new(schedule)?);
     bids_load::run(plan.clone(), recorder.clone(), clients, mode, progress).await?;
     let recorder = Arc::into_inner(recorder).context("a client outlived the run")?;
@@ -323,7 +349,20 @@ async fn measure(args: &BidsArgs, plan: Arc<Plan>, connections: u32) -> anyhow::
         warmup_s: args.warmup.as_secs_f64(),
         duration_s: args.duration.as_secs_f64(),
     };
-    let summary = Summary::new(shape, &tally);
+    let mut summary = Summary::new(shape, &tally);
+    if let Some(window) = server_cpu {
+        let (cpu_s, wall) = window.await.context("the CPU sampler failed")??;
+        let cores = cpu_s / wall.as_secs_f64().max(f64::MIN_POSITIVE);
+        summary.server_cpu = Some(ServerCpu {
+            pids: server_pids,
+            cores,
+            us_per_decision: if summary.decisions_per_s > 0.0 {
+                cores * 1e6 / summary.decisions_per_s
+            } else {
+                0.0
+            },
+        });
+    }
     if let Some(path) = &args.plot {
         super::plot::write(path, &summary.title(), summary.unit, &tally)?;
         eprintln!("wrote {}", path.display());

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::bids_load::Tally;
 use super::bids_target::TargetKind;
+use super::server_cpu::ServerCpu;
 
 /// What the run was, as the user asked for it.
 pub struct Shape {
@@ -57,6 +58,9 @@ pub struct Summary {
     pub error_kinds: BTreeMap<String, u64>,
     /// Of decisions, from the send time (closed loop) or the due time (open loop).
     pub latency_ms: Percentiles,
+    /// What the watched server processes spent in the window (`--server-pids`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu: Option<ServerCpu>,
 }
 
 #[derive(Serialize)]
@@ -132,6 +136,7 @@ impl Summary {
             rejected_reasons: tally.rejected.clone(),
             error_kinds: tally.errors.clone(),
             latency_ms: Percentiles::of(&tally.latency_us),
+            server_cpu: None,
         }
     }
 
@@ -197,6 +202,13 @@ impl Summary {
             "  latency ms   p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  ({from}, {})",
             l.p50, l.p90, l.p99, l.p999, l.max, self.unit
         );
+        if let Some(cpu) = &self.server_cpu {
+            let unit = self.unit.trim_end_matches('s');
+            println!(
+                "  server CPU   {:.2} cores, {:.0} µs per {unit} (processes {:?})",
+                cpu.cores, cpu.us_per_decision, cpu.pids
+            );
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 //!   `bids_load.rs` the load loops and their recorder, `bids_report.rs` the summary, `plot.rs`
 //!   the latency-over-time PNG.
 //! - `own_node.rs`: the single node a tool starts when it is given no endpoint.
+//! - `server_cpu.rs`: the CPU local server processes spend in a run's measured window.
 //!
 //! The tools know the HTTP API as any client does; they share no code with the server's
 //! handlers, only the token signing in `crate::http::auth`.
@@ -19,6 +20,7 @@ mod bids_report;
 mod bids_target;
 mod own_node;
 mod plot;
+mod server_cpu;
 mod viewers;
 mod viewers_worker;
 mod ws_client;

@@ -64,6 +64,11 @@ impl OwnNode {
         wait_ready(http, &node.base).await?;
         Ok(node)
     }
+
+    /// The node's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
 }
 
 impl Drop for OwnNode {
