@@ -45,20 +45,20 @@ need curl curl
 need jq jq
 
 WORK=$(mktemp -d -t gavel-bench.XXXXXX)
-PIDS=()   # servers
-GAVEL_PIDS=()
+GAVEL_PIDS=()  # servers
 ETCD_PIDS=()
 RUNNING=  # the `timeout` of the load run in progress, if any
 # Stops the load run and the servers: TERM, then KILL after 10 s.
 stop_all() {
-  local pids=("${PIDS[@]}")
+  local pids=("${GAVEL_PIDS[@]}" "${ETCD_PIDS[@]}")
   [ -n "$RUNNING" ] && pids+=("$RUNNING")
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null || true
   done
-  PIDS=()
+  GAVEL_PIDS=()
+  ETCD_PIDS=()
   RUNNING=
 }
 cleanup() {
@@ -103,7 +103,6 @@ start_gavel() {
     "$BIN" serve --node-id "$n" --listen "127.0.0.1:1818$n" --peer-listen "127.0.0.1:1918$n" \
       --data-dir "$WORK/gavel$n" --initial-cluster "$initial" --auth-secret-file "$WORK/secret" \
       --bid-rate-per-bidder 0 --groups "$GROUPS_AT_INIT" >"$WORK/gavel$n.log" 2>&1 &
-    PIDS+=($!)
     GAVEL_PIDS+=($!)
   done
   for n in 1 2 3; do wait_url "${GAVEL_URLS[$((n - 1))]}/readyz" "$WORK/gavel$n.log"; done
@@ -139,7 +138,6 @@ start_etcd() {
       --listen-peer-urls "http://127.0.0.1:2380$n" --initial-advertise-peer-urls "http://127.0.0.1:2380$n" \
       --initial-cluster "$initial" --initial-cluster-state new --initial-cluster-token gavel-bench \
       --quota-backend-bytes "$ETCD_QUOTA_BYTES" --logger zap --log-level warn >"$WORK/etcd$n.log" 2>&1 &
-    PIDS+=($!)
     ETCD_PIDS+=($!)
   done
   for n in 1 2 3; do wait_url "${ETCD_URLS[$((n - 1))]}/health" "$WORK/etcd$n.log"; done

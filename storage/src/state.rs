@@ -90,17 +90,24 @@ struct RunAuction {
     auction: Auction,
 }
 
+/// The decisions of one decision-log record, whichever format it was written in, and the
+/// auction it carries if its format carries one.
+pub(crate) fn decode_run(
+    bytes: &[u8],
+) -> Result<(Option<Auction>, Vec<BidDecision>), StorageError> {
+    match format_of(bytes)? {
+        DECISION_RUN_FORMAT => Ok((None, decode_as(DECISION_RUN_FORMAT, bytes)?)),
+        DECISION_RUN_WITH_AUCTION_FORMAT => {
+            let (auction, decisions) = decode_as(DECISION_RUN_WITH_AUCTION_FORMAT, bytes)?;
+            Ok((Some(auction), decisions))
+        }
+        _ => Ok((None, vec![decode(bytes)?])),
+    }
+}
+
 /// The decisions of one decision-log record, whichever format it was written in.
 pub(crate) fn decode_decisions(bytes: &[u8]) -> Result<Vec<BidDecision>, StorageError> {
-    match format_of(bytes)? {
-        DECISION_RUN_FORMAT => decode_as(DECISION_RUN_FORMAT, bytes),
-        DECISION_RUN_WITH_AUCTION_FORMAT => {
-            let (_, decisions): (Auction, Vec<BidDecision>) =
-                decode_as(DECISION_RUN_WITH_AUCTION_FORMAT, bytes)?;
-            Ok(decisions)
-        }
-        _ => Ok(vec![decode(bytes)?]),
-    }
+    Ok(decode_run(bytes)?.1)
 }
 
 /// The auction a decision-log record carries, if its format carries one.

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::codec::decode;
 use crate::keys;
-use crate::state::{decode_decisions, decode_run_auction, newer};
+use crate::state::{decode_run, newer};
 use crate::{SnapshotBlob, StorageError};
 
 /// Counts of one state machine's records.
@@ -79,10 +79,11 @@ fn count(
     match key.first().copied() {
         Some(keys::AUCTION) => keep_newer(decode(value)?),
         Some(keys::DECISION) => {
-            if let Some(auction) = decode_run_auction(value)? {
+            let (auction, decisions) = decode_run(value)?;
+            if let Some(auction) = auction {
                 keep_newer(auction);
             }
-            for decision in decode_decisions(value)? {
+            for decision in decisions {
                 summary.decisions += 1;
                 summary.idempotency_keys += 1;
                 if decision.status == BidStatus::Accepted {
