@@ -12,6 +12,7 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Runs `gavel bench bids ARGS`, killing it if it outlives `RUN_TIMEOUT`.
 fn bench_bids(args: &[&str]) -> Output {
+    let _machine = crate::common::share_machine();
     let mut child = Command::new(env!("CARGO_BIN_EXE_gavel"))
         .args(["bench", "bids"])
         .args(args)

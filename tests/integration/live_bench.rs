@@ -11,6 +11,7 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[test]
 fn the_viewer_bench_reports_connects_and_latencies() {
+    let _machine = crate::common::share_machine();
     let mut child = Command::new(env!("CARGO_BIN_EXE_gavel"))
         .args([
             "bench",

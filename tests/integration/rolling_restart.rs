@@ -8,6 +8,9 @@
 //! stopped right after an operator moved a group to it, while that leadership is younger
 //! than the leader lease.
 //!
+//! The test runs alone (`ClusterConfig::whole_machine`): a neighbour's load would stretch the
+//! stalls it measures.
+//!
 //! The load is a careful client's: every request goes to the next node in turn, a node that
 //! refuses connections is skipped until the test sees it ready again, and every bid is retried
 //! with its key until decided. The stalls printed on every run are the measurement of the
@@ -44,7 +47,11 @@ const CLIENTS_PER_GROUP: usize = 3;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rolling_restart_under_load_stalls_no_group_and_answers_no_5xx() {
     let seed = test_seed();
-    let mut cluster = Cluster::start(ClusterConfig::default()).await;
+    let mut cluster = Cluster::start(ClusterConfig {
+        whole_machine: true,
+        ..ClusterConfig::default()
+    })
+    .await;
     let ids = cluster.ids();
     let groups = cluster.config.groups;
     let creator = token("carol", &["creator"]);

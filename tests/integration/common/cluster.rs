@@ -76,6 +76,8 @@ pub struct ClusterConfig {
     pub https_ca: Option<PathBuf>,
     /// Where nodes listen and what addresses they announce.
     pub advertise: Advertise,
+    /// The test asserts timing bounds: it runs alone (see `common::machine`).
+    pub whole_machine: bool,
 }
 
 /// How the nodes of a cluster bind and announce their addresses.
@@ -103,6 +105,7 @@ impl Default for ClusterConfig {
             node_args: BTreeMap::new(),
             https_ca: None,
             advertise: Advertise::Loopback,
+            whole_machine: false,
         }
     }
 }
@@ -326,6 +329,8 @@ pub struct Cluster {
     members: BTreeMap<u64, Member>,
     http: reqwest::Client,
     admin: String,
+    /// Released after `Drop` killed the processes.
+    _machine: MachineHold,
 }
 
 impl Cluster {
@@ -342,6 +347,11 @@ impl Cluster {
         config: ClusterConfig,
         prepare: impl Fn(u64, &std::path::Path, &str),
     ) -> Cluster {
+        let machine = if config.whole_machine {
+            take_whole_machine()
+        } else {
+            share_machine()
+        };
         let dir = tempfile::Builder::new()
             .prefix("gavel-cluster-it-")
             .tempdir()
@@ -362,6 +372,7 @@ impl Cluster {
             members: BTreeMap::new(),
             http,
             admin: token("cluster-admin", &["admin"]),
+            _machine: machine,
         };
         for attempt in 0..CLUSTER_SPAWN_ATTEMPTS_MAX {
             cluster.place_initial_members(attempt);

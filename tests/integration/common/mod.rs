@@ -16,6 +16,8 @@ pub mod cluster;
 pub mod pki;
 // Fresh RSA, P-256 and Ed25519 keys for the asymmetric-token tests.
 pub mod keys;
+// Which tests may run beside each other (timing-bound tests run alone).
+pub mod machine;
 // Steady load with per-group stall measurement (`rolling_restart.rs`, `advertise.rs`).
 pub mod load;
 
@@ -36,6 +38,8 @@ use reqwest::{Method, RequestBuilder};
 pub use rust_decimal::Decimal;
 pub use serde_json::{json, Value};
 use sha2::Sha256;
+
+pub use machine::{share_machine, take_whole_machine, MachineHold};
 
 /// The HMAC secret every test server is started with.
 pub const SECRET: &str = "gavel-integration-tests-secret-5b1e0c";
@@ -127,6 +131,8 @@ pub struct Server {
     pub client_port: u16,
     pub peer_port: u16,
     api: Api,
+    /// Released after `Drop` killed the process.
+    _machine: MachineHold,
 }
 
 impl std::ops::Deref for Server {
@@ -177,6 +183,7 @@ impl Server {
                 base_url: String::new(),
                 http,
             },
+            _machine: share_machine(),
         };
         server.pick_ports();
         if let Some((client_port, peer_port)) = ports {
