@@ -12,10 +12,10 @@
 //! the writes happened, or the record is there and `replay_journals` (run when the store opens)
 //! redoes its writes, which set final values and so can be redone any number of times.
 //! `StateWriter` reads through its own pending writes, so later entries of a batch see what
-//! earlier ones did, and then through `Committed`, what earlier commits left decoded in memory:
-//! most batches bid on auctions the previous one wrote, and reading and decoding those again
-//! from sled was most of the cost of looking them up. `Committed` also holds the idempotency
-//! index, which commits extend the same way.
+//! earlier ones did, and then through what earlier commits left decoded in memory
+//! (`CommittedAuctions`, which readers use too): most batches bid on auctions the previous one
+//! wrote, and reading and decoding those again from sled was most of the cost of looking them
+//! up. `Committed` holds the idempotency index, which commits extend the same way.
 //!
 //! An auction's decision log is stored in runs: one record per auction per Raft entry (split
 //! at `DECISIONS_PER_RECORD_MAX`), keyed by the first decision's `seq`. A hot auction's entry
@@ -34,7 +34,7 @@
 //! The tree never decides anything: `gavel_rules::apply` does, this file persists its effects.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use gavel_rules::{
     next_deadline_ms, Auction, BidDecision, BidStatus, Command, Effects, StampMs, Status,
@@ -140,23 +140,30 @@ pub(crate) fn newer(a: Option<Auction>, b: Option<Auction>) -> Option<Auction> {
 /// they hold up the group's apply for a noticeable time (see `index_decisions`).
 const INDEX_REBUILD_LOGGED_MIN: u64 = 10_000;
 
-/// Most auctions `Committed` keeps per group; past it, it starts afresh.
+/// Most auctions `CommittedAuctions` keeps per group; past it, it starts afresh.
 const COMMITTED_AUCTIONS_MAX: usize = 4_096;
 
-/// What the group's commits left, decoded, for the next batch's writer: the newest stamp, the
-/// auctions they wrote and the idempotency index. Only the state machine writes the tree
-/// (`commit`, `import`), and both keep this equal to the tree; readers go to the tree.
+/// What the group's commits left, decoded, for the next batch's writer: the newest stamp and
+/// the idempotency index. Only the state machine writes the tree (`commit`, `import`), and both
+/// keep this equal to the tree.
 struct Committed {
     last_stamp: Option<StampMs>,
-    auctions: HashMap<String, Auction>,
     keys: IdempotencyIndex,
 }
+
+/// The auctions the group's recent commits wrote, as they left them: what the next batch's
+/// writer and every reader look at before the tree. Reading an auction from the tree takes a
+/// get, a reverse scan for its newest decision-log record and two decodes (see `newer`); this
+/// is one clone. A commit updates it after its writes reach the tree and before its entries
+/// count as applied, so a reader that must see an entry (a linearizable read waits for it to be
+/// applied) finds it here or, once evicted, in the tree. Readers never add to it: a copy read
+/// from the tree may already be older than a commit that raced the read.
+type CommittedAuctions = Arc<RwLock<HashMap<String, Auction>>>;
 
 impl Committed {
     fn new() -> Committed {
         Committed {
             last_stamp: None,
-            auctions: HashMap::new(),
             keys: IdempotencyIndex::new(INDEX_ENTRIES_MAX),
         }
     }
@@ -164,7 +171,6 @@ impl Committed {
     /// Forgets everything, for when the tree changed under it (import, failed commit).
     fn reset(&mut self) {
         self.last_stamp = None;
-        self.auctions.clear();
         self.keys.clear();
     }
 }
@@ -177,6 +183,7 @@ pub struct StateTree {
     /// This group's key in `journal`.
     journal_key: [u8; 4],
     committed: Arc<Mutex<Committed>>,
+    committed_auctions: CommittedAuctions,
     _open: crate::HandleToken,
 }
 
@@ -328,6 +335,7 @@ impl StateTree {
             journal: db.open_tree(JOURNAL_TREE)?,
             journal_key: group.to_be_bytes(),
             committed: Arc::new(Mutex::new(Committed::new())),
+            committed_auctions: Arc::default(),
         })
     }
 
@@ -343,9 +351,31 @@ impl StateTree {
         self.committed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The auction: the newer of its record and the copy its newest decision-log record
-    /// carries (see the top of this file).
+    fn committed_auctions(&self) -> RwLockReadGuard<'_, HashMap<String, Auction>> {
+        self.committed_auctions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn committed_auctions_mut(&self) -> RwLockWriteGuard<'_, HashMap<String, Auction>> {
+        self.committed_auctions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets what commits left in memory, for when the tree changed under it (import, a
+    /// failed commit).
+    fn forget_committed(committed: &mut Committed, auctions: &CommittedAuctions) {
+        committed.reset();
+        auctions.write().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// The auction: as a recent commit left it (`CommittedAuctions`), or else the newer of its
+    /// record and the copy its newest decision-log record carries (see the top of this file).
     pub fn auction(&self, id: &str) -> Result<Option<Auction>, StorageError> {
+        if let Some(auction) = self.committed_auctions().get(id) {
+            return Ok(Some(auction.clone()));
+        }
         let record = self
             .tree
             .get(keys::auction(id))?
@@ -561,7 +591,7 @@ impl StateTree {
 
     /// Replaces the whole state machine with `blob` in one atomic batch (rare, so sled's batch).
     pub fn import(&self, blob: &SnapshotBlob) -> Result<(), StorageError> {
-        self.committed().reset();
+        StateTree::forget_committed(&mut self.committed(), &self.committed_auctions);
         // The last journaled commit must never be redone over the imported state. Removed first:
         // a crash between the two leaves the old state, complete since that commit was.
         self.journal.remove(self.journal_key)?;
@@ -783,7 +813,7 @@ impl StateWriter<'_> {
         });
         if let Err(e) = written {
             // Half written, perhaps: nothing in memory may stand for what the tree holds.
-            committed.reset();
+            StateTree::forget_committed(&mut committed, &state.committed_auctions);
             return Err(e);
         }
         committed.last_stamp = Some(self.last_stamp);
@@ -795,22 +825,18 @@ impl StateWriter<'_> {
                 .keys
                 .record(&decision.auction_id, fingerprint, decision.seq);
         }
-        if committed.auctions.len() + self.auctions.len() > COMMITTED_AUCTIONS_MAX {
-            committed.auctions.clear();
+        let mut auctions = state.committed_auctions_mut();
+        if auctions.len() + self.auctions.len() > COMMITTED_AUCTIONS_MAX {
+            auctions.clear();
         }
         if self.auctions.len() <= COMMITTED_AUCTIONS_MAX {
-            committed
-                .auctions
-                .extend(std::mem::take(&mut self.auctions));
+            auctions.extend(std::mem::take(&mut self.auctions));
         }
         Ok(())
     }
 
     fn auction(&self, id: &str) -> Result<Option<Auction>, StorageError> {
         if let Some(auction) = self.auctions.get(id) {
-            return Ok(Some(auction.clone()));
-        }
-        if let Some(auction) = self.state.committed().auctions.get(id) {
             return Ok(Some(auction.clone()));
         }
         self.state.auction(id)

@@ -430,7 +430,17 @@ fn what_commits_keep_in_memory_decides_as_the_tree_does() {
             .collect();
         run_batch(bids);
     }
-    assert_eq!(kept.digest().unwrap(), reopen(&fresh_dir).digest().unwrap());
+    let fresh = reopen(&fresh_dir);
+    assert_eq!(kept.digest().unwrap(), fresh.digest().unwrap());
+    // Readers see through the same memory: every auction reads as from the tree alone.
+    for i in 0..auctions {
+        let id = format!("a{i}");
+        assert_eq!(
+            kept.auction(&id).unwrap(),
+            fresh.auction(&id).unwrap(),
+            "{id}"
+        );
+    }
 }
 
 /// One entry with 40 bids on "a" and 3 on "b", then one with 5 more on "a": 48 decisions.
