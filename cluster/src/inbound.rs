@@ -15,9 +15,9 @@ use crate::membership::{add_learner_local, campaign, change_membership_local, Wr
 use crate::node::Node;
 use crate::peer_api::{decode_call, encode_answer, AppAnswer, AppCall, RemoteFailure};
 use crate::proposer::COMMANDS_PER_PROPOSAL_MAX;
-use crate::raft_ops::{is_leader, read_index_local, vote_lease_left, wait_applied};
+use crate::raft_ops::{is_leader, vote_lease_left, wait_applied};
+use crate::read_rounds::read_index;
 
-const READ_INDEX_TIMEOUT: Duration = Duration::from_millis(5_000);
 /// How long a yielding leader waits for its in-flight writes to apply.
 const IN_FLIGHT_DRAIN: Duration = Duration::from_millis(2_000);
 
@@ -88,7 +88,7 @@ pub(crate) async fn serve_local(node: &Node, group: &Arc<Group>, call: AppCall) 
             AppAnswer::ProposedBatch(propose_batch(node, group, commands).await)
         }
         AppCall::ReadIndex => {
-            AppAnswer::ReadIndex(read_index_local(group, READ_INDEX_TIMEOUT).await)
+            AppAnswer::ReadIndex(read_index(&node.read_rounds[group.id as usize]).await)
         }
         AppCall::AddLearner {
             node_id,

@@ -43,6 +43,7 @@ mod placement;
 mod proposer;
 mod raft_ops;
 mod read_path;
+mod read_rounds;
 mod routing;
 mod status;
 #[cfg(test)]

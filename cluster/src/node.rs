@@ -24,6 +24,7 @@ use crate::membership::Holds;
 use crate::observe::run_metrics;
 use crate::placement::run_placement;
 use crate::proposer::{self, run_proposer, Queued};
+use crate::read_rounds::{self, run_read_rounds, ReadWaiter};
 use crate::routing::group_of;
 
 /// The most groups a node may host.
@@ -51,6 +52,9 @@ pub struct Node {
     /// Per group: the queue of this node's proposer (see `proposer`).
     pub(crate) proposers: Vec<mpsc::Sender<Queued>>,
     proposer_queues: std::sync::Mutex<Vec<mpsc::Receiver<Queued>>>,
+    /// Per group: the reads waiting for this node's next read-index round (`read_rounds`).
+    pub(crate) read_rounds: Vec<mpsc::Sender<ReadWaiter>>,
+    read_round_queues: std::sync::Mutex<Vec<mpsc::Receiver<ReadWaiter>>>,
     /// Per group: this node leads it because an operator asked; placement leaves it alone.
     pub(crate) pinned: Vec<std::sync::atomic::AtomicBool>,
     /// Per group: held while this node runs a leadership transfer of it (`move_leader`).
@@ -114,11 +118,15 @@ impl Node {
         let clock = ClockGuard::new(config.node_id, config.max_clock_offset_ms);
         let (proposers, proposer_queues): (Vec<_>, Vec<_>) =
             groups.iter().map(|_| proposer::queue()).unzip();
+        let (read_rounds, read_round_queues): (Vec<_>, Vec<_>) =
+            groups.iter().map(|_| read_rounds::queue()).unzip();
         let leaving = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let node = Arc::new(Node {
             forwarders: Forwarders::new(transport.clone(), stop.subscribe()),
             proposers,
             proposer_queues: std::sync::Mutex::new(proposer_queues),
+            read_rounds,
+            read_round_queues: std::sync::Mutex::new(read_round_queues),
             holds: groups
                 .iter()
                 .map(|group| Holds::new(group.id, clock.elect_ok(), leaving.clone()))
@@ -252,15 +260,21 @@ impl Node {
         for group in &self.groups {
             tasks.spawn(run_deadlines(self.clone(), group.id, self.stop.subscribe()));
         }
-        let queues = std::mem::take(
-            &mut *self
-                .proposer_queues
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
-        for (group, queue) in self.groups.iter().zip(queues) {
-            let stop = self.stop.subscribe();
-            tasks.spawn(run_proposer(self.clone(), group.id, queue, stop));
+        let proposer_queues = take_queues(&self.proposer_queues);
+        let read_round_queues = take_queues(&self.read_round_queues);
+        for ((group, proposals), reads) in self
+            .groups
+            .iter()
+            .zip(proposer_queues)
+            .zip(read_round_queues)
+        {
+            tasks.spawn(run_proposer(
+                self.clone(),
+                group.id,
+                proposals,
+                self.stop.subscribe(),
+            ));
+            tasks.spawn(run_read_rounds(group.clone(), reads, self.stop.subscribe()));
         }
         tasks.spawn(run_metrics(self.groups.clone(), self.stop.subscribe()));
         tasks.spawn(run_placement(Arc::downgrade(self), self.stop.subscribe()));
@@ -522,3 +536,8 @@ fn settle_identity(store: &Store, config: &NodeConfig) -> Result<u32, NodeError>
 
 /// How long helpers in this crate wait for things that should be quick on a healthy cluster.
 pub(crate) const LEADER_WAIT: Duration = Duration::from_millis(3_000);
+
+/// The receivers of per-group queues, taken once by the tasks that serve them.
+fn take_queues<T>(queues: &std::sync::Mutex<Vec<mpsc::Receiver<T>>>) -> Vec<mpsc::Receiver<T>> {
+    std::mem::take(&mut *queues.lock().unwrap_or_else(|e| e.into_inner()))
+}

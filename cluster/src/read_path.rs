@@ -11,7 +11,8 @@ use gavel_raft::Group;
 use crate::api::ReadError;
 use crate::node::{Node, LEADER_WAIT};
 use crate::peer_api::{decode_answer, encode_call, AppAnswer, AppCall, RemoteFailure};
-use crate::raft_ops::{read_index_local, wait_applied, wait_for_leader, wait_for_leader_change};
+use crate::raft_ops::{wait_applied, wait_for_leader, wait_for_leader_change};
+use crate::read_rounds::read_index;
 
 /// With the half-second wait for a new leader between attempts, a read rides out an election
 /// of up to about four seconds before it answers 503.
@@ -40,7 +41,7 @@ impl Node {
                 break;
             };
             let read_index = if leader == self.node_id() {
-                read_index_local(group, READ_TIMEOUT).await
+                read_index(&self.read_rounds[group.id as usize]).await
             } else {
                 self.remote_read_index(leader, group).await
             };
