@@ -128,6 +128,9 @@ impl Store {
         LogTree::open(&self.db, group, self.handles.clone())
     }
 
+    /// The group's state machine. Open it once per group and clone that: clones share what
+    /// commits keep in memory, which a second handle would not see change (it would read and
+    /// decide on stale auctions after the other handle's commits).
     pub fn state(&self, group: u32) -> Result<StateTree, StorageError> {
         StateTree::open(&self.db, group, self.handles.clone())
     }
