@@ -28,7 +28,7 @@ use crate::raft_ops::read_index_local;
 /// in-flight bound and the peer transport's bound keep the waiting finite).
 const READS_WAITING_MAX: usize = 4_096;
 /// How long one round may take to confirm the quorum before its reads answer "unavailable".
-pub(crate) const READ_ROUND_TIMEOUT: Duration = Duration::from_millis(5_000);
+const READ_ROUND_TIMEOUT: Duration = Duration::from_millis(5_000);
 
 pub(crate) type ReadWaiter = oneshot::Sender<Result<u64, RemoteFailure>>;
 

@@ -365,9 +365,9 @@ impl StateTree {
 
     /// Forgets what commits left in memory, for when the tree changed under it (import, a
     /// failed commit).
-    fn forget_committed(committed: &mut Committed, auctions: &CommittedAuctions) {
+    fn forget_committed(&self, committed: &mut Committed) {
         committed.reset();
-        auctions.write().unwrap_or_else(|e| e.into_inner()).clear();
+        self.committed_auctions_mut().clear();
     }
 
     /// The auction: as a recent commit left it (`CommittedAuctions`), or else the newer of its
@@ -591,7 +591,7 @@ impl StateTree {
 
     /// Replaces the whole state machine with `blob` in one atomic batch (rare, so sled's batch).
     pub fn import(&self, blob: &SnapshotBlob) -> Result<(), StorageError> {
-        StateTree::forget_committed(&mut self.committed(), &self.committed_auctions);
+        self.forget_committed(&mut self.committed());
         // The last journaled commit must never be redone over the imported state. Removed first:
         // a crash between the two leaves the old state, complete since that commit was.
         self.journal.remove(self.journal_key)?;
@@ -813,7 +813,7 @@ impl StateWriter<'_> {
         });
         if let Err(e) = written {
             // Half written, perhaps: nothing in memory may stand for what the tree holds.
-            StateTree::forget_committed(&mut committed, &state.committed_auctions);
+            state.forget_committed(&mut committed);
             return Err(e);
         }
         committed.last_stamp = Some(self.last_stamp);
