@@ -95,9 +95,11 @@ for id in $(seq 4 $((3 + LEARNERS))); do
   ENDPOINTS="$ENDPOINTS,http://127.0.0.1:$((8180 + id))"
   LEARNER_ENDPOINTS="${LEARNER_ENDPOINTS:+$LEARNER_ENDPOINTS,}http://127.0.0.1:$((8180 + id))"
 done
+# The node processes behind ENDPOINTS, in the same order: the report says what their CPU did.
+SERVER_PIDS=$(IFS=,; echo "${PIDS[*]}")
 case "$VIEWERS_ON" in
   all) ;;
-  learners) ENDPOINTS=$LEARNER_ENDPOINTS ;;
+  learners) ENDPOINTS=$LEARNER_ENDPOINTS; SERVER_PIDS=$(IFS=,; echo "${PIDS[*]:3}") ;;
   *) echo "--viewers-on takes all or learners" >&2; exit 2 ;;
 esac
 
@@ -116,7 +118,7 @@ listen_overflows() {
 OVERFLOWS_BEFORE=$(listen_overflows)
 
 "$BIN" bench viewers --endpoints "$ENDPOINTS" --bid-endpoint http://127.0.0.1:8181 \
-  --auth-secret-file "$DIR/secret" \
+  --auth-secret-file "$DIR/secret" --server-pids "$SERVER_PIDS" \
   --viewers "$VIEWERS" --viewers-per-process "$VIEWERS_PER_PROCESS" \
   --connect-concurrency "$CONNECT_CONCURRENCY" \
   --bids "$BIDS" --bid-interval-ms "$BID_INTERVAL_MS" --tick-ms "$TICK_MS" "${KILL_FLAGS[@]}"

@@ -9,6 +9,53 @@ use std::time::{Duration, Instant};
 /// Far more than the run needs; the tool bounds its own waits too.
 const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 
+fn bench_viewers(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_gavel"))
+        .args(["bench", "viewers"])
+        .args(args)
+        .env_remove("GAVEL_AUTH_SECRET")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run gavel bench viewers")
+}
+
+#[test]
+fn server_pids_that_cannot_be_watched_fail_with_a_message_before_anything_runs() {
+    let started = Instant::now();
+    for (args, expected) in [
+        (
+            &["--server-pids", "1"][..],
+            "--server-pids needs --endpoints",
+        ),
+        (
+            &["--endpoints", "http://127.0.0.1:9", "--server-pids", "1,2"][..],
+            "one process id per --endpoints entry, in the same order (2 for 1)",
+        ),
+        (
+            &[
+                "--endpoints",
+                "http://127.0.0.1:9",
+                "--server-pids",
+                "4294967295",
+            ][..],
+            "no process 4294967295",
+        ),
+        (
+            &["--endpoints", "http://127.0.0.1:9", "--server-pids", "x"][..],
+            "--server-pids",
+        ),
+    ] {
+        let output = bench_viewers(args);
+        assert!(!output.status.success(), "{args:?} succeeded");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: {expected:?} in {stderr}"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
 #[test]
 fn the_viewer_bench_reports_connects_and_latencies() {
     let _machine = crate::common::share_machine();
@@ -55,6 +102,20 @@ fn the_viewer_bench_reports_connects_and_latencies() {
         stdout.contains("every viewer saw every bid: yes"),
         "{stdout}"
     );
+    // What the node did during the bids: this tool started it, so it watches its process.
+    let during = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("all nodes, during the bids: "))
+        .unwrap_or_else(|| panic!("no line for the nodes during the bids: {stdout}"));
+    let frames_per_s: f64 = during
+        .split(" frames/s")
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no frames/s in {during:?}"));
+    assert!(frames_per_s > 0.0, "{during}");
+    for expected in ["; node CPU ", " cores", "; fan-out threads on a CPU "] {
+        assert!(during.contains(expected), "{expected:?} in {during:?}");
+    }
     // Five of the five bids, each named once by its place in the run.
     let slowest = stdout
         .lines()

@@ -21,11 +21,22 @@ async fn viewers_of_a_killed_node_reconnect_elsewhere_and_see_the_end() {
         .map(|id| format!("http://{}", cluster.member(*id).client_addr()))
         .collect();
     let victim = cluster.member(ids[2]).pid().expect("node 3 runs");
+    let pids: Vec<String> = ids
+        .iter()
+        .map(|id| {
+            cluster
+                .member(*id)
+                .pid()
+                .expect("the node runs")
+                .to_string()
+        })
+        .collect();
     let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_gavel"))
         .args(["bench", "viewers", "--endpoints", &endpoints.join(",")])
         .args(["--viewers", "30", "--viewers-per-process", "10"])
         .args(["--bids", "12", "--bid-interval-ms", "100"])
         .args(["--kill-pid", &victim.to_string()])
+        .args(["--server-pids", &pids.join(",")])
         .env("GAVEL_AUTH_SECRET", SECRET)
         .env("RUST_LOG", "warn")
         .kill_on_drop(true)
@@ -54,4 +65,14 @@ async fn viewers_of_a_killed_node_reconnect_elsewhere_and_see_the_end() {
             "expected {expected:?} in:\n{stdout}"
         );
     }
+    // The survivors' CPU during the bids is reported; the killed node's is not, nor a total
+    // that would leave it out.
+    let survivors = stdout
+        .lines()
+        .filter(|line| {
+            line.starts_with("  during the bids:") && line.contains("fan-out threads on a CPU")
+        })
+        .count();
+    assert_eq!(survivors, 2, "{stdout}");
+    assert!(!stdout.contains("all nodes, during the bids"), "{stdout}");
 }

@@ -50,6 +50,48 @@ fn stat_cpu_ticks(stat: &str) -> Option<u64> {
     Some(user + system)
 }
 
+/// How the threads of one process that carry one name spent their time so far: on a CPU, and
+/// runnable but waiting for one (the kernel's per-thread `schedstat`, Linux). A thread that is
+/// always runnable and still gets little CPU is starved: the machine, not its own work, sets
+/// its pace.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ThreadTimes {
+    pub on_cpu_s: f64,
+    pub waiting_s: f64,
+}
+
+/// [`ThreadTimes`] summed over the threads of `pid` named `thread_name`; threads that already
+/// ended are not counted. Fails when the process is gone.
+pub fn thread_times(pid: u32, thread_name: &str) -> anyhow::Result<ThreadTimes> {
+    let tasks = format!("/proc/{pid}/task");
+    let mut times = ThreadTimes::default();
+    for task in std::fs::read_dir(&tasks).with_context(|| format!("no process {pid} ({tasks})"))? {
+        let dir = task?.path();
+        // A thread may end between the listing and the reads: it no longer counts.
+        let Ok(name) = std::fs::read_to_string(dir.join("comm")) else {
+            continue;
+        };
+        if name.trim_end() != thread_name {
+            continue;
+        }
+        let Ok(schedstat) = std::fs::read_to_string(dir.join("schedstat")) else {
+            continue;
+        };
+        let (on_cpu_ns, waiting_ns) = schedstat_ns(&schedstat)
+            .with_context(|| format!("{} is not a schedstat line", dir.display()))?;
+        times.on_cpu_s += on_cpu_ns as f64 / 1e9;
+        times.waiting_s += waiting_ns as f64 / 1e9;
+    }
+    Ok(times)
+}
+
+/// The first two fields of `/proc/PID/task/TID/schedstat`: nanoseconds on a CPU, and
+/// nanoseconds runnable on a run queue.
+fn schedstat_ns(line: &str) -> Option<(u64, u64)> {
+    let mut fields = line.split_whitespace();
+    Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
+}
+
 /// CPU seconds the processes spent from `from` to `to`, and how long that was.
 pub async fn measure_window(
     pids: Vec<u32>,
@@ -73,6 +115,40 @@ mod tests {
         assert_eq!(stat_cpu_ticks(stat), Some(1234 + 567));
         assert_eq!(stat_cpu_ticks("4242 (gavel) S 1"), None);
         assert_eq!(stat_cpu_ticks("no name here"), None);
+    }
+
+    #[test]
+    fn schedstat_gives_time_on_a_cpu_then_time_waiting_for_one() {
+        assert_eq!(schedstat_ns("1234567 89 12\n"), Some((1_234_567, 89)));
+        assert_eq!(schedstat_ns("1234567"), None);
+        assert_eq!(schedstat_ns("x 1 2"), None);
+    }
+
+    #[test]
+    fn threads_are_found_by_name_and_their_time_counted() {
+        // A thread of this process with a name of its own spins until the kernel counts it.
+        let name = "cpu-test-spin";
+        let spinner = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(|| {
+                let until = std::time::Instant::now() + Duration::from_millis(50);
+                let mut spins = 0u64;
+                while std::time::Instant::now() < until {
+                    spins = std::hint::black_box(spins + 1);
+                }
+                std::thread::sleep(Duration::from_secs(2));
+            })
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let me = std::process::id();
+        let spun = thread_times(me, name).unwrap();
+        assert!(spun.on_cpu_s >= 0.01, "{spun:?}");
+        assert_eq!(
+            thread_times(me, "no-such-thread").unwrap(),
+            ThreadTimes::default()
+        );
+        assert!(thread_times(u32::MAX, name).is_err());
+        spinner.join().unwrap();
     }
 
     #[test]

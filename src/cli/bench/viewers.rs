@@ -29,6 +29,7 @@ use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
 use super::own_node::OwnNode;
+use super::server_cpu::{self, ThreadTimes};
 use super::viewers_worker::{WorkerReport, WORKER_TOKEN_ENV};
 use crate::http::auth::{load_secret, Role, Secret};
 
@@ -94,10 +95,28 @@ pub struct ViewersArgs {
     /// A PEM file of CA certificates to trust for an https:// endpoint (a private CA).
     #[arg(long, env = "GAVEL_CACERT")]
     pub cacert: Option<PathBuf>,
+    /// The process ids of the --endpoints' nodes, in the same order, when they run on this
+    /// machine: the report then says what each node's CPU did during the bids (Linux,
+    /// `/proc`). Default: the node this tool starts, if it starts one.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pids: Vec<u32>,
 }
 
 /// `gavel bench viewers`: the coordinator.
 pub fn run(args: ViewersArgs) -> anyhow::Result<()> {
+    if !args.server_pids.is_empty() {
+        if args.endpoints.is_empty() {
+            bail!("--server-pids needs --endpoints (without them, this tool watches the node it starts)");
+        }
+        if args.server_pids.len() != args.endpoints.len() {
+            bail!(
+                "--server-pids takes one process id per --endpoints entry, in the same order ({} for {})",
+                args.server_pids.len(),
+                args.endpoints.len()
+            );
+        }
+        server_cpu::cpu_seconds(&args.server_pids)?;
+    }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -110,6 +129,18 @@ pub fn now_us() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
+impl Target {
+    /// The process of each of `bases`, where known: --server-pids, or the node this tool
+    /// started.
+    fn pids(&self, args: &ViewersArgs) -> Vec<Option<u32>> {
+        match &self.own {
+            Some(own) => vec![own.pid()],
+            None if args.server_pids.is_empty() => vec![None; self.bases.len()],
+            None => args.server_pids.iter().copied().map(Some).collect(),
+        }
+    }
+}
+
 /// The nodes under test and the tokens for them.
 struct Target {
     /// Where viewers connect.
@@ -120,7 +151,7 @@ struct Target {
     bidder: String,
     viewer: String,
     /// The node this tool started, if it started one.
-    _own: Option<OwnNode>,
+    own: Option<OwnNode>,
 }
 
 fn tokens(secret: &Secret) -> (String, String, String) {
@@ -152,7 +183,7 @@ async fn target(args: &ViewersArgs, http: &reqwest::Client) -> anyhow::Result<Ta
             creator,
             bidder,
             viewer,
-            _own: None,
+            own: None,
         });
     }
     let extra = [
@@ -171,7 +202,7 @@ async fn target(args: &ViewersArgs, http: &reqwest::Client) -> anyhow::Result<Ta
         creator,
         bidder,
         viewer,
-        _own: Some(node),
+        own: Some(node),
     })
 }
 
@@ -404,7 +435,10 @@ async fn coordinate(args: ViewersArgs) -> anyhow::Result<()> {
     let (connected, failed) = await_connected(&mut workers).await?;
     let connect_elapsed = started.elapsed();
     let after_connect = read_nodes(&http, &target.bases).await;
+    let pids = target.pids(&args);
+    let bids_start = Sample::take(&http, &target.bases, &pids).await;
     let bids = place_bids(&http, &target, &id, &args, first_version).await?;
+    let bids_end = Sample::take(&http, &target.bases, &pids).await;
     post(
         &http,
         format!("{}/auctions/{id}/end", target.bid_base),
@@ -423,8 +457,42 @@ async fn coordinate(args: ViewersArgs) -> anyhow::Result<()> {
         bids: &bids,
         reports: &reports,
         readings: [&before, &after_connect, &at_end],
+        during_bids: [&bids_start, &bids_end],
     };
     run.report()
+}
+
+/// The fan-out runtime's threads (`cli/mod.rs`).
+const FANOUT_THREAD_NAME: &str = "gavel-fanout";
+
+/// What the nodes had done at one moment: their metrics and, for the ones running here, their
+/// CPU so far and their fan-out threads' scheduling.
+struct Sample {
+    at: Instant,
+    readings: Vec<Option<NodeReading>>,
+    /// Per node: CPU seconds of the whole process, and its fan-out threads' times; `None` for
+    /// a node not watched or gone (killed).
+    cpu: Vec<Option<(f64, ThreadTimes)>>,
+}
+
+impl Sample {
+    async fn take(http: &reqwest::Client, bases: &[String], pids: &[Option<u32>]) -> Sample {
+        let readings = read_nodes(http, bases).await;
+        let cpu = pids
+            .iter()
+            .map(|pid| {
+                let pid = (*pid)?;
+                let process = server_cpu::cpu_seconds(&[pid]).ok()?;
+                let fanout = server_cpu::thread_times(pid, FANOUT_THREAD_NAME).ok()?;
+                Some((process, fanout))
+            })
+            .collect();
+        Sample {
+            at: Instant::now(),
+            readings,
+            cpu,
+        }
+    }
 }
 
 async fn create_auction(http: &reqwest::Client, target: &Target) -> anyhow::Result<Value> {
@@ -538,6 +606,8 @@ struct Run<'a> {
     reports: &'a [(usize, u32, WorkerReport)],
     /// Each node's reading before the viewers, once they connected, and at the end.
     readings: [&'a [Option<NodeReading>]; 3],
+    /// The nodes just before the first bid and just after the last.
+    during_bids: [&'a Sample; 2],
 }
 
 fn histogram() -> anyhow::Result<Histogram<u64>> {
@@ -728,7 +798,55 @@ impl Run<'_> {
                 ms(&to_last, 0.5), ms(&to_last, 0.99),
                 rss_per_viewer.map_or("memory unknown".to_owned(), |kib| format!("{kib:.2} KiB resident per viewer"))
             );
+            if let Some(line) = self.during_bids_of(Some(home)) {
+                println!("  during the bids:  {line}");
+            }
+        }
+        if let Some(line) = self.during_bids_of(None) {
+            println!("all nodes, during the bids: {line}");
         }
         Ok(())
+    }
+
+    /// Frames per second a node (every node with `None`) sent during the bids and, when its
+    /// process was watched, the CPU it took for them and how its fan-out threads fared: on a
+    /// CPU, or runnable and waiting for one. `None` when nothing was measured.
+    fn during_bids_of(&self, home: Option<usize>) -> Option<String> {
+        let [start, end] = self.during_bids;
+        let seconds = end.at.duration_since(start.at).as_secs_f64();
+        if seconds <= 0.0 {
+            return None;
+        }
+        let nodes: Vec<usize> = match home {
+            Some(home) => vec![home],
+            None => (0..self.target.bases.len()).collect(),
+        };
+        let mut frames = 0.0;
+        for &node in &nodes {
+            let (Some(Some(a)), Some(Some(b))) = (start.readings.get(node), end.readings.get(node))
+            else {
+                return None;
+            };
+            frames += b.frames - a.frames;
+        }
+        let frames_per_s = frames / seconds;
+        let mut line = format!("{frames_per_s:.0} frames/s");
+        let (mut cores, mut on_cpu, mut waiting) = (0.0, 0.0, 0.0);
+        for &node in &nodes {
+            let (Some(Some(a)), Some(Some(b))) = (start.cpu.get(node), end.cpu.get(node)) else {
+                return Some(line);
+            };
+            cores += (b.0 - a.0) / seconds;
+            on_cpu += (b.1.on_cpu_s - a.1.on_cpu_s) / seconds;
+            waiting += (b.1.waiting_s - a.1.waiting_s) / seconds;
+        }
+        line.push_str(&format!("; node CPU {cores:.2} cores"));
+        if frames_per_s > 0.0 {
+            line.push_str(&format!(" ({:.1} us a frame)", cores * 1e6 / frames_per_s));
+        }
+        line.push_str(&format!(
+            "; fan-out threads on a CPU {on_cpu:.2} cores, waiting for one {waiting:.2} threads on average"
+        ));
+        Some(line)
     }
 }
