@@ -129,18 +129,6 @@ pub fn now_us() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
-impl Target {
-    /// The process of each of `bases`, where known: --server-pids, or the node this tool
-    /// started.
-    fn pids(&self, args: &ViewersArgs) -> Vec<Option<u32>> {
-        match &self.own {
-            Some(own) => vec![own.pid()],
-            None if args.server_pids.is_empty() => vec![None; self.bases.len()],
-            None => args.server_pids.iter().copied().map(Some).collect(),
-        }
-    }
-}
-
 /// The nodes under test and the tokens for them.
 struct Target {
     /// Where viewers connect.
@@ -152,6 +140,18 @@ struct Target {
     viewer: String,
     /// The node this tool started, if it started one.
     own: Option<OwnNode>,
+}
+
+impl Target {
+    /// The process of each of `bases`, where known: --server-pids, or the node this tool
+    /// started.
+    fn pids(&self, args: &ViewersArgs) -> Vec<Option<u32>> {
+        match &self.own {
+            Some(own) => vec![own.pid()],
+            None if args.server_pids.is_empty() => vec![None; self.bases.len()],
+            None => args.server_pids.iter().copied().map(Some).collect(),
+        }
+    }
 }
 
 fn tokens(secret: &Secret) -> (String, String, String) {
