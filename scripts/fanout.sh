@@ -47,6 +47,8 @@ DIR=$(mktemp -d /tmp/gavel-fanout.XXXXXX)
 PIDS=()
 
 cleanup() {
+  # The report is out by now; what is left on stderr is bash announcing the nodes it killed.
+  exec 2>/dev/null
   for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$DIR"
