@@ -114,6 +114,9 @@ fn lower_this_threads_priority(nice: u8) {
 /// flush).
 const RUNTIME_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// The name of the fan-out runtime's threads; `bench viewers` finds them by it.
+pub(crate) const FANOUT_THREAD_NAME: &str = "gavel-fanout";
+
 /// Three runtimes: HTTP, consensus (Raft, peer transport, state machine, timers) and
 /// WebSocket fan-out. Tokio runs a runtime's ready tasks in turn with no priorities, so on one
 /// shared runtime a node busy streaming to many viewers made its heartbeats and vote answers
@@ -143,7 +146,7 @@ fn run_server(args: config::ServeArgs) -> anyhow::Result<()> {
     let fanout_nice = args.fanout_nice;
     let fanout = fanout
         .enable_all()
-        .thread_name("gavel-fanout")
+        .thread_name(FANOUT_THREAD_NAME)
         .on_thread_start(move || lower_this_threads_priority(fanout_nice))
         .build()?;
     let runtimes = crate::http::server::Runtimes {

@@ -31,6 +31,7 @@ use tokio::process::{Child, ChildStdout, Command};
 use super::own_node::OwnNode;
 use super::server_cpu::{self, ThreadTimes};
 use super::viewers_worker::{WorkerReport, WORKER_TOKEN_ENV};
+use crate::cli::FANOUT_THREAD_NAME;
 use crate::http::auth::{load_secret, Role, Secret};
 
 /// How long connecting every viewer may take.
@@ -461,9 +462,6 @@ async fn coordinate(args: ViewersArgs) -> anyhow::Result<()> {
     };
     run.report()
 }
-
-/// The fan-out runtime's threads (`cli/mod.rs`).
-const FANOUT_THREAD_NAME: &str = "gavel-fanout";
 
 /// What the nodes had done at one moment: their metrics and, for the ones running here, their
 /// CPU so far and their fan-out threads' scheduling.
