@@ -36,9 +36,13 @@ pub(crate) fn queue() -> (mpsc::Sender<ReadWaiter>, mpsc::Receiver<ReadWaiter>) 
     mpsc::channel(READS_WAITING_MAX)
 }
 
+/// What a read gets when the node stops before its round answers it.
+fn stopping() -> RemoteFailure {
+    RemoteFailure::Unavailable("the node is stopping".into())
+}
+
 /// Waits for the next round of `rounds` and returns its read index.
 pub(crate) async fn read_index(rounds: &mpsc::Sender<ReadWaiter>) -> Result<u64, RemoteFailure> {
-    let stopping = || RemoteFailure::Unavailable("the node is stopping".into());
     let (waiter, answer) = oneshot::channel();
     rounds.send(waiter).await.map_err(|_| stopping())?;
     answer.await.map_err(|_| stopping())?
@@ -86,9 +90,8 @@ async fn run_rounds<F, Fut>(
         }
     }
     waiting.close();
-    let stopping = RemoteFailure::Unavailable("the node is stopping".into());
     while let Ok(waiter) = waiting.try_recv() {
-        let _ = waiter.send(Err(stopping.clone()));
+        let _ = waiter.send(Err(stopping()));
     }
 }
 
