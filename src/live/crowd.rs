@@ -1,13 +1,15 @@
 //! The WebSocket viewers of one auction whose sockets this node writes itself, in passes: a
-//! crowd is split into chunks of up to `CHUNK_VIEWERS` viewers, and one task per chunk writes
-//! each new state to every viewer of its chunk, one non-blocking `write` per socket of the same
-//! pre-encoded frame ([`Frame::ws`]).
+//! crowd is split into chunks of up to `CHUNK_VIEWERS` viewers, and a pass over a chunk writes
+//! the newest state to every viewer of the chunk, one non-blocking `write` per socket of the
+//! same pre-encoded frame ([`Frame::ws`]). The crowd's runners (a task per fan-out thread) make
+//! the passes, taking the chunks that need one in a fixed circular order ([`Rounds`]), so a new
+//! state reaches every viewer within one round of passes.
 //!
 //! Why: with a task per viewer, every frame to every viewer was a task wakeup, a poll, a timer
 //! armed and dropped (the tick), and tungstenite's framing; at 100,000 viewers that was about
 //! two fifths of a node's CPU per frame, and a round of frames to the crowd took a second. A
-//! chunk's pass does the same work with one wakeup for its whole chunk, and ticks and pings
-//! ride on the same passes.
+//! pass does the same work with one wakeup for its whole chunk, and ticks and pings ride on
+//! the same passes.
 //!
 //! Who writes: a viewer's connection task sends its snapshot, then hands the socket to a chunk
 //! ([`Crowd::admit`]) and only reads it from then on (through [`SharedStream`]: pongs, the
@@ -22,18 +24,17 @@
 //! `sse.rs`). The frame rules are the viewer's own ([`Viewer::due`]), so every path sends the
 //! same sequence.
 
-use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{oneshot, watch, Notify};
 use tokio::time::Instant;
 
 use super::hub::{Latest, Watching};
@@ -126,7 +127,8 @@ impl Outlet {
             .unwrap_or_else(|e| e.into_inner())
             .upgrade();
         if let Some(chunk) = chunk {
-            chunk.wake.notify_one();
+            chunk.attention.store(true, Ordering::Release);
+            chunk.crowd_wake.notify_one();
         }
     }
 
@@ -302,66 +304,131 @@ impl Sink {
 }
 
 /// One chunk's share of a crowd.
+#[allow(clippy::vec_box, reason = "see `Serving`")]
+pub struct Chunk {
+    /// Viewers admitted since the chunk's last pass.
+    incoming: Mutex<Vec<Box<Sink>>>,
+    /// Viewers the chunk serves or was given: `Crowd::admit` fills chunks up to `CHUNK_VIEWERS`.
+    load: AtomicUsize,
+    /// A viewer came or left since the last pass.
+    attention: AtomicBool,
+    /// The auction version the chunk's last pass brought its viewers to.
+    served_version: AtomicU64,
+    /// When the chunk's earliest timer (tick, ping, stalled socket) is due, in milliseconds
+    /// since the crowd's epoch; `u64::MAX` when none is.
+    due_ms: AtomicU64,
+    /// The viewers themselves, held by the runner making a pass.
+    serving: Mutex<Serving>,
+    /// The crowd's runners, told when a viewer comes or leaves.
+    crowd_wake: Arc<Notify>,
+}
+
 #[allow(
     clippy::vec_box,
     reason = "a pass moves every viewer between two lists: a pointer each, not 256 bytes"
 )]
-pub struct Chunk {
-    /// Viewers admitted since the chunk's last pass.
-    incoming: Mutex<Vec<Box<Sink>>>,
-    /// Wakes the chunk for its incoming viewers, a viewer that left, or the crowd's end.
-    wake: Notify,
-    /// Viewers the chunk serves or was given: `Crowd::admit` fills chunks up to `CHUNK_VIEWERS`.
-    load: AtomicUsize,
-    /// The crowd is gone (nobody watches the auction any more, or the hub closed).
-    retired: AtomicBool,
+#[derive(Default)]
+struct Serving {
+    sinks: Vec<Box<Sink>>,
+    /// The next pass's list, kept to reuse its allocation.
+    spare: Vec<Box<Sink>>,
+}
+
+impl Chunk {
+    fn new(crowd_wake: Arc<Notify>) -> Chunk {
+        Chunk {
+            incoming: Mutex::new(Vec::new()),
+            load: AtomicUsize::new(0),
+            attention: AtomicBool::new(false),
+            served_version: AtomicU64::new(0),
+            due_ms: AtomicU64::new(u64::MAX),
+            serving: Mutex::new(Serving::default()),
+            crowd_wake,
+        }
+    }
+
+    /// The chunk's viewers, unless a runner is making a pass over them.
+    fn serving(&self) -> Option<MutexGuard<'_, Serving>> {
+        match self.serving.try_lock() {
+            Ok(serving) => Some(serving),
+            // A pass that panicked left each viewer either served or dropped: go on.
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// Whether a pass has anything to do: viewers came or left, or the chunk has viewers and
+    /// a newer state, a due timer or the hub's closing to act on.
+    fn needs_pass(&self, version: u64, closing: bool, now_ms: u64) -> bool {
+        self.attention.load(Ordering::Acquire)
+            || (self.load.load(Ordering::Relaxed) > 0
+                && (closing
+                    || version > self.served_version.load(Ordering::Relaxed)
+                    || now_ms >= self.due_ms.load(Ordering::Relaxed)))
+    }
 }
 
 /// The directly written WebSocket viewers of one auction.
 pub struct Crowd {
-    chunks: Mutex<Vec<Arc<Chunk>>>,
-    /// What every chunk watches: the auction's newest state, its news and its shared tick.
+    rounds: Arc<Rounds>,
+}
+
+/// What a crowd's runners share.
+///
+/// Why runners and a circular order rather than a task per chunk: tokio puts a task that
+/// yields at the back of its thread's own queue, and a task woken by news from another thread
+/// in the shared queue, which it takes from only now and then while its own has work. With a
+/// task per chunk, chunks whose pass had seen news cycled through the first while chunks that
+/// had been idle waited in the second. With 100,000 viewers, a chunk's passes were 0.54 s
+/// apart at the median but up to 1.4 s, and bid-to-last-viewer p99 was 0.91-1.11 s; with
+/// runners taking the chunks in one order, at most 0.79 s apart and p99 0.77-0.79 s
+/// (docs/PERFORMANCE.md).
+struct Rounds {
+    circle: Circle,
+    /// Wakes a runner that found nothing to do: a viewer came or left, or the crowd retired.
+    wake: Arc<Notify>,
+    /// The crowd is gone (nobody watches the auction any more, or the hub closed).
+    retired: AtomicBool,
+    /// What every chunk sends: the auction's newest state, its news and its shared tick.
     feed: Watching,
-    config: LiveConfig,
-    runtime: tokio::runtime::Handle,
+    closing: watch::Receiver<bool>,
+}
+
+/// A crowd's chunks in their fixed circular order, and whose turn is next.
+struct Circle {
+    /// Only ever appended to.
+    chunks: Mutex<Vec<Arc<Chunk>>>,
+    /// Where the next runner looking for work starts, as an ever-increasing count.
+    cursor: AtomicUsize,
+    /// What the chunks' `due_ms` count from.
+    epoch: Instant,
 }
 
 impl Crowd {
-    pub fn new(feed: Watching, config: LiveConfig, runtime: tokio::runtime::Handle) -> Crowd {
-        Crowd {
-            chunks: Mutex::new(Vec::new()),
+    /// A crowd served by one runner per thread of `runtime`, so a hot auction's fan-out can use
+    /// every fan-out thread.
+    pub fn new(
+        feed: Watching,
+        closing: watch::Receiver<bool>,
+        config: LiveConfig,
+        runtime: tokio::runtime::Handle,
+    ) -> Crowd {
+        let rounds = Arc::new(Rounds {
+            circle: Circle::new(),
+            wake: Arc::new(Notify::new()),
+            retired: AtomicBool::new(false),
             feed,
-            config,
-            runtime,
+            closing,
+        });
+        for _ in 0..runtime.metrics().num_workers() {
+            runtime.spawn(run(rounds.clone(), config));
         }
+        Crowd { rounds }
     }
 
     /// Hands `sink`'s socket to the first chunk with room, starting a chunk if none has any.
     pub fn admit(&self, sink: Sink) {
-        let mut chunks = self.chunks.lock().unwrap_or_else(|e| e.into_inner());
-        let chunk = match chunks
-            .iter()
-            .find(|c| c.load.load(Ordering::Relaxed) < CHUNK_VIEWERS)
-        {
-            Some(chunk) => chunk.clone(),
-            None => {
-                let chunk = Arc::new(Chunk {
-                    incoming: Mutex::new(Vec::new()),
-                    wake: Notify::new(),
-                    load: AtomicUsize::new(0),
-                    retired: AtomicBool::new(false),
-                });
-                chunks.push(chunk.clone());
-                let feed = Watching {
-                    rx: self.feed.rx.clone(),
-                    news: self.feed.news.clone(),
-                    tick: self.feed.tick.clone(),
-                };
-                self.runtime
-                    .spawn(serve_chunk(chunk.clone(), feed, self.config));
-                chunk
-            }
-        };
+        let chunk = self.rounds.circle.with_room(&self.rounds.wake);
         chunk.load.fetch_add(1, Ordering::Relaxed);
         *sink.outlet.chunk.lock().unwrap_or_else(|e| e.into_inner()) = Arc::downgrade(&chunk);
         sink.outlet.writes().chunk_owns = true;
@@ -370,27 +437,86 @@ impl Crowd {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(Box::new(sink));
-        chunk.wake.notify_one();
+        chunk.attention.store(true, Ordering::Release);
+        self.rounds.wake.notify_one();
     }
 }
 
 impl Drop for Crowd {
     fn drop(&mut self) {
-        let chunks = self.chunks.get_mut().unwrap_or_else(|e| e.into_inner());
-        for chunk in chunks.drain(..) {
-            chunk.retired.store(true, Ordering::Release);
-            chunk.wake.notify_one();
-        }
+        self.rounds.retired.store(true, Ordering::Release);
+        self.rounds.wake.notify_waiters();
     }
 }
 
-/// A chunk's task: a pass over its viewers whenever the auction has news, a viewer joins or
-/// leaves, or a timer (tick, ping, stalled socket) is due; ends with the crowd.
-async fn serve_chunk(chunk: Arc<Chunk>, feed: Watching, config: LiveConfig) {
-    // Boxed: a pass moves every viewer from one list to the other, so a pointer each.
-    let mut sinks: Vec<Box<Sink>> = Vec::new();
-    // The next pass's list, kept to reuse its allocation.
-    let mut spare: Vec<Box<Sink>> = Vec::new();
+impl Circle {
+    fn new() -> Circle {
+        Circle {
+            chunks: Mutex::new(Vec::new()),
+            cursor: AtomicUsize::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    fn chunks(&self) -> MutexGuard<'_, Vec<Arc<Chunk>>> {
+        // Only ever pushed to: consistent after a panic.
+        self.chunks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The first chunk with room for a viewer, a new one at the end if none has any.
+    fn with_room(&self, crowd_wake: &Arc<Notify>) -> Arc<Chunk> {
+        let mut chunks = self.chunks();
+        let with_room = chunks
+            .iter()
+            .find(|c| c.load.load(Ordering::Relaxed) < CHUNK_VIEWERS);
+        match with_room {
+            Some(chunk) => chunk.clone(),
+            None => {
+                let chunk = Arc::new(Chunk::new(crowd_wake.clone()));
+                chunks.push(chunk.clone());
+                chunk
+            }
+        }
+    }
+
+    fn ms_since_epoch(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    /// The next chunk after the last one taken, in the circular order, that needs a pass and
+    /// that no runner is serving, if any.
+    fn next_to_serve(&self, version: u64, closing: bool, now: Instant) -> Option<Arc<Chunk>> {
+        let chunks = self.chunks();
+        let now_ms = self.ms_since_epoch(now);
+        (0..chunks.len())
+            .map(|_| &chunks[self.cursor.fetch_add(1, Ordering::Relaxed) % chunks.len()])
+            .find(|chunk| chunk.needs_pass(version, closing, now_ms) && chunk.serving().is_some())
+            .cloned()
+    }
+
+    /// When the earliest timer of any chunk with viewers is due.
+    fn earliest_due(&self) -> Option<Instant> {
+        let due_ms = self
+            .chunks()
+            .iter()
+            .filter(|chunk| chunk.load.load(Ordering::Relaxed) > 0)
+            .map(|chunk| chunk.due_ms.load(Ordering::Relaxed))
+            .min()
+            .filter(|&ms| ms != u64::MAX)?;
+        Some(self.epoch + Duration::from_millis(due_ms))
+    }
+
+    fn is_empty(&self) -> bool {
+        self.chunks()
+            .iter()
+            .all(|chunk| chunk.load.load(Ordering::Relaxed) == 0)
+    }
+}
+
+/// A crowd's runner: passes over the chunks that need one, in the crowd's order, until none
+/// does; then waits for news, a viewer coming or leaving, or the earliest timer. Ends once the
+/// crowd retired and every viewer is gone or handed back.
+async fn run(rounds: Arc<Rounds>, config: LiveConfig) {
     let ping_period = Duration::from_millis(config.ping_interval_ms);
     let limits = Limits {
         ping_period,
@@ -399,42 +525,34 @@ async fn serve_chunk(chunk: Arc<Chunk>, feed: Watching, config: LiveConfig) {
         frames_sent: metrics::counter!(super::FRAMES_SENT_TOTAL, "transport" => Transport::Ws.as_str()),
     };
     loop {
-        // Registered before the pass reads the state, so news published during it is not lost.
-        let mut news = std::pin::pin!(feed.news.notified());
+        // Registered before the chunks are looked at, so news or a viewer arriving while they
+        // are is not missed.
+        let mut news = std::pin::pin!(rounds.feed.news.notified());
         news.as_mut().enable();
-        let mut woken = std::pin::pin!(chunk.wake.notified());
+        let mut woken = std::pin::pin!(rounds.wake.notified());
         woken.as_mut().enable();
-        {
-            let mut incoming = chunk.incoming.lock().unwrap_or_else(|e| e.into_inner());
-            sinks.append(&mut incoming);
-        }
-        let closing = sinks.first().is_some_and(|s| s.viewer.hub().is_closing());
-        if closing {
-            chunk.load.fetch_sub(sinks.len(), Ordering::Relaxed);
-            for sink in sinks.drain(..) {
-                sink.hand_back(End::GoingAway);
+        loop {
+            let now = Instant::now();
+            let latest = rounds.feed.rx.borrow().clone();
+            let closing = *rounds.closing.borrow();
+            let Some(chunk) = rounds.circle.next_to_serve(latest.version(), closing, now) else {
+                break;
+            };
+            // `false`: another runner took it between the look and now, and serves it.
+            if !serve(&chunk, &latest, closing, now, &rounds.circle, &limits) {
+                continue;
             }
+            // Behind the runtime's other tasks (other auctions, connection tasks) before the
+            // next chunk.
+            tokio::task::yield_now().await;
         }
-        if sinks.is_empty() && chunk.retired.load(Ordering::Acquire) {
+        if rounds.retired.load(Ordering::Acquire) && rounds.circle.is_empty() {
             return;
         }
-        let now = Instant::now();
-        let latest = feed.rx.borrow().clone();
-        let before = sinks.len();
-        let next_due = pass(&mut sinks, &mut spare, &latest, now, &limits);
-        chunk
-            .load
-            .fetch_sub(before - sinks.len(), Ordering::Relaxed);
-        let wake_at = next_due.map(|due| due.max(now + Duration::from_millis(TIMER_GATHER_MS)));
-        let news_during_pass = std::future::poll_fn(|cx| Poll::Ready(news.as_mut().poll(cx)))
-            .await
-            .is_ready();
-        if news_during_pass {
-            // That news woke the auction's other chunks into the runtime's queue: go behind
-            // them rather than serve this chunk's viewers twice before theirs once.
-            tokio::task::yield_now().await;
-            continue;
-        }
+        let wake_at = rounds
+            .circle
+            .earliest_due()
+            .map(|due| due.max(Instant::now() + Duration::from_millis(TIMER_GATHER_MS)));
         tokio::select! {
             biased;
             () = &mut news => {}
@@ -442,6 +560,42 @@ async fn serve_chunk(chunk: Arc<Chunk>, feed: Watching, config: LiveConfig) {
             () = sleep_until(wake_at) => {}
         }
     }
+}
+
+/// One pass over `chunk`: takes in its new viewers, then serves every viewer once. `false`
+/// when another runner is making a pass over it.
+fn serve(
+    chunk: &Chunk,
+    latest: &Latest,
+    closing: bool,
+    now: Instant,
+    circle: &Circle,
+    limits: &Limits,
+) -> bool {
+    let Some(mut serving) = chunk.serving() else {
+        return false;
+    };
+    // Cleared before the viewers are taken in: one admitted after this sets it again.
+    chunk.attention.store(false, Ordering::Release);
+    let Serving { sinks, spare } = &mut *serving;
+    sinks.append(&mut chunk.incoming.lock().unwrap_or_else(|e| e.into_inner()));
+    if closing {
+        chunk.load.fetch_sub(sinks.len(), Ordering::Relaxed);
+        for sink in sinks.drain(..) {
+            sink.hand_back(End::GoingAway);
+        }
+    }
+    let before = sinks.len();
+    let next_due = pass(sinks, spare, latest, now, limits);
+    chunk
+        .load
+        .fetch_sub(before - sinks.len(), Ordering::Relaxed);
+    chunk
+        .served_version
+        .store(latest.version(), Ordering::Relaxed);
+    let due_ms = next_due.map_or(u64::MAX, |due| circle.ms_since_epoch(due));
+    chunk.due_ms.store(due_ms, Ordering::Relaxed);
+    true
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -553,4 +707,79 @@ fn serve_one(
         return Served::HandBack(End::AuctionEnded);
     }
     Served::Keep(sink.viewer.tick_due_at().min(sink.ping_due))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A circle of `count` chunks with a viewer each, all brought to version 1.
+    fn circle_of(count: usize) -> (Circle, Vec<Arc<Chunk>>) {
+        let circle = Circle::new();
+        let wake = Arc::new(Notify::new());
+        let chunks: Vec<Arc<Chunk>> = (0..count)
+            .map(|_| {
+                let chunk = Arc::new(Chunk::new(wake.clone()));
+                chunk.load.store(1, Ordering::Relaxed);
+                chunk.served_version.store(1, Ordering::Relaxed);
+                chunk
+            })
+            .collect();
+        *circle.chunks() = chunks.clone();
+        (circle, chunks)
+    }
+
+    /// Takes the next chunk to serve at `version` and serves it (marks it brought to
+    /// `version`); returns its place in the circle.
+    fn serve_next(circle: &Circle, chunks: &[Arc<Chunk>], version: u64) -> Option<usize> {
+        let chunk = circle.next_to_serve(version, false, Instant::now())?;
+        chunk.served_version.store(version, Ordering::Relaxed);
+        chunks.iter().position(|c| Arc::ptr_eq(c, &chunk))
+    }
+
+    #[test]
+    fn news_reaches_every_chunk_once_in_order_before_any_chunk_twice() {
+        let (circle, chunks) = circle_of(5);
+        assert_eq!(serve_next(&circle, &chunks, 1), None, "nothing to do");
+        let first: Vec<_> = (0..3)
+            .filter_map(|_| serve_next(&circle, &chunks, 2))
+            .collect();
+        assert_eq!(first, [0, 1, 2]);
+        // Version 3 arrives while chunks 3 and 4 still wait for version 2: they go first, and
+        // the chunks just served wait their turn behind them.
+        let rest: Vec<_> = std::iter::from_fn(|| serve_next(&circle, &chunks, 3)).collect();
+        assert_eq!(rest, [3, 4, 0, 1, 2]);
+    }
+
+    #[test]
+    fn a_chunk_being_served_or_empty_is_passed_over() {
+        let (circle, chunks) = circle_of(3);
+        let held = chunks[0].serving.lock().unwrap();
+        chunks[2].load.store(0, Ordering::Relaxed);
+        let served: Vec<_> = std::iter::from_fn(|| serve_next(&circle, &chunks, 2)).collect();
+        assert_eq!(served, [1]);
+        drop(held);
+        assert_eq!(serve_next(&circle, &chunks, 2), Some(0));
+        // A viewer arriving at the empty chunk needs a pass there, whatever the version.
+        chunks[2].attention.store(true, Ordering::Release);
+        assert_eq!(serve_next(&circle, &chunks, 2), Some(2));
+    }
+
+    #[test]
+    fn a_chunk_whose_timer_is_due_needs_a_pass_and_the_earliest_timer_is_the_wake_up() {
+        let (circle, chunks) = circle_of(3);
+        assert_eq!(circle.earliest_due(), None, "no timers");
+        chunks[0].due_ms.store(5_000, Ordering::Relaxed);
+        chunks[1].due_ms.store(10, Ordering::Relaxed);
+        // An empty chunk's timer is nobody's.
+        chunks[2].due_ms.store(1, Ordering::Relaxed);
+        chunks[2].load.store(0, Ordering::Relaxed);
+        assert_eq!(
+            circle.earliest_due(),
+            Some(circle.epoch + Duration::from_millis(10))
+        );
+        let at = circle.epoch + Duration::from_millis(20);
+        let due = circle.next_to_serve(1, false, at).unwrap();
+        assert!(Arc::ptr_eq(&due, &chunks[1]));
+    }
 }

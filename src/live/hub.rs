@@ -291,6 +291,7 @@ impl Hub {
                 .filter(|_| !*self.0.closing.borrow());
             entry.map(|entry| {
                 let (config, runtime) = (self.0.config, self.0.runtime.clone());
+                let closing = self.0.closing.subscribe();
                 let (channel, tick) = (&entry.channel, &entry.tick);
                 let crowd = entry.crowd.get_or_insert_with(|| {
                     let feed = Watching {
@@ -298,7 +299,7 @@ impl Hub {
                         news: channel.news.clone(),
                         tick: tick.clone(),
                     };
-                    Arc::new(Crowd::new(feed, config, runtime))
+                    Arc::new(Crowd::new(feed, closing, config, runtime))
                 });
                 crowd.clone()
             })
