@@ -7,6 +7,7 @@
 #   scripts/fanout.sh --kill --learners 4   # also SIGKILL the last learner halfway through
 #   scripts/fanout.sh --viewers 20000 --tick-ms 5000
 #   scripts/fanout.sh --viewers-on learners # viewers on the learners only, bids to a voter
+#   scripts/fanout.sh --fanout-nice 0       # fan-out and clients at the bids' priority
 #
 # Every process may hold at most 20,000 open files here, so a node serves at most
 # VIEWERS_MAX_PER_NODE viewers: with --kill, the survivors must be able to take the dead
@@ -27,6 +28,12 @@ BID_INTERVAL_MS=250
 VIEWERS_MAX_PER_NODE=19000
 VIEWERS_PER_PROCESS=10000
 RAFT_GROUPS=4
+# The nodes' fan-out threads run at this niceness (`--fanout-nice`), and so do the bench's
+# client processes (`--client-nice`), which stand in for the viewers' own machines: bids and
+# consensus go first on the shared cores, and fan-out and clients split the rest as they
+# would at equal priority. With only the fan-out lowered, the clients took its CPU and bids
+# gained nothing (docs/PERFORMANCE.md, 2026-12-02 and 2026-12-03).
+FANOUT_NICE=10
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -38,7 +45,8 @@ while [ $# -gt 0 ]; do
     --viewers-on) VIEWERS_ON=$2; shift 2 ;;
     --connect-concurrency) CONNECT_CONCURRENCY=$2; shift 2 ;;
     --viewers-per-process) VIEWERS_PER_PROCESS=$2; shift 2 ;;
-    *) echo "usage: $0 [--viewers N] [--learners K] [--tick-ms MS] [--bids N] [--kill] [--viewers-on all|learners] [--connect-concurrency N] [--viewers-per-process N]" >&2; exit 2 ;;
+    --fanout-nice) FANOUT_NICE=$2; shift 2 ;;
+    *) echo "usage: $0 [--viewers N] [--learners K] [--tick-ms MS] [--bids N] [--kill] [--viewers-on all|learners] [--connect-concurrency N] [--viewers-per-process N] [--fanout-nice N]" >&2; exit 2 ;;
   esac
 done
 
@@ -69,7 +77,7 @@ start_node() { # id, extra flags...
   "$BIN" serve --node-id "$id" --listen "127.0.0.1:$((8180 + id))" \
     --peer-listen "127.0.0.1:$((9180 + id))" --data-dir "$DIR/n$id" \
     --auth-secret-file "$DIR/secret" --groups "$RAFT_GROUPS" --bid-rate-per-bidder 0 \
-    --viewers-max "$VIEWERS_MAX_PER_NODE" --fanout-threads "$FANOUT_THREADS" "$@" \
+    --viewers-max "$VIEWERS_MAX_PER_NODE" --fanout-threads "$FANOUT_THREADS" --fanout-nice "$FANOUT_NICE" "$@" \
     >"$DIR/n$id.log" 2>&1 &
   PIDS+=($!)
 }
@@ -108,9 +116,11 @@ esac
 KILL_FLAGS=()
 if [ "$KILL" = 1 ]; then
   KILL_FLAGS=(--kill-pid "${PIDS[-1]}")
+  # The bench kills it: bash need not announce that mid-report.
+  disown "${PIDS[-1]}"
 fi
 
-echo "fan-out: $VIEWERS viewers on $VIEWERS_ON of 3 voters + $LEARNERS learners, a bid every ${BID_INTERVAL_MS} ms x $BIDS, tickMs=$TICK_MS$([ "$KILL" = 1 ] && echo ', killing the last learner halfway')"
+echo "fan-out: $VIEWERS viewers on $VIEWERS_ON of 3 voters + $LEARNERS learners, a bid every ${BID_INTERVAL_MS} ms x $BIDS, tickMs=$TICK_MS, fan-out and clients at nice $FANOUT_NICE$([ "$KILL" = 1 ] && echo ', killing the last learner halfway')"
 # Handshakes the kernel dropped because a listener's accept queue was full: each such client
 # waits out TCP's retransmission backoff, so this must stay near 0 (counted machine-wide).
 listen_overflows() {
@@ -122,7 +132,7 @@ OVERFLOWS_BEFORE=$(listen_overflows)
 "$BIN" bench viewers --endpoints "$ENDPOINTS" --bid-endpoint http://127.0.0.1:8181 \
   --auth-secret-file "$DIR/secret" --server-pids "$SERVER_PIDS" \
   --viewers "$VIEWERS" --viewers-per-process "$VIEWERS_PER_PROCESS" \
-  --connect-concurrency "$CONNECT_CONCURRENCY" \
+  --connect-concurrency "$CONNECT_CONCURRENCY" --client-nice "$FANOUT_NICE" \
   --bids "$BIDS" --bid-interval-ms "$BID_INTERVAL_MS" --tick-ms "$TICK_MS" "${KILL_FLAGS[@]}"
 OVERFLOWS_AFTER=$(listen_overflows)
 if [ "$OVERFLOWS_BEFORE" != "?" ]; then

@@ -87,7 +87,7 @@ pub fn main() -> ExitCode {
 /// no privilege; if the kernel refuses anyway, the thread keeps its priority and says so. A
 /// thread already at least that nice (a node started under `nice`) is left alone: setting the
 /// value would raise its priority above the node's other threads, the opposite of the intent.
-fn lower_this_threads_priority(nice: u8) {
+pub(crate) fn lower_this_threads_priority(nice: u8) {
     let nice = libc::c_int::from(nice);
     if nice == 0 {
         return;

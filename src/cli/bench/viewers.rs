@@ -101,6 +101,12 @@ pub struct ViewersArgs {
     /// `/proc`). Default: the node this tool starts, if it starts one.
     #[arg(long, value_delimiter = ',')]
     pub server_pids: Vec<u32>,
+    /// The niceness of the client processes (0-19, Linux). They stand in for viewers' own
+    /// machines; on a machine shared with nodes run with `--fanout-nice N`, give them the same
+    /// N, or at a higher priority than the fan-out they take its CPU (the bids run at 0 either
+    /// way: the coordinator is not lowered).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=19))]
+    pub client_nice: u8,
 }
 
 /// `gavel bench viewers`: the coordinator.
@@ -352,6 +358,7 @@ fn spawn_worker(
         .args(["--tick-ms", &args.tick_ms.to_string()])
         .args(["--winner", BIDDER])
         .args(["--timeout-s", &timeout_s.to_string()])
+        .args(["--nice", &args.client_nice.to_string()])
         .env(WORKER_TOKEN_ENV, token)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -608,6 +615,19 @@ struct Run<'a> {
     during_bids: [&'a Sample; 2],
 }
 
+/// The `SLOWEST_BIDS_SHOWN` largest of `bids_us` (one value per bid, in bid order), with the
+/// bids' places in the run: `#7 812.3 ms, #60 640.1 ms, ...`.
+fn slowest(bids_us: Vec<u64>) -> String {
+    let mut slowest: Vec<(usize, u64)> = bids_us.into_iter().enumerate().collect();
+    slowest.sort_by_key(|(_, us)| std::cmp::Reverse(*us));
+    slowest
+        .iter()
+        .take(SLOWEST_BIDS_SHOWN)
+        .map(|(index, us)| format!("#{} {:.1} ms", index + 1, *us as f64 / 1e3))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn histogram() -> anyhow::Result<Histogram<u64>> {
     Ok(Histogram::<u64>::new_with_bounds(1, 600_000_000, 3)?)
 }
@@ -663,15 +683,7 @@ impl Run<'_> {
     /// tail made of the last bids points at the end of the auction, one spread over the run at
     /// the rounds themselves.
     fn slowest_bids(&self) -> String {
-        let (lags_us, _) = self.last_viewer_lags(None);
-        let mut slowest: Vec<(usize, u64)> = lags_us.into_iter().enumerate().collect();
-        slowest.sort_by_key(|(_, lag_us)| std::cmp::Reverse(*lag_us));
-        slowest
-            .iter()
-            .take(SLOWEST_BIDS_SHOWN)
-            .map(|(index, lag_us)| format!("#{} {:.1} ms", index + 1, *lag_us as f64 / 1e3))
-            .collect::<Vec<_>>()
-            .join(", ")
+        slowest(self.last_viewer_lags(None).0)
     }
 
     fn report(&self) -> anyhow::Result<()> {
@@ -693,6 +705,11 @@ impl Run<'_> {
         println!(
             "bids:               {} accepted, one every {} ms; bid request p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
             self.bids.len(), args.bid_interval_ms, ms(&request, 0.5), ms(&request, 0.99), request.max() as f64 / 1000.0
+        );
+        println!(
+            "slowest requests:   {} (of {}, numbered in order)",
+            slowest(self.bids.iter().map(|bid| bid.request_us).collect()),
+            self.bids.len()
         );
         let (to_last, everyone_saw_all) = self.to_last_viewer(None)?;
         println!(

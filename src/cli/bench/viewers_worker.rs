@@ -74,6 +74,9 @@ pub struct WorkerArgs {
     /// CA certificates (PEM) to trust for wss:// URLs.
     #[arg(long)]
     pub cacert: Option<std::path::PathBuf>,
+    /// The process's niceness (0-19).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=19))]
+    pub nice: u8,
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -184,6 +187,8 @@ impl Crowd {
 
 /// `gavel bench viewers-worker`.
 pub fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    // Before any other thread starts: threads inherit their creator's niceness.
+    crate::cli::lower_this_threads_priority(args.nice);
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
