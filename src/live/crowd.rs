@@ -483,6 +483,13 @@ impl Circle {
         at.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
+    /// A timer's `due_ms`: rounded up, so a chunk never counts as due before its viewers are
+    /// (a pass that early would find nothing due and leave the chunk due: a busy loop).
+    fn due_ms(&self, due: Instant) -> u64 {
+        let micros = due.saturating_duration_since(self.epoch).as_micros();
+        micros.div_ceil(1000) as u64
+    }
+
     /// The next chunk after the last one taken, in the circular order, that needs a pass and
     /// that no runner is serving, if any.
     fn next_to_serve(&self, version: u64, closing: bool, now: Instant) -> Option<Arc<Chunk>> {
@@ -593,7 +600,7 @@ fn serve(
     chunk
         .served_version
         .store(latest.version(), Ordering::Relaxed);
-    let due_ms = next_due.map_or(u64::MAX, |due| circle.ms_since_epoch(due));
+    let due_ms = next_due.map_or(u64::MAX, |due| circle.due_ms(due));
     chunk.due_ms.store(due_ms, Ordering::Relaxed);
     true
 }
@@ -781,5 +788,15 @@ mod tests {
         let at = circle.epoch + Duration::from_millis(20);
         let due = circle.next_to_serve(1, false, at).unwrap();
         assert!(Arc::ptr_eq(&due, &chunks[1]));
+        // A timer counts in whole milliseconds rounded up: a chunk is never due before its
+        // viewers are, at most a millisecond after.
+        let timer = circle.epoch + Duration::from_micros(30_400);
+        chunks[1]
+            .due_ms
+            .store(circle.due_ms(timer), Ordering::Relaxed);
+        let just_before = circle.epoch + Duration::from_micros(30_200);
+        assert!(circle.next_to_serve(1, false, just_before).is_none());
+        let after = circle.epoch + Duration::from_micros(31_000);
+        assert!(circle.next_to_serve(1, false, after).is_some());
     }
 }
