@@ -101,10 +101,10 @@ pub struct ViewersArgs {
     /// `/proc`). Default: the node this tool starts, if it starts one.
     #[arg(long, value_delimiter = ',')]
     pub server_pids: Vec<u32>,
-    /// The niceness of the client processes (0-19, Linux). They stand in for viewers' own
-    /// machines; on a machine shared with nodes run with `--fanout-nice N`, give them the same
-    /// N, or at a higher priority than the fan-out they take its CPU (the bids run at 0 either
-    /// way: the coordinator is not lowered).
+    /// The niceness of the client processes (0-19, Linux). They stand in for the viewers' own
+    /// machines: next to nodes run with `--fanout-nice N`, give them the same N, since clients
+    /// at a higher priority than the fan-out take its CPU. Bids are sent at this tool's own
+    /// priority either way.
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=19))]
     pub client_nice: u8,
 }
