@@ -556,10 +556,7 @@ async fn run(rounds: Arc<Rounds>, config: LiveConfig) {
         if rounds.retired.load(Ordering::Acquire) && rounds.circle.is_empty() {
             return;
         }
-        let wake_at = rounds
-            .circle
-            .earliest_due()
-            .map(|due| due.max(Instant::now() + Duration::from_millis(TIMER_GATHER_MS)));
+        let wake_at = rounds.circle.earliest_due();
         tokio::select! {
             biased;
             () = &mut news => {}
@@ -600,7 +597,10 @@ fn serve(
     chunk
         .served_version
         .store(latest.version(), Ordering::Relaxed);
-    let due_ms = next_due.map_or(u64::MAX, |due| circle.due_ms(due));
+    // Never sooner than the gather time after this pass, so viewers due close together share
+    // a pass, and a runner busy with news passes over a chunk for its timers no more often.
+    let gathered = next_due.map(|due| due.max(now + Duration::from_millis(TIMER_GATHER_MS)));
+    let due_ms = gathered.map_or(u64::MAX, |due| circle.due_ms(due));
     chunk.due_ms.store(due_ms, Ordering::Relaxed);
     true
 }
