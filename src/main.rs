@@ -38,5 +38,22 @@ mod live;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    disable_transparent_huge_pages();
     cli::main()
+}
+
+/// mimalloc asks for transparent huge pages, so the first touch of memory it got fresh from the
+/// OS zeroes 2 MiB at a time. Measured in a VM, that made building a hot group's 12 MB snapshot
+/// take 135-188 ms of CPU where the same code took 24 ms without huge pages (and a profile of
+/// bid load had 6% of a node's samples zeroing huge pages). Affects this process only; a failure
+/// (an old kernel) leaves huge pages on, which is slower, not wrong.
+fn disable_transparent_huge_pages() {
+    // SAFETY: PR_SET_THP_DISABLE takes integer arguments and touches no memory of ours.
+    let failed = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } != 0;
+    if failed {
+        eprintln!(
+            "note: could not turn off transparent huge pages: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }

@@ -4,8 +4,9 @@
 //! with the auction rules, and writes all of it, with the applied log id and membership, as one
 //! commit that lands whole or not at all (journaled, see `gavel_storage`'s `state.rs`).
 //! Snapshots are the whole state tree as key/value pairs: built in the state machine task (so
-//! the copy is consistent), installed atomically, kept in `snap/{group}`; a snapshot is stored
-//! only if it reaches further than the stored one.
+//! the copy is consistent), installed atomically, kept as a file beside sled (see
+//! `gavel_storage`'s `snapshot_files.rs`); a snapshot is stored only if it reaches further than
+//! the stored one.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -373,10 +374,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let Some(stored) = self.state.load_snapshot().map_err(error)? else {
             return Ok(None);
         };
-        let (meta, data): (SnapshotMeta, Vec<u8>) = decode(&stored).map_err(error)?;
+        let (meta, data): (SnapshotMeta, serde_bytes::ByteBuf) = decode(&stored).map_err(error)?;
         Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(data)),
+            snapshot: Box::new(Cursor::new(data.into_vec())),
         }))
     }
 }
@@ -398,7 +399,7 @@ pub(crate) fn install_blob(
     set_pair(&mut blob, APPLIED, encode(&meta.last_log_id)?);
     set_pair(&mut blob, MEMBERSHIP, encode(&meta.last_membership)?);
     state.import(&blob)?;
-    let stored = encode(&(meta, blob.to_bytes()?))?;
+    let stored = encode(&(meta, serde_bytes::ByteBuf::from(blob.to_bytes()?)))?;
     state.save_snapshot_if_newer(snapshot_position(meta.last_log_id), &stored)
 }
 
@@ -455,7 +456,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let record_meta = meta.clone();
         let (data, saved) = tokio::task::spawn_blocking(move || {
             let data = blob.to_bytes()?;
-            let stored = encode(&(&record_meta, &data))?;
+            let stored = encode(&(&record_meta, serde_bytes::Bytes::new(&data)))?;
             // openraft 0.9 runs this outside the state machine task: an install may have
             // stored a newer snapshot since the copy was taken. Saving only when newer keeps
             // that one (a lagging follower would otherwise be sent this stale snapshot, for
@@ -477,6 +478,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 snapshot: Box::new(Cursor::new(data)),
             });
         }
+        // The snapshot file is durable already. openraft purges the log behind a built
+        // snapshot, so the applied state it was copied from is flushed too before openraft
+        // hears of it: a restart then never finds its state machine behind a purged log.
         self.store.flush().await.map_err(error)?;
         Ok(Snapshot {
             meta,

@@ -7,7 +7,8 @@
 //! - `sm/{group}`: the state machine (auctions, decision logs, listing and deadline indexes,
 //!   the applied log id), see `state.rs`; idempotency keys are indexed in memory from the
 //!   decision logs (`idempotency.rs`);
-//! - `snap/{group}`: the latest built snapshot;
+//! - `raft-snapshots/{group}/` (a directory beside sled's files, not a tree): the latest built
+//!   snapshot, see `snapshot_files.rs`;
 //! - `apply-journal`: per group, the writes of its last state machine commit, redone when the
 //!   store opens (see `state.rs`).
 //!
@@ -22,6 +23,7 @@ mod keys;
 mod log;
 #[cfg(test)]
 mod retry_tests;
+mod snapshot_files;
 mod state;
 mod summary;
 
@@ -47,6 +49,8 @@ pub enum StorageError {
     UnknownFormat(u8),
     #[error("storage invariant broken: {0}")]
     Corrupt(String),
+    #[error("snapshot file: {0}")]
+    File(#[from] std::io::Error),
 }
 
 /// How the database is opened; every sled option we rely on is set explicitly.
@@ -72,6 +76,8 @@ impl Default for StoreConfig {
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    /// The directory sled was opened in; snapshot files live inside it.
+    dir: std::sync::Arc<std::path::PathBuf>,
     /// Flushes run one at a time, see `flush`.
     flushing: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// Shared by every handle that keeps the database open (stores and trees), so a node can
@@ -91,7 +97,7 @@ impl Store {
     /// (a node restarted in the same process) can still be locked for a few milliseconds: the
     /// open retries for up to `LOCK_WAIT` before it reports the lock as held.
     pub fn open(dir: &Path, config: &StoreConfig) -> Result<Store, StorageError> {
-        let config = sled::Config::new()
+        let sled_config = sled::Config::new()
             .path(dir)
             .cache_capacity(config.cache_capacity_bytes)
             .flush_every_ms(config.background_flush_ms)
@@ -99,7 +105,7 @@ impl Store {
             .use_compression(false);
         let give_up_at = std::time::Instant::now() + LOCK_WAIT;
         let db = loop {
-            match config.open() {
+            match sled_config.open() {
                 Err(sled::Error::Io(e))
                     if e.to_string().contains("could not acquire lock")
                         && std::time::Instant::now() < give_up_at =>
@@ -111,8 +117,10 @@ impl Store {
         };
         state::replay_journals(&db)?;
         state::drop_idempotency_records(&db)?;
+        state::move_snapshots_out_of_sled(&db, dir)?;
         Ok(Store {
             db,
+            dir: std::sync::Arc::new(dir.to_path_buf()),
             flushing: std::sync::Arc::new(tokio::sync::Mutex::new(())),
             handles: HandleToken::default(),
         })
@@ -132,7 +140,7 @@ impl Store {
     /// commits keep in memory, which a second handle would not see change (it would read and
     /// decide on stale auctions after the other handle's commits).
     pub fn state(&self, group: u32) -> Result<StateTree, StorageError> {
-        StateTree::open(&self.db, group, self.handles.clone())
+        StateTree::open(&self.db, &self.dir, group, self.handles.clone())
     }
 
     /// Makes every write so far durable (fsync). Appends await this before they report done.

@@ -43,16 +43,7 @@ impl LogTree {
 
     /// Entries with indexes in `range`, in order.
     pub fn range(&self, range: impl RangeBounds<u64>) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
-        let start = match range.start_bound() {
-            Bound::Included(i) => Bound::Included(i.to_be_bytes()),
-            Bound::Excluded(i) => Bound::Excluded(i.to_be_bytes()),
-            Bound::Unbounded => Bound::Unbounded,
-        };
-        let end = match range.end_bound() {
-            Bound::Included(i) => Bound::Included(i.to_be_bytes()),
-            Bound::Excluded(i) => Bound::Excluded(i.to_be_bytes()),
-            Bound::Unbounded => Bound::Unbounded,
-        };
+        let (start, end) = key_bounds(&range);
         self.entries
             .range::<[u8; 8], _>((start, end))
             .map(|item| {
@@ -85,16 +76,20 @@ impl LogTree {
         range: impl RangeBounds<u64>,
         newest_first: bool,
     ) -> Result<(), StorageError> {
-        let keys = self.range(range)?.into_iter().map(|(index, _)| index);
-        let mut batch = sled::Batch::default();
+        let (start, end) = key_bounds(&range);
+        // Keys only: the entries' bytes are not needed to remove them.
+        let mut keys = self
+            .entries
+            .range::<[u8; 8], _>((start, end))
+            .keys()
+            .collect::<Result<Vec<_>, _>>()?;
         // Truncation removes from the end so that a crash midway never leaves a hole.
-        let keys: Vec<u64> = if newest_first {
-            keys.rev().collect()
-        } else {
-            keys.collect()
-        };
-        for index in keys {
-            batch.remove(&index.to_be_bytes());
+        if newest_first {
+            keys.reverse();
+        }
+        let mut batch = sled::Batch::default();
+        for key in keys {
+            batch.remove(key);
         }
         self.entries.apply_batch(batch)?;
         Ok(())
@@ -108,6 +103,16 @@ impl LogTree {
         self.records.insert(name, bytes)?;
         Ok(())
     }
+}
+
+/// `range` over log indexes as bounds over their keys.
+fn key_bounds(range: &impl RangeBounds<u64>) -> (Bound<[u8; 8]>, Bound<[u8; 8]>) {
+    let key = |bound: Bound<&u64>| match bound {
+        Bound::Included(i) => Bound::Included(i.to_be_bytes()),
+        Bound::Excluded(i) => Bound::Excluded(i.to_be_bytes()),
+        Bound::Unbounded => Bound::Unbounded,
+    };
+    (key(range.start_bound()), key(range.end_bound()))
 }
 
 fn index_of(key: &[u8]) -> Result<u64, StorageError> {

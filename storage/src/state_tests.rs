@@ -281,6 +281,54 @@ fn a_snapshot_is_saved_only_over_an_older_one() {
     assert_eq!(state.load_snapshot().unwrap(), Some(b"eight".to_vec()));
 }
 
+#[test]
+fn snapshots_an_older_version_kept_in_sled_move_to_files_when_the_store_opens() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let with_position = db.open_tree("snap/3").unwrap();
+        with_position
+            .insert("current", b"three at 41".to_vec())
+            .unwrap();
+        with_position
+            .insert("position", &41u64.to_be_bytes())
+            .unwrap();
+        let without_position = db.open_tree("snap/5").unwrap();
+        without_position
+            .insert("current", b"five, before positions".to_vec())
+            .unwrap();
+        db.flush().unwrap();
+    }
+    let store = Store::open(dir.path(), &StoreConfig::default()).unwrap();
+    let three = store.state(3).unwrap();
+    assert_eq!(
+        three.load_snapshot().unwrap(),
+        Some(b"three at 41".to_vec())
+    );
+    assert!(
+        !three.save_snapshot_if_newer(41, b"stale").unwrap(),
+        "its position moved along"
+    );
+    let five = store.state(5).unwrap();
+    assert_eq!(
+        five.load_snapshot().unwrap(),
+        Some(b"five, before positions".to_vec())
+    );
+    assert!(five
+        .save_snapshot_if_newer(1, b"any newer save wins")
+        .unwrap());
+    assert!(store.state(4).unwrap().load_snapshot().unwrap().is_none());
+    drop((three, five, store));
+    let reopened = sled::open(dir.path()).unwrap();
+    assert!(
+        !reopened
+            .tree_names()
+            .iter()
+            .any(|name| name.starts_with(b"snap/")),
+        "the sled trees are gone"
+    );
+}
+
 /// Stages a bid war on "a" after its creation: enough writes that half of them is a real cut.
 fn stage_bid_war(state: &StateTree) -> StateWriter<'_> {
     let mut writer = state.writer().unwrap();
