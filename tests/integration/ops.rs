@@ -130,3 +130,20 @@ async fn health_metrics_and_openapi() {
     }
     assert!(missing.is_empty(), "/openapi.json lacks: {missing:?}");
 }
+
+/// A node runs without transparent huge pages (see `disable_transparent_huge_pages` in
+/// `main.rs`): with them, building a hot group's snapshot cost several times the CPU.
+#[tokio::test]
+async fn a_node_runs_without_transparent_huge_pages() {
+    let server = Server::start().await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid()))
+        .expect("read the node's /proc status");
+    let thp = status
+        .lines()
+        .find_map(|line| line.strip_prefix("THP_enabled:"))
+        .map(str::trim);
+    // Kernels before 5.0 do not report it; the prctl is then all there is to check.
+    if let Some(thp) = thp {
+        assert_eq!(thp, "0", "THP_enabled in /proc/{}/status", server.pid());
+    }
+}
