@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use gavel_rules::{Auction, Change, StampMs};
-use gavel_storage::{decode, encode, SnapshotBlob, StateTree, Store};
+use gavel_storage::{decode, encode, on_blocking_thread, SnapshotBlob, StateTree, Store};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use tokio::sync::{broadcast, Notify};
@@ -324,19 +324,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // the copy and the encoding in `build_snapshot` held up every group of the node,
         // heartbeats and bids, for up to 1.4 s each time.
         let state = self.state.clone();
-        let copy = tokio::task::spawn_blocking(move || {
+        let copy = on_blocking_thread("snapshot copy", move || {
             let blob = state.export()?;
             let applied: Option<Option<LogId>> = stored(&state, APPLIED)?;
             let applied = applied.flatten();
             let membership: Option<StoredMembership> = stored(&state, MEMBERSHIP)?;
             Ok((blob, applied, membership.unwrap_or_default()))
         })
-        .await
-        .unwrap_or_else(|e| {
-            Err(gavel_storage::StorageError::Corrupt(format!(
-                "snapshot copy task failed: {e}"
-            )))
-        });
+        .await;
         SnapshotBuilder {
             store: self.store.clone(),
             state: self.state.clone(),
@@ -454,7 +449,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         // thread, for the same reason as the copy.
         let state = self.state.clone();
         let record_meta = meta.clone();
-        let (data, saved) = tokio::task::spawn_blocking(move || {
+        let (data, saved) = on_blocking_thread("snapshot build", move || {
             let data = blob.to_bytes()?;
             let stored = encode(&(&record_meta, serde_bytes::Bytes::new(&data)))?;
             // openraft 0.9 runs this outside the state machine task: an install may have
@@ -465,11 +460,6 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             Ok((data, saved))
         })
         .await
-        .unwrap_or_else(|e| {
-            Err(gavel_storage::StorageError::Corrupt(format!(
-                "snapshot build task failed: {e}"
-            )))
-        })
         .map_err(error)?;
         if !saved {
             tracing::info!(snapshot = %meta.snapshot_id, "a newer snapshot is stored; dropped this build");

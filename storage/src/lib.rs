@@ -152,9 +152,7 @@ impl Store {
     pub async fn flush(&self) -> Result<(), StorageError> {
         let _one_at_a_time = self.flushing.lock().await;
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush())
-            .await
-            .map_err(|e| StorageError::Corrupt(format!("flush task failed: {e}")))??;
+        on_blocking_thread("flush", move || Ok(db.flush()?)).await?;
         Ok(())
     }
 
@@ -176,6 +174,18 @@ impl Store {
         tree.insert(key, encode(value)?)?;
         Ok(())
     }
+}
+
+/// Runs storage work that takes long (an fsync, a whole-state copy) on a blocking thread, so the
+/// async thread it came from goes on serving other groups meanwhile. `what` names the work in
+/// the error if its thread panicked.
+pub async fn on_blocking_thread<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(StorageError::Corrupt(format!("{what} task failed: {e}"))))
 }
 
 /// The state machine key of a meta record, as it appears in a `SnapshotBlob`.
