@@ -18,6 +18,7 @@
 //! types (it persists them) but nothing of openraft: Raft records arrive as bytes.
 
 mod codec;
+mod durable;
 mod idempotency;
 mod keys;
 mod log;
@@ -51,6 +52,11 @@ pub enum StorageError {
     Corrupt(String),
     #[error("snapshot file: {0}")]
     File(#[from] std::io::Error),
+    #[error("cannot make {path} durable: {source}")]
+    Sync {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// How the database is opened; every sled option we rely on is set explicitly.
@@ -78,8 +84,8 @@ pub struct Store {
     db: sled::Db,
     /// The directory sled was opened in; snapshot files live inside it.
     dir: std::sync::Arc<std::path::PathBuf>,
-    /// Flushes run one at a time, see `flush`.
-    flushing: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Flushes run one at a time, see `flush`; each ends by syncing sled's files.
+    flushing: std::sync::Arc<tokio::sync::Mutex<durable::DataFiles>>,
     /// Shared by every handle that keeps the database open (stores and trees), so a node can
     /// wait for the last one before its data dir is opened again.
     handles: HandleToken,
@@ -118,10 +124,11 @@ impl Store {
         state::replay_journals(&db)?;
         state::drop_idempotency_records(&db)?;
         state::move_snapshots_out_of_sled(&db, dir)?;
+        let data_files = durable::DataFiles::open(dir)?;
         Ok(Store {
             db,
             dir: std::sync::Arc::new(dir.to_path_buf()),
-            flushing: std::sync::Arc::new(tokio::sync::Mutex::new(())),
+            flushing: std::sync::Arc::new(tokio::sync::Mutex::new(data_files)),
             handles: HandleToken::default(),
         })
     }
@@ -143,17 +150,21 @@ impl Store {
         StateTree::open(&self.db, &self.dir, group, self.handles.clone())
     }
 
-    /// Makes every write so far durable (fsync). Appends await this before they report done.
+    /// Makes every write so far durable (fsync): sled's flush, then a sync of the files it wrote
+    /// (`durable.rs`). Appends await this before they report done.
     ///
     /// Flushes are serialized and run on a blocking thread, never through sled's `flush_async`:
     /// that one runs on sled's own small thread pool, and enough concurrent flushes (one per
     /// group saving its vote at startup is enough) occupy every pool thread waiting for buffer
     /// writes that need a pool thread themselves, which deadlocks the whole node.
     pub async fn flush(&self) -> Result<(), StorageError> {
-        let _one_at_a_time = self.flushing.lock().await;
+        let mut data_files = self.flushing.clone().lock_owned().await;
         let db = self.db.clone();
-        on_blocking_thread("flush", move || Ok(db.flush()?)).await?;
-        Ok(())
+        on_blocking_thread("flush", move || {
+            db.flush()?;
+            data_files.sync()
+        })
+        .await
     }
 
     /// Node-level settings (node id, group count) that must survive restarts.
