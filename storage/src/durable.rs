@@ -46,8 +46,7 @@ impl DataFiles {
     /// flushed record points to was written before that record.
     pub(crate) fn sync(&mut self) -> Result<(), StorageError> {
         if self.sync_new_blobs()? {
-            let dir = File::open(&self.blob_dir).map_err(|e| sync_error(&self.blob_dir, e))?;
-            dir.sync_all().map_err(|e| sync_error(&self.blob_dir, e))?;
+            sync_dir(&self.blob_dir)?;
         }
         self.log
             .sync_data()
@@ -81,6 +80,13 @@ impl DataFiles {
         self.synced_blobs = present;
         Ok(synced_any)
     }
+}
+
+/// Makes the entries of `dir` (files created, renamed or removed in it) durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    File::open(dir)
+        .and_then(|opened| opened.sync_all())
+        .map_err(|e| sync_error(dir, e))
 }
 
 fn sync_error(path: &Path, source: io::Error) -> StorageError {

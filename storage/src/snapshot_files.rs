@@ -17,6 +17,7 @@ use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use crate::durable::sync_dir;
 use crate::StorageError;
 
 const SNAPSHOT_EXTENSION: &str = "snap";
@@ -110,12 +111,6 @@ impl SnapshotFiles {
         }
         Ok(newest)
     }
-}
-
-/// Makes a rename in `dir` durable.
-fn sync_dir(dir: &Path) -> Result<(), StorageError> {
-    File::open(dir)?.sync_all()?;
-    Ok(())
 }
 
 #[cfg(test)]
