@@ -1,10 +1,10 @@
 //! Group commit for Raft log appends: one task per node makes appends durable.
 //!
-//! sled's flush is database-wide, so one fsync covers every group's pending appends. Appends
-//! write their entries, hand their completion callback here and return at once; the flusher
-//! lets the tasks that are ready run first (other groups about to append), drains every
-//! callback that is waiting, flushes once and completes them in order. That keeps
-//! the Raft core of each group moving while the disk syncs, and turns many small fsyncs into few.
+//! The node's Raft log is one file for every group, so one fdatasync covers every group's
+//! pending appends. Appends write their entries, hand their completion callback here and return
+//! at once; the flusher lets the tasks that are ready run first (other groups about to append),
+//! drains every callback that is waiting, syncs once and completes them in order. That keeps the
+//! Raft core of each group moving while the disk syncs, and turns many small fsyncs into few.
 
 use std::io;
 
@@ -20,7 +20,7 @@ pub const PENDING_FLUSHES_MAX: usize = 4096;
 
 /// Completions one flush may cover before it starts; bounds the latency of the first of them.
 ///
-/// The flush runs on the blocking pool rather than on a thread of the flusher's own. Tried: a
+/// The sync runs on the blocking pool rather than on a thread of the flusher's own. Tried: a
 /// dedicated thread starts each flush the moment one append arrives, so flushes cover fewer
 /// appends, and on 3 nodes sharing 2 cores spread writes fell from 2,800 to 2,100 decisions/s.
 const FLUSH_BATCH_MAX: usize = 1024;
@@ -52,7 +52,7 @@ async fn run(store: Store, mut pending: mpsc::Receiver<LogFlushed<TypeConfig>>) 
     while pending.recv_many(&mut batch, FLUSH_BATCH_MAX).await > 0 {
         gather_ready(&mut pending, &mut batch, FLUSH_BATCH_MAX).await;
         metrics::histogram!("gavel_log_appends_per_flush").record(batch.len() as f64);
-        let result = store.flush().await;
+        let result = store.sync_log().await;
         for callback in batch.drain(..) {
             let outcome = match &result {
                 Ok(()) => Ok(()),

@@ -1,12 +1,12 @@
 //! One group's Raft log store (openraft storage-v2 `RaftLogStorage`) on the storage crate's
-//! `LogTree`: entries, vote, committed and purged log ids.
+//! `GroupLog` (the node's write-ahead log): entries, vote, committed and purged log ids.
 //!
-//! An append is reported done only after sled has flushed it (through the node's `Flusher`);
-//! the vote is flushed before `save_vote` returns, because a forgotten vote can elect two leaders.
+//! An append is reported done only after the log is synced (through the node's `Flusher`);
+//! the vote is synced before `save_vote` returns, because a forgotten vote can elect two leaders.
 //!
 //! The newest entries are also kept decoded in memory (`RecentEntries`): a leader reads each
 //! entry back right after appending it, once per follower to replicate it and once to apply it,
-//! and reading those from sled and decoding them again was 6% of the consensus threads.
+//! and reading those from storage and decoding them again was 6% of the consensus threads.
 
 use std::collections::VecDeque;
 use std::fmt::Debug;
@@ -14,7 +14,7 @@ use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use gavel_storage::{decode, decode_as, encode, encode_as, format_of, LogTree, Store};
+use gavel_storage::{decode, decode_as, encode, encode_as, format_of, GroupLog, Store};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, StorageIOError};
 
@@ -31,14 +31,12 @@ const PURGED: &str = "purged";
 #[derive(Clone)]
 pub struct LogStore {
     store: Store,
-    log: LogTree,
+    log: GroupLog,
     flusher: Flusher,
     /// The committed index as last saved, for lag metrics (0 = nothing committed).
     committed_index: Arc<AtomicU64>,
     /// The newest appended entries, shared with every reader openraft got from this store.
     recent: Arc<Mutex<RecentEntries>>,
-    /// The removal of purged entries last started in the background (see `purge`).
-    last_removal: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 /// Most entries `RecentEntries` keeps: enough for replication and apply to find what they read
@@ -125,7 +123,7 @@ fn commands_in(entry: &Entry) -> usize {
     }
 }
 
-/// `range` as `[start, end)` log indexes (`end` saturates: unbounded reads go to sled).
+/// `range` as `[start, end)` log indexes (`end` saturates: unbounded reads go to storage).
 fn index_span(range: &impl RangeBounds<u64>) -> (u64, u64) {
     let start = match range.start_bound() {
         Bound::Included(&i) => i,
@@ -141,27 +139,13 @@ fn index_span(range: &impl RangeBounds<u64>) -> (u64, u64) {
 }
 
 impl LogStore {
-    pub fn new(store: Store, log: LogTree, flusher: Flusher) -> LogStore {
+    pub fn new(store: Store, log: GroupLog, flusher: Flusher) -> LogStore {
         LogStore {
             store,
             log,
             flusher,
             committed_index: Arc::new(AtomicU64::new(0)),
             recent: Arc::default(),
-            last_removal: Arc::default(),
-        }
-    }
-
-    /// Waits for the removal of purged entries that `purge` last started.
-    #[cfg(test)]
-    async fn purged_entries_removed(&self) {
-        let removal = self
-            .last_removal
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(removal) = removal {
-            removal.await.unwrap();
         }
     }
 
@@ -282,7 +266,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .set_record(VOTE, bytes)
             .map_err(|e| StorageIOError::write_vote(&e))?;
         self.store
-            .flush()
+            .sync_log()
             .await
             .map_err(|e| StorageIOError::write_vote(&e))?;
         Ok(())
@@ -359,19 +343,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .set_record(PURGED, bytes)
             .map_err(|e| StorageIOError::write_logs(&e))?;
         self.recent().purge_through(log_id.index);
-        // The entries themselves go on a blocking thread, and the purge does not wait for it:
-        // after a snapshot a hot group purges 18,000 entries at once (8,000 took sled 60-120
-        // ms), on the consensus thread that every group of the node shares. Nothing reads a purged
-        // entry, an append never reuses its index, and one left behind by a crash or a failed
-        // removal is covered by the purge point (and removed by the next purge).
-        let log = self.log.clone();
-        let index = log_id.index;
-        let removal = tokio::task::spawn_blocking(move || {
-            if let Err(e) = log.purge_through(index) {
-                tracing::warn!(index, error = %e, "could not remove purged log entries; the next purge retries");
-            }
-        });
-        *self.last_removal.lock().unwrap_or_else(|e| e.into_inner()) = Some(removal);
+        // One record in the log, and the entries' places dropped from memory: cheap enough for
+        // the consensus thread even when a snapshot purges 18,000 entries.
+        self.log
+            .purge_through(log_id.index)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
 }
@@ -379,7 +355,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 /// Records that the log is purged through `log_id`: what a purge leaves, for a data dir built
 /// from a restored snapshot (the log before it never existed here).
 pub(crate) fn record_purged(
-    log: &LogTree,
+    log: &GroupLog,
     log_id: LogId,
 ) -> Result<(), gavel_storage::StorageError> {
     log.set_record(PURGED, encode(&log_id)?)
@@ -525,9 +501,9 @@ mod tests {
         assert_eq!(recent.entries.back().unwrap().log_id.index, 40);
     }
 
-    /// What a reader gets is what sled holds, whether the range is kept in memory or not.
+    /// What a reader gets is what storage holds, whether the range is kept in memory or not.
     #[tokio::test]
-    async fn reads_agree_with_sled_after_appends_truncations_and_purges() {
+    async fn reads_agree_with_storage_after_appends_truncations_and_purges() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path(), &gavel_storage::StoreConfig::default()).unwrap();
         let mut log_store = LogStore::new(
@@ -542,9 +518,8 @@ mod tests {
         log_store.remember((1..=300).map(|i| entry(i, 2)).collect());
         log_store.truncate(log_id(290)).await.unwrap();
         log_store.purge(log_id(20)).await.unwrap();
-        log_store.purged_entries_removed().await;
         let log = log_store.log.clone();
-        let from_sled = |range: std::ops::Range<u64>| {
+        let from_storage = |range: std::ops::Range<u64>| {
             log.range(range)
                 .unwrap()
                 .into_iter()
@@ -554,10 +529,10 @@ mod tests {
         // Kept in memory: 45..=289 (the newest 256 appended, less the truncated).
         for range in [21..290, 45..290, 285..289, 30..120, 289..290, 10..30] {
             let read = log_store.try_get_log_entries(range.clone()).await.unwrap();
-            assert_eq!(read, from_sled(range.clone()), "{range:?}");
+            assert_eq!(read, from_storage(range.clone()), "{range:?}");
         }
-        assert!(from_sled(0..21).is_empty(), "purged entries removed");
-        assert_eq!(from_sled(21..22).len(), 1, "the next one kept");
+        assert!(from_storage(0..21).is_empty(), "purged entries removed");
+        assert_eq!(from_storage(21..22).len(), 1, "the next one kept");
         assert!(log_store.recent().get(45, 290).is_some(), "kept");
         assert!(log_store.recent().get(44, 290).is_none(), "older than kept");
     }

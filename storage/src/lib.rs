@@ -2,8 +2,8 @@
 //! and its state machine.
 //!
 //! Layout (all keys big-endian so sled's byte order is numeric order):
-//! - `log/{group}`: log index -> encoded Raft entry (opaque bytes to this crate);
-//! - `raft/{group}`: vote, committed and purged log ids (opaque bytes);
+//! - `raft-wal/` (a directory beside sled's files): every group's Raft log, its entries and its
+//!   vote, committed and purged log ids (opaque bytes to this crate), see `wal/`;
 //! - `sm/{group}`: the state machine (auctions, decision logs, listing and deadline indexes,
 //!   the applied log id), see `state.rs`; idempotency keys are indexed in memory from the
 //!   decision logs (`idempotency.rs`);
@@ -21,22 +21,22 @@ mod codec;
 mod durable;
 mod idempotency;
 mod keys;
-mod log;
 #[cfg(test)]
 mod retry_tests;
 mod snapshot_files;
 mod state;
 mod summary;
+mod wal;
 
 use std::path::Path;
 
 pub use codec::{decode, decode_as, encode, encode_as, format_of, FORMAT_VERSION};
-pub use log::LogTree;
 pub use state::{
     Applied, AuctionCursor, AuctionFilter, AuctionPage, BidFilter, BidPage, SnapshotBlob,
     StateTree, StateWriter, LIST_SCAN_ROWS_MAX, SNAPSHOT_FORMAT,
 };
 pub use summary::StateSummary;
+pub use wal::{GroupLog, Wal, WalOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -52,6 +52,11 @@ pub enum StorageError {
     Corrupt(String),
     #[error("snapshot file: {0}")]
     File(#[from] std::io::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot make {path} durable: {source}")]
     Sync {
         path: String,
@@ -64,9 +69,11 @@ pub enum StorageError {
 pub struct StoreConfig {
     /// sled's page cache, in bytes.
     pub cache_capacity_bytes: u64,
-    /// sled's background flush interval. Durability never depends on it: appends flush
-    /// explicitly before they are reported done.
+    /// sled's background flush interval. Durability never depends on it: the Raft log is
+    /// synced before an append is reported done, and re-applies what sled had not flushed.
     pub background_flush_ms: Option<u64>,
+    /// The Raft log's files.
+    pub log: WalOptions,
 }
 
 impl Default for StoreConfig {
@@ -74,6 +81,7 @@ impl Default for StoreConfig {
         StoreConfig {
             cache_capacity_bytes: 256 * 1024 * 1024,
             background_flush_ms: Some(500),
+            log: WalOptions::default(),
         }
     }
 }
@@ -86,6 +94,8 @@ pub struct Store {
     dir: std::sync::Arc<std::path::PathBuf>,
     /// Flushes run one at a time, see `flush`; each ends by syncing sled's files.
     flushing: std::sync::Arc<tokio::sync::Mutex<durable::DataFiles>>,
+    /// Every group's Raft log.
+    wal: Wal,
     /// Shared by every handle that keeps the database open (stores and trees), so a node can
     /// wait for the last one before its data dir is opened again.
     handles: HandleToken,
@@ -125,10 +135,12 @@ impl Store {
         state::drop_idempotency_records(&db)?;
         state::move_snapshots_out_of_sled(&db, dir)?;
         let data_files = durable::DataFiles::open(dir)?;
+        let wal = wal::open_with_sled_log(&db, dir, config.log.clone())?;
         Ok(Store {
             db,
             dir: std::sync::Arc::new(dir.to_path_buf()),
             flushing: std::sync::Arc::new(tokio::sync::Mutex::new(data_files)),
+            wal,
             handles: HandleToken::default(),
         })
     }
@@ -139,8 +151,9 @@ impl Store {
         std::sync::Arc::strong_count(&self.handles) - 1
     }
 
-    pub fn log(&self, group: u32) -> Result<LogTree, StorageError> {
-        LogTree::open(&self.db, group, self.handles.clone())
+    /// The group's Raft log.
+    pub fn log(&self, group: u32) -> Result<GroupLog, StorageError> {
+        Ok(self.wal.group(group, self.handles.clone()))
     }
 
     /// The group's state machine. Open it once per group and clone that: clones share what
@@ -150,8 +163,8 @@ impl Store {
         StateTree::open(&self.db, &self.dir, group, self.handles.clone())
     }
 
-    /// Makes every write so far durable (fsync): sled's flush, then a sync of the files it wrote
-    /// (`durable.rs`). Appends await this before they report done.
+    /// Makes every write so far durable (fsync), the state machines' and the Raft log's: sled's
+    /// flush, then a sync of the files it wrote (`durable.rs`), then the log's sync.
     ///
     /// Flushes are serialized and run on a blocking thread, never through sled's `flush_async`:
     /// that one runs on sled's own small thread pool, and enough concurrent flushes (one per
@@ -160,11 +173,20 @@ impl Store {
     pub async fn flush(&self) -> Result<(), StorageError> {
         let mut data_files = self.flushing.clone().lock_owned().await;
         let db = self.db.clone();
+        let wal = self.wal.clone();
         on_blocking_thread("flush", move || {
             db.flush()?;
-            data_files.sync()
+            data_files.sync()?;
+            wal.sync()
         })
         .await
+    }
+
+    /// Makes every Raft log write so far durable; the state machines' writes need not be
+    /// (the log re-applies them). Appends await this before they report done.
+    pub async fn sync_log(&self) -> Result<(), StorageError> {
+        let wal = self.wal.clone();
+        on_blocking_thread("log sync", move || wal.sync()).await
     }
 
     /// Node-level settings (node id, group count) that must survive restarts.

@@ -1,0 +1,804 @@
+//! The Raft log of every group of a node, in one write-ahead log of its own: numbered segment
+//! files of framed, checksummed records (`record.rs`), appended with one `write` per append and
+//! made durable by one `fdatasync` for all groups (`Wal::sync`).
+//!
+//! Why not in sled: an append into sled was two or three inserts into sled's trees, a flush that
+//! wakes every thread of sled's IO pool (half the context switches of an isolated write), and
+//! then an `fdatasync` of sled's file on top of sled's own `sync_file_range`. Here an append is
+//! a `pwrite` and the flusher's `fdatasync`, and sled keeps only the state machine, which the
+//! log re-applies after a crash from the applied index sled has kept.
+//!
+//! Layout: `{seq:016x}.wal` files in the log directory. Only the last one is written; it is
+//! synced before the next one starts, so every other segment is whole. The next segment opens
+//! with a checkpoint: every group's purge point and named records, so an older segment matters
+//! only for the entries it still holds. Segments are removed oldest first, one at a time, and
+//! only once they hold no live entry (entries that an idle group keeps alive in a segment that
+//! is otherwise garbage are copied forward first). The segments on disk are therefore always a
+//! run of consecutive numbers, and replaying them in order rebuilds exactly the log: a stale
+//! record in an old segment is always followed by the truncation or purge that removed it.
+//!
+//! Recovery reads every segment in order. In the last one, a frame cut short or with a wrong
+//! checksum is where a crash interrupted a write that was never synced (so never acknowledged):
+//! the file is cut there. Anywhere else it is corruption, and opening fails naming the file.
+//!
+//! Entries are kept on disk only; memory holds where each one is (`Location`), and reads use
+//! `pread`, outside the lock, on a handle that stays valid if the segment is removed meanwhile.
+
+mod migrate;
+mod record;
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::ops::RangeBounds;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+pub(crate) use migrate::open_with_sled_log;
+use record::{Frame, Record, ENTRY_PREFIX_LEN, FRAME_LEN, SEGMENT_HEADER_LEN};
+
+use crate::durable::sync_dir;
+use crate::{HandleToken, StorageError};
+
+const SEGMENT_EXTENSION: &str = "wal";
+
+/// How the log is laid out on disk.
+#[derive(Clone, Debug)]
+pub struct WalOptions {
+    /// A segment is closed and the next one started once an append would take it past this.
+    pub segment_bytes: u64,
+    /// Live entries are copied out of the oldest segment only when more segments than this
+    /// are kept, and only if they fill at most a quarter of it: copying is for the few entries
+    /// of an idle group pinning a segment of garbage, not for a log that is simply long.
+    pub copy_forward_after_segments: usize,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions {
+            segment_bytes: 32 * 1024 * 1024,
+            copy_forward_after_segments: 4,
+        }
+    }
+}
+
+/// Where an entry's bytes are.
+#[derive(Clone, Copy, Debug)]
+struct Location {
+    segment: u64,
+    offset: u64,
+    len: u32,
+}
+
+impl Location {
+    /// Whether `next` starts right after this entry's frame in the same segment, so both read
+    /// with one `pread`.
+    fn is_followed_by(&self, next: &Location) -> bool {
+        self.segment == next.segment
+            && self.offset + u64::from(self.len) + FRAME_LEN + ENTRY_PREFIX_LEN == next.offset
+    }
+}
+
+struct Segment {
+    file: Arc<File>,
+    path: PathBuf,
+    live_entries: usize,
+    live_bytes: u64,
+}
+
+#[derive(Default)]
+struct GroupState {
+    entries: BTreeMap<u64, Location>,
+    named: BTreeMap<String, Vec<u8>>,
+    purged_through: Option<u64>,
+}
+
+/// What a new segment repeats of a group: its purge point and named records.
+type GroupCheckpoint = (u32, Option<u64>, Vec<(String, Vec<u8>)>);
+
+struct WalState {
+    dir: PathBuf,
+    options: WalOptions,
+    segments: BTreeMap<u64, Segment>,
+    /// The segment written to, always the newest.
+    current: u64,
+    /// Where the next frame goes in the current segment.
+    end: u64,
+    groups: BTreeMap<u32, GroupState>,
+    /// Set by the first failed write or sync: the file's contents past the last sync are then
+    /// unknown (and after a failed fsync the kernel may have dropped the pages), so nothing is
+    /// written or acknowledged any more; reopening recovers what is durable.
+    broken: Option<String>,
+}
+
+/// A node's Raft log. Cheap to clone.
+#[derive(Clone)]
+pub struct Wal {
+    state: Arc<Mutex<WalState>>,
+    /// The sled database whose directory this log lives in, kept open so that sled's lock on
+    /// the directory is held while any log handle is: two processes (or two opens in one)
+    /// never write the same segment.
+    _locked_by: Option<sled::Db>,
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `dir`, recovering it as described in the module docs.
+    pub fn open(dir: &Path, options: WalOptions) -> Result<Wal, StorageError> {
+        Self::open_locked(dir, options, None)
+    }
+
+    pub(crate) fn open_locked(
+        dir: &Path,
+        options: WalOptions,
+        locked_by: Option<sled::Db>,
+    ) -> Result<Wal, StorageError> {
+        fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+        let mut state = WalState {
+            dir: dir.to_path_buf(),
+            options,
+            segments: BTreeMap::new(),
+            current: 0,
+            end: 0,
+            groups: BTreeMap::new(),
+            broken: None,
+        };
+        let found = segment_files(dir)?;
+        if found.is_empty() {
+            state.start_segment(1)?;
+        } else {
+            let last = found.last().map(|(seq, _)| *seq);
+            for (seq, path) in found {
+                state.replay(seq, path, Some(seq) == last)?;
+            }
+        }
+        Ok(Wal {
+            state: Arc::new(Mutex::new(state)),
+            _locked_by: locked_by,
+        })
+    }
+
+    /// One group's part of the log.
+    pub fn group(&self, group: u32, open: HandleToken) -> GroupLog {
+        GroupLog {
+            wal: self.clone(),
+            group,
+            _open: open,
+        }
+    }
+
+    /// Makes every write so far durable (`fdatasync` of the current segment; older ones were
+    /// synced when they were closed). Blocks: call it from a blocking thread.
+    pub fn sync(&self) -> Result<(), StorageError> {
+        let (file, path) = {
+            let state = self.lock()?;
+            let segment = &state.segments[&state.current];
+            (segment.file.clone(), segment.path.clone())
+        };
+        file.sync_data().map_err(|e| {
+            let error = sync_error(&path, e);
+            self.lock_even_if_broken().broken = Some(error.to_string());
+            error
+        })
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, WalState>, StorageError> {
+        let state = self.lock_even_if_broken();
+        match &state.broken {
+            Some(why) => Err(StorageError::Corrupt(format!(
+                "the Raft log stopped taking writes after: {why}"
+            ))),
+            None => Ok(state),
+        }
+    }
+
+    fn lock_even_if_broken(&self) -> MutexGuard<'_, WalState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How many segment files the log keeps, for tests and metrics.
+    pub fn segment_count(&self) -> usize {
+        self.lock_even_if_broken().segments.len()
+    }
+}
+
+/// One group's log: entries keyed by index (opaque bytes to this crate) and named records.
+/// Writes are durable once `Wal::sync` (`Store::sync_log`) returns after them.
+#[derive(Clone)]
+pub struct GroupLog {
+    wal: Wal,
+    group: u32,
+    _open: HandleToken,
+}
+
+impl GroupLog {
+    /// Writes entries in index order, with one `pwrite`. An entry replaces the one at its index
+    /// and every one after it.
+    pub fn append(
+        &self,
+        entries: impl IntoIterator<Item = (u64, Vec<u8>)>,
+    ) -> Result<(), StorageError> {
+        let entries: Vec<(u64, Vec<u8>)> = entries.into_iter().collect();
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<Record> = entries
+            .iter()
+            .map(|(index, bytes)| Record::Entry {
+                group: self.group,
+                index: *index,
+                bytes,
+            })
+            .collect();
+        let mut state = self.wal.lock()?;
+        let locations = state.write(&records, true)?;
+        for ((index, _), location) in entries.iter().zip(locations) {
+            let location = location.expect("entry records have a location");
+            state.place(self.group, *index, location, true);
+        }
+        Ok(())
+    }
+
+    /// Entries with indexes in `range`, in order.
+    pub fn range(&self, range: impl RangeBounds<u64>) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+        let (located, files) = {
+            let state = self.wal.lock()?;
+            let Some(group) = state.groups.get(&self.group) else {
+                return Ok(Vec::new());
+            };
+            let located: Vec<(u64, Location)> = group
+                .entries
+                .range((range.start_bound().cloned(), range.end_bound().cloned()))
+                .map(|(index, location)| (*index, *location))
+                .collect();
+            let mut files = BTreeMap::new();
+            for (_, location) in &located {
+                files
+                    .entry(location.segment)
+                    .or_insert_with(|| state.segments[&location.segment].clone_handle());
+            }
+            (located, files)
+        };
+        read_entries(&located, &files)
+    }
+
+    /// The entry with the highest index, if any.
+    pub fn last(&self) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
+        let last = {
+            let state = self.wal.lock()?;
+            state
+                .groups
+                .get(&self.group)
+                .and_then(|group| group.entries.last_key_value())
+                .map(|(index, _)| *index)
+        };
+        match last {
+            Some(index) => Ok(self.range(index..=index)?.pop()),
+            None => Ok(None),
+        }
+    }
+
+    /// Removes every entry with index <= `index` (covered by a snapshot).
+    pub fn purge_through(&self, index: u64) -> Result<(), StorageError> {
+        let mut state = self.wal.lock()?;
+        state.write(
+            &[Record::Purge {
+                group: self.group,
+                through: index,
+            }],
+            true,
+        )?;
+        state.remove_through(self.group, index);
+        Ok(())
+    }
+
+    /// Removes every entry with index >= `index` (conflicting entries from an old leader).
+    pub fn truncate_from(&self, index: u64) -> Result<(), StorageError> {
+        let mut state = self.wal.lock()?;
+        state.write(
+            &[Record::Truncate {
+                group: self.group,
+                from: index,
+            }],
+            true,
+        )?;
+        state.remove_from(self.group, index);
+        Ok(())
+    }
+
+    pub fn record(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        let state = self.wal.lock()?;
+        Ok(state
+            .groups
+            .get(&self.group)
+            .and_then(|group| group.named.get(name))
+            .cloned())
+    }
+
+    pub fn set_record(&self, name: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
+        let mut state = self.wal.lock()?;
+        state.write(
+            &[Record::Named {
+                group: self.group,
+                name,
+                bytes: &bytes,
+            }],
+            true,
+        )?;
+        state
+            .groups
+            .entry(self.group)
+            .or_default()
+            .named
+            .insert(name.to_string(), bytes);
+        Ok(())
+    }
+}
+
+impl Segment {
+    fn clone_handle(&self) -> (Arc<File>, PathBuf) {
+        (self.file.clone(), self.path.clone())
+    }
+}
+
+/// Reads located entries, one `pread` per run of entries written one after another.
+fn read_entries(
+    located: &[(u64, Location)],
+    files: &BTreeMap<u64, (Arc<File>, PathBuf)>,
+) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
+    let mut entries = Vec::with_capacity(located.len());
+    let mut run_start = 0;
+    while run_start < located.len() {
+        let mut run_end = run_start + 1;
+        while run_end < located.len() && located[run_end - 1].1.is_followed_by(&located[run_end].1)
+        {
+            run_end += 1;
+        }
+        let first = located[run_start].1;
+        let last = located[run_end - 1].1;
+        let span = (last.offset + u64::from(last.len) - first.offset) as usize;
+        let mut buffer = vec![0; span];
+        let (file, path) = &files[&first.segment];
+        file.read_exact_at(&mut buffer, first.offset)
+            .map_err(|e| io_error(path, e))?;
+        for (index, location) in &located[run_start..run_end] {
+            let from = (location.offset - first.offset) as usize;
+            entries.push((*index, buffer[from..from + location.len as usize].to_vec()));
+        }
+        run_start = run_end;
+    }
+    Ok(entries)
+}
+
+impl WalState {
+    /// Writes `records` at the end of the log with one `pwrite`, first starting a new segment
+    /// if they would take the current one past its size (unless `may_roll` is false: records
+    /// that belong to starting a segment). Returns each entry record's location.
+    fn write(
+        &mut self,
+        records: &[Record],
+        may_roll: bool,
+    ) -> Result<Vec<Option<Location>>, StorageError> {
+        let mut frames = Vec::new();
+        let mut starts = Vec::with_capacity(records.len());
+        for record in records {
+            starts.push(record::encode(record, &mut frames)?);
+        }
+        if may_roll
+            && self.end > SEGMENT_HEADER_LEN
+            && self.end + frames.len() as u64 > self.options.segment_bytes
+        {
+            self.roll()?;
+        }
+        let segment = &self.segments[&self.current];
+        if let Err(e) = segment.file.write_all_at(&frames, self.end) {
+            let error = io_error(&segment.path, e);
+            self.broken = Some(error.to_string());
+            return Err(error);
+        }
+        let base = self.end;
+        self.end += frames.len() as u64;
+        Ok(records
+            .iter()
+            .zip(starts)
+            .map(|(record, start)| {
+                let start = start?;
+                let len = match record {
+                    Record::Entry { bytes, .. } | Record::Copy { bytes, .. } => bytes.len(),
+                    _ => return None,
+                };
+                Some(Location {
+                    segment: self.current,
+                    offset: base + start as u64,
+                    len: len as u32,
+                })
+            })
+            .collect())
+    }
+
+    /// Puts an entry at `index`; `replaces_later` also drops every entry after it (an append),
+    /// as opposed to a copy moved forward.
+    fn place(&mut self, group: u32, index: u64, location: Location, replaces_later: bool) {
+        if replaces_later {
+            self.remove_from(group, index);
+        }
+        let group_state = self.groups.entry(group).or_default();
+        let previous = group_state.entries.insert(index, location);
+        if let Some(previous) = previous {
+            self.forget(previous);
+        }
+        if let Some(segment) = self.segments.get_mut(&location.segment) {
+            segment.live_entries += 1;
+            segment.live_bytes += u64::from(location.len);
+        }
+    }
+
+    fn remove_from(&mut self, group: u32, from: u64) {
+        let Some(group_state) = self.groups.get_mut(&group) else {
+            return;
+        };
+        let removed = group_state.entries.split_off(&from);
+        for location in removed.into_values() {
+            self.forget(location);
+        }
+    }
+
+    fn remove_through(&mut self, group: u32, through: u64) {
+        let group_state = self.groups.entry(group).or_default();
+        group_state.purged_through = group_state.purged_through.max(Some(through));
+        let kept = match through.checked_add(1) {
+            Some(next) => group_state.entries.split_off(&next),
+            None => BTreeMap::new(),
+        };
+        let removed = std::mem::replace(&mut group_state.entries, kept);
+        for location in removed.into_values() {
+            self.forget(location);
+        }
+    }
+
+    fn forget(&mut self, location: Location) {
+        if let Some(segment) = self.segments.get_mut(&location.segment) {
+            segment.live_entries -= 1;
+            segment.live_bytes -= u64::from(location.len);
+        }
+    }
+
+    /// Creates segment `seq`, empty but for its header, and makes it the current one.
+    fn start_segment(&mut self, seq: u64) -> Result<(), StorageError> {
+        let path = self.dir.join(format!("{seq:016x}.{SEGMENT_EXTENSION}"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .and_then(|file| {
+                file.write_all_at(&record::segment_header(seq), 0)?;
+                file.sync_data()?;
+                Ok(file)
+            })
+            .map_err(|e| io_error(&path, e))?;
+        sync_dir(&self.dir)?;
+        self.segments.insert(
+            seq,
+            Segment {
+                file: Arc::new(file),
+                path,
+                live_entries: 0,
+                live_bytes: 0,
+            },
+        );
+        self.current = seq;
+        self.end = SEGMENT_HEADER_LEN;
+        Ok(())
+    }
+
+    /// Closes the current segment (synced whole) and starts the next one with a checkpoint,
+    /// then removes the segments no longer needed. A failure leaves the log broken: the
+    /// segments on disk are still a valid log, which reopening recovers.
+    fn roll(&mut self) -> Result<(), StorageError> {
+        let rolled = self.try_roll();
+        if let Err(e) = &rolled {
+            self.broken = Some(e.to_string());
+        }
+        rolled
+    }
+
+    fn try_roll(&mut self) -> Result<(), StorageError> {
+        let closing = &self.segments[&self.current];
+        closing
+            .file
+            .sync_data()
+            .map_err(|e| sync_error(&closing.path, e))?;
+        self.start_segment(self.current + 1)?;
+        let checkpoint: Vec<GroupCheckpoint> = self
+            .groups
+            .iter()
+            .map(|(group, state)| {
+                let named = state
+                    .named
+                    .iter()
+                    .map(|(name, bytes)| (name.clone(), bytes.clone()))
+                    .collect();
+                (*group, state.purged_through, named)
+            })
+            .collect();
+        let mut records = Vec::new();
+        for (group, purged_through, named) in &checkpoint {
+            if let Some(through) = purged_through {
+                records.push(Record::Purge {
+                    group: *group,
+                    through: *through,
+                });
+            }
+            for (name, bytes) in named {
+                records.push(Record::Named {
+                    group: *group,
+                    name,
+                    bytes,
+                });
+            }
+        }
+        self.write(&records, false)?;
+        self.release_old_segments()
+    }
+
+    /// Removes the oldest segments while they hold no live entry, first copying forward the
+    /// few live entries of a mostly dead one when many segments are kept.
+    fn release_old_segments(&mut self) -> Result<(), StorageError> {
+        let mut releasable = Vec::new();
+        let mut copied_any = false;
+        for (&seq, segment) in &self.segments {
+            if seq == self.current {
+                break;
+            }
+            let kept_after = self.segments.len() - releasable.len() - 1;
+            let mostly_dead = segment.live_bytes * 4 <= self.options.segment_bytes;
+            if segment.live_entries == 0 {
+                releasable.push(seq);
+            } else if kept_after > self.options.copy_forward_after_segments && mostly_dead {
+                releasable.push(seq);
+                copied_any = true;
+            } else {
+                break;
+            }
+        }
+        if copied_any {
+            for &seq in &releasable {
+                self.copy_forward(seq)?;
+            }
+        }
+        if releasable.is_empty() {
+            return Ok(());
+        }
+        // Removals wait until what replaces them (the checkpoint, the copies) is durable.
+        let current = &self.segments[&self.current];
+        current
+            .file
+            .sync_data()
+            .map_err(|e| sync_error(&current.path, e))?;
+        for seq in releasable {
+            let segment = self.segments.remove(&seq).expect("listed above");
+            debug_assert_eq!(segment.live_entries, 0);
+            fs::remove_file(&segment.path).map_err(|e| io_error(&segment.path, e))?;
+            // One at a time, each made durable: the segments on disk stay consecutive.
+            sync_dir(&self.dir)?;
+            tracing::debug!(segment = seq, "removed a Raft log segment");
+        }
+        Ok(())
+    }
+
+    /// Re-appends the live entries of segment `seq` to the current segment.
+    fn copy_forward(&mut self, seq: u64) -> Result<(), StorageError> {
+        let mut moving: Vec<(u32, u64, Location)> = Vec::new();
+        for (group, state) in &self.groups {
+            for (index, location) in &state.entries {
+                if location.segment == seq {
+                    moving.push((*group, *index, *location));
+                }
+            }
+        }
+        let segment = &self.segments[&seq];
+        let mut files = BTreeMap::new();
+        files.insert(seq, segment.clone_handle());
+        for (group, index, location) in moving {
+            let (_, bytes) = read_entries(&[(index, location)], &files)?
+                .pop()
+                .expect("one entry read");
+            let copy = Record::Copy {
+                group,
+                index,
+                bytes: &bytes,
+            };
+            let moved = self.write(&[copy], false)?[0].expect("copies have a location");
+            self.place(group, index, moved, false);
+        }
+        tracing::debug!(
+            segment = seq,
+            "copied live Raft log entries out of an old segment"
+        );
+        Ok(())
+    }
+
+    /// Replays segment `seq` into memory. In the last segment, a torn frame (or zeroes, which
+    /// a crash leaves where the file grew but its data never reached the disk) ends the log,
+    /// and the file is cut there.
+    fn replay(&mut self, seq: u64, path: PathBuf, is_last: bool) -> Result<(), StorageError> {
+        if let Some(&previous) = self.segments.keys().next_back() {
+            if previous + 1 != seq {
+                return Err(StorageError::Corrupt(format!(
+                    "Raft log segment {} is missing: segments {previous:016x} and {seq:016x} are not consecutive",
+                    self.dir.join(format!("{:016x}.{SEGMENT_EXTENSION}", previous + 1)).display()
+                )));
+            }
+        }
+        let data = fs::read(&path).map_err(|e| io_error(&path, e))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| io_error(&path, e))?;
+        if is_last && data.len() < SEGMENT_HEADER_LEN as usize {
+            // A crash while the segment was being started: nothing was ever written to it.
+            fs::remove_file(&path).map_err(|e| io_error(&path, e))?;
+            sync_dir(&self.dir)?;
+            return match self.segments.keys().next_back() {
+                Some(&previous) => self.reopen_for_writes(previous),
+                None => self.start_segment(seq),
+            };
+        }
+        record::check_segment_header(&data, seq).map_err(|why| {
+            StorageError::Corrupt(format!("Raft log segment {}: {why}", path.display()))
+        })?;
+        self.segments.insert(
+            seq,
+            Segment {
+                file: Arc::new(file),
+                path: path.clone(),
+                live_entries: 0,
+                live_bytes: 0,
+            },
+        );
+        let mut at = SEGMENT_HEADER_LEN as usize;
+        let stop = loop {
+            match record::next_frame(&data, at) {
+                Frame::Whole { body, next } => {
+                    let record = record::decode(body).map_err(|why| {
+                        StorageError::Corrupt(format!(
+                            "Raft log segment {} at byte {at}: {why}",
+                            path.display()
+                        ))
+                    })?;
+                    self.replay_record(seq, at as u64, record);
+                    at = next;
+                }
+                Frame::End => break None,
+                Frame::Torn(why) => break Some(why),
+            }
+        };
+        let ends_cleanly = stop.is_none() && data[at..].iter().all(|byte| *byte == 0);
+        if !ends_cleanly {
+            let why = stop.unwrap_or_else(|| "zeroes followed by data".into());
+            if !is_last {
+                return Err(StorageError::Corrupt(format!(
+                    "Raft log segment {} at byte {at}: {why}, in a segment that was synced whole",
+                    path.display()
+                )));
+            }
+            tracing::warn!(
+                segment = %path.display(),
+                at,
+                dropped_bytes = data.len() - at,
+                reason = %why,
+                "cut the Raft log's unsynced tail left by a crash"
+            );
+        }
+        if is_last {
+            self.current = seq;
+            self.end = at as u64;
+            if data.len() > at {
+                let segment = &self.segments[&seq];
+                segment
+                    .file
+                    .set_len(self.end)
+                    .and_then(|()| segment.file.sync_data())
+                    .map_err(|e| io_error(&path, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the already replayed segment `seq` the one written to, from its end.
+    fn reopen_for_writes(&mut self, seq: u64) -> Result<(), StorageError> {
+        let segment = &self.segments[&seq];
+        let len = segment
+            .file
+            .metadata()
+            .map_err(|e| io_error(&segment.path, e))?
+            .len();
+        self.current = seq;
+        self.end = len;
+        Ok(())
+    }
+
+    fn replay_record(&mut self, seq: u64, frame_at: u64, record: Record) {
+        let entry_at = |bytes: &[u8]| Location {
+            segment: seq,
+            offset: frame_at + FRAME_LEN + ENTRY_PREFIX_LEN,
+            len: bytes.len() as u32,
+        };
+        let purged = |state: &WalState, group: u32, index: u64| {
+            state
+                .groups
+                .get(&group)
+                .and_then(|g| g.purged_through)
+                .is_some_and(|through| index <= through)
+        };
+        match record {
+            Record::Entry {
+                group,
+                index,
+                bytes,
+            } => {
+                if !purged(self, group, index) {
+                    self.place(group, index, entry_at(bytes), true);
+                }
+            }
+            Record::Copy {
+                group,
+                index,
+                bytes,
+            } => {
+                if !purged(self, group, index) {
+                    self.place(group, index, entry_at(bytes), false);
+                }
+            }
+            Record::Truncate { group, from } => self.remove_from(group, from),
+            Record::Purge { group, through } => self.remove_through(group, through),
+            Record::Named { group, name, bytes } => {
+                self.groups
+                    .entry(group)
+                    .or_default()
+                    .named
+                    .insert(name.to_string(), bytes.to_vec());
+            }
+        }
+    }
+}
+
+/// The log's segment files in `dir`, oldest first. Files of other names are left alone.
+fn segment_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| io_error(dir, e))? {
+        let path = entry.map_err(|e| io_error(dir, e))?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some(SEGMENT_EXTENSION) {
+            continue;
+        }
+        let Some(seq) = path
+            .file_stem()
+            .and_then(|stem| stem.to_str())
+            .filter(|stem| stem.len() == 16)
+            .and_then(|stem| u64::from_str_radix(stem, 16).ok())
+        else {
+            continue;
+        };
+        found.push((seq, path));
+    }
+    found.sort();
+    Ok(found)
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> StorageError {
+    StorageError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn sync_error(path: &Path, source: std::io::Error) -> StorageError {
+    StorageError::Sync {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests;
