@@ -17,9 +17,16 @@
 //! run of consecutive numbers, and replaying them in order rebuilds exactly the log: a stale
 //! record in an old segment is always followed by the truncation or purge that removed it.
 //!
+//! Segments are written into files already full of zeroes (`spare`, prepared by a thread of
+//! their own ahead of the roll): an `fdatasync` then writes only the data, where a file that
+//! grows makes every sync commit ext4's journal too (0.19 against 0.15 ms a sync here, and
+//! kernel work on the syncing thread).
+//!
 //! Recovery reads every segment in order. In the last one, a frame cut short or with a wrong
-//! checksum is where a crash interrupted a write that was never synced (so never acknowledged):
-//! the file is cut there. Anywhere else it is corruption, and opening fails naming the file.
+//! checksum is where a crash interrupted a write that was never synced (so never acknowledged),
+//! and zeroes are where nothing was written yet: the log ends there, and whatever non-zero bytes
+//! follow are zeroed, so that no frame of the lost write can reappear behind later ones.
+//! Anywhere else it is corruption, and opening fails naming the file.
 //!
 //! Entries are kept on disk only; memory holds where each one is (`Location`), and reads use
 //! `pread`, outside the lock, on a handle that stays valid if the segment is removed meanwhile.
@@ -41,6 +48,12 @@ use crate::durable::sync_dir;
 use crate::{HandleToken, StorageError};
 
 const SEGMENT_EXTENSION: &str = "wal";
+/// The next segment's file while it is being filled with zeroes; renamed when it is used.
+const SPARE_FILE: &str = "spare.tmp";
+/// A new log's first segment is this small (if `segment_bytes` is larger), so that opening a
+/// new data dir writes 1 MiB of zeroes, not a whole segment's; the node writes the next one's
+/// while it fills this one.
+const FIRST_SEGMENT_BYTES: u64 = 1024 * 1024;
 
 /// How the log is laid out on disk.
 #[derive(Clone, Debug)]
@@ -51,13 +64,16 @@ pub struct WalOptions {
     /// are kept, and only if they fill at most a quarter of it: copying is for the few entries
     /// of an idle group pinning a segment of garbage, not for a log that is simply long.
     pub copy_forward_after_segments: usize,
+    /// Whether segments start as files of `segment_bytes` zeroes (see the module docs).
+    pub preallocate: bool,
 }
 
 impl Default for WalOptions {
     fn default() -> Self {
         WalOptions {
-            segment_bytes: 32 * 1024 * 1024,
+            segment_bytes: 16 * 1024 * 1024,
             copy_forward_after_segments: 4,
+            preallocate: true,
         }
     }
 }
@@ -109,6 +125,16 @@ struct WalState {
     /// unknown (and after a failed fsync the kernel may have dropped the pages), so nothing is
     /// written or acknowledged any more; reopening recovers what is durable.
     broken: Option<String>,
+    /// The next segment's file, zero-filled and synced, once it is ready.
+    spare: Arc<Spare>,
+    /// Whether the current segment has asked for the next one's file (when half full).
+    spare_requested: bool,
+}
+
+#[derive(Default)]
+struct Spare {
+    ready: Mutex<Option<File>>,
+    preparing: std::sync::atomic::AtomicBool,
 }
 
 /// A node's Raft log. Cheap to clone.
@@ -141,9 +167,22 @@ impl Wal {
             end: 0,
             groups: BTreeMap::new(),
             broken: None,
+            spare: Arc::default(),
+            spare_requested: false,
         };
+        let leftover_spare = dir.join(SPARE_FILE);
+        if leftover_spare.exists() {
+            fs::remove_file(&leftover_spare).map_err(|e| io_error(&leftover_spare, e))?;
+        }
         let found = segment_files(dir)?;
         if found.is_empty() {
+            if state.options.preallocate {
+                // A new log: its first segment is prepared now, as later ones are in advance.
+                let spare_path = dir.join(SPARE_FILE);
+                let file = zero_filled(&spare_path, state.capacity(1))
+                    .map_err(|e| io_error(&spare_path, e))?;
+                *state.spare.ready.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
+            }
             state.start_segment(1)?;
         } else {
             let last = found.last().map(|(seq, _)| *seq);
@@ -385,7 +424,7 @@ impl WalState {
         }
         if may_roll
             && self.end > SEGMENT_HEADER_LEN
-            && self.end + frames.len() as u64 > self.options.segment_bytes
+            && self.end + frames.len() as u64 > self.capacity(self.current)
         {
             self.roll()?;
         }
@@ -397,6 +436,10 @@ impl WalState {
         }
         let base = self.end;
         self.end += frames.len() as u64;
+        if !self.spare_requested && self.end * 2 > self.capacity(self.current) {
+            self.spare_requested = true;
+            self.prepare_spare();
+        }
         Ok(records
             .iter()
             .zip(starts)
@@ -413,6 +456,15 @@ impl WalState {
                 })
             })
             .collect())
+    }
+
+    /// How many bytes segment `seq` takes before the next one starts.
+    fn capacity(&self, seq: u64) -> u64 {
+        if seq == 1 {
+            FIRST_SEGMENT_BYTES.min(self.options.segment_bytes)
+        } else {
+            self.options.segment_bytes
+        }
     }
 
     /// Puts an entry at `index`; `replaces_later` also drops every entry after it (an append),
@@ -462,14 +514,25 @@ impl WalState {
         }
     }
 
-    /// Creates segment `seq`, empty but for its header, and makes it the current one.
+    /// Creates segment `seq`, empty but for its header, and makes it the current one. It takes
+    /// the spare file if one is ready; if not (it is still being filled), a file that grows.
     fn start_segment(&mut self, seq: u64) -> Result<(), StorageError> {
         let path = self.dir.join(format!("{seq:016x}.{SEGMENT_EXTENSION}"));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
+        let spare = self
+            .spare
+            .ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let opened = match spare {
+            Some(file) => fs::rename(self.dir.join(SPARE_FILE), &path).map(|()| file),
+            None => OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path),
+        };
+        let file = opened
             .and_then(|file| {
                 file.write_all_at(&record::segment_header(seq), 0)?;
                 file.sync_data()?;
@@ -477,6 +540,7 @@ impl WalState {
             })
             .map_err(|e| io_error(&path, e))?;
         sync_dir(&self.dir)?;
+        self.spare_requested = false;
         self.segments.insert(
             seq,
             Segment {
@@ -489,6 +553,43 @@ impl WalState {
         self.current = seq;
         self.end = SEGMENT_HEADER_LEN;
         Ok(())
+    }
+
+    /// Starts filling the next segment's file with zeroes on a thread of its own, unless that
+    /// is under way or done. A failure only means the next segment grows as it is written.
+    fn prepare_spare(&self) {
+        use std::sync::atomic::Ordering;
+        // Only the log's writer (under its lock) calls this, and the preparing thread sets
+        // `ready` before it clears `preparing`: with `preparing` taken, `ready` is final.
+        if !self.options.preallocate || self.spare.preparing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if self
+            .spare
+            .ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
+            self.spare.preparing.store(false, Ordering::Release);
+            return;
+        }
+        let spare = self.spare.clone();
+        let path = self.dir.join(SPARE_FILE);
+        let bytes = self.options.segment_bytes;
+        let started = std::thread::Builder::new()
+            .name("gavel-wal-spare".into())
+            .spawn(move || {
+                match zero_filled(&path, bytes) {
+                    Ok(file) => *spare.ready.lock().unwrap_or_else(|e| e.into_inner()) = Some(file),
+                    Err(e) => tracing::warn!(error = %e, "could not prepare the next Raft log segment; it will grow as it is written"),
+                }
+                spare.preparing.store(false, Ordering::Release);
+            });
+        if let Err(e) = started {
+            tracing::warn!(error = %e, "could not start preparing the next Raft log segment");
+            self.spare.preparing.store(false, Ordering::Release);
+        }
     }
 
     /// Closes the current segment (synced whole) and starts the next one with a checkpoint,
@@ -674,8 +775,12 @@ impl WalState {
                 Frame::Torn(why) => break Some(why),
             }
         };
-        let ends_cleanly = stop.is_none() && data[at..].iter().all(|byte| *byte == 0);
-        if !ends_cleanly {
+        // Past the log's end, bytes other than zeroes are what is left of a torn write.
+        let torn_end = data[at..]
+            .iter()
+            .rposition(|byte| *byte != 0)
+            .map(|last| at + last + 1);
+        if let Some(torn_end) = torn_end {
             let why = stop.unwrap_or_else(|| "zeroes followed by data".into());
             if !is_last {
                 return Err(StorageError::Corrupt(format!(
@@ -686,22 +791,20 @@ impl WalState {
             tracing::warn!(
                 segment = %path.display(),
                 at,
-                dropped_bytes = data.len() - at,
+                dropped_bytes = torn_end - at,
                 reason = %why,
-                "cut the Raft log's unsynced tail left by a crash"
+                "zeroed the Raft log's unsynced tail left by a crash"
             );
+            let segment = &self.segments[&seq];
+            segment
+                .file
+                .write_all_at(&vec![0; torn_end - at], at as u64)
+                .and_then(|()| segment.file.sync_data())
+                .map_err(|e| io_error(&path, e))?;
         }
         if is_last {
             self.current = seq;
             self.end = at as u64;
-            if data.len() > at {
-                let segment = &self.segments[&seq];
-                segment
-                    .file
-                    .set_len(self.end)
-                    .and_then(|()| segment.file.sync_data())
-                    .map_err(|e| io_error(&path, e))?;
-            }
         }
         Ok(())
     }
@@ -762,6 +865,25 @@ impl WalState {
             }
         }
     }
+}
+
+/// A file of `bytes` zeroes at `path`, its length durable.
+fn zero_filled(path: &Path, bytes: u64) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    let zeroes = vec![0u8; 1 << 20];
+    let mut written = 0;
+    while written < bytes {
+        let chunk = zeroes.len().min((bytes - written) as usize);
+        file.write_all_at(&zeroes[..chunk], written)?;
+        written += chunk as u64;
+    }
+    file.sync_all()?;
+    Ok(file)
 }
 
 /// The log's segment files in `dir`, oldest first. Files of other names are left alone.
