@@ -53,6 +53,7 @@ async fn run(store: Store, mut pending: mpsc::Receiver<LogFlushed<TypeConfig>>) 
         gather_ready(&mut pending, &mut batch, FLUSH_BATCH_MAX).await;
         metrics::histogram!("gavel_log_appends_per_flush").record(batch.len() as f64);
         let result = store.sync_log().await;
+        metrics::gauge!("gavel_raft_log_segments").set(store.log_segments() as f64);
         for callback in batch.drain(..) {
             let outcome = match &result {
                 Ok(()) => Ok(()),

@@ -189,6 +189,11 @@ impl Store {
         on_blocking_thread("log sync", move || wal.sync()).await
     }
 
+    /// How many segment files the Raft log keeps (see `wal/`).
+    pub fn log_segments(&self) -> usize {
+        self.wal.segment_count()
+    }
+
     /// Node-level settings (node id, group count) that must survive restarts.
     pub fn node_meta<T: serde::de::DeserializeOwned>(
         &self,

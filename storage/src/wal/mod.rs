@@ -234,7 +234,7 @@ impl Wal {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// How many segment files the log keeps, for tests and metrics.
+    /// How many segment files the log keeps.
     pub fn segment_count(&self) -> usize {
         self.lock_even_if_broken().segments.len()
     }
@@ -524,21 +524,24 @@ impl WalState {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
+        let header = record::segment_header(seq);
+        let write_header = |file: &File| {
+            file.write_all_at(&header, 0)?;
+            file.sync_data()
+        };
         let opened = match spare {
-            Some(file) => fs::rename(self.dir.join(SPARE_FILE), &path).map(|()| file),
+            // The header goes in before the rename, so a segment file always has one.
+            Some(file) => write_header(&file)
+                .and_then(|()| fs::rename(self.dir.join(SPARE_FILE), &path))
+                .map(|()| file),
             None => OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create_new(true)
-                .open(&path),
+                .open(&path)
+                .and_then(|file| write_header(&file).map(|()| file)),
         };
-        let file = opened
-            .and_then(|file| {
-                file.write_all_at(&record::segment_header(seq), 0)?;
-                file.sync_data()?;
-                Ok(file)
-            })
-            .map_err(|e| io_error(&path, e))?;
+        let file = opened.map_err(|e| io_error(&path, e))?;
         sync_dir(&self.dir)?;
         self.spare_requested = false;
         self.segments.insert(
@@ -737,14 +740,17 @@ impl WalState {
             .write(true)
             .open(&path)
             .map_err(|e| io_error(&path, e))?;
-        if is_last && data.len() < SEGMENT_HEADER_LEN as usize {
-            // A crash while the segment was being started: nothing was ever written to it.
+        let header = &data[..data.len().min(SEGMENT_HEADER_LEN as usize)];
+        if is_last && (header.len() < SEGMENT_HEADER_LEN as usize || header.iter().all(|b| *b == 0))
+        {
+            // A crash while the segment was being started: nothing was ever written to it. The
+            // log goes on at the end of the one before (already replayed), or starts afresh.
             fs::remove_file(&path).map_err(|e| io_error(&path, e))?;
             sync_dir(&self.dir)?;
-            return match self.segments.keys().next_back() {
-                Some(&previous) => self.reopen_for_writes(previous),
-                None => self.start_segment(seq),
-            };
+            if self.segments.is_empty() {
+                self.start_segment(seq)?;
+            }
+            return Ok(());
         }
         record::check_segment_header(&data, seq).map_err(|why| {
             StorageError::Corrupt(format!("Raft log segment {}: {why}", path.display()))
@@ -802,23 +808,9 @@ impl WalState {
                 .and_then(|()| segment.file.sync_data())
                 .map_err(|e| io_error(&path, e))?;
         }
-        if is_last {
-            self.current = seq;
-            self.end = at as u64;
-        }
-        Ok(())
-    }
-
-    /// Makes the already replayed segment `seq` the one written to, from its end.
-    fn reopen_for_writes(&mut self, seq: u64) -> Result<(), StorageError> {
-        let segment = &self.segments[&seq];
-        let len = segment
-            .file
-            .metadata()
-            .map_err(|e| io_error(&segment.path, e))?
-            .len();
+        // Each segment replayed is the one written to next, until a later one is replayed.
         self.current = seq;
-        self.end = len;
+        self.end = at as u64;
         Ok(())
     }
 

@@ -32,6 +32,17 @@ fn last_segment(dir: &Path) -> PathBuf {
     segment_files(dir).unwrap().pop().unwrap().1
 }
 
+/// Appends entries 1..=`count` one at a time, pausing now and then so the thread preparing
+/// the next segment gets its turn, as it does between a running node's appends.
+fn append_slowly(log: &GroupLog, count: u64, len: usize) {
+    for i in 1..=count {
+        log.append([entry(i, len)]).unwrap();
+        if i % 5 == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
+
 #[test]
 fn appends_truncations_purges_and_records_survive_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
@@ -157,13 +168,7 @@ fn segments_after_the_first_are_zero_filled_ahead_of_the_roll() {
     let options = small_segments();
     let wal = Wal::open(dir.path(), options.clone()).unwrap();
     let log = wal.group(0, token());
-    for i in 1..=200 {
-        log.append([entry(i, 60)]).unwrap();
-        if i % 5 == 0 {
-            // Give the preparing thread its turn, as a running node's appends do.
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-    }
+    append_slowly(&log, 200, 60);
     let files = segment_files(dir.path()).unwrap();
     assert!(files.len() > 1);
     let full = files
@@ -232,6 +237,40 @@ fn a_segment_started_but_never_written_is_dropped() {
     drop((log, wal));
     let wal = Wal::open(dir.path(), growing_segments()).unwrap();
     assert_eq!(wal.group(0, token()).range(..).unwrap().len(), 2);
+}
+
+/// A crash after a zero-filled segment was renamed into place but before its header reached
+/// the disk: the log goes on at the end of the segment before, not at the end of its zeroes.
+#[test]
+fn a_started_segment_without_its_header_is_dropped_and_the_one_before_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = small_segments();
+    let wal = Wal::open(dir.path(), options.clone()).unwrap();
+    let log = wal.group(0, token());
+    append_slowly(&log, 60, 100);
+    drop((log, wal));
+    let files = segment_files(dir.path()).unwrap();
+    assert!(files.len() > 2, "{files:?}");
+    let (_, last_path) = files.last().unwrap().clone();
+    // Stand for the crash: the last segment is all zeroes (its entries were never synced, so
+    // never acknowledged: losing them is allowed).
+    let zeroes = vec![0u8; fs::metadata(&last_path).unwrap().len() as usize];
+    fs::write(&last_path, zeroes).unwrap();
+
+    let wal = Wal::open(dir.path(), options.clone()).unwrap();
+    assert!(
+        !last_path.exists(),
+        "the segment without a header is dropped"
+    );
+    let log = wal.group(0, token());
+    let kept = log.range(..).unwrap();
+    let next = kept.last().expect("the earlier segments' entries").0 + 1;
+    log.append([entry(next, 5)]).unwrap();
+    drop((log, wal));
+    let wal = Wal::open(dir.path(), options).unwrap();
+    let read = wal.group(0, token()).range(..).unwrap();
+    assert_eq!(read.len(), kept.len() + 1, "written where replay finds it");
+    assert_eq!(read.last(), Some(&entry(next, 5)));
 }
 
 /// A busy group purging behind itself does not keep old segments, and an idle group's few
