@@ -48,8 +48,12 @@ use crate::durable::sync_dir;
 use crate::{HandleToken, StorageError};
 
 const SEGMENT_EXTENSION: &str = "wal";
-/// The next segment's file while it is being filled with zeroes; renamed when it is used.
-const SPARE_FILE: &str = "spare.tmp";
+/// The next segment's file is `spare.{pid}.{n}.tmp` while it is filled with zeroes, renamed
+/// when it is used: a name of its own each time, so that a thread still filling a file for a
+/// log closed in this process never writes or renames the file another one is using.
+const SPARE_PREFIX: &str = "spare.";
+const SPARE_SUFFIX: &str = ".tmp";
+static SPARE_NUMBER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 /// A new log's first segment is this small (if `segment_bytes` is larger), so that opening a
 /// new data dir writes 1 MiB of zeroes, not a whole segment's; the node writes the next one's
 /// while it fills this one.
@@ -133,8 +137,36 @@ struct WalState {
 
 #[derive(Default)]
 struct Spare {
-    ready: Mutex<Option<File>>,
+    /// A zero-filled file and its path, ready to become the next segment.
+    ready: Mutex<Option<(File, PathBuf)>>,
     preparing: std::sync::atomic::AtomicBool,
+    /// Set when the log is closed: a file still being filled is then removed, not kept.
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for WalState {
+    fn drop(&mut self) {
+        self.spare
+            .closed
+            .store(true, std::sync::atomic::Ordering::Release);
+        let unused = self
+            .spare
+            .ready
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some((_, path)) = unused {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+fn spare_path(dir: &Path) -> PathBuf {
+    let number = SPARE_NUMBER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    dir.join(format!(
+        "{SPARE_PREFIX}{}.{number}{SPARE_SUFFIX}",
+        std::process::id()
+    ))
 }
 
 /// A node's Raft log. Cheap to clone.
@@ -170,18 +202,16 @@ impl Wal {
             spare: Arc::default(),
             spare_requested: false,
         };
-        let leftover_spare = dir.join(SPARE_FILE);
-        if leftover_spare.exists() {
-            fs::remove_file(&leftover_spare).map_err(|e| io_error(&leftover_spare, e))?;
-        }
+        remove_spare_files(dir)?;
         let found = segment_files(dir)?;
         if found.is_empty() {
             if state.options.preallocate {
                 // A new log: its first segment is prepared now, as later ones are in advance.
-                let spare_path = dir.join(SPARE_FILE);
-                let file = zero_filled(&spare_path, state.capacity(1))
-                    .map_err(|e| io_error(&spare_path, e))?;
-                *state.spare.ready.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
+                let path = spare_path(dir);
+                let never_closed = std::sync::atomic::AtomicBool::new(false);
+                let file = zero_filled(&path, state.capacity(1), &never_closed)
+                    .map_err(|e| io_error(&path, e))?;
+                *state.spare.ready.lock().unwrap_or_else(|e| e.into_inner()) = Some((file, path));
             }
             state.start_segment(1)?;
         } else {
@@ -531,8 +561,8 @@ impl WalState {
         };
         let opened = match spare {
             // The header goes in before the rename, so a segment file always has one.
-            Some(file) => write_header(&file)
-                .and_then(|()| fs::rename(self.dir.join(SPARE_FILE), &path))
+            Some((file, spare_path)) => write_header(&file)
+                .and_then(|()| fs::rename(spare_path, &path))
                 .map(|()| file),
             None => OpenOptions::new()
                 .read(true)
@@ -578,15 +608,26 @@ impl WalState {
             return;
         }
         let spare = self.spare.clone();
-        let path = self.dir.join(SPARE_FILE);
+        let path = spare_path(&self.dir);
         let bytes = self.options.segment_bytes;
         let started = std::thread::Builder::new()
             .name("gavel-wal-spare".into())
             .spawn(move || {
-                match zero_filled(&path, bytes) {
-                    Ok(file) => *spare.ready.lock().unwrap_or_else(|e| e.into_inner()) = Some(file),
-                    Err(e) => tracing::warn!(error = %e, "could not prepare the next Raft log segment; it will grow as it is written"),
+                let filled = zero_filled(&path, bytes, &spare.closed);
+                let mut ready = spare.ready.lock().unwrap_or_else(|e| e.into_inner());
+                match filled {
+                    Ok(file) if !spare.closed.load(Ordering::Acquire) => *ready = Some((file, path)),
+                    Ok(_) => {
+                        let _ = fs::remove_file(&path);
+                    }
+                    Err(e) => {
+                        let _ = fs::remove_file(&path);
+                        if !spare.closed.load(Ordering::Acquire) {
+                            tracing::warn!(error = %e, "could not prepare the next Raft log segment; it will grow as it is written");
+                        }
+                    }
                 }
+                drop(ready);
                 spare.preparing.store(false, Ordering::Release);
             });
         if let Err(e) = started {
@@ -860,22 +901,49 @@ impl WalState {
 }
 
 /// A file of `bytes` zeroes at `path`, its length durable.
-fn zero_filled(path: &Path, bytes: u64) -> std::io::Result<File> {
+/// Gives up early once `closed` is set (the log it was for is closed).
+fn zero_filled(
+    path: &Path,
+    bytes: u64,
+    closed: &std::sync::atomic::AtomicBool,
+) -> std::io::Result<File> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .open(path)?;
     let zeroes = vec![0u8; 1 << 20];
     let mut written = 0;
     while written < bytes {
+        if closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(std::io::Error::other("the log was closed"));
+        }
         let chunk = zeroes.len().min((bytes - written) as usize);
         file.write_all_at(&zeroes[..chunk], written)?;
         written += chunk as u64;
     }
     file.sync_all()?;
     Ok(file)
+}
+
+/// Removes spare files a closed or crashed log left in `dir`.
+fn remove_spare_files(dir: &Path) -> Result<(), StorageError> {
+    for entry in fs::read_dir(dir).map_err(|e| io_error(dir, e))? {
+        let path = entry.map_err(|e| io_error(dir, e))?.path();
+        let is_spare = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| name.starts_with(SPARE_PREFIX) && name.ends_with(SPARE_SUFFIX));
+        if is_spare {
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io_error(&path, e))
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The log's segment files in `dir`, oldest first. Files of other names are left alone.
