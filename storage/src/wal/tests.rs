@@ -273,6 +273,54 @@ fn a_started_segment_without_its_header_is_dropped_and_the_one_before_goes_on() 
     assert_eq!(read.last(), Some(&entry(next, 5)));
 }
 
+/// A log closed while the thread filling its next segment's file still runs, and reopened at
+/// once, again and again: no file the old thread fills ever becomes a segment of the new log,
+/// and no spare file is left behind once the threads are done.
+#[test]
+fn logs_reopened_while_their_next_segment_is_prepared_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = WalOptions {
+        segment_bytes: 2 * 1024 * 1024,
+        copy_forward_after_segments: 4,
+        preallocate: true,
+    };
+    let mut written = 0u64;
+    for _ in 0..8 {
+        let wal = Wal::open(dir.path(), options.clone()).unwrap();
+        let log = wal.group(0, token());
+        // 1.2 MB a round: past half a segment (the next one's file is being filled), and a
+        // roll every other round.
+        log.append((written + 1..=written + 20).map(|i| entry(i, 60_000)))
+            .unwrap();
+        written += 20;
+        wal.sync().unwrap();
+    }
+    // Every log is closed: whatever its threads were filling is removed, not left to be
+    // mistaken for anything later.
+    let spare_files = || {
+        fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name.to_string_lossy().starts_with(SPARE_PREFIX)
+            })
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while spare_files() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(spare_files(), 0, "spare files left behind");
+
+    let wal = Wal::open(dir.path(), options).unwrap();
+    let read = wal.group(0, token()).range(..).unwrap();
+    assert_eq!(read.len() as u64, written);
+    for ((index, bytes), expected) in read.iter().zip(1..) {
+        assert_eq!(*index, expected);
+        assert_eq!(*bytes, entry(expected, 60_000).1, "entry {expected}");
+    }
+}
+
 /// A busy group purging behind itself does not keep old segments, and an idle group's few
 /// entries are copied forward rather than pinning every segment after theirs.
 #[test]
