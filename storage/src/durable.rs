@@ -89,7 +89,7 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
         .map_err(|e| sync_error(dir, e))
 }
 
-fn sync_error(path: &Path, source: io::Error) -> StorageError {
+pub(crate) fn sync_error(path: &Path, source: io::Error) -> StorageError {
     StorageError::Sync {
         path: path.display().to_string(),
         source,

@@ -36,7 +36,8 @@ pub use state::{
     StateTree, StateWriter, LIST_SCAN_ROWS_MAX, SNAPSHOT_FORMAT,
 };
 pub use summary::StateSummary;
-pub use wal::{GroupLog, Wal, WalOptions};
+use wal::Wal;
+pub use wal::{GroupLog, WalOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {

@@ -44,7 +44,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub(crate) use migrate::open_with_sled_log;
 use record::{Frame, Record, ENTRY_PREFIX_LEN, FRAME_LEN, SEGMENT_HEADER_LEN};
 
-use crate::durable::sync_dir;
+use crate::durable::{sync_dir, sync_error};
 use crate::{HandleToken, StorageError};
 
 const SEGMENT_EXTENSION: &str = "wal";
@@ -113,9 +113,6 @@ struct GroupState {
     purged_through: Option<u64>,
 }
 
-/// What a new segment repeats of a group: its purge point and named records.
-type GroupCheckpoint = (u32, Option<u64>, Vec<(String, Vec<u8>)>);
-
 struct WalState {
     dir: PathBuf,
     options: WalOptions,
@@ -144,18 +141,18 @@ struct Spare {
     closed: std::sync::atomic::AtomicBool,
 }
 
+impl Spare {
+    fn ready(&self) -> MutexGuard<'_, Option<(File, PathBuf)>> {
+        self.ready.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 impl Drop for WalState {
     fn drop(&mut self) {
         self.spare
             .closed
             .store(true, std::sync::atomic::Ordering::Release);
-        let unused = self
-            .spare
-            .ready
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some((_, path)) = unused {
+        if let Some((_, path)) = self.spare.ready().take() {
             let _ = fs::remove_file(path);
         }
     }
@@ -211,7 +208,7 @@ impl Wal {
                 let never_closed = std::sync::atomic::AtomicBool::new(false);
                 let file = zero_filled(&path, state.capacity(1), &never_closed)
                     .map_err(|e| io_error(&path, e))?;
-                *state.spare.ready.lock().unwrap_or_else(|e| e.into_inner()) = Some((file, path));
+                *state.spare.ready() = Some((file, path));
             }
             state.start_segment(1)?;
         } else {
@@ -452,24 +449,7 @@ impl WalState {
         for record in records {
             starts.push(record::encode(record, &mut frames)?);
         }
-        if may_roll
-            && self.end > SEGMENT_HEADER_LEN
-            && self.end + frames.len() as u64 > self.capacity(self.current)
-        {
-            self.roll()?;
-        }
-        let segment = &self.segments[&self.current];
-        if let Err(e) = segment.file.write_all_at(&frames, self.end) {
-            let error = io_error(&segment.path, e);
-            self.broken = Some(error.to_string());
-            return Err(error);
-        }
-        let base = self.end;
-        self.end += frames.len() as u64;
-        if !self.spare_requested && self.end * 2 > self.capacity(self.current) {
-            self.spare_requested = true;
-            self.prepare_spare();
-        }
+        let base = self.write_frames(&frames, may_roll)?;
         Ok(records
             .iter()
             .zip(starts)
@@ -486,6 +466,30 @@ impl WalState {
                 })
             })
             .collect())
+    }
+
+    /// Writes encoded frames at the end of the log (see `write`); returns where they start in
+    /// the current segment.
+    fn write_frames(&mut self, frames: &[u8], may_roll: bool) -> Result<u64, StorageError> {
+        if may_roll
+            && self.end > SEGMENT_HEADER_LEN
+            && self.end + frames.len() as u64 > self.capacity(self.current)
+        {
+            self.roll()?;
+        }
+        let segment = &self.segments[&self.current];
+        if let Err(e) = segment.file.write_all_at(frames, self.end) {
+            let error = io_error(&segment.path, e);
+            self.broken = Some(error.to_string());
+            return Err(error);
+        }
+        let base = self.end;
+        self.end += frames.len() as u64;
+        if !self.spare_requested && self.end * 2 > self.capacity(self.current) {
+            self.spare_requested = true;
+            self.prepare_spare();
+        }
+        Ok(base)
     }
 
     /// How many bytes segment `seq` takes before the next one starts.
@@ -548,12 +552,7 @@ impl WalState {
     /// the spare file if one is ready; if not (it is still being filled), a file that grows.
     fn start_segment(&mut self, seq: u64) -> Result<(), StorageError> {
         let path = self.dir.join(format!("{seq:016x}.{SEGMENT_EXTENSION}"));
-        let spare = self
-            .spare
-            .ready
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let spare = self.spare.ready().take();
         let header = record::segment_header(seq);
         let write_header = |file: &File| {
             file.write_all_at(&header, 0)?;
@@ -597,13 +596,7 @@ impl WalState {
         if !self.options.preallocate || self.spare.preparing.swap(true, Ordering::AcqRel) {
             return;
         }
-        if self
-            .spare
-            .ready
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
-        {
+        if self.spare.ready().is_some() {
             self.spare.preparing.store(false, Ordering::Release);
             return;
         }
@@ -614,7 +607,7 @@ impl WalState {
             .name("gavel-wal-spare".into())
             .spawn(move || {
                 let filled = zero_filled(&path, bytes, &spare.closed);
-                let mut ready = spare.ready.lock().unwrap_or_else(|e| e.into_inner());
+                let mut ready = spare.ready();
                 match filled {
                     Ok(file) if !spare.closed.load(Ordering::Acquire) => *ready = Some((file, path)),
                     Ok(_) => {
@@ -654,35 +647,16 @@ impl WalState {
             .sync_data()
             .map_err(|e| sync_error(&closing.path, e))?;
         self.start_segment(self.current + 1)?;
-        let checkpoint: Vec<GroupCheckpoint> = self
-            .groups
-            .iter()
-            .map(|(group, state)| {
-                let named = state
-                    .named
-                    .iter()
-                    .map(|(name, bytes)| (name.clone(), bytes.clone()))
-                    .collect();
-                (*group, state.purged_through, named)
-            })
-            .collect();
-        let mut records = Vec::new();
-        for (group, purged_through, named) in &checkpoint {
-            if let Some(through) = purged_through {
-                records.push(Record::Purge {
-                    group: *group,
-                    through: *through,
-                });
+        let mut checkpoint = Vec::new();
+        for (&group, state) in &self.groups {
+            if let Some(through) = state.purged_through {
+                record::encode(&Record::Purge { group, through }, &mut checkpoint)?;
             }
-            for (name, bytes) in named {
-                records.push(Record::Named {
-                    group: *group,
-                    name,
-                    bytes,
-                });
+            for (name, bytes) in &state.named {
+                record::encode(&Record::Named { group, name, bytes }, &mut checkpoint)?;
             }
         }
-        self.write(&records, false)?;
+        self.write_frames(&checkpoint, false)?;
         self.release_old_segments()
     }
 
@@ -741,20 +715,22 @@ impl WalState {
                 }
             }
         }
-        let segment = &self.segments[&seq];
-        let mut files = BTreeMap::new();
-        files.insert(seq, segment.clone_handle());
-        for (group, index, location) in moving {
-            let (_, bytes) = read_entries(&[(index, location)], &files)?
-                .pop()
-                .expect("one entry read");
-            let copy = Record::Copy {
-                group,
-                index,
-                bytes: &bytes,
-            };
-            let moved = self.write(&[copy], false)?[0].expect("copies have a location");
-            self.place(group, index, moved, false);
+        let files = BTreeMap::from([(seq, self.segments[&seq].clone_handle())]);
+        let located: Vec<(u64, Location)> = moving.iter().map(|(_, i, l)| (*i, *l)).collect();
+        let read = read_entries(&located, &files)?;
+        let copies: Vec<Record> = moving
+            .iter()
+            .zip(&read)
+            .map(|((group, index, _), (_, bytes))| Record::Copy {
+                group: *group,
+                index: *index,
+                bytes,
+            })
+            .collect();
+        let moved = self.write(&copies, false)?;
+        for ((group, index, _), location) in moving.into_iter().zip(moved) {
+            let location = location.expect("copies have a location");
+            self.place(group, index, location, false);
         }
         tracing::debug!(
             segment = seq,
@@ -763,9 +739,9 @@ impl WalState {
         Ok(())
     }
 
-    /// Replays segment `seq` into memory. In the last segment, a torn frame (or zeroes, which
-    /// a crash leaves where the file grew but its data never reached the disk) ends the log,
-    /// and the file is cut there.
+    /// Replays segment `seq` into memory. In the last segment, a torn frame (or zeroes: not yet
+    /// written, or where a crash left the file grown but its data not on disk) ends the log,
+    /// and any non-zero bytes after that point are zeroed.
     fn replay(&mut self, seq: u64, path: PathBuf, is_last: bool) -> Result<(), StorageError> {
         if let Some(&previous) = self.segments.keys().next_back() {
             if previous + 1 != seq {
@@ -868,23 +844,21 @@ impl WalState {
                 .and_then(|g| g.purged_through)
                 .is_some_and(|through| index <= through)
         };
+        let is_append = matches!(record, Record::Entry { .. });
         match record {
             Record::Entry {
                 group,
                 index,
                 bytes,
-            } => {
-                if !purged(self, group, index) {
-                    self.place(group, index, entry_at(bytes), true);
-                }
             }
-            Record::Copy {
+            | Record::Copy {
                 group,
                 index,
                 bytes,
             } => {
+                // An entry replaces what follows it; a copy moved forward only itself.
                 if !purged(self, group, index) {
-                    self.place(group, index, entry_at(bytes), false);
+                    self.place(group, index, entry_at(bytes), is_append);
                 }
             }
             Record::Truncate { group, from } => self.remove_from(group, from),
@@ -970,13 +944,6 @@ fn segment_files(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
 
 fn io_error(path: &Path, source: std::io::Error) -> StorageError {
     StorageError::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
-fn sync_error(path: &Path, source: std::io::Error) -> StorageError {
-    StorageError::Sync {
         path: path.display().to_string(),
         source,
     }

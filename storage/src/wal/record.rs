@@ -87,49 +87,29 @@ pub(crate) fn encode(record: &Record, out: &mut Vec<u8>) -> Result<Option<usize>
     let frame_start = out.len();
     out.extend_from_slice(&[0; FRAME_LEN as usize]);
     let body_start = out.len();
+    let (kind, group) = match *record {
+        Record::Entry { group, .. } => (ENTRY, group),
+        Record::Copy { group, .. } => (COPY, group),
+        Record::Truncate { group, .. } => (TRUNCATE, group),
+        Record::Purge { group, .. } => (PURGE, group),
+        Record::Named { group, .. } => (NAMED, group),
+    };
+    out.push(kind);
+    out.extend_from_slice(&group.to_le_bytes());
     let mut bytes_at = None;
     match record {
-        Record::Entry {
-            group,
-            index,
-            bytes,
-        }
-        | Record::Copy {
-            group,
-            index,
-            bytes,
-        } => {
-            let kind = if matches!(record, Record::Entry { .. }) {
-                ENTRY
-            } else {
-                COPY
-            };
-            out.push(kind);
-            out.extend_from_slice(&group.to_le_bytes());
+        Record::Entry { index, bytes, .. } | Record::Copy { index, bytes, .. } => {
             out.extend_from_slice(&index.to_le_bytes());
             bytes_at = Some(out.len());
             out.extend_from_slice(bytes);
         }
-        Record::Truncate { group, from: index }
-        | Record::Purge {
-            group,
-            through: index,
-        } => {
-            let kind = if matches!(record, Record::Truncate { .. }) {
-                TRUNCATE
-            } else {
-                PURGE
-            };
-            out.push(kind);
-            out.extend_from_slice(&group.to_le_bytes());
+        Record::Truncate { from: index, .. } | Record::Purge { through: index, .. } => {
             out.extend_from_slice(&index.to_le_bytes());
         }
-        Record::Named { group, name, bytes } => {
+        Record::Named { name, bytes, .. } => {
             let name_len = u8::try_from(name.len()).map_err(|_| {
                 StorageError::Encode(format!("record name of {} bytes", name.len()))
             })?;
-            out.push(NAMED);
-            out.extend_from_slice(&group.to_le_bytes());
             out.push(name_len);
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(bytes);
