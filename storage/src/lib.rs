@@ -9,8 +9,9 @@
 //!   decision logs (`idempotency.rs`);
 //! - `raft-snapshots/{group}/` (a directory beside sled's files, not a tree): the latest built
 //!   snapshot, see `snapshot_files.rs`;
-//! - `apply-journal`: per group, the writes of its last state machine commit, redone when the
-//!   store opens (see `state.rs`).
+//! - `apply-journal`: per group, what the keys its last state machine commit wrote held
+//!   before it, put back when the store opens if that commit never finished; `apply-commits`:
+//!   per group, the number of its last finished commit (see `state.rs`).
 //!
 //! `summary` counts what a state machine copy holds (for backups).
 //!
@@ -132,7 +133,7 @@ impl Store {
                 opened => break opened?,
             }
         };
-        state::replay_journals(&db)?;
+        state::finish_journals(&db)?;
         state::drop_idempotency_records(&db)?;
         state::move_snapshots_out_of_sled(&db, dir)?;
         let data_files = durable::DataFiles::open(dir)?;

@@ -6,11 +6,17 @@
 //! together or not at all after a crash: decisions, auction state, indexes and the
 //! applied log id. sled's own atomic batch does that by sealing and writing its IO buffer twice
 //! per batch (a `pwrite` and a `sync_file_range` each), which cost more than everything else an
-//! apply does. So a commit is journaled instead: the batch's writes go first into one record of
-//! the `apply-journal` tree (one insert, atomic by itself), then into `sm/{group}` one by one.
-//! sled recovers a prefix of its log, so after a crash either the record is missing and none of
-//! the writes happened, or the record is there and `replay_journals` (run when the store opens)
-//! redoes its writes, which set final values and so can be redone any number of times.
+//! apply does. So a commit is journaled instead, with an undo record: first one record of the
+//! `apply-journal` tree (one insert, atomic by itself) holds what each key the batch writes
+//! held before it (a decision-log key is always new, so its entry is a bare key: the record
+//! stays small), then the writes go into `sm/{group}` one by one, and last the commit's number
+//! in the `apply-commits` tree. sled recovers a prefix of its log, so after a crash either the record is
+//! missing and none of the writes happened, or the number is there and all of them did, or
+//! `finish_journals` (run when the store opens) finds the record without its number and puts
+//! back what it holds, which sets final values and so can be done any number of times. A redo
+//! record (the batch's new values: how versions before undo records journaled) doubled what
+//! sled wrote per decision, and sled's IO threads copying it were a tenth of a node's CPU in the
+//! spread benchmark; such a record left by an older version is still redone.
 //! `StateWriter` reads through its own pending writes, so later entries of a batch see what
 //! earlier ones did, and then through what earlier commits left decoded in memory
 //! (`CommittedAuctions`, which readers use too): most batches bid on auctions the previous one
@@ -58,11 +64,29 @@ const LEGACY_SNAPSHOT_TREE_PREFIX: &[u8] = b"snap/";
 const LEGACY_SNAPSHOT_CURRENT: &str = "current";
 const LEGACY_SNAPSHOT_POSITION: &str = "position";
 
-/// The node-level tree holding, per group, the writes of its last committed apply (see above).
+/// The node-level tree holding, per group, the undo record of its last commit (see above).
 const JOURNAL_TREE: &str = "apply-journal";
 
-/// One journaled commit: every key it writes, with its new value or `None` for a removal.
+/// Keys with a value each, `None` for no key: the writes of a commit, in the order made, or
+/// what those keys held before it (an undo record's).
 type JournalWrites = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// The node-level tree holding, per group, the number of its last finished commit: written
+/// last by each commit (see above). Not in the state tree, so that replicas, which batch the
+/// same entries differently, still hold the same state bytes.
+const COMMITS_TREE: &str = "apply-commits";
+
+/// The format byte of an undo record (`UndoRecord`). Records of `FORMAT_VERSION` are redo
+/// records: a commit's new values, written by versions before undo records.
+const UNDO_RECORD_FORMAT: u8 = 2;
+
+/// A commit's journal record: its number, and what each key it writes held before (a
+/// decision-log key, always new, holds nothing: `None`).
+#[derive(Serialize, Deserialize)]
+struct UndoRecord {
+    commit: u64,
+    before: JournalWrites,
+}
 
 /// Most decisions in one record of an auction's decision log. Reading one decision decodes its
 /// whole record, and sled rewrites a leaf (up to 16 records) whole and stores one over 128 KiB
@@ -150,6 +174,8 @@ const COMMITTED_AUCTIONS_MAX: usize = 4_096;
 /// keep this equal to the tree.
 struct Committed {
     last_stamp: Option<StampMs>,
+    /// The number of the last finished commit (`COMMITS_TREE`).
+    number: Option<u64>,
     keys: IdempotencyIndex,
 }
 
@@ -166,6 +192,7 @@ impl Committed {
     fn new() -> Committed {
         Committed {
             last_stamp: None,
+            number: None,
             keys: IdempotencyIndex::new(INDEX_ENTRIES_MAX),
         }
     }
@@ -173,6 +200,7 @@ impl Committed {
     /// Forgets everything, for when the tree changed under it (import, failed commit).
     fn reset(&mut self) {
         self.last_stamp = None;
+        self.number = None;
         self.keys.clear();
     }
 }
@@ -182,26 +210,52 @@ pub struct StateTree {
     tree: sled::Tree,
     snapshots: SnapshotFiles,
     journal: sled::Tree,
-    /// This group's key in `journal`.
+    commits: sled::Tree,
+    /// This group's key in `journal` and `commits`.
     journal_key: [u8; 4],
     committed: Arc<Mutex<Committed>>,
     committed_auctions: CommittedAuctions,
     _open: crate::HandleToken,
 }
 
-/// Redoes every group's last journaled commit, completing one a crash cut short. Runs once, when
-/// the store opens and before any group reads its state.
-pub(crate) fn replay_journals(db: &sled::Db) -> Result<(), StorageError> {
+/// Finishes every group's last journaled commit that a crash cut short: an undo record whose
+/// commit number the tree does not hold is put back, so the state is the one before that
+/// commit (its entries are applied again from the Raft log); a redo record of an older
+/// version is redone. Runs once, when the store opens and before any group reads its state.
+pub(crate) fn finish_journals(db: &sled::Db) -> Result<(), StorageError> {
     let journal = db.open_tree(JOURNAL_TREE)?;
+    let commits = db.open_tree(COMMITS_TREE)?;
     for item in journal.iter() {
         let (key, bytes) = item?;
         let group = u32::from_be_bytes(key.as_ref().try_into().map_err(|_| {
             StorageError::Corrupt(format!("apply journal key has {} bytes, not 4", key.len()))
         })?);
-        let writes: JournalWrites = decode(&bytes)?;
-        write_each(&db.open_tree(format!("sm/{group}"))?, writes)?;
+        let tree = db.open_tree(format!("sm/{group}"))?;
+        if format_of(&bytes)? == UNDO_RECORD_FORMAT {
+            let undo: UndoRecord = decode_as(UNDO_RECORD_FORMAT, &bytes)?;
+            if commit_number(&commits, &key)? != undo.commit {
+                tracing::info!(
+                    group,
+                    commit = undo.commit,
+                    keys = undo.before.len(),
+                    "undid a state machine commit a crash cut short; its entries apply again"
+                );
+                write_each(&tree, undo.before)?;
+            }
+        } else {
+            let writes: JournalWrites = decode(&bytes)?;
+            write_each(&tree, writes)?;
+        }
     }
     Ok(())
+}
+
+/// The number of the group's last finished commit (0 before the first).
+fn commit_number(commits: &sled::Tree, group_key: &[u8]) -> Result<u64, StorageError> {
+    match commits.get(group_key)? {
+        Some(bytes) => decode(&bytes),
+        None => Ok(0),
+    }
 }
 
 fn write_each(tree: &sled::Tree, writes: JournalWrites) -> Result<(), StorageError> {
@@ -384,6 +438,7 @@ impl StateTree {
             tree: db.open_tree(format!("sm/{group}"))?,
             snapshots: SnapshotFiles::new(db_dir, group),
             journal: db.open_tree(JOURNAL_TREE)?,
+            commits: db.open_tree(COMMITS_TREE)?,
             journal_key: group.to_be_bytes(),
             committed: Arc::new(Mutex::new(Committed::new())),
             committed_auctions: Arc::default(),
@@ -872,22 +927,26 @@ impl StateWriter<'_> {
     /// Writes everything staged, and the newest stamp: all or nothing after a crash, through
     /// the apply journal (see the top of this file). Ends the current entry first.
     pub fn commit(mut self) -> Result<(), StorageError> {
-        self.end_entry()?;
-        if self.last_stamp != StampMs::MIN {
-            let stamp = encode(&self.last_stamp)?;
-            self.stage(keys::meta(META_STAMP), stamp);
-        }
-        let writes: JournalWrites = std::mem::take(&mut self.writes).into_iter().collect();
         let state = self.state;
         let mut committed = state.committed();
-        let written = encode(&writes).and_then(|journaled| {
-            state.journal.insert(state.journal_key, journaled)?;
-            write_each(&state.tree, writes)
-        });
-        if let Err(e) = written {
-            // Half written, perhaps: nothing in memory may stand for what the tree holds.
-            state.forget_committed(&mut committed);
-            return Err(e);
+        let written = committed
+            .number
+            .map_or_else(|| commit_number(&state.commits, &state.journal_key), Ok)
+            .and_then(|last| {
+                let number = last + 1;
+                let (undo, writes) = self.journaled_writes(number)?;
+                state.journal.insert(state.journal_key, undo)?;
+                write_each(&state.tree, writes)?;
+                state.commits.insert(state.journal_key, encode(&number)?)?;
+                Ok(number)
+            });
+        match written {
+            Ok(number) => committed.number = Some(number),
+            Err(e) => {
+                // Half written, perhaps: nothing in memory may stand for what the tree holds.
+                state.forget_committed(&mut committed);
+                return Err(e);
+            }
         }
         committed.last_stamp = Some(self.last_stamp);
         for decision in self.decisions.values() {
@@ -906,6 +965,37 @@ impl StateWriter<'_> {
             auctions.extend(std::mem::take(&mut self.auctions));
         }
         Ok(())
+    }
+
+    /// Ends the batch: its undo record (commit `number`) and its writes, in the order made.
+    fn journaled_writes(&mut self, number: u64) -> Result<(Vec<u8>, JournalWrites), StorageError> {
+        self.end_entry()?;
+        if self.last_stamp != StampMs::MIN {
+            let stamp = encode(&self.last_stamp)?;
+            self.stage(keys::meta(META_STAMP), stamp);
+        }
+        let writes: JournalWrites = std::mem::take(&mut self.writes).into_iter().collect();
+        let before = writes
+            .iter()
+            .map(|(key, _)| {
+                // A decision's `seq` is written once (every run starts past the auction's
+                // `decision_count`), so its key is new and needs no read.
+                let held = if key.first() == Some(&keys::DECISION) {
+                    None
+                } else {
+                    self.state.tree.get(key)?.map(|value| value.to_vec())
+                };
+                Ok((key.clone(), held))
+            })
+            .collect::<Result<_, StorageError>>()?;
+        let undo = encode_as(
+            UNDO_RECORD_FORMAT,
+            &UndoRecord {
+                commit: number,
+                before,
+            },
+        )?;
+        Ok((undo, writes))
     }
 
     fn auction(&self, id: &str) -> Result<Option<Auction>, StorageError> {

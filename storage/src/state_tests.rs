@@ -357,14 +357,118 @@ fn reopen(dir: &tempfile::TempDir) -> StateTree {
         .unwrap()
 }
 
+/// Carol, the creator in these tests, pauses auction `id`.
+fn pause_by_carol(id: &str) -> Command {
+    Command::Control {
+        auction_id: id.into(),
+        action: gavel_rules::ControlAction::Pause,
+        actor: gavel_rules::Actor {
+            user_id: "carol".into(),
+            is_admin: false,
+        },
+    }
+}
+
+/// The commit after `stage_bid_war`'s: more bids, and a pause, which rewrites the auction's
+/// record and drops its deadline, so the undo record holds old values as well as new keys.
+fn stage_pause_after_bids(state: &StateTree) -> StateWriter<'_> {
+    let mut writer = state.writer().unwrap();
+    for (i, bidder) in ["frank", "gina"].iter().enumerate() {
+        let amount = 20 + i as i64 * 2;
+        writer
+            .apply(
+                T0 + 10 + i as i64,
+                &bid("a", bidder, &format!("p{i}"), amount),
+            )
+            .unwrap();
+        writer.end_entry().unwrap();
+    }
+    writer.apply(T0 + 20, &pause_by_carol("a")).unwrap();
+    writer.set_meta("applied", vec![7, 3]);
+    writer
+}
+
+/// Every way a crash can cut a commit short: its undo record and any prefix of its writes,
+/// without its number. The store then opens in the state before the commit, every time, and
+/// applying the commit again lands it whole.
 #[test]
-fn a_commit_cut_short_by_a_crash_is_completed_when_the_store_opens() {
+fn a_commit_cut_short_by_a_crash_is_undone_when_the_store_opens() {
+    let (_before_dir, before) = store();
+    stage_bid_war(&before).commit().unwrap();
+    let (_after_dir, after) = store();
+    stage_bid_war(&after).commit().unwrap();
+    stage_pause_after_bids(&after).commit().unwrap();
+    assert_ne!(before.digest().unwrap(), after.digest().unwrap());
+
+    let mut cuts = 0;
+    for written in 0.. {
+        let (cut_dir, cut) = store();
+        stage_bid_war(&cut).commit().unwrap();
+        let (undo, writes) = stage_pause_after_bids(&cut).journaled_writes(2).unwrap();
+        if written > writes.len() {
+            break;
+        }
+        assert!(writes.len() >= 6, "too few writes to cut: {}", writes.len());
+        cut.journal.insert(cut.journal_key, undo).unwrap();
+        write_each(&cut.tree, writes[..written].to_vec()).unwrap();
+        drop(cut);
+
+        let recovered = reopen(&cut_dir);
+        assert_eq!(
+            recovered.digest().unwrap(),
+            before.digest().unwrap(),
+            "{written} of {} writes",
+            writes.len()
+        );
+        assert_eq!(recovered.meta("applied").unwrap(), Some(vec![4, 2]));
+        assert_eq!(
+            recovered.auction("a").unwrap().unwrap().status,
+            Status::Active
+        );
+        // Undoing twice is harmless, and the commit then lands whole.
+        drop(recovered);
+        let recovered = reopen(&cut_dir);
+        assert_eq!(recovered.digest().unwrap(), before.digest().unwrap());
+        stage_pause_after_bids(&recovered).commit().unwrap();
+        assert_eq!(recovered.digest().unwrap(), after.digest().unwrap());
+        drop(recovered);
+        assert_eq!(reopen(&cut_dir).digest().unwrap(), after.digest().unwrap());
+        cuts += 1;
+    }
+    assert!(cuts >= 7, "{cuts} cuts");
+}
+
+/// A finished commit's record is left in the journal; opening the store must not undo it.
+#[test]
+fn a_finished_commit_is_kept_when_the_store_opens() {
+    let (_after_dir, after) = store();
+    stage_bid_war(&after).commit().unwrap();
+    stage_pause_after_bids(&after).commit().unwrap();
+    let (dir, state) = store();
+    stage_bid_war(&state).commit().unwrap();
+    stage_pause_after_bids(&state).commit().unwrap();
+    drop(state);
+    let reopened = reopen(&dir);
+    assert_eq!(reopened.digest().unwrap(), after.digest().unwrap());
+    assert_eq!(reopened.meta("applied").unwrap(), Some(vec![7, 3]));
+    // Commits go on numbering from the stored number.
+    reopened.writer().unwrap().commit().unwrap();
+    assert_eq!(
+        commit_number(&reopened.commits, &reopened.journal_key).unwrap(),
+        3
+    );
+}
+
+/// A redo record (the batch's new values), as versions before undo records journaled, left
+/// with half of its writes done: opening the store completes it.
+#[test]
+fn a_redo_record_of_an_older_version_is_completed_when_the_store_opens() {
     let (_whole_dir, whole) = store();
     stage_bid_war(&whole).commit().unwrap();
 
-    // What a crash can leave: the journal record and only the first half of its writes.
     let (cut_dir, cut) = store();
     let mut writer = stage_bid_war(&cut);
+    writer.end_entry().unwrap();
     let stamp = encode(&writer.last_stamp).unwrap();
     writer.stage(keys::meta(META_STAMP), stamp);
     let writes: JournalWrites = std::mem::take(&mut writer.writes).into_iter().collect();
@@ -625,15 +729,7 @@ fn bids_leave_the_auction_record_and_the_entrys_last_run_carries_the_auction() {
     assert_eq!(after_bids.current_price, Decimal::new(55, 0));
 
     let mut writer = state.writer().unwrap();
-    let pause = Command::Control {
-        auction_id: "a".into(),
-        action: gavel_rules::ControlAction::Pause,
-        actor: gavel_rules::Actor {
-            user_id: "carol".into(),
-            is_admin: false,
-        },
-    };
-    writer.apply(T0 + 50, &pause).unwrap();
+    writer.apply(T0 + 50, &pause_by_carol("a")).unwrap();
     writer.commit().unwrap();
     assert_eq!(record(&state).status, Status::Paused);
     assert_eq!(record(&state).decision_count, 45);
