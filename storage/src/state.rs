@@ -31,11 +31,15 @@
 //! Records written before runs hold one decision each and read as runs of one.
 //!
 //! A bid does not rewrite its auction's record. The last run an entry writes for an auction
-//! also carries the auction as the entry left it (`RunWithAuction`), and the auction is the
-//! newer of its record and that run's copy (`newer`): in the spread benchmark (a bid or two per
-//! auction per entry) the auction record was every other insert of an apply, and dropping it
-//! cut the cluster's CPU per decision by 13-34% in alternating runs. Changes without a decision
-//! (create, control, deadlines) still write the record.
+//! also carries what decisions change of the auction, as the entry left it
+//! (`AuctionProgress`: status, times, price, winner, counts, version), and the auction is its
+//! record with the newer of the record's and that run's progress: in the spread benchmark (a
+//! bid or two per auction per entry) the auction record was every other insert of an apply,
+//! and dropping it cut the cluster's CPU per decision by 13-34% in alternating runs. Runs
+//! carried the whole auction until 2026-12-04 (still read): more than half the bytes of a
+//! bid's record, and carrying only the progress cut CPU per decision by another 3-9%. Changes
+//! without a decision (create, control, deadlines), or that change more than the progress,
+//! still write the record.
 //!
 //! The tree never decides anything: `gavel_rules::apply` does, this file persists its effects.
 
@@ -43,7 +47,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use gavel_rules::{
-    next_deadline_ms, Auction, BidDecision, BidStatus, Command, Effects, StampMs, Status,
+    next_deadline_ms, Auction, BidDecision, BidStatus, Command, Decimal, Effects, StampMs, Status,
 };
 use serde::{Deserialize, Serialize};
 
@@ -97,35 +101,154 @@ const DECISIONS_PER_RECORD_MAX: usize = 16;
 /// with `FORMAT_VERSION` hold one decision (written before runs).
 const DECISION_RUN_FORMAT: u8 = 2;
 
-/// The format byte of the last decision-log record an entry writes for an auction: a run and
-/// the auction as the entry left it (`RunWithAuction`).
+/// The format byte of the last decision-log record an entry writes for an auction, in versions
+/// before `DECISION_RUN_WITH_PROGRESS_FORMAT`: the whole auction as the entry left it, then the
+/// run. Still read.
 const DECISION_RUN_WITH_AUCTION_FORMAT: u8 = 3;
 
-/// A decision-log record of format `DECISION_RUN_WITH_AUCTION_FORMAT`, as written (bincode
+/// The format byte of the last decision-log record an entry writes for an auction: the part of
+/// the auction decisions change (`AuctionProgress`), as the entry left it, then the run.
+const DECISION_RUN_WITH_PROGRESS_FORMAT: u8 = 4;
+
+/// What decisions change in an auction: the last run of each entry carries it, so that bids
+/// never rewrite the auction's record; the rest of the auction is fixed when it is created and
+/// read from the record. A third of the bytes of the whole auction, which had been more than
+/// half of what a bid wrote.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct AuctionProgress {
+    status: Status,
+    start_at_ms: StampMs,
+    end_at_ms: StampMs,
+    current_price: Decimal,
+    current_winner_id: Option<String>,
+    bid_count: u64,
+    decision_count: u64,
+    version: u64,
+    ended_at_ms: Option<StampMs>,
+    paused_at_ms: Option<StampMs>,
+}
+
+impl AuctionProgress {
+    fn of(auction: &Auction) -> AuctionProgress {
+        AuctionProgress {
+            status: auction.status,
+            start_at_ms: auction.start_at_ms,
+            end_at_ms: auction.end_at_ms,
+            current_price: auction.current_price,
+            current_winner_id: auction.current_winner_id.clone(),
+            bid_count: auction.bid_count,
+            decision_count: auction.decision_count,
+            version: auction.version,
+            ended_at_ms: auction.ended_at_ms,
+            paused_at_ms: auction.paused_at_ms,
+        }
+    }
+
+    /// The auction `record` with this progress, if it is newer than the record's own (see
+    /// `newer`); otherwise the record.
+    pub(crate) fn newer_than(self, mut record: Auction) -> Auction {
+        if (self.version, self.decision_count) > (record.version, record.decision_count) {
+            record.status = self.status;
+            record.start_at_ms = self.start_at_ms;
+            record.end_at_ms = self.end_at_ms;
+            record.current_price = self.current_price;
+            record.current_winner_id = self.current_winner_id;
+            record.bid_count = self.bid_count;
+            record.decision_count = self.decision_count;
+            record.version = self.version;
+            record.ended_at_ms = self.ended_at_ms;
+            record.paused_at_ms = self.paused_at_ms;
+        }
+        record
+    }
+}
+
+/// Whether two copies of an auction differ at most in their `AuctionProgress`: then a run's
+/// progress is all a change needs to store. Every field is named, so a field added to
+/// `Auction` must be placed on one side or the other here.
+fn only_progress_differs(a: &Auction, b: &Auction) -> bool {
+    let Auction {
+        id,
+        post_id,
+        creator_id,
+        status: _,
+        start_at_ms: _,
+        end_at_ms: _,
+        start_price,
+        min_increment,
+        anti_sniping_seconds,
+        current_price: _,
+        current_winner_id: _,
+        bid_count: _,
+        decision_count: _,
+        version: _,
+        created_at_ms,
+        ended_at_ms: _,
+        paused_at_ms: _,
+        create_key,
+        create_request,
+    } = a;
+    (
+        id,
+        post_id,
+        creator_id,
+        start_price,
+        min_increment,
+        anti_sniping_seconds,
+    ) == (
+        &b.id,
+        &b.post_id,
+        &b.creator_id,
+        &b.start_price,
+        &b.min_increment,
+        &b.anti_sniping_seconds,
+    ) && (created_at_ms, create_key, create_request)
+        == (&b.created_at_ms, &b.create_key, &b.create_request)
+}
+
+/// A decision-log record of format `DECISION_RUN_WITH_PROGRESS_FORMAT`, as written (bincode
 /// encodes a slice as it does a `Vec`, and a struct as the tuple of its fields).
 #[derive(Serialize)]
-struct RunWithAuction<'a> {
-    auction: &'a Auction,
+struct RunWithProgress<'a> {
+    progress: &'a AuctionProgress,
     decisions: &'a [BidDecision],
 }
 
-/// The start of a `RunWithAuction`: reading the auction need not decode the run behind it
-/// (bincode reads a prefix and leaves the rest).
-#[derive(Deserialize)]
-struct RunAuction {
-    auction: Auction,
+/// What a decision-log record carries of its auction, by format.
+pub(crate) enum Carried {
+    /// Runs of versions before progress (rare, and short-lived: read once, then merged).
+    Auction(Box<Auction>),
+    Progress(AuctionProgress),
 }
 
-/// The decisions of one decision-log record, whichever format it was written in, and the
-/// auction it carries if its format carries one.
+impl Carried {
+    /// The auction as the newer of its record and this copy.
+    pub(crate) fn newer_than(self, record: Option<Auction>) -> Result<Auction, StorageError> {
+        match (self, record) {
+            (Carried::Auction(auction), None) => Ok(*auction),
+            (Carried::Auction(auction), Some(record)) => Ok(newest(record, *auction)),
+            (Carried::Progress(progress), Some(record)) => Ok(progress.newer_than(record)),
+            (Carried::Progress(_), None) => Err(StorageError::Corrupt(
+                "a decision-log record carries the progress of an auction without a record".into(),
+            )),
+        }
+    }
+}
+
+/// The decisions of one decision-log record, whichever format it was written in, and what it
+/// carries of the auction if its format carries anything.
 pub(crate) fn decode_run(
     bytes: &[u8],
-) -> Result<(Option<Auction>, Vec<BidDecision>), StorageError> {
+) -> Result<(Option<Carried>, Vec<BidDecision>), StorageError> {
     match format_of(bytes)? {
         DECISION_RUN_FORMAT => Ok((None, decode_as(DECISION_RUN_FORMAT, bytes)?)),
+        DECISION_RUN_WITH_PROGRESS_FORMAT => {
+            let (progress, decisions) = decode_as(DECISION_RUN_WITH_PROGRESS_FORMAT, bytes)?;
+            Ok((Some(Carried::Progress(progress)), decisions))
+        }
         DECISION_RUN_WITH_AUCTION_FORMAT => {
             let (auction, decisions) = decode_as(DECISION_RUN_WITH_AUCTION_FORMAT, bytes)?;
-            Ok((Some(auction), decisions))
+            Ok((Some(Carried::Auction(Box::new(auction))), decisions))
         }
         _ => Ok((None, vec![decode(bytes)?])),
     }
@@ -136,29 +259,38 @@ pub(crate) fn decode_decisions(bytes: &[u8]) -> Result<Vec<BidDecision>, Storage
     Ok(decode_run(bytes)?.1)
 }
 
-/// The auction a decision-log record carries, if its format carries one.
-pub(crate) fn decode_run_auction(bytes: &[u8]) -> Result<Option<Auction>, StorageError> {
+/// What a decision-log record carries of its auction, if its format carries anything; the run
+/// behind it is not decoded (bincode reads a prefix and leaves the rest).
+pub(crate) fn decode_carried(bytes: &[u8]) -> Result<Option<Carried>, StorageError> {
     match format_of(bytes)? {
+        DECISION_RUN_WITH_PROGRESS_FORMAT => {
+            let (progress,): (AuctionProgress,) =
+                decode_as(DECISION_RUN_WITH_PROGRESS_FORMAT, bytes)?;
+            Ok(Some(Carried::Progress(progress)))
+        }
         DECISION_RUN_WITH_AUCTION_FORMAT => {
-            let run: RunAuction = decode_as(DECISION_RUN_WITH_AUCTION_FORMAT, bytes)?;
-            Ok(Some(run.auction))
+            let (auction,): (Auction,) = decode_as(DECISION_RUN_WITH_AUCTION_FORMAT, bytes)?;
+            Ok(Some(Carried::Auction(Box::new(auction))))
         }
         _ => Ok(None),
     }
 }
 
-/// The newer of two copies of one auction. Every change bumps `version` or (a rejected bid)
-/// `decision_count`, and neither ever goes down, so the pair orders an auction's states.
+/// The newer of two copies of one auction, if any.
 pub(crate) fn newer(a: Option<Auction>, b: Option<Auction>) -> Option<Auction> {
     match (a, b) {
-        (Some(a), Some(b)) => {
-            if (b.version, b.decision_count) > (a.version, a.decision_count) {
-                Some(b)
-            } else {
-                Some(a)
-            }
-        }
+        (Some(a), Some(b)) => Some(newest(a, b)),
         (a, b) => a.or(b),
+    }
+}
+
+/// The newer of two copies of one auction. Every change bumps `version` or (a rejected bid)
+/// `decision_count`, and neither ever goes down, so the pair orders an auction's states.
+fn newest(a: Auction, b: Auction) -> Auction {
+    if (b.version, b.decision_count) > (a.version, a.decision_count) {
+        b
+    } else {
+        a
     }
 }
 
@@ -369,10 +501,14 @@ mod byte_pairs {
     }
 }
 
-/// The format of a state copy whose decision logs may hold runs that carry their auction
-/// (`DECISION_RUN_WITH_AUCTION_FORMAT`). A version from before must refuse such a copy (it
-/// would read those auctions' stale records), and it does: it reads only formats 1 to 3.
-pub const SNAPSHOT_FORMAT: u8 = 4;
+/// The format of a state copy whose decision logs may hold runs that carry their auction's
+/// progress (`DECISION_RUN_WITH_PROGRESS_FORMAT`). A version from before must refuse such a
+/// copy (it cannot read those runs), and it does: it reads only formats 1 to 4.
+pub const SNAPSHOT_FORMAT: u8 = 5;
+/// A copy whose decision logs may hold runs that carry their whole auction
+/// (`DECISION_RUN_WITH_AUCTION_FORMAT`). A version before those refuses it: it reads only
+/// formats 1 to 3.
+const SNAPSHOT_FORMAT_AUCTION_RUNS: u8 = 4;
 /// A copy whose decision logs may hold runs (`DECISION_RUN_FORMAT`), none carrying an auction.
 const SNAPSHOT_FORMAT_RUNS: u8 = 3;
 /// A copy without idempotency records, from before runs. A version that still decides retries
@@ -388,9 +524,10 @@ impl SnapshotBlob {
     /// (format 1) loses its idempotency records, which this version neither reads nor keeps.
     pub fn from_bytes(bytes: &[u8]) -> Result<SnapshotBlob, StorageError> {
         match format_of(bytes)? {
-            format @ (SNAPSHOT_FORMAT | SNAPSHOT_FORMAT_RUNS | SNAPSHOT_FORMAT_BEFORE_RUNS) => {
-                decode_as(format, bytes)
-            }
+            format @ (SNAPSHOT_FORMAT
+            | SNAPSHOT_FORMAT_AUCTION_RUNS
+            | SNAPSHOT_FORMAT_RUNS
+            | SNAPSHOT_FORMAT_BEFORE_RUNS) => decode_as(format, bytes),
             _ => {
                 let mut blob: SnapshotBlob = decode(bytes)?;
                 blob.pairs
@@ -487,11 +624,14 @@ impl StateTree {
             .get(keys::auction(id))?
             .map(|b| decode(&b))
             .transpose()?;
-        let from_run = match self.tree.scan_prefix(keys::decision_prefix(id)).next_back() {
-            Some(item) => decode_run_auction(&item?.1)?,
+        let carried = match self.tree.scan_prefix(keys::decision_prefix(id)).next_back() {
+            Some(item) => decode_carried(&item?.1)?,
             None => None,
         };
-        Ok(newer(record, from_run))
+        match carried {
+            Some(carried) => carried.newer_than(record).map(Some),
+            None => Ok(record),
+        }
     }
 
     /// Decision `seq` of the auction's log.
@@ -869,8 +1009,12 @@ impl StateWriter<'_> {
         }
         if effects.auction_changed {
             if let Some(auction) = &effects.auction {
-                // A decision's run carries the auction (`end_entry`).
-                let write_record = effects.decision.is_none();
+                // A decision's run carries the auction's progress (`end_entry`); anything else
+                // a change made goes to the record.
+                let write_record = effects.decision.is_none()
+                    || !current
+                        .as_ref()
+                        .is_some_and(|before| only_progress_differs(before, auction));
                 self.stage_auction(current.as_ref(), auction, write_record)?;
             }
         }
@@ -911,11 +1055,11 @@ impl StateWriter<'_> {
                 let record = if runs.peek().is_some() {
                     encode_as(DECISION_RUN_FORMAT, &run)?
                 } else {
-                    let last = RunWithAuction {
-                        auction,
+                    let last = RunWithProgress {
+                        progress: &AuctionProgress::of(auction),
                         decisions: run,
                     };
-                    encode_as(DECISION_RUN_WITH_AUCTION_FORMAT, &last)?
+                    encode_as(DECISION_RUN_WITH_PROGRESS_FORMAT, &last)?
                 };
                 self.writes
                     .insert(keys::decision(&auction_id, run[0].seq), Some(record));

@@ -721,12 +721,17 @@ fn bids_leave_the_auction_record_and_the_entrys_last_run_carries_the_auction() {
         .values()
         .map(|record| record.unwrap()[0])
         .collect();
-    let (plain, carrying) = (DECISION_RUN_FORMAT, DECISION_RUN_WITH_AUCTION_FORMAT);
+    let (plain, carrying) = (DECISION_RUN_FORMAT, DECISION_RUN_WITH_PROGRESS_FORMAT);
     assert_eq!(formats, [plain, plain, carrying, carrying]);
     assert_eq!(record(&state).decision_count, 0);
     let after_bids = state.auction("a").unwrap().unwrap();
     assert_eq!(after_bids.decision_count, 45);
     assert_eq!(after_bids.current_price, Decimal::new(55, 0));
+    // Read back from the tree (not from what the commit left in memory): the record with the
+    // newest run's progress is the whole auction as the bids left it.
+    drop(state);
+    let state = reopen(&dir);
+    assert_eq!(state.auction("a").unwrap().unwrap(), after_bids);
 
     let mut writer = state.writer().unwrap();
     writer.apply(T0 + 50, &pause_by_carol("a")).unwrap();
@@ -745,6 +750,33 @@ fn bids_leave_the_auction_record_and_the_entrys_last_run_carries_the_auction() {
         (Status::Paused, 46)
     );
     assert_eq!(auction.version, record(&state).version);
+}
+
+/// Runs an older version wrote carry the whole auction (`DECISION_RUN_WITH_AUCTION_FORMAT`):
+/// they still read, as the newest copy of the auction and as decisions, in the tree and in a
+/// state copy's summary.
+#[test]
+fn runs_that_carry_the_whole_auction_still_read() {
+    let (dir, state) = store();
+    stage_decision_runs(&state);
+    state.writer().unwrap().commit().unwrap();
+    let expected = state.auction("a").unwrap().unwrap();
+    let summary = state.export().unwrap().summary().unwrap();
+    let (key, record) = state
+        .tree
+        .scan_prefix(keys::decision_prefix("a"))
+        .next_back()
+        .unwrap()
+        .unwrap();
+    let (_, decisions) = decode_run(&record).unwrap();
+    let older = encode_as(DECISION_RUN_WITH_AUCTION_FORMAT, &(&expected, &decisions)).unwrap();
+    state.tree.insert(key, older).unwrap();
+    drop(state);
+
+    let state = reopen(&dir);
+    assert_eq!(state.auction("a").unwrap().unwrap(), expected);
+    assert_eq!(state.export().unwrap().summary().unwrap(), summary);
+    assert_reads_whole_log(&state);
 }
 
 #[test]

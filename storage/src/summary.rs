@@ -41,7 +41,7 @@ impl SnapshotBlob {
     /// that does not decode or on keys out of order (a copy is always in key order).
     pub fn summary(&self) -> Result<StateSummary, StorageError> {
         let mut summary = StateSummary::default();
-        // Each auction's newest state: its record or a decision-log record's copy.
+        // Each auction's newest state: its record or what a decision-log record carries.
         let mut auctions = HashMap::new();
         for (i, (key, value)) in self.pairs.iter().enumerate() {
             if i > 0 && self.pairs[i - 1].0 >= *key {
@@ -79,9 +79,12 @@ fn count(
     match key.first().copied() {
         Some(keys::AUCTION) => keep_newer(decode(value)?),
         Some(keys::DECISION) => {
-            let (auction, decisions) = decode_run(value)?;
-            if let Some(auction) = auction {
-                keep_newer(auction);
+            let (carried, decisions) = decode_run(value)?;
+            if let (Some(carried), Some(first)) = (carried, decisions.first()) {
+                // Keys are in order: the auction's record came before its decision log.
+                let known = auctions.remove(&first.auction_id);
+                let newest = carried.newer_than(known)?;
+                auctions.insert(newest.id.clone(), newest);
             }
             for decision in decisions {
                 summary.decisions += 1;

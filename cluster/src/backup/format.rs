@@ -36,8 +36,9 @@ pub const END_MAGIC: [u8; 8] = *b"GAVELEND";
 /// The format version this build writes. Versions differ only in what their groups' states
 /// hold (`gavel_storage::SNAPSHOT_FORMAT`), which a build that reads only older versions must
 /// refuse, and does, by this number: 2, copies without idempotency records; 3, decision logs
-/// in runs; 4, runs that carry their auction's state.
-pub const BACKUP_FORMAT_VERSION: u16 = 4;
+/// in runs; 4, runs that carry their auction's state; 5, runs that carry only what decisions
+/// change of it.
+pub const BACKUP_FORMAT_VERSION: u16 = 5;
 /// The oldest format version this build reads (`SnapshotBlob::from_bytes` reads its states).
 pub const BACKUP_FORMAT_OLDEST_READ: u16 = 1;
 /// The largest state one group may have in a backup, in bytes. A node holds one group's state
