@@ -465,9 +465,9 @@ async fn corrupt_truncated_and_foreign_files_are_refused_and_nothing_is_written(
             "truncated",
         ),
         (
-            "v5.backup",
-            with_version(&bytes, 5),
-            "format version 5 is not supported",
+            "v6.backup",
+            with_version(&bytes, 6),
+            "format version 6 is not supported",
         ),
     ];
     for (name, contents, why) in variants {
