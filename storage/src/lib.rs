@@ -10,8 +10,7 @@
 //! - `raft-snapshots/{group}/` (a directory beside sled's files, not a tree): the latest built
 //!   snapshot, see `snapshot_files.rs`;
 //! - `apply-journal`: per group, what the keys its last state machine commit wrote held
-//!   before it, put back when the store opens if that commit never finished; `apply-commits`:
-//!   per group, the number of its last finished commit (see `state.rs`).
+//!   before it, put back when the store opens if that commit never finished (see `state.rs`).
 //!
 //! `summary` counts what a state machine copy holds (for backups).
 //!

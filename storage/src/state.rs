@@ -9,14 +9,16 @@
 //! apply does. So a commit is journaled instead, with an undo record: first one record of the
 //! `apply-journal` tree (one insert, atomic by itself) holds what each key the batch writes
 //! held before it (a decision-log key is always new, so its entry is a bare key: the record
-//! stays small), then the writes go into `sm/{group}` one by one, and last the commit's number
-//! in the `apply-commits` tree. sled recovers a prefix of its log, so after a crash either the record is
-//! missing and none of the writes happened, or the number is there and all of them did, or
-//! `finish_journals` (run when the store opens) finds the record without its number and puts
-//! back what it holds, which sets final values and so can be done any number of times. A redo
+//! stays small), then the writes go into `sm/{group}` one by one. The last of them is one that
+//! changes its key's value (the smallest such: usually the applied log id), and the record
+//! names it with its new value. sled recovers a prefix of its log, so after a crash either the
+//! record is missing and none of the writes happened, or that last write is there and all of
+//! them did, or `finish_journals` (run when the store opens) finds the record with its last
+//! write missing and puts back what the record holds, which sets final values and so can be
+//! done any number of times; the Raft log then applies the commit's entries again. A redo
 //! record (the batch's new values: how versions before undo records journaled) doubled what
-//! sled wrote per decision, and sled's IO threads copying it were a tenth of a node's CPU in the
-//! spread benchmark; such a record left by an older version is still redone.
+//! sled wrote per decision, and sled's IO threads copying it were a tenth of a node's CPU in
+//! the spread benchmark; such a record left by an older version is still redone.
 //! `StateWriter` reads through its own pending writes, so later entries of a batch see what
 //! earlier ones did, and then through what earlier commits left decoded in memory
 //! (`CommittedAuctions`, which readers use too): most batches bid on auctions the previous one
@@ -75,20 +77,16 @@ const JOURNAL_TREE: &str = "apply-journal";
 /// what those keys held before it (an undo record's).
 type JournalWrites = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
-/// The node-level tree holding, per group, the number of its last finished commit: written
-/// last by each commit (see above). Not in the state tree, so that replicas, which batch the
-/// same entries differently, still hold the same state bytes.
-const COMMITS_TREE: &str = "apply-commits";
-
 /// The format byte of an undo record (`UndoRecord`). Records of `FORMAT_VERSION` are redo
 /// records: a commit's new values, written by versions before undo records.
 const UNDO_RECORD_FORMAT: u8 = 2;
 
-/// A commit's journal record: its number, and what each key it writes held before (a
-/// decision-log key, always new, holds nothing: `None`).
+/// A commit's journal record: its last write, whose key it changes (the commit finished if
+/// the key holds that value), and what each key it writes held before (a decision-log key,
+/// always new, holds nothing: `None`).
 #[derive(Serialize, Deserialize)]
 struct UndoRecord {
-    commit: u64,
+    last: (Vec<u8>, Option<Vec<u8>>),
     before: JournalWrites,
 }
 
@@ -306,8 +304,6 @@ const COMMITTED_AUCTIONS_MAX: usize = 4_096;
 /// keep this equal to the tree.
 struct Committed {
     last_stamp: Option<StampMs>,
-    /// The number of the last finished commit (`COMMITS_TREE`).
-    number: Option<u64>,
     keys: IdempotencyIndex,
 }
 
@@ -324,7 +320,6 @@ impl Committed {
     fn new() -> Committed {
         Committed {
             last_stamp: None,
-            number: None,
             keys: IdempotencyIndex::new(INDEX_ENTRIES_MAX),
         }
     }
@@ -332,7 +327,6 @@ impl Committed {
     /// Forgets everything, for when the tree changed under it (import, failed commit).
     fn reset(&mut self) {
         self.last_stamp = None;
-        self.number = None;
         self.keys.clear();
     }
 }
@@ -342,8 +336,7 @@ pub struct StateTree {
     tree: sled::Tree,
     snapshots: SnapshotFiles,
     journal: sled::Tree,
-    commits: sled::Tree,
-    /// This group's key in `journal` and `commits`.
+    /// This group's key in `journal`.
     journal_key: [u8; 4],
     committed: Arc<Mutex<Committed>>,
     committed_auctions: CommittedAuctions,
@@ -351,12 +344,11 @@ pub struct StateTree {
 }
 
 /// Finishes every group's last journaled commit that a crash cut short: an undo record whose
-/// commit number the tree does not hold is put back, so the state is the one before that
-/// commit (its entries are applied again from the Raft log); a redo record of an older
-/// version is redone. Runs once, when the store opens and before any group reads its state.
+/// last write the tree does not hold is put back, so the state is the one before that commit
+/// (its entries are applied again from the Raft log); a redo record of an older version is
+/// redone. Runs once, when the store opens and before any group reads its state.
 pub(crate) fn finish_journals(db: &sled::Db) -> Result<(), StorageError> {
     let journal = db.open_tree(JOURNAL_TREE)?;
-    let commits = db.open_tree(COMMITS_TREE)?;
     for item in journal.iter() {
         let (key, bytes) = item?;
         let group = u32::from_be_bytes(key.as_ref().try_into().map_err(|_| {
@@ -365,10 +357,10 @@ pub(crate) fn finish_journals(db: &sled::Db) -> Result<(), StorageError> {
         let tree = db.open_tree(format!("sm/{group}"))?;
         if format_of(&bytes)? == UNDO_RECORD_FORMAT {
             let undo: UndoRecord = decode_as(UNDO_RECORD_FORMAT, &bytes)?;
-            if commit_number(&commits, &key)? != undo.commit {
+            let (last_key, last_value) = &undo.last;
+            if tree.get(last_key)?.as_deref() != last_value.as_deref() {
                 tracing::info!(
                     group,
-                    commit = undo.commit,
                     keys = undo.before.len(),
                     "undid a state machine commit a crash cut short; its entries apply again"
                 );
@@ -380,14 +372,6 @@ pub(crate) fn finish_journals(db: &sled::Db) -> Result<(), StorageError> {
         }
     }
     Ok(())
-}
-
-/// The number of the group's last finished commit (0 before the first).
-fn commit_number(commits: &sled::Tree, group_key: &[u8]) -> Result<u64, StorageError> {
-    match commits.get(group_key)? {
-        Some(bytes) => decode(&bytes),
-        None => Ok(0),
-    }
 }
 
 fn write_each(tree: &sled::Tree, writes: JournalWrites) -> Result<(), StorageError> {
@@ -575,7 +559,6 @@ impl StateTree {
             tree: db.open_tree(format!("sm/{group}"))?,
             snapshots: SnapshotFiles::new(db_dir, group),
             journal: db.open_tree(JOURNAL_TREE)?,
-            commits: db.open_tree(COMMITS_TREE)?,
             journal_key: group.to_be_bytes(),
             committed: Arc::new(Mutex::new(Committed::new())),
             committed_auctions: Arc::default(),
@@ -1073,24 +1056,18 @@ impl StateWriter<'_> {
     pub fn commit(mut self) -> Result<(), StorageError> {
         let state = self.state;
         let mut committed = state.committed();
-        let written = committed
-            .number
-            .map_or_else(|| commit_number(&state.commits, &state.journal_key), Ok)
-            .and_then(|last| {
-                let number = last + 1;
-                let (undo, writes) = self.journaled_writes(number)?;
+        let written = self.journaled_writes().and_then(|journaled| {
+            // A batch that changes nothing writes nothing.
+            if let Some((undo, writes)) = journaled {
                 state.journal.insert(state.journal_key, undo)?;
                 write_each(&state.tree, writes)?;
-                state.commits.insert(state.journal_key, encode(&number)?)?;
-                Ok(number)
-            });
-        match written {
-            Ok(number) => committed.number = Some(number),
-            Err(e) => {
-                // Half written, perhaps: nothing in memory may stand for what the tree holds.
-                state.forget_committed(&mut committed);
-                return Err(e);
             }
+            Ok(())
+        });
+        if let Err(e) = written {
+            // Half written, perhaps: nothing in memory may stand for what the tree holds.
+            state.forget_committed(&mut committed);
+            return Err(e);
         }
         committed.last_stamp = Some(self.last_stamp);
         for decision in self.decisions.values() {
@@ -1111,35 +1088,45 @@ impl StateWriter<'_> {
         Ok(())
     }
 
-    /// Ends the batch: its undo record (commit `number`) and its writes, in the order made.
-    fn journaled_writes(&mut self, number: u64) -> Result<(Vec<u8>, JournalWrites), StorageError> {
+    /// Ends the batch: its undo record and its writes, in the order made, the last one a write
+    /// that changes its key (see the top of this file); `None` if no write changes anything.
+    fn journaled_writes(&mut self) -> Result<Option<(Vec<u8>, JournalWrites)>, StorageError> {
         self.end_entry()?;
         if self.last_stamp != StampMs::MIN {
             let stamp = encode(&self.last_stamp)?;
             self.stage(keys::meta(META_STAMP), stamp);
         }
-        let writes: JournalWrites = std::mem::take(&mut self.writes).into_iter().collect();
-        let before = writes
-            .iter()
-            .map(|(key, _)| {
-                // A decision's `seq` is written once (every run starts past the auction's
-                // `decision_count`), so its key is new and needs no read.
-                let held = if key.first() == Some(&keys::DECISION) {
-                    None
-                } else {
-                    self.state.tree.get(key)?.map(|value| value.to_vec())
-                };
-                Ok((key.clone(), held))
-            })
-            .collect::<Result<_, StorageError>>()?;
+        let mut writes: JournalWrites = std::mem::take(&mut self.writes).into_iter().collect();
+        let mut before = Vec::with_capacity(writes.len());
+        // The smallest write that changes its key: the last one, which the record names.
+        let mut last: Option<(usize, usize)> = None;
+        for (i, (key, value)) in writes.iter().enumerate() {
+            // A decision's `seq` is written once (every run starts past the auction's
+            // `decision_count`), so its key is new and needs no read.
+            let held = if key.first() == Some(&keys::DECISION) {
+                None
+            } else {
+                self.state.tree.get(key)?.map(|value| value.to_vec())
+            };
+            let size = value.as_ref().map_or(0, Vec::len);
+            if held != *value && last.is_none_or(|(_, smallest)| size < smallest) {
+                last = Some((i, size));
+            }
+            before.push((key.clone(), held));
+        }
+        let Some((last, _)) = last else {
+            return Ok(None);
+        };
+        let last_write = writes.remove(last);
+        writes.push(last_write.clone());
         let undo = encode_as(
             UNDO_RECORD_FORMAT,
             &UndoRecord {
-                commit: number,
+                last: last_write,
                 before,
             },
         )?;
-        Ok((undo, writes))
+        Ok(Some((undo, writes)))
     }
 
     fn auction(&self, id: &str) -> Result<Option<Auction>, StorageError> {
