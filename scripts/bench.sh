@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Gavel against etcd, the same shapes driven by one tool (`gavel bench bids`), on loopback:
 #   scripts/bench.sh            # about 8 minutes; prints a markdown table for the README
-# It starts a three-node Gavel (release build, --bid-rate-per-bidder 0, --groups 6) and a
+# It starts a three-node Gavel (release build, --bid-rate-per-bidder 0, --groups 3,
+# --worker-threads 1) and a
 # three-member etcd (fsync on, as by default), then runs each shape on Gavel and right after
 # on etcd (as puts through its v3 JSON gateway), each run on a settled disk: a pair of runs
 # sees the same machine, whose speed drifts by tens of percent over minutes. Gavel goes first
@@ -9,13 +10,16 @@
 # 3 x 32 clients (spread over all members), the same on one hot auction, 3 x 400 (a spike: no
 # warm-up), one member with 96 clients, one sequential client; open loop offered twice the best closed-loop rate (open-peak: what each system
 # decides when overloaded), then open loop at 80% of Gavel's open-peak. Knobs: BENCH_DURATION
-# (20s), BENCH_WARMUP (2s), BENCH_AUCTIONS (128), BENCH_GROUPS (6), BENCH_OUT (where the JSON
+# (20s), BENCH_WARMUP (2s), BENCH_AUCTIONS (128), BENCH_GROUPS (3), BENCH_OUT (where the JSON
 # summaries and PNG plots stay; default target/bench). Each run also reports the CPU the
 # servers (not the load generator) spent in its measured window per decision (`--server-pids`).
-# Why 6 groups and not the serve default (16): three nodes on two cores have no parallelism
+# Why 3 groups and not the serve default (16): three nodes on two cores have no parallelism
 # to spend on more groups, and 96 clients over 16 groups fill each Raft entry with about 3
-# bids, so every bid pays a third of an entry's fixed cost; 6 groups keep two leaders a node
-# (docs/OPERATIONS.md, "Choosing the group count", has the measurements).
+# bids, so every bid pays a third of an entry's fixed cost; 3 groups keep one leader a node.
+# Why one HTTP thread a node: three nodes on two cores waste CPU waking each other's idle
+# threads (docs/OPERATIONS.md, "Threads" and "Choosing the group count", has both
+# measurements). etcd keeps its defaults: GOMAXPROCS=1 made it slower (7,793 against
+# 8,214-8,361 puts/s in the spread shape, 2026-12-04).
 # Installs nothing; needs etcd (apt-get install -y etcd-server), curl and jq. Every wait is
 # bounded; processes and temp dirs are removed on exit and on Ctrl-C.
 set -euo pipefail
@@ -24,7 +28,7 @@ cd "$(dirname "$0")/.."
 DURATION=${BENCH_DURATION:-20s}
 WARMUP=${BENCH_WARMUP:-2s}
 AUCTIONS=${BENCH_AUCTIONS:-128}
-GROUPS_AT_INIT=${BENCH_GROUPS:-6}
+GROUPS_AT_INIT=${BENCH_GROUPS:-3}
 [[ "$GROUPS_AT_INIT" =~ ^[1-9][0-9]{0,3}$ ]] && [ "$GROUPS_AT_INIT" -le 1024 ] || { echo "bench.sh: BENCH_GROUPS must be 1-1024, not '$GROUPS_AT_INIT'" >&2; exit 2; }
 OUT=${BENCH_OUT:-target/bench}
 BIN=./target/release/gavel
@@ -102,7 +106,7 @@ start_gavel() {
   for n in 1 2 3; do
     "$BIN" serve --node-id "$n" --listen "127.0.0.1:1818$n" --peer-listen "127.0.0.1:1918$n" \
       --data-dir "$WORK/gavel$n" --initial-cluster "$initial" --auth-secret-file "$WORK/secret" \
-      --bid-rate-per-bidder 0 --groups "$GROUPS_AT_INIT" >"$WORK/gavel$n.log" 2>&1 &
+      --bid-rate-per-bidder 0 --groups "$GROUPS_AT_INIT" --worker-threads 1 >"$WORK/gavel$n.log" 2>&1 &
     GAVEL_PIDS+=($!)
   done
   for n in 1 2 3; do wait_url "${GAVEL_URLS[$((n - 1))]}/readyz" "$WORK/gavel$n.log"; done
@@ -226,7 +230,7 @@ ratio() { # GAVEL ETCD FIELD
     "if (\$g[0].failed or \$e[0].failed) then \"-\" elif \$e[0]$3 > 0 then (\$g[0]$3 / \$e[0]$3 * 100 | round / 100) else \"-\" end"
 }
 echo
-echo "$(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), load average $LOAD_BEFORE before the run and $(cut -d' ' -f1-3 /proc/loadavg) after; duration $DURATION, warm-up $WARMUP (spike: none), $AUCTIONS auctions/keys, Gavel with $GROUPS_AT_INIT Raft groups; open loop at $RATE/s (80% of Gavel's open-loop peak $PEAK/s, measured offering $OVERLOAD/s, twice its best closed-loop rate)"
+echo "$(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), load average $LOAD_BEFORE before the run and $(cut -d' ' -f1-3 /proc/loadavg) after; duration $DURATION, warm-up $WARMUP (spike: none), $AUCTIONS auctions/keys, Gavel with $GROUPS_AT_INIT Raft groups and one HTTP thread a node; open loop at $RATE/s (80% of Gavel's open-loop peak $PEAK/s, measured offering $OVERLOAD/s, twice its best closed-loop rate)"
 echo
 echo "| shape | Gavel decisions/s | Gavel p50 / p99 / p99.9 ms | etcd puts/s | etcd p50 / p99 / p99.9 ms | throughput Gavel/etcd | p99 Gavel/etcd | server CPU µs per decision / put, Gavel vs etcd | CPU Gavel/etcd |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
