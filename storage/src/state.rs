@@ -112,7 +112,7 @@ const DECISION_RUN_WITH_PROGRESS_FORMAT: u8 = 4;
 /// never rewrite the auction's record; the rest of the auction is fixed when it is created and
 /// read from the record. A third of the bytes of the whole auction, which had been more than
 /// half of what a bid wrote.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct AuctionProgress {
     status: Status,
     start_at_ms: StampMs,
