@@ -410,6 +410,11 @@ impl Node {
             if let Err(e) = group.raft.shutdown().await {
                 tracing::warn!(group = group.id, error = %e, "group did not shut down cleanly");
             }
+            // Not needed for safety (a restart applies them again from the Raft log), but a
+            // stopped node's state then holds everything it applied.
+            if let Err(e) = group.state.write_unwritten() {
+                tracing::warn!(group = group.id, error = %e, "could not write the group's unwritten decisions");
+            }
         }
         self.transport.shutdown();
         if let Err(e) = self.store.flush().await {

@@ -287,8 +287,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         ended_at_deadlines.extend(applied.effects.ended_at_deadline_ms);
                         replies.push(applied.effects.reply);
                     }
-                    // Decision-log records follow entries, which every replica shares.
-                    writer.end_entry().map_err(sm_error)?;
                     Response(replies)
                 }
                 EntryPayload::Membership(membership) => {

@@ -38,6 +38,13 @@ pub fn auction(id: &str) -> Vec<u8> {
     key
 }
 
+/// The id in an auction record's key.
+pub fn auction_id(key: &[u8]) -> Option<String> {
+    let len = usize::from(u16::from_be_bytes(key.get(1..3)?.try_into().ok()?));
+    let id = key.get(3..3 + len)?;
+    Some(String::from_utf8_lossy(id).into_owned())
+}
+
 pub fn decision_prefix(auction_id: &str) -> Vec<u8> {
     let mut key = vec![DECISION];
     push_str(&mut key, auction_id);

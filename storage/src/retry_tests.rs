@@ -35,11 +35,10 @@ enum Step {
         auction: usize,
         action: ControlAction,
     },
-    /// Ends a Raft entry inside the batch.
-    EndEntry,
     /// Ends the batch: commit, and a new writer.
     Commit,
-    /// Commits, then opens the data dir again (nothing in memory survives).
+    /// Commits, writes what is unwritten (as a clean shutdown does), then opens the data dir
+    /// again (nothing in memory survives).
     Reopen,
     /// Commits, then imports the state into a fresh store and goes on there.
     Import,
@@ -56,7 +55,6 @@ fn step() -> impl Strategy<Value = Step> {
             Just(ControlAction::End),
             Just(ControlAction::Start),
         ]).prop_map(|(auction, action)| Step::Control { auction, action }),
-        2 => Just(Step::EndEntry),
         3 => Just(Step::Commit),
         1 => Just(Step::Reopen),
         1 => Just(Step::Import),
@@ -156,10 +154,10 @@ fn run(steps: &[Step], entries_max: usize, mask: u64) -> Result<(), TestCaseErro
                 let got = writer.apply(stamp, &command).unwrap().effects.reply;
                 prop_assert_eq!(got, expected, "{:?}", command);
             }
-            Step::EndEntry => writer.end_entry().unwrap(),
             Step::Commit | Step::Reopen | Step::Import => {
                 writer.commit().unwrap();
                 if matches!(step, Step::Reopen) {
+                    state.write_unwritten().unwrap();
                     drop(state);
                     state = open_state(&dir, entries_max, mask);
                 }
@@ -178,6 +176,7 @@ fn run(steps: &[Step], entries_max: usize, mask: u64) -> Result<(), TestCaseErro
     }
     writer.commit().unwrap();
     assert_auctions_read_as_modelled(&state, &model)?;
+    state.write_unwritten().unwrap();
     drop(state);
     assert_auctions_read_as_modelled(&open_state(&dir, entries_max, mask), &model)
 }

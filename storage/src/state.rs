@@ -25,12 +25,25 @@
 //! wrote, and reading and decoding those again from sled was most of the cost of looking them
 //! up. `Committed` holds the idempotency index, which commits extend the same way.
 //!
-//! An auction's decision log is stored in runs: one record per auction per Raft entry (split
-//! at `DECISIONS_PER_RECORD_MAX`), keyed by the first decision's `seq`. A hot auction's entry
-//! carries dozens of decisions, and one sled insert each was a quarter of the cluster's CPU per
-//! decision on the hot-auction benchmark. Runs follow entries, not `apply` calls, because the
-//! entries are what every replica shares; an `apply` call's entries differ between replicas.
-//! Records written before runs hold one decision each and read as runs of one.
+//! An auction's decision log is stored in runs: one record per auction per write of the tree
+//! (split at `DECISIONS_PER_RECORD_MAX`), keyed by the first decision's `seq`. A hot auction's
+//! entry carries dozens of decisions, and one sled insert each was a quarter of the cluster's
+//! CPU per decision on the hot-auction benchmark. Records written before runs hold one
+//! decision each and read as runs of one.
+//!
+//! Bids are not written at every commit. A commit that only decides bids (and sets the stamp,
+//! the applied log id or the membership) leaves its decisions and those meta records
+//! unwritten, in memory (`Unwritten`), where every reader looks first; the commit that brings
+//! the count to `UNWRITTEN_DECISIONS_MAX`, or that changes anything else (a create, a control,
+//! a deadline, an auction's record), writes them all with its own writes, journaled as above.
+//! So does a snapshot's copy (`export`) and a clean shutdown (`write_unwritten`). Nothing is
+//! lost in a crash: the state machine's tree was never synced with the Raft log anyway, and
+//! what it has not written is applied again from the log, as after any crash, since the
+//! applied log id written with the rest stays behind too. In the spread benchmark (about one
+//! decision per auction per entry) the runs written at each entry were an insert per
+//! decision, and leaving them to the next write cut the cluster's CPU per decision by a
+//! quarter or more. Replicas leave different decisions unwritten, so their trees hold the same
+//! decisions in different runs: `digest` reads what the records say, not their bytes.
 //!
 //! A bid does not rewrite its auction's record. The last run an entry writes for an auction
 //! also carries what decisions change of the auction, as the entry left it
@@ -340,7 +353,79 @@ pub struct StateTree {
     journal_key: [u8; 4],
     committed: Arc<Mutex<Committed>>,
     committed_auctions: CommittedAuctions,
+    unwritten: Arc<RwLock<Unwritten>>,
     _open: crate::HandleToken,
+}
+
+/// Most decisions a group keeps unwritten (see the top of this file): the commit that reaches
+/// it writes them. In the spread benchmark (about 43 auctions a group) that is about 24
+/// decisions an auction, two runs, where writing each entry's runs took one insert a decision.
+/// Bounds the memory (a few hundred KiB a group) and what a restart applies again.
+const UNWRITTEN_DECISIONS_MAX: usize = 1_024;
+
+/// What commits applied but left out of the tree: bids' decisions, the meta records (stamp,
+/// applied log id, membership), and each auction with unwritten decisions as the newest commit
+/// left it. Readers look here first. Only the state machine's commits change it.
+#[derive(Default)]
+struct Unwritten {
+    /// Per auction, its decisions the tree does not hold, in `seq` order; it holds every
+    /// earlier one.
+    decisions: HashMap<String, Vec<BidDecision>>,
+    /// The auctions of `decisions`, newest.
+    auctions: HashMap<String, Auction>,
+    /// Meta records by key, newest values.
+    meta: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// How many decisions `decisions` holds.
+    count: usize,
+}
+
+impl Unwritten {
+    /// The decision-log records that write `decisions`: per auction, runs of at most
+    /// `DECISIONS_PER_RECORD_MAX`, the last carrying the auction's progress.
+    fn runs(&self) -> Result<JournalWrites, StorageError> {
+        let mut records = Vec::new();
+        for (auction_id, decisions) in &self.decisions {
+            let Some(auction) = self.auctions.get(auction_id) else {
+                return Err(StorageError::Corrupt(format!(
+                    "auction {auction_id} has unwritten decisions but no unwritten state"
+                )));
+            };
+            let mut runs = decisions.chunks(DECISIONS_PER_RECORD_MAX).peekable();
+            while let Some(run) = runs.next() {
+                let record = if runs.peek().is_some() {
+                    encode_as(DECISION_RUN_FORMAT, &run)?
+                } else {
+                    let last = RunWithProgress {
+                        progress: &AuctionProgress::of(auction),
+                        decisions: run,
+                    };
+                    encode_as(DECISION_RUN_WITH_PROGRESS_FORMAT, &last)?
+                };
+                records.push((keys::decision(auction_id, run[0].seq), Some(record)));
+            }
+        }
+        Ok(records)
+    }
+
+    /// The auction's unwritten decisions after `after_seq`, and the first unwritten `seq`
+    /// (the tree holds every decision before it).
+    fn decisions_after(&self, auction_id: &str, after_seq: u64) -> (Vec<BidDecision>, Option<u64>) {
+        match self.decisions.get(auction_id) {
+            Some(decisions) => (
+                decisions
+                    .iter()
+                    .filter(|decision| decision.seq > after_seq)
+                    .cloned()
+                    .collect(),
+                decisions.first().map(|decision| decision.seq),
+            ),
+            None => (Vec::new(), None),
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = Unwritten::default();
+    }
 }
 
 /// Finishes every group's last journaled commit that a crash cut short: an undo record whose
@@ -382,6 +467,42 @@ fn write_each(tree: &sled::Tree, writes: JournalWrites) -> Result<(), StorageErr
         };
     }
     Ok(())
+}
+
+/// Fills a page of an auction's decision log from its decisions in `seq` order.
+struct BidPageBuilder<'a> {
+    filter: &'a BidFilter,
+    page: BidPage,
+    last_seq: u64,
+    scanned: usize,
+}
+
+impl BidPageBuilder<'_> {
+    fn new(filter: &BidFilter) -> BidPageBuilder<'_> {
+        BidPageBuilder {
+            filter,
+            page: BidPage::default(),
+            last_seq: filter.after_seq,
+            scanned: 0,
+        }
+    }
+
+    /// Takes the next decision; false once the page is full (it then names where to go on).
+    fn push(&mut self, decision: BidDecision) -> bool {
+        if decision.seq <= self.filter.after_seq {
+            return true;
+        }
+        if self.page.bids.len() == self.filter.limit || self.scanned == LIST_SCAN_ROWS_MAX {
+            self.page.next_after_seq = Some(self.last_seq);
+            return false;
+        }
+        self.scanned += 1;
+        self.last_seq = decision.seq;
+        if !self.filter.accepted_only || decision.status == BidStatus::Accepted {
+            self.page.bids.push(decision);
+        }
+        true
+    }
 }
 
 /// A position in the newest-first auction listing: continue strictly below it.
@@ -562,6 +683,7 @@ impl StateTree {
             journal_key: group.to_be_bytes(),
             committed: Arc::new(Mutex::new(Committed::new())),
             committed_auctions: Arc::default(),
+            unwritten: Arc::default(),
         })
     }
 
@@ -589,6 +711,21 @@ impl StateTree {
             .unwrap_or_else(|e| e.into_inner())
     }
 
+    fn unwritten(&self) -> RwLockReadGuard<'_, Unwritten> {
+        self.unwritten.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn unwritten_mut(&self) -> RwLockWriteGuard<'_, Unwritten> {
+        self.unwritten.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Writes what commits left unwritten (see the top of this file), journaled like any
+    /// commit. Only where no apply runs concurrently: the state machine's task, or once it
+    /// stopped (a clean shutdown, so that the tree holds everything applied).
+    pub fn write_unwritten(&self) -> Result<(), StorageError> {
+        self.writer()?.finish(true)
+    }
+
     /// Forgets what commits left in memory, for when the tree changed under it (import, a
     /// failed commit).
     fn forget_committed(&self, committed: &mut Committed) {
@@ -596,9 +733,13 @@ impl StateTree {
         self.committed_auctions_mut().clear();
     }
 
-    /// The auction: as a recent commit left it (`CommittedAuctions`), or else the newer of its
-    /// record and the copy its newest decision-log record carries (see the top of this file).
+    /// The auction: as a recent commit left it (`Unwritten`, then `CommittedAuctions`), or else
+    /// the newer of its record and the progress its newest decision-log record carries (see the
+    /// top of this file).
     pub fn auction(&self, id: &str) -> Result<Option<Auction>, StorageError> {
+        if let Some(auction) = self.unwritten().auctions.get(id) {
+            return Ok(Some(auction.clone()));
+        }
         if let Some(auction) = self.committed_auctions().get(id) {
             return Ok(Some(auction.clone()));
         }
@@ -623,6 +764,15 @@ impl StateTree {
         auction_id: &str,
         seq: u64,
     ) -> Result<Option<BidDecision>, StorageError> {
+        {
+            let unwritten = self.unwritten();
+            if let Some(decisions) = unwritten.decisions.get(auction_id) {
+                if decisions.first().is_some_and(|first| first.seq <= seq) {
+                    let found = decisions.binary_search_by_key(&seq, |decision| decision.seq);
+                    return Ok(found.ok().map(|i| decisions[i].clone()));
+                }
+            }
+        }
         let Some((_, record)) = self.record_holding(auction_id, seq)? else {
             return Ok(None);
         };
@@ -654,17 +804,25 @@ impl StateTree {
         let started = std::time::Instant::now();
         let mut keys = AuctionKeys::default();
         let mut decisions = 0u64;
+        let (unwritten, first_unwritten) = self.unwritten().decisions_after(auction_id, 0);
+        let mut add = |decision: &BidDecision| {
+            let fingerprint = index.fingerprint(&decision.bidder_id, &decision.idempotency_key);
+            keys.insert(fingerprint, decision.seq);
+            decisions += 1;
+        };
         for record in self
             .tree
             .scan_prefix(keys::decision_prefix(auction_id))
             .values()
         {
             for decision in decode_decisions(&record?)? {
-                let fingerprint = index.fingerprint(&decision.bidder_id, &decision.idempotency_key);
-                keys.insert(fingerprint, decision.seq);
-                decisions += 1;
+                // A commit may have written them since they were copied.
+                if first_unwritten.is_none_or(|first| decision.seq < first) {
+                    add(&decision);
+                }
             }
         }
+        unwritten.iter().for_each(add);
         if decisions >= INDEX_REBUILD_LOGGED_MIN {
             tracing::info!(
                 auction = auction_id,
@@ -685,30 +843,32 @@ impl StateTree {
             Some((key, _)) => key.to_vec(),
             None => keys::decision(auction_id, first_wanted),
         };
-        let mut page = BidPage::default();
-        let mut last_seq = filter.after_seq;
-        let mut scanned = 0;
+        // Copied first: a commit that writes them meanwhile leaves them in the tree as well,
+        // where they are skipped.
+        let (unwritten, first_unwritten) = self
+            .unwritten()
+            .decisions_after(auction_id, filter.after_seq);
+        let mut page = BidPageBuilder::new(filter);
         for item in self.tree.range(start..) {
             let (key, record) = item?;
             if !key.starts_with(&prefix) {
-                return Ok(page);
+                break;
             }
             for decision in decode_decisions(&record)? {
-                if decision.seq <= filter.after_seq {
-                    continue;
+                if first_unwritten.is_some_and(|first| decision.seq >= first) {
+                    break;
                 }
-                if page.bids.len() == filter.limit || scanned == LIST_SCAN_ROWS_MAX {
-                    page.next_after_seq = Some(last_seq);
-                    return Ok(page);
-                }
-                scanned += 1;
-                last_seq = decision.seq;
-                if !filter.accepted_only || decision.status == BidStatus::Accepted {
-                    page.bids.push(decision);
+                if !page.push(decision) {
+                    return Ok(page.page);
                 }
             }
         }
-        Ok(page)
+        for decision in unwritten {
+            if !page.push(decision) {
+                break;
+            }
+        }
+        Ok(page.page)
     }
 
     /// Auctions of this group, newest first, matching `filter`.
@@ -781,12 +941,16 @@ impl StateTree {
 
     /// A small record the raft layer keeps beside the state (applied log id, membership).
     pub fn meta(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self.tree.get(keys::meta(name))?.map(|b| b.to_vec()))
+        let key = keys::meta(name);
+        if let Some(value) = self.unwritten().meta.get(&key) {
+            return Ok(value.clone());
+        }
+        Ok(self.tree.get(key)?.map(|b| b.to_vec()))
     }
 
     /// The stamp of the newest applied entry: stamps given to `apply` never go below it.
     pub fn last_stamp(&self) -> Result<StampMs, StorageError> {
-        match self.tree.get(keys::meta(META_STAMP))? {
+        match self.meta(META_STAMP)? {
             Some(bytes) => decode(&bytes),
             None => Ok(StampMs::MIN),
         }
@@ -802,14 +966,16 @@ impl StateTree {
             writes: BTreeMap::new(),
             auctions: BTreeMap::new(),
             decisions: BTreeMap::new(),
-            entry_decisions: BTreeMap::new(),
+            new_decisions: BTreeMap::new(),
             last_stamp,
         })
     }
 
-    /// Every key/value pair of the state machine, for a snapshot. Call it where no apply runs
-    /// concurrently (openraft's state machine task) so the copy is consistent.
+    /// Every key/value pair of the state machine, for a snapshot, after writing what commits
+    /// left unwritten. Call it where no apply runs concurrently (openraft's state machine task)
+    /// so the copy is consistent.
     pub fn export(&self) -> Result<SnapshotBlob, StorageError> {
+        self.write_unwritten()?;
         let pairs = self
             .tree
             .iter()
@@ -821,6 +987,7 @@ impl StateTree {
     /// Replaces the whole state machine with `blob` in one atomic batch (rare, so sled's batch).
     pub fn import(&self, blob: &SnapshotBlob) -> Result<(), StorageError> {
         self.forget_committed(&mut self.committed());
+        self.unwritten_mut().clear();
         // The last journaled commit must never be redone over the imported state. Removed first:
         // a crash between the two leaves the old state, complete since that commit was.
         self.journal.remove(self.journal_key)?;
@@ -836,16 +1003,53 @@ impl StateTree {
     }
 
     /// A digest of the state machine's contents: equal on replicas with equal applied state.
+    /// Replicas write the same decisions in different runs (what each left unwritten differs),
+    /// so it digests what the records say, not their bytes: every auction as read, every
+    /// decision, every meta record as read, every other record as stored. Each is hashed alone
+    /// and the hashes summed, so the order they are met in does not matter.
     pub fn digest(&self) -> Result<u64, StorageError> {
-        let mut hash = Fnv64::default();
+        let (unwritten_decisions, unwritten_meta) = {
+            let unwritten = self.unwritten();
+            (unwritten.decisions.clone(), unwritten.meta.clone())
+        };
+        let mut sum = 0u64;
+        let mut add = |key: &[u8], value: &[u8]| sum = sum.wrapping_add(Fnv64::of(key, value));
         for item in self.tree.iter() {
             let (key, value) = item?;
-            hash.write(&(key.len() as u64).to_be_bytes());
-            hash.write(&key);
-            hash.write(&(value.len() as u64).to_be_bytes());
-            hash.write(&value);
+            match key.first().copied() {
+                Some(keys::AUCTION) => {
+                    let id = keys::auction_id(&key)
+                        .ok_or_else(|| StorageError::Corrupt("short auction key".into()))?;
+                    if let Some(auction) = self.auction(&id)? {
+                        add(&key, &encode(&auction)?);
+                    }
+                }
+                Some(keys::DECISION) => {
+                    for decision in decode_decisions(&value)? {
+                        let first_unwritten = unwritten_decisions
+                            .get(&decision.auction_id)
+                            .and_then(|decisions| decisions.first())
+                            .map(|decision| decision.seq);
+                        if first_unwritten.is_none_or(|first| decision.seq < first) {
+                            let key = keys::decision(&decision.auction_id, decision.seq);
+                            add(&key, &encode(&decision)?);
+                        }
+                    }
+                }
+                Some(keys::META) if unwritten_meta.contains_key(key.as_ref()) => {}
+                _ => add(&key, &value),
+            }
         }
-        Ok(hash.0)
+        for decision in unwritten_decisions.values().flatten() {
+            let key = keys::decision(&decision.auction_id, decision.seq);
+            add(&key, &encode(&decision)?);
+        }
+        for (key, value) in &unwritten_meta {
+            if let Some(value) = value {
+                add(key, value);
+            }
+        }
+        Ok(sum)
     }
 
     /// Saves `bytes` as the group's snapshot unless the stored one reaches at least as far:
@@ -937,6 +1141,16 @@ impl Default for Fnv64 {
 }
 
 impl Fnv64 {
+    /// The hash of one record, its key and value each preceded by its length.
+    fn of(key: &[u8], value: &[u8]) -> u64 {
+        let mut hash = Fnv64::default();
+        hash.write(&(key.len() as u64).to_be_bytes());
+        hash.write(key);
+        hash.write(&(value.len() as u64).to_be_bytes());
+        hash.write(value);
+        hash.0
+    }
+
     fn write(&mut self, bytes: &[u8]) {
         for byte in bytes {
             self.0 ^= u64::from(*byte);
@@ -954,8 +1168,8 @@ pub struct StateWriter<'a> {
     auctions: BTreeMap<String, Auction>,
     /// Decisions written by this batch, by idempotency key bytes.
     decisions: BTreeMap<Vec<u8>, BidDecision>,
-    /// The current entry's decisions per auction, in order, staged as runs by `end_entry`.
-    entry_decisions: BTreeMap<String, Vec<BidDecision>>,
+    /// This batch's decisions per auction, in order: left unwritten or written as runs.
+    new_decisions: BTreeMap<String, Vec<BidDecision>>,
     last_stamp: StampMs,
 }
 
@@ -965,6 +1179,54 @@ pub struct Applied {
     pub stamp: StampMs,
     /// Whether the auction's next start/end deadline moved (so timers must look again).
     pub deadline_moved: bool,
+}
+
+impl StateTree {
+    /// The writes of a commit: `others` (its records other than meta and decisions) and all
+    /// that is unwritten, with its undo record; the last write is one that changes its key
+    /// (see the top of this file). `None` if no write changes anything.
+    fn journaled_writes(
+        &self,
+        others: JournalWrites,
+    ) -> Result<Option<(Vec<u8>, JournalWrites)>, StorageError> {
+        let mut all: BTreeMap<Vec<u8>, Option<Vec<u8>>> = others.into_iter().collect();
+        {
+            let unwritten = self.unwritten();
+            all.extend(unwritten.meta.iter().map(|(k, v)| (k.clone(), v.clone())));
+            all.extend(unwritten.runs()?);
+        }
+        let mut writes: JournalWrites = all.into_iter().collect();
+        let mut before = Vec::with_capacity(writes.len());
+        // The smallest write that changes its key: the last one, which the record names.
+        let mut last: Option<(usize, usize)> = None;
+        for (i, (key, value)) in writes.iter().enumerate() {
+            // A decision's `seq` is written once (every run starts past what the tree holds of
+            // the auction's log), so its key is new and needs no read.
+            let held = if key.first() == Some(&keys::DECISION) {
+                None
+            } else {
+                self.tree.get(key)?.map(|value| value.to_vec())
+            };
+            let size = value.as_ref().map_or(0, Vec::len);
+            if held != *value && last.is_none_or(|(_, smallest)| size < smallest) {
+                last = Some((i, size));
+            }
+            before.push((key.clone(), held));
+        }
+        let Some((last, _)) = last else {
+            return Ok(None);
+        };
+        let last_write = writes.remove(last);
+        writes.push(last_write.clone());
+        let undo = encode_as(
+            UNDO_RECORD_FORMAT,
+            &UndoRecord {
+                last: last_write,
+                before,
+            },
+        )?;
+        Ok(Some((undo, writes)))
+    }
 }
 
 impl StateWriter<'_> {
@@ -992,7 +1254,7 @@ impl StateWriter<'_> {
         }
         if effects.auction_changed {
             if let Some(auction) = &effects.auction {
-                // A decision's run carries the auction's progress (`end_entry`); anything else
+                // A decision's run carries the auction's progress (`Unwritten::runs`); anything else
                 // a change made goes to the record.
                 let write_record = effects.decision.is_none()
                     || !current
@@ -1020,54 +1282,33 @@ impl StateWriter<'_> {
         self.writes.insert(key.into(), None);
     }
 
-    /// Ends a Raft entry: its decisions are staged as one decision-log record per auction
-    /// (split at `DECISIONS_PER_RECORD_MAX`). Called after every entry, so that every replica
-    /// writes the same records (see the top of this file).
-    ///
-    /// The last record also carries the auction as the entry left it, which the bids did not
-    /// write to its own record.
-    pub fn end_entry(&mut self) -> Result<(), StorageError> {
-        for (auction_id, decisions) in std::mem::take(&mut self.entry_decisions) {
-            let Some(auction) = self.auctions.get(&auction_id) else {
-                return Err(StorageError::Corrupt(format!(
-                    "auction {auction_id} has decisions in this entry but was not staged"
-                )));
-            };
-            let mut runs = decisions.chunks(DECISIONS_PER_RECORD_MAX).peekable();
-            while let Some(run) = runs.next() {
-                let record = if runs.peek().is_some() {
-                    encode_as(DECISION_RUN_FORMAT, &run)?
-                } else {
-                    let last = RunWithProgress {
-                        progress: &AuctionProgress::of(auction),
-                        decisions: run,
-                    };
-                    encode_as(DECISION_RUN_WITH_PROGRESS_FORMAT, &last)?
-                };
-                self.writes
-                    .insert(keys::decision(&auction_id, run[0].seq), Some(record));
-            }
-        }
-        Ok(())
+    /// Ends the batch: what only bids changed (their decisions, the stamp, the applied log id)
+    /// may stay unwritten, in memory, until `UNWRITTEN_DECISIONS_MAX` decisions wait or a
+    /// change of anything else comes; then it is all written, journaled (see the top of this
+    /// file).
+    pub fn commit(self) -> Result<(), StorageError> {
+        self.finish(false)
     }
 
-    /// Writes everything staged, and the newest stamp: all or nothing after a crash, through
-    /// the apply journal (see the top of this file). Ends the current entry first.
-    pub fn commit(mut self) -> Result<(), StorageError> {
+    fn finish(mut self, write_all: bool) -> Result<(), StorageError> {
         let state = self.state;
         let mut committed = state.committed();
-        let written = self.journaled_writes().and_then(|journaled| {
-            // A batch that changes nothing writes nothing.
-            if let Some((undo, writes)) = journaled {
-                state.journal.insert(state.journal_key, undo)?;
-                write_each(&state.tree, writes)?;
+        if let Some(others) = self.hand_over(write_all)? {
+            let written = state.journaled_writes(others).and_then(|journaled| {
+                // A batch that changes nothing writes nothing.
+                if let Some((undo, writes)) = journaled {
+                    state.journal.insert(state.journal_key, undo)?;
+                    write_each(&state.tree, writes)?;
+                }
+                Ok(())
+            });
+            if let Err(e) = written {
+                // Half written, perhaps: nothing in memory may stand for what the tree holds,
+                // but `Unwritten`, which is newer than anything the tree holds.
+                state.forget_committed(&mut committed);
+                return Err(e);
             }
-            Ok(())
-        });
-        if let Err(e) = written {
-            // Half written, perhaps: nothing in memory may stand for what the tree holds.
-            state.forget_committed(&mut committed);
-            return Err(e);
+            state.unwritten_mut().clear();
         }
         committed.last_stamp = Some(self.last_stamp);
         for decision in self.decisions.values() {
@@ -1078,6 +1319,43 @@ impl StateWriter<'_> {
                 .keys
                 .record(&decision.auction_id, fingerprint, decision.seq);
         }
+        Ok(())
+    }
+
+    /// Hands the batch's decisions, meta records and auctions to `Unwritten` and
+    /// `CommittedAuctions`, where readers see them from here on (its entries are committed in
+    /// the Raft log). Returns the batch's other writes if the tree must be written now (with
+    /// all that is unwritten), `None` if everything may wait.
+    fn hand_over(&mut self, write_all: bool) -> Result<Option<JournalWrites>, StorageError> {
+        let state = self.state;
+        if self.last_stamp != StampMs::MIN {
+            let stamp = encode(&self.last_stamp)?;
+            self.stage(keys::meta(META_STAMP), stamp);
+        }
+        let (meta, others): (Vec<_>, Vec<_>) = std::mem::take(&mut self.writes)
+            .into_iter()
+            .partition(|(key, _)| key.first() == Some(&keys::META));
+        let write_now = {
+            // Readers see the batch from here on: its entries are committed in the Raft log.
+            let mut unwritten = state.unwritten_mut();
+            for (auction_id, decisions) in std::mem::take(&mut self.new_decisions) {
+                unwritten.count += decisions.len();
+                unwritten
+                    .decisions
+                    .entry(auction_id)
+                    .or_default()
+                    .extend(decisions);
+            }
+            for (id, auction) in &self.auctions {
+                if unwritten.decisions.contains_key(id) {
+                    unwritten.auctions.insert(id.clone(), auction.clone());
+                }
+            }
+            unwritten.meta.extend(meta);
+            write_all || !others.is_empty() || unwritten.count >= UNWRITTEN_DECISIONS_MAX
+        };
+        // Before the tree is written and `Unwritten` emptied, so that a reader never finds an
+        // older copy here than the one it found there.
         let mut auctions = state.committed_auctions_mut();
         if auctions.len() + self.auctions.len() > COMMITTED_AUCTIONS_MAX {
             auctions.clear();
@@ -1085,48 +1363,17 @@ impl StateWriter<'_> {
         if self.auctions.len() <= COMMITTED_AUCTIONS_MAX {
             auctions.extend(std::mem::take(&mut self.auctions));
         }
-        Ok(())
+        Ok(write_now.then_some(others))
     }
 
-    /// Ends the batch: its undo record and its writes, in the order made, the last one a write
-    /// that changes its key (see the top of this file); `None` if no write changes anything.
-    fn journaled_writes(&mut self) -> Result<Option<(Vec<u8>, JournalWrites)>, StorageError> {
-        self.end_entry()?;
-        if self.last_stamp != StampMs::MIN {
-            let stamp = encode(&self.last_stamp)?;
-            self.stage(keys::meta(META_STAMP), stamp);
-        }
-        let mut writes: JournalWrites = std::mem::take(&mut self.writes).into_iter().collect();
-        let mut before = Vec::with_capacity(writes.len());
-        // The smallest write that changes its key: the last one, which the record names.
-        let mut last: Option<(usize, usize)> = None;
-        for (i, (key, value)) in writes.iter().enumerate() {
-            // A decision's `seq` is written once (every run starts past the auction's
-            // `decision_count`), so its key is new and needs no read.
-            let held = if key.first() == Some(&keys::DECISION) {
-                None
-            } else {
-                self.state.tree.get(key)?.map(|value| value.to_vec())
-            };
-            let size = value.as_ref().map_or(0, Vec::len);
-            if held != *value && last.is_none_or(|(_, smallest)| size < smallest) {
-                last = Some((i, size));
-            }
-            before.push((key.clone(), held));
-        }
-        let Some((last, _)) = last else {
-            return Ok(None);
-        };
-        let last_write = writes.remove(last);
-        writes.push(last_write.clone());
-        let undo = encode_as(
-            UNDO_RECORD_FORMAT,
-            &UndoRecord {
-                last: last_write,
-                before,
-            },
-        )?;
-        Ok(Some((undo, writes)))
+    /// The undo record and writes `commit` would make if it wrote now, for tests that cut a
+    /// commit short.
+    #[cfg(test)]
+    pub(crate) fn journaled_writes(
+        mut self,
+    ) -> Result<Option<(Vec<u8>, JournalWrites)>, StorageError> {
+        let others = self.hand_over(true)?.unwrap_or_default();
+        self.state.journaled_writes(others)
     }
 
     fn auction(&self, id: &str) -> Result<Option<Auction>, StorageError> {
@@ -1182,7 +1429,7 @@ impl StateWriter<'_> {
             &decision.bidder_id,
             &decision.idempotency_key,
         );
-        self.entry_decisions
+        self.new_decisions
             .entry(decision.auction_id.clone())
             .or_default()
             .push(decision.clone());
