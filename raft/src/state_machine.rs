@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use gavel_rules::{Auction, Change, StampMs};
-use gavel_storage::{decode, encode, on_blocking_thread, SnapshotBlob, StateTree, Store};
+use gavel_storage::{decode, encode, on_blocking_thread, SnapshotBlob, StateTree, Store, TreeCopy};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use tokio::sync::{broadcast, Notify};
@@ -316,24 +316,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        // Copied while the state machine task waits here, so no apply runs during the copy; on
-        // a blocking thread, because the copy is the group's whole state, its bid log too (12
-        // MB after 20,000 bids to one auction, 25 MB after 40,000): on the consensus thread,
-        // the copy and the encoding in `build_snapshot` held up every group of the node,
-        // heartbeats and bids, for up to 1.4 s each time.
-        let state = self.state.clone();
-        let copy = on_blocking_thread("snapshot copy", move || {
-            let blob = state.export()?;
-            let applied: Option<Option<LogId>> = stored(&state, APPLIED)?;
-            let applied = applied.flatten();
-            let membership: Option<StoredMembership> = stored(&state, MEMBERSHIP)?;
-            Ok((blob, applied, membership.unwrap_or_default()))
-        })
-        .await;
+        // Only begun here, in the state machine task (what is unwritten is written first, so
+        // the snapshot covers everything applied): `build_snapshot` reads the tree on a
+        // blocking thread while the group goes on applying. Copied while the task waited, the
+        // group's whole state (its bid log too: tens of megabytes after a few hundred thousand
+        // bids) held its bids up for 1-3 s at every snapshot.
         SnapshotBuilder {
             store: self.store.clone(),
             state: self.state.clone(),
-            copy,
+            copy: Some(self.state.begin_copy()),
         }
     }
 
@@ -405,11 +396,24 @@ fn set_pair(blob: &mut SnapshotBlob, name: &str, value: Vec<u8>) {
     }
 }
 
-/// Turns a state copy taken in the state machine task into a stored snapshot.
+/// Turns a copy of the state begun in the state machine task into a stored snapshot.
 pub struct SnapshotBuilder {
     store: Store,
     state: StateTree,
-    copy: Result<(SnapshotBlob, Option<LogId>, StoredMembership), gavel_storage::StorageError>,
+    /// Taken by the one build.
+    copy: Option<Result<TreeCopy, gavel_storage::StorageError>>,
+}
+
+/// A meta record of a state copy (the applied log id, the membership), if it holds one.
+fn copied<T: serde::de::DeserializeOwned>(
+    blob: &SnapshotBlob,
+    name: &str,
+) -> Result<Option<T>, gavel_storage::StorageError> {
+    let key = gavel_storage::meta_key(name);
+    match blob.pairs.binary_search_by(|(k, _)| k.as_slice().cmp(&key)) {
+        Ok(i) => Ok(Some(decode(&blob.pairs[i].1)?)),
+        Err(_) => Ok(None),
+    }
 }
 
 /// A value the state machine keeps in its meta records (the applied log id, the membership).
@@ -422,40 +426,42 @@ fn stored<T: serde::de::DeserializeOwned>(
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot, RaftStorageError> {
-        // Taken, not cloned: the copy is the group's whole state, and a builder builds once.
-        let taken = std::mem::replace(
-            &mut self.copy,
-            Err(gavel_storage::StorageError::Corrupt(
-                "this snapshot was built already".into(),
-            )),
-        );
-        let (blob, applied, membership) = match taken {
-            Ok(copy) => copy,
-            Err(e) => return Err(StorageIOError::read_state_machine(&e).into()),
+        let copy = match self.copy.take() {
+            Some(Ok(copy)) => copy,
+            Some(Err(e)) => return Err(StorageIOError::read_state_machine(&e).into()),
+            None => {
+                let e =
+                    gavel_storage::StorageError::Corrupt("this snapshot was built already".into());
+                return Err(StorageIOError::read_state_machine(&e).into());
+            }
         };
         let error = |e: gavel_storage::StorageError| StorageIOError::write_snapshot(None, &e);
-        let snapshot_id = match applied {
-            Some(id) => format!("{}-{}", id.leader_id.term, id.index),
-            None => "empty".to_string(),
-        };
-        let meta = SnapshotMeta {
-            last_log_id: applied,
-            last_membership: membership,
-            snapshot_id,
-        };
-        // Encoding and storing the whole state takes a while for a hot group: on a blocking
-        // thread, for the same reason as the copy.
+        // Copying, encoding and storing the whole state takes a while for a hot group: on a
+        // blocking thread, off the consensus runtime (it held up every group of the node,
+        // heartbeats and bids, for up to 1.4 s each time).
         let state = self.state.clone();
-        let record_meta = meta.clone();
-        let (data, saved) = on_blocking_thread("snapshot build", move || {
+        let (meta, data, saved) = on_blocking_thread("snapshot build", move || {
+            let blob = copy.finish()?;
+            // The copy's own applied log id and membership: the state it is.
+            let applied: Option<LogId> = copied::<Option<LogId>>(&blob, APPLIED)?.flatten();
+            let membership: StoredMembership = copied(&blob, MEMBERSHIP)?.unwrap_or_default();
+            let snapshot_id = match applied {
+                Some(id) => format!("{}-{}", id.leader_id.term, id.index),
+                None => "empty".to_string(),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: applied,
+                last_membership: membership,
+                snapshot_id,
+            };
             let data = blob.to_bytes()?;
-            let stored = encode(&(&record_meta, serde_bytes::Bytes::new(&data)))?;
+            let stored = encode(&(&meta, serde_bytes::Bytes::new(&data)))?;
             // openraft 0.9 runs this outside the state machine task: an install may have
             // stored a newer snapshot since the copy was taken. Saving only when newer keeps
             // that one (a lagging follower would otherwise be sent this stale snapshot, for
             // ever). openraft ignores the older meta returned then: it holds the installed one.
             let saved = state.save_snapshot_if_newer(snapshot_position(applied), &stored)?;
-            Ok((data, saved))
+            Ok((meta, data, saved))
         })
         .await
         .map_err(error)?;

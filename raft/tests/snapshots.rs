@@ -247,8 +247,11 @@ async fn snapshot_at_least(group: &Group, index: u64) -> Snapshot {
 }
 
 // openraft 0.9 runs `build_snapshot` in a task of its own, outside the state machine task, so
-// an install can complete while a build (copied earlier) is still running. The late build must
-// not replace the newer installed snapshot: a lagging follower would then be sent the stale one.
+// an install can complete while a build (begun earlier) is still running. The late build must
+// not replace the newer installed snapshot: a lagging follower would then be sent a stale one.
+// A copy still in progress takes the install over (it copies the installed state), and a
+// build that finished its copy before the install is not saved over it
+// (`save_snapshot_if_newer`, tested in the storage crate).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn older_build_never_replaces_a_newer_installed_snapshot() {
     let source_dir = tempfile::tempdir().unwrap();
@@ -277,7 +280,7 @@ async fn older_build_never_replaces_a_newer_installed_snapshot() {
         .install_snapshot(&older.meta, older.snapshot)
         .await
         .unwrap();
-    // The copy is taken here, at the older point; the build finishes only after the install.
+    // The copy begins here, at the older point; the build runs only after the install.
     let mut late_build = target.get_snapshot_builder().await;
     let newer_meta = newer.meta.clone();
     target
@@ -285,7 +288,7 @@ async fn older_build_never_replaces_a_newer_installed_snapshot() {
         .await
         .unwrap();
     let built = late_build.build_snapshot().await.unwrap();
-    assert_eq!(built.meta.last_log_id, older.meta.last_log_id);
+    assert_eq!(built.meta.last_log_id, newer_meta.last_log_id);
 
     let stored = target
         .get_current_snapshot()

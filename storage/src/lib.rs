@@ -33,7 +33,7 @@ use std::path::Path;
 pub use codec::{decode, decode_as, encode, encode_as, format_of, FORMAT_VERSION};
 pub use state::{
     Applied, AuctionCursor, AuctionFilter, AuctionPage, BidFilter, BidPage, SnapshotBlob,
-    StateTree, StateWriter, LIST_SCAN_ROWS_MAX, SNAPSHOT_FORMAT,
+    StateTree, StateWriter, TreeCopy, LIST_SCAN_ROWS_MAX, SNAPSHOT_FORMAT,
 };
 pub use summary::StateSummary;
 use wal::Wal;

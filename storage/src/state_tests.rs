@@ -987,3 +987,97 @@ fn a_state_copy_from_before_runs_reads_and_this_versions_copies_say_runs() {
     let before_runs = encode_as(SNAPSHOT_FORMAT_BEFORE_RUNS, &blob).unwrap();
     assert_eq!(SnapshotBlob::from_bytes(&before_runs).unwrap(), blob);
 }
+
+/// The tree's raw pairs, as `export` copies them (without writing what is unwritten).
+fn raw_pairs(state: &StateTree) -> Vec<KeyValue> {
+    state
+        .tree
+        .iter()
+        .map(|item| {
+            let (key, value) = item.unwrap();
+            (key.to_vec(), value.to_vec())
+        })
+        .collect()
+}
+
+/// A copy begun before commits and finished while they go on, on another thread, is exactly
+/// one state the tree was in after one of those commits, however its read of the tree
+/// interleaved with their writes (a tree of some thousands of records takes milliseconds to
+/// read, a commit well under one).
+#[test]
+fn a_copy_taken_while_commits_go_on_is_a_state_the_tree_was_in() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let (_dir, state) = store();
+    let mut writer = state.writer().unwrap();
+    for i in 0..3_000 {
+        let id = format!("filler{i}");
+        writer
+            .apply(T0, &create(&id, "carol", T0, T0 + 600_000))
+            .unwrap();
+    }
+    writer
+        .apply(T0, &create("a", "carol", T0, T0 + 600_000))
+        .unwrap();
+    writer.commit().unwrap();
+    for round in 0..5i64 {
+        let copy = state.begin_copy().unwrap();
+        let done = Arc::new(AtomicUsize::new(0));
+        let committing = state.clone();
+        let counter = done.clone();
+        let commits = std::thread::spawn(move || {
+            let mut states = Vec::new();
+            for n in 0..40 {
+                let mut writer = committing.writer().unwrap();
+                let id = format!("r{round}-{n}");
+                // A create writes the tree at once, with its batch's bids.
+                writer
+                    .apply(T0 + 1, &create(&id, "carol", T0, T0 + 600_000))
+                    .unwrap();
+                for b in 0..20 {
+                    let amount = 10 + (round * 40 + n) * 20 + b;
+                    let bidder = format!("b{round}-{n}-{b}");
+                    writer
+                        .apply(T0 + 1, &bid("a", &bidder, "k", amount))
+                        .unwrap();
+                }
+                writer.commit().unwrap();
+                states.push(raw_pairs(&committing));
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+            states
+        });
+        while done.load(Ordering::SeqCst) < 2 {
+            std::thread::yield_now();
+        }
+        let blob = copy.finish().unwrap();
+        let states = commits.join().unwrap();
+        assert!(
+            states.contains(&blob.pairs),
+            "round {round}: the copy ({} pairs) is none of the {} states",
+            blob.pairs.len(),
+            states.len()
+        );
+    }
+    // Past the last commit, a copy is the tree as it stands, what was unwritten included.
+    let expected = state.export().unwrap();
+    assert_eq!(state.begin_copy().unwrap().finish().unwrap(), expected);
+}
+
+/// An import while a copy is in progress: the copy is the imported state, with what commits
+/// wrote after it.
+#[test]
+fn a_copy_in_progress_during_an_import_is_the_imported_state() {
+    let (_source_dir, source) = store_with_auction("x");
+    let imported = source.export().unwrap();
+    let (_dir, state) = store_with_auction("a");
+    let copy = state.begin_copy().unwrap();
+    state.import(&imported).unwrap();
+    let mut writer = state.writer().unwrap();
+    writer
+        .apply(T0 + 5, &create("y", "carol", T0, T0 + 600_000))
+        .unwrap();
+    writer.commit().unwrap();
+    let blob = copy.finish().unwrap();
+    assert_eq!(blob.pairs, raw_pairs(&state));
+    assert!(blob.pairs.iter().all(|(key, _)| key != &keys::auction("a")));
+}
