@@ -384,7 +384,7 @@ async fn shutdown_ends_open_streams_at_once() {
     sse.next().await.unwrap();
     // Well within --shutdown-grace-ms (10 s): open streams do not hold shutdown up.
     let status = server.terminate(Duration::from_secs(5)).await;
-    assert!(status.success(), "{status}");
+    assert!(status.success(), "{status}; log:\n{}", server.log_tail());
     ws.until_closed().await;
     sse.until_closed().await;
     assert_eq!(ws.close_code, Some(1001), "going away");
