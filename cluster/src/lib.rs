@@ -54,6 +54,7 @@ pub use api::*;
 pub use gavel_raft::transport::{PeerTls, TlsError};
 pub use gavel_raft::wall_clock_ms;
 pub use gavel_raft::{AppliedEvents, AuctionEvent, Watched};
+pub use gavel_storage::lower_this_threads_priority;
 pub use handoff::{HandoffReport, HANDOFF_MS_MAX};
 pub use node::{Node, GROUPS_MAX};
 pub use routing::group_of;

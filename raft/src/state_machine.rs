@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use gavel_rules::{Auction, Change, StampMs};
-use gavel_storage::{decode, encode, on_blocking_thread, SnapshotBlob, StateTree, Store, TreeCopy};
+use gavel_storage::{
+    decode, encode, on_background_thread, SnapshotBlob, StateTree, Store, TreeCopy,
+};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use tokio::sync::{broadcast, Notify};
@@ -437,10 +439,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         };
         let error = |e: gavel_storage::StorageError| StorageIOError::write_snapshot(None, &e);
         // Copying, encoding and storing the whole state takes a while for a hot group: on a
-        // blocking thread, off the consensus runtime (it held up every group of the node,
-        // heartbeats and bids, for up to 1.4 s each time).
+        // thread of its own, off the consensus runtime (it held up every group of the node,
+        // heartbeats and bids, for up to 1.4 s each time), at a lower priority, so that it
+        // takes the CPU bids leave.
         let state = self.state.clone();
-        let (meta, data, saved) = on_blocking_thread("snapshot build", move || {
+        let (meta, data, saved) = on_background_thread("snapshot", move || {
             let blob = copy.finish()?;
             // The copy's own applied log id and membership: the state it is.
             let applied: Option<LogId> = copied::<Option<LogId>>(&blob, APPLIED)?.flatten();

@@ -20,6 +20,7 @@ pub mod tls;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+pub(crate) use gavel_cluster::lower_this_threads_priority;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser, Debug)]
@@ -80,33 +81,6 @@ pub fn main() -> ExitCode {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Raises the calling thread's niceness to `nice` (Linux sets it per thread). Raising it needs
-/// no privilege; if the kernel refuses anyway, the thread keeps its priority and says so. A
-/// thread already at least that nice (a node started under `nice`) is left alone: setting the
-/// value would raise its priority above the node's other threads, the opposite of the intent.
-pub(crate) fn lower_this_threads_priority(nice: u8) {
-    let nice = libc::c_int::from(nice);
-    if nice == 0 {
-        return;
-    }
-    // SAFETY: `gettid`, `getpriority` and `setpriority` take plain integers and touch only
-    // this thread's scheduling attributes; errno is this thread's own.
-    let result = unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        // -1 is a valid niceness: only errno tells it from a failure.
-        *libc::__errno_location() = 0;
-        let current = libc::getpriority(libc::PRIO_PROCESS, tid);
-        if *libc::__errno_location() == 0 && current >= nice {
-            return;
-        }
-        libc::setpriority(libc::PRIO_PROCESS, tid, nice)
-    };
-    if result != 0 {
-        let error = std::io::Error::last_os_error();
-        tracing::warn!(%error, nice, "cannot lower a fan-out thread's priority");
     }
 }
 

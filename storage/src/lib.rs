@@ -227,6 +227,65 @@ pub async fn on_blocking_thread<T: Send + 'static>(
         .unwrap_or_else(|e| Err(StorageError::Corrupt(format!("{what} task failed: {e}"))))
 }
 
+/// Raises the calling thread's niceness to `nice` (Linux sets it per thread). Raising it needs
+/// no privilege; if the kernel refuses anyway, the thread keeps its priority and says so. A
+/// thread already at least that nice (a node started under `nice`) is left alone: setting the
+/// value would raise its priority above the node's other threads, the opposite of the intent.
+pub fn lower_this_threads_priority(nice: u8) {
+    let nice = libc::c_int::from(nice);
+    if nice == 0 {
+        return;
+    }
+    // SAFETY: `gettid`, `getpriority` and `setpriority` take plain integers and touch only
+    // this thread's scheduling attributes; errno is this thread's own.
+    let result = unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        // -1 is a valid niceness: only errno tells it from a failure.
+        *libc::__errno_location() = 0;
+        let current = libc::getpriority(libc::PRIO_PROCESS, tid);
+        if *libc::__errno_location() == 0 && current >= nice {
+            return;
+        }
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice)
+    };
+    if result != 0 {
+        let error = std::io::Error::last_os_error();
+        let thread = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_string();
+        tracing::warn!(%error, nice, thread, "cannot lower a thread's priority");
+    }
+}
+
+/// The niceness of `on_background_thread`'s threads.
+const BACKGROUND_NICENESS: u8 = 10;
+
+/// Runs work that takes seconds of CPU and that nothing urgent waits for (a snapshot's copy,
+/// encoding and file) on a thread of its own at a lower priority, so that a bid's thread that
+/// wakes takes the CPU from it rather than waiting out its time slice (one client bidding on a
+/// group of about 370,000 decisions that snapshots every 3,000 entries: p99 3.8-4.1 ms against
+/// 4.8-5.3 ms). `what` names the thread.
+pub async fn on_background_thread<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name(format!("gavel-{what}"))
+        .spawn(move || {
+            lower_this_threads_priority(BACKGROUND_NICENESS);
+            let _ = done.send(work());
+        })
+        .map_err(|source| StorageError::Io {
+            path: format!("(a thread for the {what})"),
+            source,
+        })?;
+    result
+        .await
+        .unwrap_or_else(|_| Err(StorageError::Corrupt(format!("{what} thread failed"))))
+}
+
 /// The state machine key of a meta record, as it appears in a `SnapshotBlob`.
 pub fn meta_key(name: &str) -> Vec<u8> {
     keys::meta(name)
@@ -235,6 +294,38 @@ pub fn meta_key(name: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The calling thread's niceness.
+    fn this_threads_niceness() -> i32 {
+        // SAFETY: plain integer syscalls on this thread's own scheduling attributes.
+        unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::getpriority(libc::PRIO_PROCESS, tid)
+        }
+    }
+
+    #[tokio::test]
+    async fn background_work_runs_at_a_lower_priority_and_hands_back_its_result() {
+        let ours = this_threads_niceness();
+        let (answer, niceness) = on_background_thread("test", || Ok((42, this_threads_niceness())))
+            .await
+            .unwrap();
+        assert_eq!(answer, 42);
+        assert!(
+            niceness >= i32::from(BACKGROUND_NICENESS).max(ours),
+            "niceness {niceness}"
+        );
+        assert_eq!(
+            this_threads_niceness(),
+            ours,
+            "the caller's thread is left alone"
+        );
+        let failed = on_background_thread("test", || -> Result<(), StorageError> {
+            Err(StorageError::Corrupt("no".into()))
+        })
+        .await;
+        assert!(matches!(failed, Err(StorageError::Corrupt(_))));
+    }
 
     #[test]
     fn open_waits_for_a_lock_released_soon_and_reports_one_that_stays() {
