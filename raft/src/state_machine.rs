@@ -391,10 +391,9 @@ pub(crate) fn install_blob(
 
 /// Replaces (or adds) the meta pair `name` in a snapshot blob.
 fn set_pair(blob: &mut SnapshotBlob, name: &str, value: Vec<u8>) {
-    let key = gavel_storage::meta_key(name);
-    match blob.pairs.binary_search_by(|(k, _)| k.as_slice().cmp(&key)) {
+    match meta_pair(blob, name) {
         Ok(i) => blob.pairs[i].1 = value,
-        Err(i) => blob.pairs.insert(i, (key, value)),
+        Err(i) => blob.pairs.insert(i, (gavel_storage::meta_key(name), value)),
     }
 }
 
@@ -411,11 +410,16 @@ fn copied<T: serde::de::DeserializeOwned>(
     blob: &SnapshotBlob,
     name: &str,
 ) -> Result<Option<T>, gavel_storage::StorageError> {
-    let key = gavel_storage::meta_key(name);
-    match blob.pairs.binary_search_by(|(k, _)| k.as_slice().cmp(&key)) {
+    match meta_pair(blob, name) {
         Ok(i) => Ok(Some(decode(&blob.pairs[i].1)?)),
         Err(_) => Ok(None),
     }
+}
+
+/// Where the meta pair `name` is in a snapshot blob (pairs are in key order), or would go.
+fn meta_pair(blob: &SnapshotBlob, name: &str) -> Result<usize, usize> {
+    let key = gavel_storage::meta_key(name);
+    blob.pairs.binary_search_by(|(k, _)| k.as_slice().cmp(&key))
 }
 
 /// A value the state machine keeps in its meta records (the applied log id, the membership).

@@ -1087,13 +1087,7 @@ impl StateTree {
     /// left unwritten. Call it where no apply runs concurrently (openraft's state machine task)
     /// so the copy is consistent.
     pub fn export(&self) -> Result<SnapshotBlob, StorageError> {
-        self.write_unwritten()?;
-        let pairs = self
-            .tree
-            .iter()
-            .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())))
-            .collect::<Result<_, _>>()?;
-        Ok(SnapshotBlob { pairs })
+        self.begin_copy()?.finish()
     }
 
     /// Replaces the whole state machine with `blob` in one atomic batch (rare, so sled's batch).
