@@ -90,6 +90,18 @@ impl ClockGuard {
         health.problem()
     }
 
+    /// Like `problem`, but a problem seen between verdicts (a step since the last one, or
+    /// a verdict gone stale) waits at most `within` for the next verdict, which judges on
+    /// fresh probes: for decisions worth a moment's wait, such as taking over a group.
+    pub async fn problem_after_next_verdict(&self, within: Duration) -> Option<String> {
+        let mut verdicts = self.subscribe();
+        verdicts.borrow_and_update();
+        self.problem()?;
+        // A timeout or a guard gone away leaves the problem as it stands.
+        let _ = tokio::time::timeout(within, verdicts.changed()).await;
+        self.problem()
+    }
+
     pub fn healthy(&self) -> bool {
         self.problem().is_none()
     }
@@ -243,4 +255,53 @@ fn successors(node: &Node, group: &Group) -> Vec<u64> {
         .collect();
     others.sort_by_key(|v| std::cmp::Reverse(matched(v)));
     others
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A guard whose last verdict was healthy but was reached before a wall-clock step.
+    fn judged_before_a_step() -> ClockGuard {
+        let guard = ClockGuard::new(1, 500);
+        let alone = BTreeSet::from([1]);
+        let health = guard.judge(&alone);
+        assert!(health.healthy, "a lone voter is its own majority");
+        let now = ClockNow::read();
+        let before_the_step = ClockNow {
+            at: now.at,
+            wall_ms: now.wall_ms - 400,
+        };
+        guard.verdict.send_replace((health, before_the_step));
+        guard
+    }
+
+    #[tokio::test]
+    async fn a_step_between_verdicts_waits_for_the_next_one() {
+        let guard = Arc::new(judged_before_a_step());
+        let problem = guard
+            .problem()
+            .expect("a step since the verdict is a problem");
+        assert!(problem.contains("stepped +400 ms"), "{problem}");
+
+        // Nobody judges again: the problem stands once the wait is over.
+        let waited = guard
+            .problem_after_next_verdict(Duration::from_millis(100))
+            .await;
+        assert!(waited.is_some_and(|p| p.contains("stepped")));
+
+        // A fresh verdict arrives while the caller waits: no problem left.
+        let judge = {
+            let guard = guard.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                guard.judge(&BTreeSet::from([1]));
+            })
+        };
+        let waited = guard
+            .problem_after_next_verdict(Duration::from_secs(5))
+            .await;
+        assert_eq!(waited, None);
+        judge.await.expect("the judging task");
+    }
 }

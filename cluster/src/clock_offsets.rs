@@ -33,12 +33,40 @@ pub struct ClockNow {
     pub wall_ms: i64,
 }
 
+/// A paired reading whose two monotonic reads are further apart than this was interrupted
+/// (the thread was preempted between them) and is taken again.
+const PAIRED_READ_GAP_MAX: Duration = Duration::from_millis(2);
+/// Attempts at a tight paired reading before the tightest one is used.
+const PAIRED_READ_ATTEMPTS: usize = 8;
+
 impl ClockNow {
+    /// Both clocks, read as nearly together as the scheduler allows. A thread preempted
+    /// between the two reads would otherwise pair a wall time with an older monotonic one, and
+    /// a later comparison would see a "step" as long as the preemption (hundreds of ms on a
+    /// loaded machine), enough to refuse a leader its stamps.
     pub fn read() -> ClockNow {
-        ClockNow {
-            at: Instant::now(),
-            wall_ms: gavel_raft::wall_clock_ms(),
+        Self::read_with(Instant::now, gavel_raft::wall_clock_ms)
+    }
+
+    fn read_with(mut mono: impl FnMut() -> Instant, mut wall: impl FnMut() -> i64) -> ClockNow {
+        let mut read_once = || {
+            let before = mono();
+            let wall_ms = wall();
+            let gap = mono().saturating_duration_since(before);
+            let at = before + gap / 2;
+            (gap, ClockNow { at, wall_ms })
+        };
+        let mut tightest = read_once();
+        for _ in 1..PAIRED_READ_ATTEMPTS {
+            if tightest.0 <= PAIRED_READ_GAP_MAX {
+                break;
+            }
+            let next = read_once();
+            if next.0 < tightest.0 {
+                tightest = next;
+            }
         }
+        tightest.1
     }
 
     /// How far the wall clock moved, beyond what the monotonic clock did, since it read
@@ -262,6 +290,42 @@ mod tests {
             local_ms: WALL0 + ms as i64,
             ..sample(offset_ms, uncertainty_ms, t0 + Duration::from_millis(ms))
         }
+    }
+
+    /// A scripted pair of clocks: each wall read happens `preempted_ms[i]` after the
+    /// monotonic read before it (the thread was preempted that long), then the next read.
+    fn scripted_read(t0: Instant, preempted_ms: &[u64]) -> ClockNow {
+        let elapsed_ms = std::cell::Cell::new(0);
+        let attempt = std::cell::Cell::new(0);
+        ClockNow::read_with(
+            || t0 + Duration::from_millis(elapsed_ms.get()),
+            || {
+                let preempted = preempted_ms.get(attempt.get()).copied().unwrap_or(0);
+                attempt.set(attempt.get() + 1);
+                elapsed_ms.set(elapsed_ms.get() + preempted);
+                WALL0 + elapsed_ms.get() as i64
+            },
+        )
+    }
+
+    #[test]
+    fn a_reading_interrupted_between_its_clocks_is_taken_again() {
+        let t0 = Instant::now();
+        let steady = scripted_read(t0, &[]);
+        assert_eq!(steady.wall_step_ms(t0, WALL0), 0);
+        // Preempted for 355 ms between the reads, then not: the second attempt is used, so the
+        // reading shows no step.
+        let retried = scripted_read(t0, &[355]);
+        assert_eq!(retried.wall_step_ms(t0, WALL0), 0, "{retried:?}");
+        assert_eq!(retried.wall_ms, WALL0 + 355);
+        // Preempted on every attempt: the tightest reading, its instant the pair's midpoint, so
+        // the apparent step is at most half the gap.
+        let always = scripted_read(t0, &[400, 300, 350, 300, 500, 320, 310, 330]);
+        let apparent = always.wall_step_ms(t0, WALL0);
+        assert!(
+            apparent.abs() <= 150,
+            "{always:?} shows a step of {apparent} ms"
+        );
     }
 
     fn set(ids: &[u64]) -> BTreeSet<u64> {

@@ -20,6 +20,10 @@ use crate::read_rounds::read_index;
 
 /// How long a yielding leader waits for its in-flight writes to apply.
 const IN_FLIGHT_DRAIN: Duration = Duration::from_millis(2_000);
+/// How long a transfer's target waits for a fresh clock verdict when the last one does not
+/// let it lead (a wall-clock step since, say): longer than a probe round, well within the
+/// transfer window.
+const CLOCK_VERDICT_WAIT: Duration = Duration::from_millis(1_500);
 
 pub struct Inbound {
     node: Weak<Node>,
@@ -156,7 +160,8 @@ async fn campaign_here(
             node.node_id()
         )));
     }
-    if let Some(problem) = node.clock.problem() {
+    let verdict_wait = window.min(CLOCK_VERDICT_WAIT);
+    if let Some(problem) = node.clock.problem_after_next_verdict(verdict_wait).await {
         return Err(RemoteFailure::Refused(format!(
             "node {} will not lead: {problem}",
             node.node_id()
