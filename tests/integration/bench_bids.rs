@@ -183,3 +183,118 @@ fn bad_flags_fail_with_a_message_before_any_node_starts() {
     assert!(stderr.contains("--server-pids"), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+/// `--via leader` sends each auction's bids to the node leading its group, `--via follower` to
+/// one that does not; the summary names the endpoint each auction's bids went to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn via_picks_the_leading_node_or_another() {
+    use crate::common::cluster::*;
+
+    let cluster = Cluster::start(ClusterConfig::default()).await;
+    let ids = cluster.ids();
+    cluster
+        .await_preferred_leaders(ids[0], Duration::from_secs(60))
+        .await;
+    let secret = tempfile::NamedTempFile::new().expect("a temp file");
+    std::fs::write(secret.path(), crate::common::SECRET).expect("write the secret");
+    let endpoints: Vec<String> = ids
+        .iter()
+        .map(|&id| cluster.api(id).base_url().to_owned())
+        .collect();
+    let endpoints = endpoints.join(",");
+    for via in ["leader", "follower"] {
+        let mut before = Vec::new();
+        for &id in &ids {
+            before.push(bid_requests(&cluster, id).await);
+        }
+        let output = cluster
+            .gavel(&[
+                "bench",
+                "bids",
+                "--endpoints",
+                &endpoints,
+                "--auth-secret-file",
+                secret.path().to_str().expect("a UTF-8 path"),
+                "--via",
+                via,
+                // A client per auction (client c bids on auction c mod 3).
+                "--connections",
+                "3",
+                "--auctions",
+                "3",
+                "--duration",
+                "1s",
+                "--warmup",
+                "0s",
+                "--json",
+            ])
+            .await;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "--via {via} failed: {}\n{stdout}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let summary: Value = serde_json::from_str(stdout.trim()).expect("one JSON object");
+        assert_sane(&summary);
+        assert_eq!(summary["via"], via, "{summary}");
+        let routes = summary["routes"].as_object().expect("routes per auction");
+        assert_eq!(routes.len(), 3, "{summary}");
+        let status = cluster.status(ids[0]).await;
+        let mut routed = std::collections::BTreeSet::new();
+        for (auction, endpoint) in routes {
+            let group = cluster.group_of(auction);
+            let leader = group_view(&status, group)["leader"]
+                .as_u64()
+                .expect("a leader");
+            let node = ids
+                .iter()
+                .copied()
+                .find(|&id| cluster.api(id).base_url() == endpoint.as_str().expect("a URL"))
+                .expect("a route is one of the endpoints");
+            assert_eq!(
+                node == leader,
+                via == "leader",
+                "auction {auction} (group {group}, led by node {leader}) went to node {node}"
+            );
+            routed.insert(node);
+        }
+        // The bids went where the routes say, and nowhere else.
+        let mut received = std::collections::BTreeSet::new();
+        for (&id, before) in ids.iter().zip(before) {
+            if bid_requests(&cluster, id).await > before {
+                received.insert(id);
+            }
+        }
+        assert_eq!(received, routed, "--via {via}: {summary}");
+    }
+
+    // One endpoint cannot offer a follower.
+    let output = cluster
+        .gavel(&[
+            "bench",
+            "bids",
+            "--endpoints",
+            cluster.api(ids[0]).base_url(),
+            "--via",
+            "follower",
+        ])
+        .await;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--via follower needs at least two"),
+        "{stderr}"
+    );
+}
+
+/// Bid requests `node` has answered, by its `/metrics`.
+async fn bid_requests(cluster: &crate::common::cluster::Cluster, node: u64) -> f64 {
+    let text = cluster.api(node).get_anonymous("/metrics").await.text();
+    crate::common::metric_samples(&text, "gavel_http_requests_total")
+        .iter()
+        .filter(|(series, _)| series.contains("/bids"))
+        .map(|(_, count)| count)
+        .sum()
+}

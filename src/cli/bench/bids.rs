@@ -15,6 +15,7 @@ use clap::Args;
 
 use super::bids_load::{self, Loop, Recorder, Schedule};
 use super::bids_report::{Shape, Summary};
+use super::bids_route::Via;
 use super::bids_target::{Plan, TargetKind, Tokens};
 use super::own_node::OwnNode;
 use super::server_cpu::{self, ServerCpu};
@@ -45,6 +46,12 @@ pub struct BidsArgs {
     /// spread round-robin over them. Default (Gavel only): start a single node for the run.
     #[arg(long, value_delimiter = ',', value_parser = parse_endpoint)]
     pub endpoints: Vec<String>,
+    /// Which member each request goes to: `any` spreads clients round-robin over --endpoints;
+    /// `leader` sends each auction's requests to the endpoint that leads it (its Raft group's
+    /// leader; etcd's leader), `follower` to one that does not, so that whether requests are
+    /// forwarded is chosen, not left to where elections landed. Found once before the run.
+    #[arg(long, value_enum, default_value_t = Via::Any)]
+    pub via: Via,
     /// Clients, each with its own HTTP connection. Closed loop: each sends its next request when
     /// the last one is answered. Open loop: the bound on requests in flight. [default: 32, or
     /// 1024 with --rate]
@@ -135,6 +142,11 @@ impl BidsArgs {
         }
         if self.target == TargetKind::Etcd && self.token.is_some() {
             return Err("--token is for Gavel; etcd is driven without auth".into());
+        }
+        if self.via == Via::Follower && self.endpoints.len() < 2 {
+            return Err(
+                "--via follower needs at least two --endpoints (one of them not the leader)".into(),
+            );
         }
         if self.endpoints.len() > ENDPOINTS_MAX {
             return Err(format!("at most {ENDPOINTS_MAX} --endpoints"));
@@ -239,7 +251,15 @@ async fn run_async(args: BidsArgs) -> anyhow::Result<()> {
         .build()?;
     let mut own = None;
     let plan = match args.target {
-        TargetKind::Etcd => Plan::etcd(args.endpoints.clone(), args.auctions()),
+        TargetKind::Etcd => {
+            Plan::etcd(
+                &setup_http,
+                args.endpoints.clone(),
+                args.auctions(),
+                args.via,
+            )
+            .await?
+        }
         TargetKind::Gavel => {
             let (endpoints, secret) = if args.endpoints.is_empty() {
                 let extra = [
@@ -264,6 +284,7 @@ async fn run_async(args: BidsArgs) -> anyhow::Result<()> {
                 args.auctions(),
                 args.groups,
                 run_time,
+                args.via,
             )
             .await?
         }
@@ -343,6 +364,8 @@ async fn measure(
         rate_per_s: args.rate,
         connections,
         endpoints: plan.endpoints.clone(),
+        via: args.via,
+        routes: plan.routed_endpoints(),
         auctions: args.auctions(),
         hot: args.hot,
         groups_covered: plan.groups_covered,

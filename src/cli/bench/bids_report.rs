@@ -9,6 +9,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::bids_load::Tally;
+use super::bids_route::Via;
 use super::bids_target::TargetKind;
 use super::server_cpu::ServerCpu;
 
@@ -18,6 +19,8 @@ pub struct Shape {
     pub rate_per_s: Option<u32>,
     pub connections: u32,
     pub endpoints: Vec<String>,
+    pub via: Via,
+    pub routes: Option<BTreeMap<String, String>>,
     pub auctions: u32,
     pub hot: bool,
     pub groups_covered: Option<usize>,
@@ -36,6 +39,10 @@ pub struct Summary {
     pub rate_per_s: Option<u32>,
     pub connections: u32,
     pub endpoints: Vec<String>,
+    /// `--via`, and with `leader` or `follower` the endpoint each auction's requests went to.
+    pub via: Via,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub routes: Option<BTreeMap<String, String>>,
     pub auctions: u32,
     pub hot: bool,
     pub groups_covered: Option<usize>,
@@ -115,6 +122,8 @@ impl Summary {
             rate_per_s: shape.rate_per_s,
             connections: shape.connections,
             endpoints: shape.endpoints,
+            via: shape.via,
+            routes: shape.routes,
             auctions: shape.auctions,
             hot: shape.hot,
             groups_covered: shape.groups_covered,
@@ -158,8 +167,13 @@ impl Summary {
             TargetKind::Gavel => "gavel",
             TargetKind::Etcd => "etcd",
         };
+        let via = match self.via {
+            Via::Any => "",
+            Via::Leader => " (each auction's leader)",
+            Via::Follower => " (a member not leading each auction)",
+        };
         format!(
-            "{target}, {load}, {} endpoint(s), {auctions}",
+            "{target}, {load}, {} endpoint(s){via}, {auctions}",
             self.endpoints.len()
         )
     }

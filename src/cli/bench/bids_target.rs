@@ -16,6 +16,7 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::bids_route::{self, Via};
 use crate::http::auth::{Role, Secret};
 
 /// How long the tool waits for a cluster's group leaders to spread before it measures anyway.
@@ -72,6 +73,9 @@ pub struct Plan {
     prices: Vec<AtomicU64>,
     /// Raft groups the auctions are spread over (Gavel), for the summary.
     pub groups_covered: Option<usize>,
+    /// Per auction, the endpoint (index) all its requests go to (`--via`); else clients are
+    /// spread round-robin over the endpoints.
+    pub routes: Option<Vec<usize>>,
 }
 
 /// The tokens the run uses on Gavel.
@@ -108,6 +112,7 @@ impl Plan {
         auctions: u32,
         groups_default: u32,
         run: Duration,
+        via: Via,
     ) -> anyhow::Result<Plan> {
         let base = endpoints.first().context("no endpoint")?.clone();
         let mut groups = groups_default;
@@ -120,6 +125,8 @@ impl Plan {
             .map(|id| gavel_cluster::group_of(id, groups))
             .collect::<std::collections::BTreeSet<_>>()
             .len();
+        let admin = tokens.admin.as_deref();
+        let routes = bids_route::gavel_routes(http, &endpoints, admin, &ids, via).await?;
         Ok(Plan {
             kind: TargetKind::Gavel,
             endpoints,
@@ -127,11 +134,18 @@ impl Plan {
             auctions: ids,
             bidders: tokens.bidders,
             groups_covered: Some(covered),
+            routes,
         })
     }
 
-    pub fn etcd(endpoints: Vec<String>, auctions: u32) -> Plan {
-        Plan {
+    pub async fn etcd(
+        http: &reqwest::Client,
+        endpoints: Vec<String>,
+        auctions: u32,
+        via: Via,
+    ) -> anyhow::Result<Plan> {
+        let routes = bids_route::etcd_routes(http, &endpoints, auctions as usize, via).await?;
+        Ok(Plan {
             kind: TargetKind::Etcd,
             endpoints,
             auctions: (0..auctions)
@@ -140,12 +154,28 @@ impl Plan {
             bidders: Vec::new(),
             prices: Vec::new(),
             groups_covered: None,
-        }
+            routes,
+        })
+    }
+
+    /// The endpoints requests go to, as `--via` chose them, per auction; `None` when clients
+    /// are spread over every endpoint.
+    pub fn routed_endpoints(&self) -> Option<BTreeMap<String, String>> {
+        let routes = self.routes.as_ref()?;
+        let pairs = self.auctions.iter().zip(routes);
+        Some(
+            pairs
+                .map(|(auction, &e)| (auction.clone(), self.endpoints[e].clone()))
+                .collect(),
+        )
     }
 
     /// One request of client `client` on auction number `auction`.
     pub async fn request(&self, http: &reqwest::Client, client: usize, auction: usize) -> Outcome {
-        let endpoint = &self.endpoints[client % self.endpoints.len()];
+        let endpoint = match &self.routes {
+            Some(routes) => &self.endpoints[routes[auction % routes.len()]],
+            None => &self.endpoints[client % self.endpoints.len()],
+        };
         let key = &self.auctions[auction % self.auctions.len()];
         let result = match self.kind {
             TargetKind::Gavel => self.bid(http, endpoint, client, auction, key).await,

@@ -17,6 +17,7 @@
 mod bids;
 mod bids_load;
 mod bids_report;
+mod bids_route;
 mod bids_target;
 mod own_node;
 mod plot;
