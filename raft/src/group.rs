@@ -10,6 +10,7 @@ use openraft::{Config, SnapshotPolicy};
 use crate::flusher::Flusher;
 use crate::log_store::LogStore;
 use crate::network::Network;
+use crate::snapshot_policy::{self, SnapshotCost};
 use crate::state_machine::{AppliedChannel, GroupObserver, StateMachine};
 use crate::transport::Transport;
 use crate::types::{NodeId, Raft};
@@ -62,7 +63,11 @@ impl RaftSettings {
             heartbeat_interval: self.heartbeat_interval_ms,
             election_timeout_min: self.election_timeout_min_ms,
             election_timeout_max: self.election_timeout_max_ms,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_after_entries),
+            // The bound; `snapshot_policy::run` snapshots sooner (see there).
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(
+                self.snapshot_after_entries
+                    .saturating_mul(snapshot_policy::BOUND_FACTOR),
+            ),
             max_in_snapshot_log_to_keep: self.log_entries_kept_after_snapshot,
             max_payload_entries: self.append_entries_max,
             purge_batch_size: self.purge_batch_entries,
@@ -109,7 +114,9 @@ impl Group {
         transport: &Transport,
     ) -> Result<Group, GroupError> {
         let config = Arc::new(settings.openraft_config(id)?);
-        let log_store = LogStore::new(store.clone(), store.log(id)?, flusher.clone());
+        let snapshot_cost = Arc::new(SnapshotCost::default());
+        let log_store = LogStore::new(store.clone(), store.log(id)?, flusher.clone())
+            .with_snapshot_cost(snapshot_cost.clone());
         if log_store.give_up_leadership_on_restart(node_id)? {
             tracing::info!(
                 group = id,
@@ -119,7 +126,8 @@ impl Group {
         let committed_index = log_store.committed_index();
         let state = store.state(id)?;
         let observer = Arc::new(GroupObserver::new(applied.clone()));
-        let state_machine = StateMachine::new(id, store.clone(), state.clone(), observer.clone());
+        let state_machine = StateMachine::new(id, store.clone(), state.clone(), observer.clone())
+            .with_snapshot_cost(snapshot_cost.clone());
         let network = Network {
             transport: transport.clone(),
             group: id,
@@ -127,6 +135,11 @@ impl Group {
         let raft = Raft::new(node_id, config, network, log_store, state_machine)
             .await
             .map_err(|e| GroupError::Raft(e.to_string()))?;
+        tokio::spawn(snapshot_policy::run(
+            raft.clone(),
+            settings.snapshot_after_entries,
+            snapshot_cost,
+        ));
         Ok(Group {
             id,
             raft,

@@ -25,6 +25,7 @@ mod group;
 mod log_store;
 mod network;
 mod restore;
+pub mod snapshot_policy;
 mod state_machine;
 pub mod transport;
 mod types;

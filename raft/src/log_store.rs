@@ -8,6 +8,7 @@
 //! entry back right after appending it, once per follower to replicate it and once to apply it,
 //! and reading those from storage and decoding them again was 6% of the consensus threads.
 
+use crate::snapshot_policy::SnapshotCost;
 use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -37,6 +38,8 @@ pub struct LogStore {
     committed_index: Arc<AtomicU64>,
     /// The newest appended entries, shared with every reader openraft got from this store.
     recent: Arc<Mutex<RecentEntries>>,
+    /// Counts the bytes appended, for the snapshot policy.
+    snapshot_cost: Arc<SnapshotCost>,
 }
 
 /// Most entries `RecentEntries` keeps: enough for replication and apply to find what they read
@@ -146,7 +149,14 @@ impl LogStore {
             flusher,
             committed_index: Arc::new(AtomicU64::new(0)),
             recent: Arc::default(),
+            snapshot_cost: Arc::default(),
         }
+    }
+
+    /// Counts appended bytes into `cost` (shared with the group's snapshot policy).
+    pub fn with_snapshot_cost(mut self, cost: Arc<SnapshotCost>) -> LogStore {
+        self.snapshot_cost = cost;
+        self
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, RecentEntries> {
@@ -316,9 +326,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             })
             .collect::<Result<Vec<_>, gavel_storage::StorageError>>()
             .map_err(|e| StorageIOError::write_logs(&e))?;
+        let bytes: usize = rows.iter().map(|(_, row)| row.len()).sum();
         self.log
             .append(rows)
             .map_err(|e| StorageIOError::write_logs(&e))?;
+        self.snapshot_cost.logged(bytes as u64);
         self.remember(entries);
         self.flusher
             .submit(callback)

@@ -8,6 +8,7 @@
 //! `gavel_storage`'s `snapshot_files.rs`); a snapshot is stored only if it reaches further than
 //! the stored one.
 
+use crate::snapshot_policy::SnapshotCost;
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -208,6 +209,8 @@ pub struct StateMachine {
     store: Store,
     state: StateTree,
     observer: Arc<GroupObserver>,
+    /// Told each snapshot's size, for the snapshot policy.
+    snapshot_cost: Arc<SnapshotCost>,
 }
 
 impl StateMachine {
@@ -222,7 +225,14 @@ impl StateMachine {
             store,
             state,
             observer,
+            snapshot_cost: Arc::default(),
         }
+    }
+
+    /// Tells `cost` (shared with the group's snapshot policy) each snapshot's size.
+    pub fn with_snapshot_cost(mut self, cost: Arc<SnapshotCost>) -> StateMachine {
+        self.snapshot_cost = cost;
+        self
     }
 
     fn stored<T: serde::de::DeserializeOwned>(
@@ -327,6 +337,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             store: self.store.clone(),
             state: self.state.clone(),
             copy: Some(self.state.begin_copy()),
+            snapshot_cost: self.snapshot_cost.clone(),
         }
     }
 
@@ -350,6 +361,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             tracing::warn!(group = self.group, snapshot = %meta.snapshot_id, "installed a snapshot older than the stored one; kept the stored one");
         }
         self.store.flush().await.map_err(error)?;
+        self.snapshot_cost.snapshotted(data.len() as u64);
         self.observer.deadlines_changed.notify_one();
         tracing::info!(group = self.group, snapshot = %meta.snapshot_id, "installed snapshot");
         Ok(())
@@ -403,6 +415,7 @@ pub struct SnapshotBuilder {
     state: StateTree,
     /// Taken by the one build.
     copy: Option<Result<TreeCopy, gavel_storage::StorageError>>,
+    snapshot_cost: Arc<SnapshotCost>,
 }
 
 /// A meta record of a state copy (the applied log id, the membership), if it holds one.
@@ -447,6 +460,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         // heartbeats and bids, for up to 1.4 s each time), at a lower priority, so that it
         // takes the CPU bids leave.
         let state = self.state.clone();
+        let snapshot_cost = self.snapshot_cost.clone();
         let (meta, data, saved) = on_background_thread("snapshot", move || {
             let blob = copy.finish()?;
             // The copy's own applied log id and membership: the state it is.
@@ -468,6 +482,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             // that one (a lagging follower would otherwise be sent this stale snapshot, for
             // ever). openraft ignores the older meta returned then: it holds the installed one.
             let saved = state.save_snapshot_if_newer(snapshot_position(applied), &stored)?;
+            if saved {
+                snapshot_cost.snapshotted(stored.len() as u64);
+            }
             Ok((meta, data, saved))
         })
         .await
