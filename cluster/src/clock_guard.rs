@@ -96,6 +96,7 @@ impl ClockGuard {
     pub async fn problem_after_next_verdict(&self, within: Duration) -> Option<String> {
         let mut verdicts = self.subscribe();
         verdicts.borrow_and_update();
+        // No problem now: nothing to wait for.
         self.problem()?;
         // A timeout or a guard gone away leaves the problem as it stands.
         let _ = tokio::time::timeout(within, verdicts.changed()).await;

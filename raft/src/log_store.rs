@@ -8,7 +8,6 @@
 //! entry back right after appending it, once per follower to replicate it and once to apply it,
 //! and reading those from storage and decoding them again was 6% of the consensus threads.
 
-use crate::snapshot_policy::SnapshotCost;
 use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
@@ -20,6 +19,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, StorageIOError};
 
 use crate::flusher::Flusher;
+use crate::snapshot_policy::SnapshotCost;
 use crate::types::{
     upgrade_entry, Entry, LogId, NodeId, RaftStorageError, TypeConfig, TypeConfigV1, Vote,
     ENTRY_FORMAT_VERSION,

@@ -8,7 +8,6 @@
 //! `gavel_storage`'s `snapshot_files.rs`); a snapshot is stored only if it reaches further than
 //! the stored one.
 
-use crate::snapshot_policy::SnapshotCost;
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -26,6 +25,7 @@ use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use tokio::sync::{broadcast, Notify};
 
 use crate::clock::wall_clock_ms;
+use crate::snapshot_policy::SnapshotCost;
 use crate::types::{
     Entry, LogId, RaftStorageError, Response, Snapshot, SnapshotMeta, StoredMembership, TypeConfig,
 };
