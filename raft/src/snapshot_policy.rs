@@ -6,8 +6,9 @@
 //! (one node's bids nearly stopped for 1-3 s at a time).
 //!
 //! So a group snapshots once `after_entries` entries were applied since its last snapshot *and*
-//! it has appended at least as many log bytes since as that snapshot held: a snapshot's bytes
-//! are then written at most once per as many bytes of log, whatever the state's size. A group
+//! it has appended at least as many log bytes since as that snapshot's state took unpacked
+//! (files are compressed, about five to one; the copy and its encoding cost by the unpacked
+//! size): a state is then copied at most once per as many bytes of log, whatever its size. A group
 //! whose state stays small snapshots every `after_entries` entries, as before. openraft's own
 //! entry count stays on as the bound, at `BOUND_FACTOR` times `after_entries`, so the log
 //! cannot grow for ever (after a restart the size of the last snapshot is not known, and only
@@ -37,7 +38,8 @@ impl SnapshotCost {
         self.log_bytes_since.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    /// A snapshot of `bytes` was built or installed: the log before it can go.
+    /// A snapshot of a state of `bytes` (unpacked) was built or installed: the log before it
+    /// can go.
     pub fn snapshotted(&self, bytes: u64) {
         self.last_snapshot_bytes.store(bytes, Ordering::Relaxed);
         self.log_bytes_since.store(0, Ordering::Relaxed);

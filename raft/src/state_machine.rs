@@ -355,13 +355,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             |e: gavel_storage::StorageError| StorageIOError::write_snapshot(signature.clone(), &e);
         let data = snapshot.into_inner();
         let blob = SnapshotBlob::from_bytes(&data).map_err(error)?;
+        let plain_len = blob.plain_len().map_err(error)?;
         if !install_blob(&self.state, meta, blob).map_err(error)? {
             // openraft installs only snapshots past what this replica committed, and builds
             // stop at applied, so this does not happen; keeping the stored one is still right.
             tracing::warn!(group = self.group, snapshot = %meta.snapshot_id, "installed a snapshot older than the stored one; kept the stored one");
         }
         self.store.flush().await.map_err(error)?;
-        self.snapshot_cost.snapshotted(data.len() as u64);
+        self.snapshot_cost.snapshotted(plain_len);
         self.observer.deadlines_changed.notify_one();
         tracing::info!(group = self.group, snapshot = %meta.snapshot_id, "installed snapshot");
         Ok(())
@@ -475,7 +476,9 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 last_membership: membership,
                 snapshot_id,
             };
+            let plain_len = blob.plain_len()?;
             let data = blob.to_bytes()?;
+            drop(blob);
             let stored = encode(&(&meta, serde_bytes::Bytes::new(&data)))?;
             // openraft 0.9 runs this outside the state machine task: an install may have
             // stored a newer snapshot since the copy was taken. Saving only when newer keeps
@@ -483,7 +486,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             // ever). openraft ignores the older meta returned then: it holds the installed one.
             let saved = state.save_snapshot_if_newer(snapshot_position(applied), &stored)?;
             if saved {
-                snapshot_cost.snapshotted(stored.len() as u64);
+                snapshot_cost.snapshotted(plain_len);
             }
             Ok((meta, data, saved))
         })

@@ -192,6 +192,18 @@ async fn snapshot_installs_byte_identical_state() {
         .unwrap()
         .expect("a snapshot exists");
     let source_digest = group.state.digest().unwrap();
+    // What a follower is sent is the compressed copy, smaller than its records unpacked.
+    let sent = snapshot.snapshot.get_ref().clone();
+    assert_eq!(sent[0], gavel_storage::SNAPSHOT_FORMAT);
+    let plain_len = gavel_storage::SnapshotBlob::from_bytes(&sent)
+        .unwrap()
+        .plain_len()
+        .unwrap();
+    assert!(
+        (sent.len() as u64) < plain_len,
+        "{} bytes sent for {plain_len} of state",
+        sent.len()
+    );
 
     let target_dir = tempfile::tempdir().unwrap();
     let target_store = Store::open(target_dir.path(), &StoreConfig::default()).unwrap();
@@ -202,6 +214,16 @@ async fn snapshot_installs_byte_identical_state() {
         target_state.clone(),
         Arc::new(GroupObserver::default()),
     );
+    // A copy damaged on its way is refused (its frame's checksum), and changes nothing.
+    let empty_digest = target_state.digest().unwrap();
+    let mut damaged = sent.clone();
+    let middle = damaged.len() / 2;
+    damaged[middle] ^= 0x5a;
+    let refused = target
+        .install_snapshot(&snapshot.meta, Box::new(std::io::Cursor::new(damaged)))
+        .await;
+    assert!(refused.is_err(), "a damaged snapshot was installed");
+    assert_eq!(target_state.digest().unwrap(), empty_digest);
     target
         .install_snapshot(&snapshot.meta, snapshot.snapshot)
         .await

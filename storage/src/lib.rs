@@ -18,6 +18,7 @@
 //! types (it persists them) but nothing of openraft: Raft records arrive as bytes.
 
 mod codec;
+mod compressed;
 mod durable;
 mod idempotency;
 mod keys;

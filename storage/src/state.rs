@@ -67,6 +67,7 @@ use gavel_rules::{
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode, decode_as, encode, encode_as, format_of};
+use crate::compressed;
 use crate::idempotency::{AuctionKeys, IdempotencyIndex, INDEX_ENTRIES_MAX};
 use crate::keys;
 use crate::snapshot_files::SnapshotFiles;
@@ -687,10 +688,13 @@ mod byte_pairs {
     }
 }
 
+/// The format of a state copy compressed with zstd (`compressed::pack`): format 5's bincode in
+/// one frame. A version from before refuses it: it reads only formats 1 to 5.
+pub const SNAPSHOT_FORMAT: u8 = 6;
 /// The format of a state copy whose decision logs may hold runs that carry their auction's
 /// progress (`DECISION_RUN_WITH_PROGRESS_FORMAT`). A version from before must refuse such a
 /// copy (it cannot read those runs), and it does: it reads only formats 1 to 4.
-pub const SNAPSHOT_FORMAT: u8 = 5;
+const SNAPSHOT_FORMAT_PROGRESS_RUNS: u8 = 5;
 /// A copy whose decision logs may hold runs that carry their whole auction
 /// (`DECISION_RUN_WITH_AUCTION_FORMAT`). A version before those refuses it: it reads only
 /// formats 1 to 3.
@@ -703,14 +707,24 @@ const SNAPSHOT_FORMAT_BEFORE_RUNS: u8 = 2;
 
 impl SnapshotBlob {
     pub fn to_bytes(&self) -> Result<Vec<u8>, StorageError> {
-        encode_as(SNAPSHOT_FORMAT, self)
+        compressed::pack(SNAPSHOT_FORMAT, self)
+    }
+
+    /// How many bytes the copy's records take unpacked: what a snapshot of it costs to make,
+    /// whatever it packs into.
+    pub fn plain_len(&self) -> Result<u64, StorageError> {
+        bincode::serialized_size(self).map_err(|e| StorageError::Encode(e.to_string()))
     }
 
     /// Reads a copy of any format; one from a version before the in-memory idempotency index
     /// (format 1) loses its idempotency records, which this version neither reads nor keeps.
     pub fn from_bytes(bytes: &[u8]) -> Result<SnapshotBlob, StorageError> {
         match format_of(bytes)? {
-            format @ (SNAPSHOT_FORMAT
+            SNAPSHOT_FORMAT => {
+                let plain = compressed::unpack(&bytes[1..])?;
+                bincode::deserialize(&plain).map_err(|e| StorageError::Decode(e.to_string()))
+            }
+            format @ (SNAPSHOT_FORMAT_PROGRESS_RUNS
             | SNAPSHOT_FORMAT_AUCTION_RUNS
             | SNAPSHOT_FORMAT_RUNS
             | SNAPSHOT_FORMAT_BEFORE_RUNS) => decode_as(format, bytes),

@@ -37,8 +37,8 @@ pub const END_MAGIC: [u8; 8] = *b"GAVELEND";
 /// hold (`gavel_storage::SNAPSHOT_FORMAT`), which a build that reads only older versions must
 /// refuse, and does, by this number: 2, copies without idempotency records; 3, decision logs
 /// in runs; 4, runs that carry their auction's state; 5, runs that carry only what decisions
-/// change of it.
-pub const BACKUP_FORMAT_VERSION: u16 = 5;
+/// change of it; 6, states compressed with zstd.
+pub const BACKUP_FORMAT_VERSION: u16 = 6;
 /// The oldest format version this build reads (`SnapshotBlob::from_bytes` reads its states).
 pub const BACKUP_FORMAT_OLDEST_READ: u16 = 1;
 /// The largest state one group may have in a backup, in bytes. A node holds one group's state
