@@ -38,11 +38,24 @@ impl SnapshotCost {
         self.log_bytes_since.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    /// A snapshot of a state of `bytes` (unpacked) was built or installed: the log before it
-    /// can go.
-    pub fn snapshotted(&self, bytes: u64) {
+    /// The log bytes counted since the last snapshot, for `snapshotted` once the copy begun
+    /// now is saved.
+    pub fn logged_so_far(&self) -> u64 {
+        self.log_bytes_since.load(Ordering::Relaxed)
+    }
+
+    /// A snapshot of a state of `bytes` (unpacked) was built or installed, covering the
+    /// `covered` log bytes counted up to its copy (`logged_so_far` then). What was appended
+    /// while it was built stays counted: a hot group's build takes seconds, and forgetting
+    /// those bytes would put the next snapshot off by as much.
+    pub fn snapshotted(&self, bytes: u64, covered: u64) {
         self.last_snapshot_bytes.store(bytes, Ordering::Relaxed);
-        self.log_bytes_since.store(0, Ordering::Relaxed);
+        // Saturating: an install since the copy began may have counted down already.
+        let _ = self
+            .log_bytes_since
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |since| {
+                Some(since.saturating_sub(covered))
+            });
     }
 
     /// Whether the log appended since the last snapshot outweighs it.
@@ -93,7 +106,7 @@ mod tests {
         assert!(due(20_000, 20_000, &cost));
 
         // A 130 MB snapshot: 20,000 entries are not enough until 130 MB of log came with them.
-        cost.snapshotted(130_000_000);
+        cost.snapshotted(130_000_000, cost.logged_so_far());
         cost.logged(40_000_000);
         assert!(!due(20_000, 20_000, &cost));
         cost.logged(90_000_000);
@@ -101,8 +114,22 @@ mod tests {
         assert!(!due(10_000, 20_000, &cost), "the entry count still applies");
 
         // A small state snapshots by the entry count, as it always did.
-        cost.snapshotted(4_000);
+        cost.snapshotted(4_000, cost.logged_so_far());
         cost.logged(5_000);
         assert!(due(20_000, 20_000, &cost));
+    }
+
+    #[test]
+    fn what_was_logged_while_a_snapshot_was_built_counts_towards_the_next() {
+        let cost = SnapshotCost::default();
+        cost.logged(100_000_000);
+        let at_copy = cost.logged_so_far();
+        // The build takes a while; the group goes on appending.
+        cost.logged(30_000_000);
+        cost.snapshotted(50_000_000, at_copy);
+        assert_eq!(cost.logged_so_far(), 30_000_000);
+        assert!(!cost.log_outweighs_snapshot());
+        cost.logged(20_000_000);
+        assert!(cost.log_outweighs_snapshot());
     }
 }

@@ -337,6 +337,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             store: self.store.clone(),
             state: self.state.clone(),
             copy: Some(self.state.begin_copy()),
+            logged_at_copy: self.snapshot_cost.logged_so_far(),
             snapshot_cost: self.snapshot_cost.clone(),
         }
     }
@@ -362,7 +363,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             tracing::warn!(group = self.group, snapshot = %meta.snapshot_id, "installed a snapshot older than the stored one; kept the stored one");
         }
         self.store.flush().await.map_err(error)?;
-        self.snapshot_cost.snapshotted(plain_len);
+        // The installed state replaces this replica's log as well as its state.
+        self.snapshot_cost
+            .snapshotted(plain_len, self.snapshot_cost.logged_so_far());
         self.observer.deadlines_changed.notify_one();
         tracing::info!(group = self.group, snapshot = %meta.snapshot_id, "installed snapshot");
         Ok(())
@@ -416,6 +419,8 @@ pub struct SnapshotBuilder {
     state: StateTree,
     /// Taken by the one build.
     copy: Option<Result<TreeCopy, gavel_storage::StorageError>>,
+    /// The log bytes counted when the copy began: what this snapshot lets go of.
+    logged_at_copy: u64,
     snapshot_cost: Arc<SnapshotCost>,
 }
 
@@ -462,6 +467,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         // takes the CPU bids leave.
         let state = self.state.clone();
         let snapshot_cost = self.snapshot_cost.clone();
+        let logged_at_copy = self.logged_at_copy;
         let (meta, data, saved) = on_background_thread("snapshot", move || {
             let blob = copy.finish()?;
             // The copy's own applied log id and membership: the state it is.
@@ -486,7 +492,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             // ever). openraft ignores the older meta returned then: it holds the installed one.
             let saved = state.save_snapshot_if_newer(snapshot_position(applied), &stored)?;
             if saved {
-                snapshot_cost.snapshotted(plain_len);
+                snapshot_cost.snapshotted(plain_len, logged_at_copy);
             }
             Ok((meta, data, saved))
         })
