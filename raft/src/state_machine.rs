@@ -334,6 +334,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // group's whole state (its bid log too: tens of megabytes after a few hundred thousand
         // bids) held its bids up for 1-3 s at every snapshot.
         SnapshotBuilder {
+            group: self.group,
             store: self.store.clone(),
             state: self.state.clone(),
             copy: Some(self.state.begin_copy()),
@@ -415,6 +416,7 @@ fn set_pair(blob: &mut SnapshotBlob, name: &str, value: Vec<u8>) {
 
 /// Turns a copy of the state begun in the state machine task into a stored snapshot.
 pub struct SnapshotBuilder {
+    group: u32,
     store: Store,
     state: StateTree,
     /// Taken by the one build.
@@ -468,8 +470,11 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let state = self.state.clone();
         let snapshot_cost = self.snapshot_cost.clone();
         let logged_at_copy = self.logged_at_copy;
+        let group = self.group;
         let (meta, data, saved) = on_background_thread("snapshot", move || {
+            let began = std::time::Instant::now();
             let blob = copy.finish()?;
+            let copied_at = std::time::Instant::now();
             // The copy's own applied log id and membership: the state it is.
             let applied: Option<LogId> = copied::<Option<LogId>>(&blob, APPLIED)?.flatten();
             let membership: StoredMembership = copied(&blob, MEMBERSHIP)?.unwrap_or_default();
@@ -482,10 +487,12 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 last_membership: membership,
                 snapshot_id,
             };
+            let records = blob.pairs.len();
             let plain_len = blob.plain_len()?;
             let data = blob.to_bytes()?;
             drop(blob);
             let stored = encode(&(&meta, serde_bytes::Bytes::new(&data)))?;
+            let packed_at = std::time::Instant::now();
             // openraft 0.9 runs this outside the state machine task: an install may have
             // stored a newer snapshot since the copy was taken. Saving only when newer keeps
             // that one (a lagging follower would otherwise be sent this stale snapshot, for
@@ -493,6 +500,18 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             let saved = state.save_snapshot_if_newer(snapshot_position(applied), &stored)?;
             if saved {
                 snapshot_cost.snapshotted(plain_len, logged_at_copy);
+                // What a snapshot cost, for whoever wonders where a slow second went.
+                tracing::info!(
+                    group,
+                    snapshot = %meta.snapshot_id,
+                    records,
+                    state_bytes = plain_len,
+                    file_bytes = stored.len(),
+                    copy_ms = (copied_at - began).as_millis() as u64,
+                    pack_ms = (packed_at - copied_at).as_millis() as u64,
+                    save_ms = packed_at.elapsed().as_millis() as u64,
+                    "built snapshot"
+                );
             }
             Ok((meta, data, saved))
         })
