@@ -135,6 +135,10 @@ impl Group {
         let raft = Raft::new(node_id, config, network, log_store, state_machine)
             .await
             .map_err(|e| GroupError::Raft(e.to_string()))?;
+        // What the log holds past the stored snapshot counts towards the next one, as it did
+        // before the restart.
+        let snapshot_index = raft.metrics().borrow().snapshot.map(|id| id.index);
+        snapshot_cost.logged(store.log(id)?.bytes_after(snapshot_index)?);
         tokio::spawn(snapshot_policy::run(
             raft.clone(),
             settings.snapshot_after_entries,

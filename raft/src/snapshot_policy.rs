@@ -11,8 +11,10 @@
 //! size): a state is then copied at most once per as many bytes of log, whatever its size. A group
 //! whose state stays small snapshots every `after_entries` entries, as before. openraft's own
 //! entry count stays on as the bound, at `BOUND_FACTOR` times `after_entries`, so the log
-//! cannot grow for ever (after a restart the size of the last snapshot is not known, and only
-//! the entry counts apply).
+//! cannot grow for ever. A restarted group takes both counts up where they were: the size of
+//! its stored snapshot (`found_snapshot`) and the bytes of the entries its log holds after it.
+//! Without them, every big group rewrote its snapshot 20,000 entries after each restart, every
+//! replica of it at once after a rolling upgrade.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -36,6 +38,17 @@ impl SnapshotCost {
     /// The log store appended `bytes` of entries.
     pub fn logged(&self, bytes: u64) {
         self.log_bytes_since.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// The stored snapshot a restarted group found holds `bytes` unpacked. Ignored once this
+    /// process built or installed one (that one is newer).
+    pub fn found_snapshot(&self, bytes: u64) {
+        let _ = self.last_snapshot_bytes.compare_exchange(
+            0,
+            bytes,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
     }
 
     /// The log bytes counted since the last snapshot, for `snapshotted` once the copy begun
@@ -116,6 +129,19 @@ mod tests {
         // A small state snapshots by the entry count, as it always did.
         cost.snapshotted(4_000, cost.logged_so_far());
         cost.logged(5_000);
+        assert!(due(20_000, 20_000, &cost));
+    }
+
+    #[test]
+    fn a_restarted_group_goes_on_from_its_stored_snapshot() {
+        let cost = SnapshotCost::default();
+        cost.found_snapshot(130_000_000);
+        cost.logged(60_000_000);
+        assert!(!due(20_000, 20_000, &cost));
+        // A snapshot built since is newer than the stored one: a late look at that changes nothing.
+        cost.snapshotted(1_000, cost.logged_so_far());
+        cost.found_snapshot(130_000_000);
+        cost.logged(1_000);
         assert!(due(20_000, 20_000, &cost));
     }
 

@@ -378,6 +378,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             return Ok(None);
         };
         let (meta, data): (SnapshotMeta, serde_bytes::ByteBuf) = decode(&stored).map_err(error)?;
+        // openraft asks for it when the group starts: the policy learns its size there.
+        self.snapshot_cost
+            .found_snapshot(SnapshotBlob::plain_len_of(&data).map_err(error)?);
         Ok(Some(Snapshot {
             meta,
             snapshot: Box::new(Cursor::new(data.into_vec())),

@@ -46,10 +46,12 @@ pub(crate) fn pack<T: Serialize>(version: u8, value: &T) -> Result<Vec<u8>, Stor
     encoder.finish().map_err(|e| encode_error(&e))
 }
 
-/// The bincode bytes a frame written by `pack` holds (without the version byte `pack` wrote
-/// in front of it).
-pub(crate) fn unpack(frame: &[u8]) -> Result<Vec<u8>, StorageError> {
-    let corrupt = |why: String| StorageError::Decode(format!("compressed state copy: {why}"));
+fn corrupt(why: String) -> StorageError {
+    StorageError::Decode(format!("compressed state copy: {why}"))
+}
+
+/// The size a frame written by `pack` states it unpacks to, refused past `UNPACKED_BYTES_MAX`.
+pub(crate) fn unpacked_len(frame: &[u8]) -> Result<u64, StorageError> {
     let plain_len = match zstd::zstd_safe::get_frame_content_size(frame) {
         Ok(Some(len)) => len,
         Ok(None) => return Err(corrupt("its frame does not state its size".into())),
@@ -60,6 +62,13 @@ pub(crate) fn unpack(frame: &[u8]) -> Result<Vec<u8>, StorageError> {
             "it claims {plain_len} bytes unpacked (at most {UNPACKED_BYTES_MAX})"
         )));
     }
+    Ok(plain_len)
+}
+
+/// The bincode bytes a frame written by `pack` holds (without the version byte `pack` wrote
+/// in front of it).
+pub(crate) fn unpack(frame: &[u8]) -> Result<Vec<u8>, StorageError> {
+    let plain_len = unpacked_len(frame)?;
     let plain_len = usize::try_from(plain_len)
         .map_err(|_| corrupt(format!("{plain_len} bytes do not fit in memory here")))?;
     let mut plain = Vec::new();
@@ -97,6 +106,7 @@ mod tests {
         let packed = pack(9, &value).unwrap();
         assert_eq!(packed[0], 9);
         let plain = bincode::serialize(&value).unwrap();
+        assert_eq!(unpacked_len(&packed[1..]).unwrap(), plain.len() as u64);
         assert!(
             packed.len() * 3 < plain.len(),
             "{} packed of {} plain",

@@ -716,6 +716,15 @@ impl SnapshotBlob {
         bincode::serialized_size(self).map_err(|e| StorageError::Encode(e.to_string()))
     }
 
+    /// `plain_len` of the copy `bytes` hold, without reading it: a compressed frame states its
+    /// size; a copy of an older format is its bincode after the format byte.
+    pub fn plain_len_of(bytes: &[u8]) -> Result<u64, StorageError> {
+        match format_of(bytes)? {
+            SNAPSHOT_FORMAT => compressed::unpacked_len(&bytes[1..]),
+            _ => Ok(bytes.len() as u64 - 1),
+        }
+    }
+
     /// Reads a copy of any format; one from a version before the in-memory idempotency index
     /// (format 1) loses its idempotency records, which this version neither reads nor keeps.
     pub fn from_bytes(bytes: &[u8]) -> Result<SnapshotBlob, StorageError> {
