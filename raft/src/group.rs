@@ -115,7 +115,8 @@ impl Group {
     ) -> Result<Group, GroupError> {
         let config = Arc::new(settings.openraft_config(id)?);
         let snapshot_cost = Arc::new(SnapshotCost::default());
-        let log_store = LogStore::new(store.clone(), store.log(id)?, flusher.clone())
+        let log = store.log(id)?;
+        let log_store = LogStore::new(store.clone(), log.clone(), flusher.clone())
             .with_snapshot_cost(snapshot_cost.clone());
         if log_store.give_up_leadership_on_restart(node_id)? {
             tracing::info!(
@@ -138,7 +139,7 @@ impl Group {
         // What the log holds past the stored snapshot counts towards the next one, as it did
         // before the restart.
         let snapshot_index = raft.metrics().borrow().snapshot.map(|id| id.index);
-        snapshot_cost.logged(store.log(id)?.bytes_after(snapshot_index)?);
+        snapshot_cost.logged(log.bytes_after(snapshot_index)?);
         tokio::spawn(snapshot_policy::run(
             raft.clone(),
             settings.snapshot_after_entries,
