@@ -38,8 +38,10 @@ pub(crate) fn pack<T: Serialize>(version: u8, value: &T) -> Result<Vec<u8>, Stor
         .map_err(|e| encode_error(&e))?;
     {
         // bincode writes a length prefix and a slice per key and value: a buffer in front
-        // hands zstd large pieces instead of millions of small ones.
-        let mut buffered = BufWriter::with_capacity(1 << 16, &mut encoder);
+        // hands zstd large pieces instead of millions of small ones. A snapshot's thread
+        // paces itself between those pieces (`pace`).
+        let paced = crate::pace::PacedWriter(&mut encoder);
+        let mut buffered = BufWriter::with_capacity(1 << 16, paced);
         bincode::serialize_into(&mut buffered, value).map_err(|e| encode_error(&e))?;
         buffered.flush().map_err(|e| encode_error(&e))?;
     }

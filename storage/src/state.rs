@@ -395,7 +395,11 @@ impl TreeCopy {
             .state
             .tree
             .iter()
-            .map(|item| item.map(|(k, v)| (k.to_vec(), v.to_vec())))
+            .map(|item| {
+                // A snapshot's thread paces itself (`pace`) record by record.
+                crate::pace::pace();
+                item.map(|(k, v)| (k.to_vec(), v.to_vec()))
+            })
             .collect::<Result<_, _>>()?;
         let log = {
             // No commit is half done while the log is taken.
