@@ -22,10 +22,11 @@
 //! 130 MB state at once took more CPU than an 80% load left spare (an open loop at 10,000
 //! bids/s: p99 190-770 ms around them, about 30 ms otherwise). So a due voter waits for its
 //! `Turn`: the log is cut into windows of `after_entries / (voters + 1)` entries, taken by the
-//! voters in id order, round and round, so one voter's build starts a window's worth of
-//! entries after the one before. Counted in log indexes, turns cannot drift apart; a group
-//! that goes idle before a voter's turn comes lets it build anyway once `IDLE_AFTER` passes
-//! without a new entry.
+//! voters in id order, round and round, and a voter that comes due builds at once inside its
+//! own window, else from the start of its next one; so one voter's build starts a window's
+//! worth of entries after the one before. Counted in log indexes, turns cannot drift apart; a
+//! group that goes idle before a voter's turn comes lets it build anyway once `IDLE_AFTER`
+//! passes without a new entry.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -124,16 +125,27 @@ impl Turn {
         }
     }
 
-    /// Whether a replica that has applied through `applied` may start a snapshot now.
-    pub fn has_come(&self, applied: u64, after_entries: u64) -> bool {
+    /// The log index from which a replica that came due with `applied` entries applied may
+    /// start its snapshot: `applied` itself inside its own window, else where its next window
+    /// starts. A point rather than a window, so that a check that comes late (entries applied
+    /// faster than the policy looks) still finds the turn passed instead of missing it.
+    pub fn starts_at(&self, applied: u64, after_entries: u64) -> u64 {
         let Some(rank) = self.rank else {
-            return true;
+            return applied;
         };
         let window = after_entries / (self.voters + 1);
         if self.voters < 2 || window == 0 {
-            return true;
+            return applied;
         }
-        (applied / window) % self.voters == rank
+        let round = window * self.voters;
+        let mine = applied - applied % round + rank * window;
+        if applied < mine {
+            mine
+        } else if applied < mine + window {
+            applied
+        } else {
+            mine + round
+        }
     }
 }
 
@@ -142,6 +154,8 @@ pub async fn run(raft: Raft, after_entries: u64, cost: Arc<SnapshotCost>) {
     let mut metrics = raft.metrics();
     let mut last_applied = 0;
     let mut applied_changed_at = Instant::now();
+    // Where this replica's turn starts, from when it came due until it snapshots.
+    let mut turn_starts_at: Option<u64> = None;
     loop {
         tokio::time::sleep(CHECK_EVERY).await;
         if metrics.has_changed().is_err() {
@@ -161,12 +175,14 @@ pub async fn run(raft: Raft, after_entries: u64, cost: Arc<SnapshotCost>) {
             last_applied = applied;
             applied_changed_at = Instant::now();
         }
+        if !due(applied.saturating_sub(snapshot), after_entries, &cost) {
+            turn_starts_at = None;
+            continue;
+        }
+        let starts_at =
+            *turn_starts_at.get_or_insert_with(|| turn.starts_at(applied, after_entries));
         let idle = applied_changed_at.elapsed() >= IDLE_AFTER;
-        let may_start = idle || turn.has_come(applied, after_entries);
-        if may_start
-            && due(applied.saturating_sub(snapshot), after_entries, &cost)
-            && raft.trigger().snapshot().await.is_err()
-        {
+        if (idle || applied >= starts_at) && raft.trigger().snapshot().await.is_err() {
             return;
         }
     }
@@ -212,36 +228,35 @@ mod tests {
 
     #[test]
     fn voters_take_turns_window_by_window_in_id_order() {
-        // Three voters, snapshots after 20,000 entries: windows of 5,000 entries.
-        let turns: Vec<Turn> = [7, 2, 9]
-            .iter()
-            .map(|id| Turn::of(*id, [9, 2, 7]))
-            .collect();
-        let whose = |applied: u64| -> Vec<usize> {
-            (0..3)
-                .filter(|&at| turns[at].has_come(applied, 20_000))
-                .collect()
-        };
-        // Node 2 first, then 7, then 9, then 2 again: never two at once.
-        assert_eq!(whose(0), vec![1]);
-        assert_eq!(whose(4_999), vec![1]);
-        assert_eq!(whose(5_000), vec![0]);
-        assert_eq!(whose(10_000), vec![2]);
-        assert_eq!(whose(15_000), vec![1]);
-        assert_eq!(whose(1_002_500), vec![2], "window 200");
+        // Three voters, snapshots after 20,000 entries: windows of 5,000 entries, a round of
+        // 15,000 taken by nodes 2, 7 and 9 in that order.
+        let [seven, two, nine] = [7, 2, 9].map(|id| Turn::of(id, [9, 2, 7]));
+        // All three come due at the same entry; each starts in its own window.
+        assert_eq!(two.starts_at(20_000, 20_000), 30_000);
+        assert_eq!(
+            seven.starts_at(20_000, 20_000),
+            20_000,
+            "inside its own window"
+        );
+        assert_eq!(nine.starts_at(20_000, 20_000), 25_000);
+        // Due inside another's window: the next own window, never more than a round away.
+        assert_eq!(two.starts_at(16_000, 20_000), 16_000);
+        assert_eq!(seven.starts_at(16_000, 20_000), 20_000);
+        assert_eq!(nine.starts_at(16_000, 20_000), 25_000);
+        assert_eq!(two.starts_at(1_002_500, 20_000), 1_005_000);
     }
 
     #[test]
-    fn a_learner_a_lone_voter_and_a_tiny_window_never_wait_for_a_turn() {
+    fn a_learner_a_lone_voter_and_a_tiny_window_start_when_due() {
         let learner = Turn::of(4, [1, 2, 3]);
         let alone = Turn::of(1, [1]);
         let tiny = Turn::of(3, [1, 2, 3]);
-        for applied in 0..50 {
-            assert!(learner.has_come(applied, 20_000));
-            assert!(alone.has_come(applied, 20_000));
-            assert!(tiny.has_come(applied, 3), "a window of 0 entries");
+        for applied in [0, 7, 20_001] {
+            assert_eq!(learner.starts_at(applied, 20_000), applied);
+            assert_eq!(alone.starts_at(applied, 20_000), applied);
+            assert_eq!(tiny.starts_at(applied, 3), applied, "a window of 0 entries");
         }
-        assert!(!tiny.has_come(0, 20_000));
+        assert_eq!(tiny.starts_at(0, 20_000), 10_000);
     }
 
     #[test]

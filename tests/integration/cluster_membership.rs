@@ -16,6 +16,8 @@ const SNAPSHOT_AFTER_ENTRIES: u64 = 50;
 /// Bids written before the learner joins: well over the snapshot interval in every group.
 const BIDS_BEFORE_SNAPSHOT_JOIN: usize = 360;
 const BID_WITHIN: Duration = Duration::from_secs(30);
+/// How long every member may take to snapshot every group once the writes are in.
+const SNAPSHOTS_BUILT_WITHIN: Duration = Duration::from_secs(20);
 /// How long after a committed membership change every member may take to show it.
 const MEMBERSHIP_SEEN_WITHIN: Duration = Duration::from_secs(5);
 
@@ -88,6 +90,7 @@ async fn nodes_join_by_log_and_by_snapshot_and_leave() {
     )
     .await;
     cluster.await_converged(1, &members, CONVERGE_TIMEOUT).await;
+    await_snapshots_built(&cluster, &members).await;
 
     // Node 5 joins as a voter and can only catch up by snapshot; node 6 then joins as a
     // fan-out-only learner (by snapshot as well) and must stay a learner.
@@ -195,6 +198,37 @@ async fn join(cluster: &mut Cluster, id: u64, via: u64, learner: bool) {
         added.contains(&format!("added node {id} to every group as a {role}")),
         "{added}"
     );
+}
+
+/// Waits (bounded) until every member of `ids` has built a snapshot of every group, so that no
+/// group keeps the log entries a new node would need. Voters take turns to snapshot: the last
+/// may build only once its group has been idle for 2 s after the writes.
+async fn await_snapshots_built(cluster: &Cluster, ids: &[u64]) {
+    let give_up_at = std::time::Instant::now() + SNAPSHOTS_BUILT_WITHIN;
+    loop {
+        let missing: Vec<(u64, u32)> = ids
+            .iter()
+            .flat_map(|&id| {
+                let log = cluster.member(id).log();
+                (0..cluster.config.groups)
+                    .filter(|group| {
+                        let group = format!("group={group} ");
+                        !log.lines()
+                            .any(|l| l.contains("built snapshot") && l.contains(&group))
+                    })
+                    .map(|group| (id, group))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < give_up_at,
+            "no snapshot built within {SNAPSHOTS_BUILT_WITHIN:?} for (node, group) {missing:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Node `id` joined after every group had purged the log entries it lacked, so it must have
