@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 const SLICE: Duration = Duration::from_millis(2);
 /// How long a paced thread rests per unit of CPU it used: at 3, it takes at most a quarter of
 /// a core on average.
-pub(crate) const REST_PER_WORK: u32 = 3;
+const REST_PER_WORK: u32 = 3;
 
 #[derive(Clone, Copy)]
 struct Pace {

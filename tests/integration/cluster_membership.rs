@@ -204,31 +204,20 @@ async fn join(cluster: &mut Cluster, id: u64, via: u64, learner: bool) {
 /// group keeps the log entries a new node would need. Voters take turns to snapshot: the last
 /// may build only once its group has been idle for 2 s after the writes.
 async fn await_snapshots_built(cluster: &Cluster, ids: &[u64]) {
-    let give_up_at = std::time::Instant::now() + SNAPSHOTS_BUILT_WITHIN;
-    loop {
-        let missing: Vec<(u64, u32)> = ids
-            .iter()
-            .flat_map(|&id| {
-                let log = cluster.member(id).log();
-                (0..cluster.config.groups)
-                    .filter(|group| {
-                        let group = format!("group={group} ");
-                        !log.lines()
-                            .any(|l| l.contains("built snapshot") && l.contains(&group))
-                    })
-                    .map(|group| (id, group))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        if missing.is_empty() {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < give_up_at,
-            "no snapshot built within {SNAPSHOTS_BUILT_WITHIN:?} for (node, group) {missing:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poll_until(
+        "a snapshot of every group built by every member",
+        SNAPSHOTS_BUILT_WITHIN,
+        || async {
+            ids.iter()
+                .all(|&id| {
+                    let log = cluster.member(id).log();
+                    (0..cluster.config.groups)
+                        .all(|group| logged_for_group(&log, "built snapshot", group))
+                })
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 /// Node `id` joined after every group had purged the log entries it lacked, so it must have
@@ -237,8 +226,7 @@ fn assert_caught_up_by_snapshot(cluster: &Cluster, id: u64) {
     let log = cluster.member(id).log();
     for group in 0..cluster.config.groups {
         assert!(
-            log.lines()
-                .any(|l| l.contains("installed snapshot") && l.contains(&format!("group={group}"))),
+            logged_for_group(&log, "installed snapshot", group),
             "node {id} joined after group {group} purged its log, so it must have caught up by snapshot; its log:\n{log}"
         );
     }
@@ -305,4 +293,11 @@ async fn assert_local_state_equal(cluster: &Cluster, node: u64, auctions: &[Valu
             .json();
         assert_eq!(seen, expected, "node {node}'s local history of {id}");
     }
+}
+
+/// Whether a node's `log` has an `event` line for `group` (its `group=` field, whole).
+fn logged_for_group(log: &str, event: &str, group: u32) -> bool {
+    let field = format!("group={group}");
+    log.lines()
+        .any(|line| line.contains(event) && line.split_whitespace().any(|word| word == field))
 }
