@@ -14,6 +14,7 @@
 pub mod bench;
 pub mod cluster;
 pub mod config;
+pub(crate) mod runtime_lag;
 pub mod snapshot;
 pub mod tls;
 
@@ -123,6 +124,9 @@ fn run_server(args: config::ServeArgs) -> anyhow::Result<()> {
         .thread_name(FANOUT_THREAD_NAME)
         .on_thread_start(move || lower_this_threads_priority(fanout_nice))
         .build()?;
+    runtime_lag::spawn(runtime.handle(), "http");
+    runtime_lag::spawn(consensus.handle(), "consensus");
+    runtime_lag::spawn(fanout.handle(), "fanout");
     let runtimes = crate::http::server::Runtimes {
         consensus: consensus.handle().clone(),
         fanout: fanout.handle().clone(),

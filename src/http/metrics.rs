@@ -75,6 +75,11 @@ fn describe() {
         "Latency of whole bid requests"
     );
     metrics::describe_counter!(HTTP_REQUESTS_TOTAL, "HTTP requests by route and status");
+    metrics::describe_histogram!(
+        crate::cli::runtime_lag::RUNTIME_LAG_SECONDS,
+        metrics::Unit::Seconds,
+        "How late each runtime (http, consensus, fanout) ran a timer that was due"
+    );
     metrics::describe_gauge!(
         PROCESS_RESIDENT_MEMORY_BYTES,
         metrics::Unit::Bytes,
