@@ -112,7 +112,7 @@ pub(crate) async fn serve_local(node: &Node, group: &Arc<Group>, call: AppCall) 
         AppCall::Campaign { window_ms, pin } => {
             AppAnswer::Done(campaign_here(node, group, Duration::from_millis(window_ms), pin).await)
         }
-        AppCall::Status { digests } => AppAnswer::Status(node.local_views(digests)),
+        AppCall::Status { digests } => AppAnswer::Status(node.local_views(digests).await),
     }
 }
 

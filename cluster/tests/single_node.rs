@@ -220,3 +220,56 @@ async fn all_groups_led(node: &Arc<Node>) -> gavel_cluster::ClusterStatus {
     })
     .await
 }
+
+/// Each group's (applied index, digest) in `/cluster`, for this node's replicas.
+async fn applied_and_digests(node: &Arc<Node>) -> Vec<(u64, u64)> {
+    let status = node.cluster_status().await;
+    status
+        .groups
+        .iter()
+        .map(|group| {
+            let mine = group.replicas.iter().find(|r| r.node_id == 1).unwrap();
+            (mine.applied_index, mine.digest)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_digest_stands_while_nothing_is_applied_and_moves_with_what_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(config(dir.path())).await.unwrap();
+    all_groups_led(&node).await;
+    node.propose(create("a1", -1_000, 60_000)).await.unwrap();
+    // Settled: two reads in a row with the same applied indexes (elections' blank entries and
+    // the create applied everywhere).
+    let before = eventually(|| async {
+        let first = applied_and_digests(&node).await;
+        let second = applied_and_digests(&node).await;
+        if first == second {
+            Ok(second)
+        } else {
+            Err(format!("still applying: {first:?} then {second:?}"))
+        }
+    })
+    .await;
+
+    node.propose(bid("a1", "bob", "k1", 10)).await.unwrap();
+    let after = applied_and_digests(&node).await;
+    let mut moved = 0;
+    for (group, ((applied_before, digest_before), (applied_after, digest_after))) in
+        before.iter().zip(&after).enumerate()
+    {
+        if applied_after == applied_before {
+            assert_eq!(digest_after, digest_before, "group {group} applied nothing");
+        } else {
+            // A digest remembered from before the bid would stand here unchanged.
+            assert_ne!(digest_after, digest_before, "group {group} applied the bid");
+            moved += 1;
+        }
+    }
+    assert_eq!(
+        moved, 1,
+        "one group applied the bid: {before:?} then {after:?}"
+    );
+    node.shutdown().await;
+}

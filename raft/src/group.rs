@@ -2,7 +2,7 @@
 //! openraft option set explicitly.
 
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use gavel_storage::{StateTree, Store};
 use openraft::{Config, SnapshotPolicy};
@@ -11,7 +11,7 @@ use crate::flusher::Flusher;
 use crate::log_store::LogStore;
 use crate::network::Network;
 use crate::snapshot_policy::{self, SnapshotCost};
-use crate::state_machine::{AppliedChannel, GroupObserver, StateMachine};
+use crate::state_machine::{AppliedChannel, GroupObserver, StateMachine, APPLIED};
 use crate::transport::Transport;
 use crate::types::{NodeId, Raft};
 
@@ -91,6 +91,14 @@ pub struct Group {
     pub observer: Arc<GroupObserver>,
     /// The committed index the log store last saved.
     pub committed_index: Arc<AtomicU64>,
+    /// The last digest of the state (`state_digest`) and the applied log id it was read at.
+    digest_memo: Arc<Mutex<Option<DigestMemo>>>,
+}
+
+/// A state digest and the applied log id (as stored) of the state it was read from.
+struct DigestMemo {
+    applied: Option<Vec<u8>>,
+    digest: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -151,6 +159,34 @@ impl Group {
             state,
             observer,
             committed_index,
+            digest_memo: Arc::default(),
         })
+    }
+
+    /// The digest of the group's state (`StateTree::digest`), which reads all of it: a second
+    /// of a core for a few hundred MB. Blocking; call it off the runtimes. Remembered with the
+    /// applied log id it was read at: only an applied entry (or an installed snapshot, which
+    /// moves the applied id too) changes the state, so while that id stands the digest does
+    /// too, and a quiet group's digest is read once, not at every `/cluster`.
+    pub fn state_digest(&self) -> Result<u64, gavel_storage::StorageError> {
+        let applied = self.state.meta(APPLIED)?;
+        if let Some(memo) = self.digest_memo().as_ref() {
+            if memo.applied == applied {
+                return Ok(memo.digest);
+            }
+        }
+        let digest = self.state.digest()?;
+        // Applies go on while the state is read: only a digest of a state that stood still is
+        // known to belong to that applied id.
+        if self.state.meta(APPLIED)? == applied {
+            *self.digest_memo() = Some(DigestMemo { applied, digest });
+        }
+        Ok(digest)
+    }
+
+    fn digest_memo(&self) -> std::sync::MutexGuard<'_, Option<DigestMemo>> {
+        self.digest_memo
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }

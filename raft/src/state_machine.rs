@@ -31,7 +31,7 @@ use crate::types::{
 };
 
 /// `Option<LogId>`: the last applied entry.
-const APPLIED: &str = "applied";
+pub(crate) const APPLIED: &str = "applied";
 /// `StoredMembership`: the last applied membership.
 const MEMBERSHIP: &str = "membership";
 
