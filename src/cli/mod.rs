@@ -174,8 +174,12 @@ const DEFAULT_LOG_FILTER: &str = "info,openraft=warn";
 fn init_tracing(format: LogFormat) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
+    // Colours only for a terminal: in a file or a journal the escape codes split what a
+    // reader greps for (`group=2` is `group`, codes, `=`, codes, `2`).
+    let colours = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colours)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
