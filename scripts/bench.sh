@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Gavel against etcd, the same shapes driven by one tool (`gavel bench bids`), on loopback:
-#   scripts/bench.sh            # about 8 minutes; prints a markdown table for the README
+#   scripts/bench.sh            # about 9 minutes; prints a markdown table for the README
 # It starts a three-node Gavel (release build, --bid-rate-per-bidder 0, --groups 3,
 # --worker-threads 1) and a
 # three-member etcd (fsync on, as by default), then runs each shape on Gavel and right after
@@ -71,11 +71,11 @@ stop_all() {
 }
 cleanup() {
   stop_all
-  # The nodes' warnings and errors outlive the temp dir: stalls (`ran its ready tasks late`),
-  # sheds, timeouts.
+  # What the nodes logged that explains a slow stretch outlives the temp dir: warnings and
+  # errors (stalls: `ran its ready tasks late`; sheds, timeouts) and snapshot builds.
   if [ -d "$OUT" ]; then
     for n in 1 2 3; do
-      [ -f "$WORK/gavel$n.log" ] && grep -a 'WARN\|ERROR' "$WORK/gavel$n.log" >"$OUT/gavel$n-warnings.log" || true
+      [ -f "$WORK/gavel$n.log" ] && grep -a 'WARN\|ERROR\|built snapshot\|installed snapshot' "$WORK/gavel$n.log" >"$OUT/gavel$n-events.log" || true
     done
   fi
   rm -rf "$WORK"
@@ -264,4 +264,4 @@ echo
 echo "etcd at 80% of its own open-loop peak ($ETCD_RATE/s of $ETCD_PEAK/s): $(cell "$OUT/etcd-open-80-own.json" | sed 's/ | /\/s, p50 \/ p99 \/ p99.9 /') ms, server CPU $(cpu "$OUT/etcd-open-80-own.json") µs a put"
 echo "Runtime stalls past 100 ms the nodes warned of (\`ran its ready tasks late\`, at most one per runtime per 10 s): $(for n in 1 2 3; do echo -n "node $n: $(grep -ac 'ran its ready tasks late' "$WORK/gavel$n.log" || true); "; done)"
 echo
-echo "JSON summaries and latency plots: $OUT; the nodes' warnings: $OUT/gavel{1,2,3}-warnings.log"
+echo "JSON summaries and latency plots: $OUT; the nodes' warnings and snapshot builds: $OUT/gavel{1,2,3}-events.log"
