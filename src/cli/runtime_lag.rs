@@ -29,7 +29,7 @@ pub(crate) fn spawn(handle: &tokio::runtime::Handle, runtime: &'static str) {
 async fn probe(runtime: &'static str) {
     let mut warnings = Warnings::default();
     loop {
-        let before = ThreadTimes::now();
+        let before = RunQueueWait::now();
         let late = lateness(Instant::now() + PROBE_EVERY).await;
         // Looked up at each record, not once: the probe starts before the recorder is installed.
         metrics::histogram!(RUNTIME_LAG_SECONDS, "runtime" => runtime).record(late.as_secs_f64());
@@ -39,7 +39,7 @@ async fn probe(runtime: &'static str) {
         let Some(late_probes) = warnings.late(Instant::now()) else {
             continue;
         };
-        let waited_for_cpu_ms = match (before, ThreadTimes::now()) {
+        let waited_for_cpu_ms = match (before, RunQueueWait::now()) {
             (Some(before), Some(after)) if before.thread == after.thread => {
                 Some(after.waited_ns.saturating_sub(before.waited_ns) / 1_000_000)
             }
@@ -87,21 +87,27 @@ impl Warnings {
 }
 
 /// The calling thread's id and how long it has waited in the run queue, in nanoseconds.
-struct ThreadTimes {
+struct RunQueueWait {
     thread: libc::pid_t,
     waited_ns: u64,
 }
 
-impl ThreadTimes {
+impl RunQueueWait {
     /// `None` where the kernel does not keep schedstat (not Linux, or built without it).
     fn now() -> Option<Self> {
-        // "time on CPU, time waiting on a run queue, timeslices run", in nanoseconds.
         let line = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-        let waited_ns = line.split_whitespace().nth(1)?.parse().ok()?;
+        let (_, waited_ns) = schedstat_ns(&line)?;
         // SAFETY: gettid has no preconditions and cannot fail.
         let thread = unsafe { libc::gettid() };
         Some(Self { thread, waited_ns })
     }
+}
+
+/// The first two fields of a thread's `schedstat` (`/proc/PID/task/TID/schedstat`):
+/// nanoseconds on a CPU, and nanoseconds runnable on a run queue.
+pub(crate) fn schedstat_ns(line: &str) -> Option<(u64, u64)> {
+    let mut fields = line.split_whitespace();
+    Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
 }
 
 #[cfg(test)]
@@ -152,7 +158,7 @@ mod tests {
 
     #[test]
     fn reads_this_threads_run_queue_wait() {
-        let Some(times) = ThreadTimes::now() else {
+        let Some(times) = RunQueueWait::now() else {
             // No schedstat here (not Linux): the warning then leaves the wait out.
             return;
         };

@@ -8,6 +8,8 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 use tokio::time::Instant;
 
+use crate::cli::runtime_lag::schedstat_ns;
+
 /// Server processes one run may watch, at most.
 pub const PIDS_MAX: usize = 64;
 
@@ -83,13 +85,6 @@ pub fn thread_times(pid: u32, thread_name: &str) -> anyhow::Result<ThreadTimes> 
         times.waiting_s += waiting_ns as f64 / 1e9;
     }
     Ok(times)
-}
-
-/// The first two fields of `/proc/PID/task/TID/schedstat`: nanoseconds on a CPU, and
-/// nanoseconds runnable on a run queue.
-fn schedstat_ns(line: &str) -> Option<(u64, u64)> {
-    let mut fields = line.split_whitespace();
-    Some((fields.next()?.parse().ok()?, fields.next()?.parse().ok()?))
 }
 
 /// CPU seconds the processes spent from `from` to `to`, and how long that was.
