@@ -92,7 +92,7 @@ pub struct Group {
     /// The committed index the log store last saved.
     pub committed_index: Arc<AtomicU64>,
     /// The last digest of the state (`state_digest`) and the applied log id it was read at.
-    digest_memo: Arc<Mutex<Option<DigestMemo>>>,
+    digest_memo: Mutex<Option<DigestMemo>>,
 }
 
 /// A state digest and the applied log id (as stored) of the state it was read from.
@@ -159,7 +159,7 @@ impl Group {
             state,
             observer,
             committed_index,
-            digest_memo: Arc::default(),
+            digest_memo: Mutex::default(),
         })
     }
 
