@@ -72,10 +72,10 @@ stop_all() {
 cleanup() {
   stop_all
   # What the nodes logged that explains a slow stretch outlives the temp dir: warnings and
-  # errors (stalls: `ran its ready tasks late`; sheds, timeouts) and snapshot builds.
+  # errors (stalls: `ran its ready tasks late`; sheds, timeouts) and snapshot copies packed or installed.
   if [ -d "$OUT" ]; then
     for n in 1 2 3; do
-      [ -f "$WORK/gavel$n.log" ] && grep -a 'WARN\|ERROR\|built snapshot\|installed snapshot' "$WORK/gavel$n.log" >"$OUT/gavel$n-events.log" || true
+      [ -f "$WORK/gavel$n.log" ] && grep -a 'WARN\|ERROR\|packed snapshot\|installed snapshot' "$WORK/gavel$n.log" >"$OUT/gavel$n-events.log" || true
     done
   fi
   rm -rf "$WORK"
@@ -264,4 +264,4 @@ echo
 echo "etcd at 80% of its own open-loop peak ($ETCD_RATE/s of $ETCD_PEAK/s): $(cell "$OUT/etcd-open-80-own.json" | sed 's/ | /\/s, p50 \/ p99 \/ p99.9 /') ms, server CPU $(cpu "$OUT/etcd-open-80-own.json") µs a put"
 echo "Runtime stalls past 100 ms the nodes warned of (\`ran its ready tasks late\`, at most one per runtime per 10 s): $(for n in 1 2 3; do echo -n "node $n: $(grep -ac 'ran its ready tasks late' "$WORK/gavel$n.log" || true); "; done)"
 echo
-echo "JSON summaries and latency plots: $OUT; the nodes' warnings and snapshot builds: $OUT/gavel{1,2,3}-events.log"
+echo "JSON summaries and latency plots: $OUT; the nodes' warnings and snapshot copies: $OUT/gavel{1,2,3}-events.log"

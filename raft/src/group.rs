@@ -10,7 +10,6 @@ use openraft::{Config, SnapshotPolicy};
 use crate::flusher::Flusher;
 use crate::log_store::LogStore;
 use crate::network::Network;
-use crate::snapshot_policy::{self, SnapshotCost};
 use crate::state_machine::{AppliedChannel, GroupObserver, StateMachine, APPLIED};
 use crate::transport::Transport;
 use crate::types::{NodeId, Raft};
@@ -21,7 +20,7 @@ pub struct RaftSettings {
     pub heartbeat_interval_ms: u64,
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
-    /// Build a snapshot after this many entries since the last one.
+    /// Take a snapshot (let the log behind it go) after this many entries since the last one.
     pub snapshot_after_entries: u64,
     /// Entries kept in the log behind the snapshot, so briefly lagging followers catch up by log.
     pub log_entries_kept_after_snapshot: u64,
@@ -63,11 +62,8 @@ impl RaftSettings {
             heartbeat_interval: self.heartbeat_interval_ms,
             election_timeout_min: self.election_timeout_min_ms,
             election_timeout_max: self.election_timeout_max_ms,
-            // The bound; `snapshot_policy::run` snapshots sooner (see there).
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(
-                self.snapshot_after_entries
-                    .saturating_mul(snapshot_policy::BOUND_FACTOR),
-            ),
+            // A snapshot costs a flush (see `state_machine`): the log behind it may go.
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_after_entries),
             max_in_snapshot_log_to_keep: self.log_entries_kept_after_snapshot,
             max_payload_entries: self.append_entries_max,
             purge_batch_size: self.purge_batch_entries,
@@ -122,10 +118,8 @@ impl Group {
         transport: &Transport,
     ) -> Result<Group, GroupError> {
         let config = Arc::new(settings.openraft_config(id)?);
-        let snapshot_cost = Arc::new(SnapshotCost::default());
         let log = store.log(id)?;
-        let log_store = LogStore::new(store.clone(), log.clone(), flusher.clone())
-            .with_snapshot_cost(snapshot_cost.clone());
+        let log_store = LogStore::new(store.clone(), log, flusher.clone());
         if log_store.give_up_leadership_on_restart(node_id)? {
             tracing::info!(
                 group = id,
@@ -135,8 +129,7 @@ impl Group {
         let committed_index = log_store.committed_index();
         let state = store.state(id)?;
         let observer = Arc::new(GroupObserver::new(applied.clone()));
-        let state_machine = StateMachine::new(id, store.clone(), state.clone(), observer.clone())
-            .with_snapshot_cost(snapshot_cost.clone());
+        let state_machine = StateMachine::new(id, store.clone(), state.clone(), observer.clone());
         let network = Network {
             transport: transport.clone(),
             group: id,
@@ -144,15 +137,6 @@ impl Group {
         let raft = Raft::new(node_id, config, network, log_store, state_machine)
             .await
             .map_err(|e| GroupError::Raft(e.to_string()))?;
-        // What the log holds past the stored snapshot counts towards the next one, as it did
-        // before the restart.
-        let snapshot_index = raft.metrics().borrow().snapshot.map(|id| id.index);
-        snapshot_cost.logged(log.bytes_after(snapshot_index)?);
-        tokio::spawn(snapshot_policy::run(
-            raft.clone(),
-            settings.snapshot_after_entries,
-            snapshot_cost,
-        ));
         Ok(Group {
             id,
             raft,

@@ -4,6 +4,7 @@
 //! - `types`: the type configuration (entries carry a leader-stamped `Proposal`);
 //! - `log_store`: the durable Raft log per group;
 //! - `state_machine`: applies entries with the auction rules; snapshots;
+//! - `snapshot_data`: a snapshot's bytes, packed from the state when first read;
 //! - `flusher`: group commit of appends across all groups;
 //! - `gather`: batching without a timer (the flusher, proposers, forwarders and peer writers
 //!   use it);
@@ -25,7 +26,7 @@ mod group;
 mod log_store;
 mod network;
 mod restore;
-pub mod snapshot_policy;
+mod snapshot_data;
 mod state_machine;
 pub mod transport;
 mod types;
@@ -38,6 +39,7 @@ pub use group::{Group, GroupError, RaftSettings};
 pub use log_store::LogStore;
 pub use network::Network;
 pub use restore::{restore_group, restored_log_id};
+pub use snapshot_data::SnapshotData;
 pub use state_machine::{
     AppliedChannel, AppliedEvents, AuctionEvent, GroupObserver, SnapshotBuilder, StateMachine,
     Watched, APPLIED_EVENTS_QUEUE_MAX,

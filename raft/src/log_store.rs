@@ -19,7 +19,6 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, StorageIOError};
 
 use crate::flusher::Flusher;
-use crate::snapshot_policy::SnapshotCost;
 use crate::types::{
     upgrade_entry, Entry, LogId, NodeId, RaftStorageError, TypeConfig, TypeConfigV1, Vote,
     ENTRY_FORMAT_VERSION,
@@ -38,8 +37,6 @@ pub struct LogStore {
     committed_index: Arc<AtomicU64>,
     /// The newest appended entries, shared with every reader openraft got from this store.
     recent: Arc<Mutex<RecentEntries>>,
-    /// Counts the bytes appended, for the snapshot policy.
-    snapshot_cost: Arc<SnapshotCost>,
 }
 
 /// Most entries `RecentEntries` keeps: enough for replication and apply to find what they read
@@ -149,14 +146,7 @@ impl LogStore {
             flusher,
             committed_index: Arc::new(AtomicU64::new(0)),
             recent: Arc::default(),
-            snapshot_cost: Arc::default(),
         }
-    }
-
-    /// Counts appended bytes into `cost` (shared with the group's snapshot policy).
-    pub fn with_snapshot_cost(mut self, cost: Arc<SnapshotCost>) -> LogStore {
-        self.snapshot_cost = cost;
-        self
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, RecentEntries> {
@@ -326,11 +316,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             })
             .collect::<Result<Vec<_>, gavel_storage::StorageError>>()
             .map_err(|e| StorageIOError::write_logs(&e))?;
-        let bytes: usize = rows.iter().map(|(_, row)| row.len()).sum();
         self.log
             .append(rows)
             .map_err(|e| StorageIOError::write_logs(&e))?;
-        self.snapshot_cost.logged(bytes as u64);
         self.remember(entries);
         self.flusher
             .submit(callback)

@@ -107,7 +107,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = GavelNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = crate::snapshot_data::SnapshotData,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

@@ -1,8 +1,9 @@
 //! Snapshots and log compaction through a real openraft group on sled: a group that compacts
-//! its log restarts from snapshot + remaining log to the identical state, and a snapshot built
-//! from real auction state installs into an empty state machine byte for byte, and a build that
-//! finishes after a newer snapshot was installed never replaces it; a group restored offline
-//! from a snapshot copy starts from it with new members.
+//! its log restarts from its state + remaining log to the identical state; a copy of real
+//! auction state, packed when asked for, installs into an empty state machine byte for byte,
+//! and is the stored copy until a later snapshot point passes it; a copy packed after a newer
+//! snapshot was installed never replaces it; a group restored offline from a snapshot copy
+//! starts from it with new members.
 
 #![allow(clippy::result_large_err)] // openraft's errors are large by design.
 
@@ -14,11 +15,13 @@ use std::time::Duration;
 use gavel_raft::transport::{Transport, TransportConfig};
 use gavel_raft::{
     AppliedChannel, Flusher, GavelNode, Group, GroupObserver, Proposal, RaftSettings, Reply,
-    Snapshot, StateMachine,
+    Snapshot, SnapshotData, StateMachine,
 };
+use gavel_raft::{Entry, LogId};
 use gavel_rules::{BidStatus, Command, Decimal};
-use gavel_storage::{Store, StoreConfig};
+use gavel_storage::{StateTree, Store, StoreConfig};
 use openraft::storage::RaftStateMachine;
+use openraft::EntryPayload;
 use openraft::RaftSnapshotBuilder;
 
 mod fixtures;
@@ -192,8 +195,9 @@ async fn snapshot_installs_byte_identical_state() {
         .unwrap()
         .expect("a snapshot exists");
     let source_digest = group.state.digest().unwrap();
+    let meta = snapshot.meta.clone();
     // What a follower is sent is the compressed copy, smaller than its records unpacked.
-    let sent = snapshot.snapshot.get_ref().clone();
+    let sent = snapshot.snapshot.into_bytes().await.unwrap();
     assert_eq!(sent[0], gavel_storage::SNAPSHOT_FORMAT);
     let plain_len = gavel_storage::SnapshotBlob::from_bytes(&sent)
         .unwrap()
@@ -206,26 +210,19 @@ async fn snapshot_installs_byte_identical_state() {
     );
 
     let target_dir = tempfile::tempdir().unwrap();
-    let target_store = Store::open(target_dir.path(), &StoreConfig::default()).unwrap();
-    let target_state = target_store.state(GROUP).unwrap();
-    let mut target = StateMachine::new(
-        GROUP,
-        target_store.clone(),
-        target_state.clone(),
-        Arc::new(GroupObserver::default()),
-    );
+    let (_target_store, target_state, mut target) = bare_state_machine(target_dir.path());
     // A copy damaged on its way is refused (its frame's checksum), and changes nothing.
     let empty_digest = target_state.digest().unwrap();
     let mut damaged = sent.clone();
     let middle = damaged.len() / 2;
     damaged[middle] ^= 0x5a;
     let refused = target
-        .install_snapshot(&snapshot.meta, Box::new(std::io::Cursor::new(damaged)))
+        .install_snapshot(&meta, Box::new(SnapshotData::ready(damaged)))
         .await;
     assert!(refused.is_err(), "a damaged snapshot was installed");
     assert_eq!(target_state.digest().unwrap(), empty_digest);
     target
-        .install_snapshot(&snapshot.meta, snapshot.snapshot)
+        .install_snapshot(&meta, Box::new(SnapshotData::ready(sent.clone())))
         .await
         .unwrap();
     assert_eq!(target_state.digest().unwrap(), source_digest);
@@ -234,14 +231,34 @@ async fn snapshot_installs_byte_identical_state() {
         group.state.auction("y").unwrap()
     );
 
-    // A snapshot built from the installed state carries the same metadata.
+    // A snapshot point taken on the installed state is the same point.
     let rebuilt = target
         .get_snapshot_builder()
         .await
         .build_snapshot()
         .await
         .unwrap();
-    assert_eq!(rebuilt.meta.last_log_id, snapshot.meta.last_log_id);
+    assert_eq!(rebuilt.meta.last_log_id, meta.last_log_id);
+
+    // The packed copy was stored: asked again with nothing new, the group sends the same
+    // bytes. Once a later snapshot point passes it (the log behind that point may be gone),
+    // a new copy is packed, of the state as it is then.
+    let again = group.raft.get_snapshot().await.unwrap().unwrap();
+    assert_eq!(again.meta, meta);
+    assert_eq!(again.snapshot.into_bytes().await.unwrap(), sent);
+    write(&group, START_MS + 200, bid("x", 6)).await;
+    let applied = group.raft.metrics().borrow().last_applied.unwrap().index;
+    let later = snapshot_at_least(&group, applied).await;
+    assert_eq!(later.meta.last_log_id.unwrap().index, applied);
+    let later_bytes = later.snapshot.into_bytes().await.unwrap();
+    assert_ne!(later_bytes, sent);
+    let later_target_dir = tempfile::tempdir().unwrap();
+    let (_later_store, later_state, mut later_target) = bare_state_machine(later_target_dir.path());
+    later_target
+        .install_snapshot(&later.meta, Box::new(SnapshotData::ready(later_bytes)))
+        .await
+        .unwrap();
+    assert_eq!(later_state.digest().unwrap(), group.state.digest().unwrap());
     group.raft.shutdown().await.unwrap();
 }
 
@@ -260,22 +277,51 @@ async fn snapshot_at_least(group: &Group, index: u64) -> Snapshot {
     })
     .await
     .expect("snapshot built");
-    group
+    let snapshot = group
         .raft
         .get_snapshot()
         .await
         .unwrap()
-        .expect("a snapshot exists")
+        .expect("a snapshot exists");
+    let bytes = snapshot.snapshot.into_bytes().await.unwrap();
+    Snapshot {
+        meta: snapshot.meta,
+        snapshot: Box::new(SnapshotData::ready(bytes)),
+    }
 }
 
-// openraft 0.9 runs `build_snapshot` in a task of its own, outside the state machine task, so
-// an install can complete while a build (begun earlier) is still running. The late build must
+/// A state machine of its own on an empty store in `dir`, outside any Raft group.
+fn bare_state_machine(dir: &Path) -> (Store, StateTree, StateMachine) {
+    let store = Store::open(dir, &StoreConfig::default()).unwrap();
+    let state = store.state(GROUP).unwrap();
+    let machine = StateMachine::new(
+        GROUP,
+        store.clone(),
+        state.clone(),
+        Arc::new(GroupObserver::default()),
+    );
+    (store, state, machine)
+}
+
+/// Applies `command` to a bare state machine as the entry after `after`.
+async fn apply_after(target: &mut StateMachine, after: LogId, stamp_ms: i64, command: Command) {
+    let entry = Entry {
+        log_id: LogId::new(after.leader_id, after.index + 1),
+        payload: EntryPayload::Normal(Proposal {
+            stamp_ms,
+            commands: vec![command].into(),
+        }),
+    };
+    target.apply(vec![entry]).await.unwrap();
+}
+
+// A copy is packed after `get_current_snapshot` returns, outside the state machine task, so an
+// install can complete while a copy (begun earlier) is still to be packed. The late copy must
 // not replace the newer installed snapshot: a lagging follower would then be sent a stale one.
-// A copy still in progress takes the install over (it copies the installed state), and a
-// build that finished its copy before the install is not saved over it
-// (`save_snapshot_if_newer`, tested in the storage crate).
+// A copy whose state an install replaced fails, and one packed before the install is not saved
+// over it (`save_snapshot_if_newer`, tested in the storage crate).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn older_build_never_replaces_a_newer_installed_snapshot() {
+async fn older_copy_never_replaces_a_newer_installed_snapshot() {
     let source_dir = tempfile::tempdir().unwrap();
     let (_source_store, source) = open(source_dir.path()).await;
     lead_alone(&source).await;
@@ -290,27 +336,40 @@ async fn older_build_never_replaces_a_newer_installed_snapshot() {
     assert!(older.meta.last_log_id < newer.meta.last_log_id);
 
     let target_dir = tempfile::tempdir().unwrap();
-    let target_store = Store::open(target_dir.path(), &StoreConfig::default()).unwrap();
-    let target_state = target_store.state(GROUP).unwrap();
-    let mut target = StateMachine::new(
-        GROUP,
-        target_store.clone(),
-        target_state.clone(),
-        Arc::new(GroupObserver::default()),
-    );
+    let (_target_store, _, mut target) = bare_state_machine(target_dir.path());
     target
         .install_snapshot(&older.meta, older.snapshot)
         .await
         .unwrap();
-    // The copy begins here, at the older point; the build runs only after the install.
-    let mut late_build = target.get_snapshot_builder().await;
+    // A snapshot point past the installed copy, so that the stored copy no longer serves:
+    // the copy begins here, at the older state; it is packed only after the install.
+    apply_after(
+        &mut target,
+        older.meta.last_log_id.unwrap(),
+        START_MS + 5,
+        bid("a", 1),
+    )
+    .await;
+    target
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    let late_copy = target
+        .get_current_snapshot()
+        .await
+        .unwrap()
+        .expect("the state is copied");
+    assert!(late_copy.meta.last_log_id > older.meta.last_log_id);
+    assert!(late_copy.meta.last_log_id < newer.meta.last_log_id);
     let newer_meta = newer.meta.clone();
     target
         .install_snapshot(&newer.meta, newer.snapshot)
         .await
         .unwrap();
-    let built = late_build.build_snapshot().await.unwrap();
-    assert_eq!(built.meta.last_log_id, newer_meta.last_log_id);
+    let packed = late_copy.snapshot.into_bytes().await;
+    assert!(packed.is_err(), "a copy of a replaced state was packed");
 
     let stored = target
         .get_current_snapshot()
@@ -378,7 +437,8 @@ async fn a_restored_group_starts_from_the_copy_with_new_members() {
     assert!(applied.leader_id.term >= 1);
     let snapshot = snapshot_at_least(&source, applied.index).await;
     source.raft.shutdown().await.unwrap();
-    let blob = gavel_storage::SnapshotBlob::from_bytes(snapshot.snapshot.get_ref()).unwrap();
+    let bytes = snapshot.snapshot.into_bytes().await.unwrap();
+    let blob = gavel_storage::SnapshotBlob::from_bytes(&bytes).unwrap();
 
     let target_dir = tempfile::tempdir().unwrap();
     {

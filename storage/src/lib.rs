@@ -65,6 +65,8 @@ pub enum StorageError {
         path: String,
         source: std::io::Error,
     },
+    #[error("the state was replaced (a snapshot installed) while it was copied")]
+    Replaced,
 }
 
 /// How the database is opened; every sled option we rely on is set explicitly.

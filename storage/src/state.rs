@@ -359,9 +359,9 @@ pub struct StateTree {
     _open: crate::HandleToken,
 }
 
-/// Copies of the tree in progress (`StateTree::begin_copy`), by id, each with what was written
-/// to the tree since it began. Changed only under the `committed` lock, which every write of
-/// the tree holds.
+/// Copies of the tree in progress (`StateTree::begin_copy`), by id, each with what the keys
+/// written since it began held before. Changed only under the `committed` lock, which every
+/// write of the tree holds.
 #[derive(Default)]
 struct CopiesInProgress {
     next_id: u64,
@@ -370,12 +370,12 @@ struct CopiesInProgress {
 
 type Copies = Arc<Mutex<CopiesInProgress>>;
 
-/// What was written to the tree since a copy began: the newest value of each key written (`None`:
-/// removed), over the tree as it was, or over the state an import put in its place.
+/// What each key written since a copy began held when it began (`None`: no such key), from
+/// the undo values of the commits since; whether an import replaced the whole tree since.
 #[derive(Default)]
 struct CopyLog {
-    imported: Option<Vec<KeyValue>>,
-    writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    replaced: bool,
+    held_at_begin: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 /// A copy of a group's tree for a snapshot, taken while commits go on (`StateTree::begin_copy`).
@@ -385,11 +385,12 @@ pub struct TreeCopy {
 }
 
 impl TreeCopy {
-    /// The tree as the last commit before this returns left it. The tree is read while commits
-    /// may write it, so the copy may hold some of their writes and not others: every key
-    /// written since the copy began then takes its newest value, which makes the copy exact.
-    /// A commit leaves the tree whole (what it leaves unwritten has its applied log id
-    /// unwritten too), so the copy is a state the group was in, its applied log id included.
+    /// The tree as `begin_copy` left it. The tree is read while commits may write it, so the
+    /// read may hold some of their writes and not others: every key written since the copy
+    /// began then takes the value it held at the beginning, which makes the copy exact. A
+    /// commit leaves the tree whole (what it leaves unwritten has its applied log id unwritten
+    /// too) and `begin_copy` writes what was unwritten, so the copy is the state the group was
+    /// in then, its applied log id included: known before the copy is read.
     pub fn finish(self) -> Result<SnapshotBlob, StorageError> {
         let read: Vec<KeyValue> = self
             .state
@@ -410,29 +411,32 @@ impl TreeCopy {
                 .remove(&self.id)
                 .unwrap_or_default()
         };
-        let base = log.imported.unwrap_or(read);
-        let mut merged = Vec::with_capacity(base.len() + log.writes.len());
-        let mut writes = log.writes.into_iter().peekable();
-        for (key, value) in base {
-            while let Some((written, _)) = writes.peek() {
+        if log.replaced {
+            return Err(StorageError::Replaced);
+        }
+        let mut pairs = Vec::with_capacity(read.len());
+        let mut held = log.held_at_begin.into_iter().peekable();
+        for (key, value) in read {
+            while let Some((written, _)) = held.peek() {
                 if *written >= key {
                     break;
                 }
-                if let Some((written, Some(value))) = writes.next() {
-                    merged.push((written, value));
+                // Gone from the tree before the read came to it: as it was.
+                if let Some((written, Some(value))) = held.next() {
+                    pairs.push((written, value));
                 }
             }
-            match writes.peek() {
+            match held.peek() {
                 Some((written, _)) if *written == key => {
-                    if let Some((_, Some(value))) = writes.next() {
-                        merged.push((key, value));
+                    if let Some((_, Some(value))) = held.next() {
+                        pairs.push((key, value));
                     }
                 }
-                _ => merged.push((key, value)),
+                _ => pairs.push((key, value)),
             }
         }
-        merged.extend(writes.filter_map(|(key, value)| value.map(|value| (key, value))));
-        Ok(SnapshotBlob { pairs: merged })
+        pairs.extend(held.filter_map(|(key, value)| value.map(|value| (key, value))));
+        Ok(SnapshotBlob { pairs })
     }
 }
 
@@ -832,11 +836,16 @@ impl StateTree {
         self.copies.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds a commit's writes to every copy in progress. Called with the `committed` lock held.
-    fn log_for_copies(&self, writes: &JournalWrites) {
+    /// Keeps, for every copy in progress, what the keys a commit writes held before it, where
+    /// no earlier commit since the copy began wrote them. Called with the `committed` lock held.
+    fn log_for_copies(&self, held_before: &JournalWrites) {
         let mut copies = self.copies();
         for log in copies.logs.values_mut() {
-            log.writes.extend(writes.iter().cloned());
+            for (key, value) in held_before {
+                log.held_at_begin
+                    .entry(key.clone())
+                    .or_insert_with(|| value.clone());
+            }
         }
     }
 
@@ -1119,7 +1128,7 @@ impl StateTree {
 
     /// Replaces the whole state machine with `blob` in one atomic batch (rare, so sled's batch).
     pub fn import(&self, blob: &SnapshotBlob) -> Result<(), StorageError> {
-        // Held throughout, as by a commit: copies in progress take over what it writes.
+        // Held throughout, as by a commit.
         let mut committed = self.committed();
         self.forget_committed(&mut committed);
         self.unwritten_mut().clear();
@@ -1134,9 +1143,11 @@ impl StateTree {
             batch.insert(key.as_slice(), value.as_slice());
         }
         self.tree.apply_batch(batch)?;
+        // A copy in progress was of the state replaced: it fails rather than keep the old
+        // state's values of every key (a whole tree's worth, for a copy rarely wanted then).
         for log in self.copies().logs.values_mut() {
-            log.imported = Some(blob.pairs.clone());
-            log.writes.clear();
+            log.replaced = true;
+            log.held_at_begin.clear();
         }
         Ok(())
     }
@@ -1327,7 +1338,7 @@ impl StateTree {
     fn journaled_writes(
         &self,
         others: JournalWrites,
-    ) -> Result<Option<(Vec<u8>, JournalWrites)>, StorageError> {
+    ) -> Result<Option<JournaledCommit>, StorageError> {
         let mut all: BTreeMap<Vec<u8>, Option<Vec<u8>>> = others.into_iter().collect();
         {
             let unwritten = self.unwritten();
@@ -1357,15 +1368,24 @@ impl StateTree {
         };
         let last_write = writes.remove(last);
         writes.push(last_write.clone());
-        let undo = encode_as(
-            UNDO_RECORD_FORMAT,
-            &UndoRecord {
-                last: last_write,
-                before,
-            },
-        )?;
-        Ok(Some((undo, writes)))
+        let record = UndoRecord {
+            last: last_write,
+            before,
+        };
+        let undo = encode_as(UNDO_RECORD_FORMAT, &record)?;
+        Ok(Some(JournaledCommit {
+            undo,
+            writes,
+            held_before: record.before,
+        }))
     }
+}
+
+/// A commit's journal record, its writes (the last one last) and what their keys held before.
+struct JournaledCommit {
+    undo: Vec<u8>,
+    writes: JournalWrites,
+    held_before: JournalWrites,
 }
 
 impl StateWriter<'_> {
@@ -1435,10 +1455,10 @@ impl StateWriter<'_> {
         if let Some(others) = self.hand_over(write_all)? {
             let written = state.journaled_writes(others).and_then(|journaled| {
                 // A batch that changes nothing writes nothing.
-                if let Some((undo, writes)) = journaled {
-                    state.journal.insert(state.journal_key, undo)?;
-                    state.log_for_copies(&writes);
-                    write_each(&state.tree, writes)?;
+                if let Some(commit) = journaled {
+                    state.journal.insert(state.journal_key, commit.undo)?;
+                    state.log_for_copies(&commit.held_before);
+                    write_each(&state.tree, commit.writes)?;
                 }
                 Ok(())
             });
@@ -1513,7 +1533,10 @@ impl StateWriter<'_> {
         mut self,
     ) -> Result<Option<(Vec<u8>, JournalWrites)>, StorageError> {
         let others = self.hand_over(true)?.unwrap_or_default();
-        self.state.journaled_writes(others)
+        Ok(self
+            .state
+            .journaled_writes(others)?
+            .map(|commit| (commit.undo, commit.writes)))
     }
 
     fn auction(&self, id: &str) -> Result<Option<Auction>, StorageError> {

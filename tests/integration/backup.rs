@@ -191,6 +191,10 @@ fn restore_from(file: &Path) -> impl Fn(u64, &Path, &str) + '_ {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backup_under_load_restores_into_a_new_cluster_with_deadlines() {
     let started = Instant::now();
+    // Held across both clusters: a test that took the whole machine between the two (each
+    // holds a share only while it runs) held the restored cluster's start back for 20-30 s,
+    // past the deadlines of the auctions it checks.
+    let _machine = share_machine();
     let old = Cluster::start(ClusterConfig::default()).await;
     let auctions = create_auctions(&old).await;
     let created_at = now_ms();

@@ -17,7 +17,7 @@ const SNAPSHOT_AFTER_ENTRIES: u64 = 50;
 const BIDS_BEFORE_SNAPSHOT_JOIN: usize = 360;
 const BID_WITHIN: Duration = Duration::from_secs(30);
 /// How long every member may take to snapshot every group once the writes are in.
-const SNAPSHOTS_BUILT_WITHIN: Duration = Duration::from_secs(20);
+const SNAPSHOTS_TAKEN_WITHIN: Duration = Duration::from_secs(20);
 /// How long after a committed membership change every member may take to show it.
 const MEMBERSHIP_SEEN_WITHIN: Duration = Duration::from_secs(5);
 
@@ -90,7 +90,7 @@ async fn nodes_join_by_log_and_by_snapshot_and_leave() {
     )
     .await;
     cluster.await_converged(1, &members, CONVERGE_TIMEOUT).await;
-    await_snapshots_built(&cluster, &members).await;
+    await_snapshots_taken(&cluster, &members).await;
 
     // Node 5 joins as a voter and can only catch up by snapshot; node 6 then joins as a
     // fan-out-only learner (by snapshot as well) and must stay a learner.
@@ -200,19 +200,18 @@ async fn join(cluster: &mut Cluster, id: u64, via: u64, learner: bool) {
     );
 }
 
-/// Waits (bounded) until every member of `ids` has built a snapshot of every group, so that no
-/// group keeps the log entries a new node would need. Voters take turns to snapshot: the last
-/// may build only once its group has been idle for 2 s after the writes.
-async fn await_snapshots_built(cluster: &Cluster, ids: &[u64]) {
+/// Waits (bounded) until every member of `ids` has taken a snapshot of every group, so that no
+/// group keeps the log entries a new node would need.
+async fn await_snapshots_taken(cluster: &Cluster, ids: &[u64]) {
     poll_until(
-        "a snapshot of every group built by every member",
-        SNAPSHOTS_BUILT_WITHIN,
+        "a snapshot of every group taken by every member",
+        SNAPSHOTS_TAKEN_WITHIN,
         || async {
             ids.iter()
                 .all(|&id| {
                     let log = cluster.member(id).log();
                     (0..cluster.config.groups)
-                        .all(|group| logged_for_group(&log, "built snapshot", group))
+                        .all(|group| logged_for_group(&log, "took snapshot", group))
                 })
                 .then_some(())
         },

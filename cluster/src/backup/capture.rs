@@ -5,10 +5,11 @@
 //! every group's read index through the read path (the group's leader confirms with a quorum
 //! that it still leads and names its commit index; every write acknowledged before the backup
 //! began is at or below it) and waits until its own replica applied that far. Then, one group
-//! at a time, it makes sure the group's stored Raft snapshot reaches that index (building one
-//! when it does not) and sends that snapshot's state. A snapshot is a copy the state machine
-//! task takes between two applies, so it is the state after a prefix of the group's log: all
-//! of it, nothing half-applied, and at or past the read index. Groups are independent (no
+//! at a time, it makes sure the group's latest Raft snapshot point reaches that index (taking
+//! one when it does not) and sends the copy of the state the group hands out for that snapshot
+//! (the stored one, or one packed then). A copy begins in the state machine task between two
+//! applies, so it is the state after a prefix of the group's log: all of it, nothing
+//! half-applied, and at or past the read index. Groups are independent (no
 //! command spans two), so each is captured at its own point.
 //!
 //! It sees a group only through its `Group` handle: no `Node` beyond the read index.
@@ -131,7 +132,7 @@ async fn send(sender: &Sender, piece: Vec<u8>) -> Result<u64, BackupError> {
     Ok(len)
 }
 
-/// The group's stored snapshot, once it reaches `read_index`, as a backup record.
+/// The group's snapshot copy, once its snapshot reaches `read_index`, as a backup record.
 async fn capture_group(group: &Group, read_index: u64) -> Result<GroupRecord, BackupError> {
     let stopped = |e: &dyn std::fmt::Display| {
         BackupError::Unavailable(format!("group {} stopped: {e}", group.id))
@@ -162,7 +163,11 @@ async fn capture_group(group: &Group, read_index: u64) -> Result<GroupRecord, Ba
             leader_node: last.leader_id.node_id,
             index: last.index,
         },
-        state: snapshot.snapshot.into_inner(),
+        state: snapshot
+            .snapshot
+            .into_bytes()
+            .await
+            .map_err(|e| BackupError::Unavailable(format!("group {}'s copy: {e}", group.id)))?,
     })
 }
 

@@ -327,19 +327,6 @@ impl GroupLog {
         read_entries(&located, &files)
     }
 
-    /// How many bytes the entries after `index` (all of them for `None`) take.
-    pub fn bytes_after(&self, index: Option<u64>) -> Result<u64, StorageError> {
-        let state = self.wal.lock()?;
-        let Some(group) = state.groups.get(&self.group) else {
-            return Ok(0);
-        };
-        let after = match index {
-            Some(index) => group.entries.range(index.saturating_add(1)..),
-            None => group.entries.range(..),
-        };
-        Ok(after.map(|(_, location)| u64::from(location.len)).sum())
-    }
-
     /// The entry with the highest index, if any.
     pub fn last(&self) -> Result<Option<(u64, Vec<u8>)>, StorageError> {
         let last = {
