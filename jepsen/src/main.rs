@@ -59,6 +59,12 @@ struct Common {
     /// Raft groups of the cluster.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     groups: u32,
+    /// The nodes' `--snapshot-after-entries`. Small, so that a group snapshots and lets its
+    /// log go every few seconds under the workload, and a node back from a kill, a pause or a
+    /// partition is often too far behind for the log: the leader then packs a copy of the
+    /// state and the node installs it, under faults (at the default 20,000 no run snapshots).
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(10..=100_000_000))]
+    snapshot_after_entries: u64,
     /// Concurrent bidders.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=200))]
     bidders: u64,
@@ -254,6 +260,7 @@ fn run_all(
         recovery: common.recovery,
         nodes,
         groups: common.groups,
+        snapshot_after_entries: common.snapshot_after_entries,
         max_clock_offset_ms: common.max_clock_offset_ms,
         pass_offset_flag,
         bidders: common.bidders as usize,

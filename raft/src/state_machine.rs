@@ -421,11 +421,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if meta.last_log_id.is_none() {
             return Ok(None);
         }
-        // Every snapshot point openraft hears of is durable first: it may purge the log
-        // behind it.
+        // openraft purges only behind the snapshots it takes or installs, but it keeps this
+        // one's metadata as its own at start: durable first, like every point it hears of.
+        // Not counted in `purgeable`, so that a copy packed here serves the followers after it
+        // until the next point passes it.
         self.store.flush().await.map_err(error)?;
-        self.purgeable
-            .fetch_max(snapshot_position(meta.last_log_id), Ordering::Relaxed);
         let packing = pack_copy(self.group, self.state.clone(), copy, meta.clone());
         Ok(Some(Snapshot {
             meta,
@@ -503,7 +503,14 @@ async fn pack_copy(
         let stored = encode(&(&meta, serde_bytes::Bytes::new(&data)))?;
         let packed_at = std::time::Instant::now();
         // An install may have stored a newer snapshot since the copy began: that one stays.
-        let saved = state.save_snapshot_if_newer(snapshot_position(meta.last_log_id), &stored)?;
+        // Storing is only so that the next follower gets the same copy without packing it
+        // again: a failed save (a full disk) does not fail this copy's follower or backup.
+        let saved = state
+            .save_snapshot_if_newer(snapshot_position(meta.last_log_id), &stored)
+            .unwrap_or_else(|e| {
+                tracing::warn!(group, snapshot = %meta.snapshot_id, error = %e, "could not store a packed snapshot copy; it is sent all the same");
+                false
+            });
         // What a copy cost, for whoever wonders where a slow second went.
         tracing::info!(
             group,

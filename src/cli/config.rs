@@ -58,10 +58,9 @@ pub struct ServeArgs {
     /// Bids per second one bidder may place through this node (0: unlimited); bursts of twice that.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
     pub bid_rate_per_bidder: u32,
-    /// A Raft group snapshots its state (and purges its log behind it) after this many entries,
-    /// once it has also logged as many bytes as its last snapshot's state took unpacked (a big
-    /// state is not rewritten every few seconds), and in any case after 8 times as many entries.
-    /// A group's voters take turns, each a window of this / (voters + 1) entries after the last.
+    /// A Raft group takes a snapshot (flushes its state and purges its log behind it) after this
+    /// many entries. A follower that falls further behind than the log kept is sent a copy of
+    /// the whole state instead.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(10..=100_000_000))]
     pub snapshot_after_entries: u64,
     /// How long shutdown waits for in-flight requests before closing them, in milliseconds.

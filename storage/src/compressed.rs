@@ -53,7 +53,7 @@ fn corrupt(why: String) -> StorageError {
 }
 
 /// The size a frame written by `pack` states it unpacks to, refused past `UNPACKED_BYTES_MAX`.
-pub(crate) fn unpacked_len(frame: &[u8]) -> Result<u64, StorageError> {
+fn unpacked_len(frame: &[u8]) -> Result<u64, StorageError> {
     let plain_len = match zstd::zstd_safe::get_frame_content_size(frame) {
         Ok(Some(len)) => len,
         Ok(None) => return Err(corrupt("its frame does not state its size".into())),

@@ -36,7 +36,8 @@
 //! unwritten, in memory (`Unwritten`), where every reader looks first; the commit that brings
 //! the count to `UNWRITTEN_DECISIONS_MAX`, or that changes anything else (a create, a control,
 //! a deadline, an auction's record), writes them all with its own writes, journaled as above.
-//! So does a snapshot's copy (`export`) and a clean shutdown (`write_unwritten`). Nothing is
+//! So do a snapshot point, a snapshot's copy (`begin_copy`) and a clean shutdown
+//! (`write_unwritten`). Nothing is
 //! lost in a crash: the state machine's tree was never synced with the Raft log anyway, and
 //! what it has not written is applied again from the log, as after any crash, since the
 //! applied log id written with the rest stays behind too. In the spread benchmark (about one
@@ -718,19 +719,10 @@ impl SnapshotBlob {
         compressed::pack(SNAPSHOT_FORMAT, self)
     }
 
-    /// How many bytes the copy's records take unpacked: what a snapshot of it costs to make,
-    /// whatever it packs into.
+    /// How many bytes the copy's records take unpacked: what packing it costs, whatever it
+    /// packs into.
     pub fn plain_len(&self) -> Result<u64, StorageError> {
         bincode::serialized_size(self).map_err(|e| StorageError::Encode(e.to_string()))
-    }
-
-    /// `plain_len` of the copy `bytes` hold, without reading it: a compressed frame states its
-    /// size; a copy of an older format is its bincode after the format byte.
-    pub fn plain_len_of(bytes: &[u8]) -> Result<u64, StorageError> {
-        match format_of(bytes)? {
-            SNAPSHOT_FORMAT => compressed::unpacked_len(&bytes[1..]),
-            _ => Ok(bytes.len() as u64 - 1),
-        }
     }
 
     /// Reads a copy of any format; one from a version before the in-memory idempotency index

@@ -54,6 +54,7 @@ pub struct RunOptions {
     pub recovery: Duration,
     pub nodes: Option<usize>,
     pub groups: u32,
+    pub snapshot_after_entries: u64,
     pub max_clock_offset_ms: i64,
     /// Pass `--max-clock-offset-ms` to the nodes (their binary knows the flag).
     pub pass_offset_flag: bool,
@@ -193,6 +194,7 @@ async fn run_inner(
             run_dir: dir.to_path_buf(),
             secret_file: secret,
             groups: options.groups,
+            snapshot_after_entries: options.snapshot_after_entries,
             initial: members.clone(),
             max_clock_offset_ms: options
                 .pass_offset_flag

@@ -42,6 +42,7 @@ pub struct NodeSettings {
     pub run_dir: PathBuf,
     pub secret_file: PathBuf,
     pub groups: u32,
+    pub snapshot_after_entries: u64,
     pub initial: Vec<NodeId>,
     /// Passed as `--max-clock-offset-ms` when the binary knows the flag.
     pub max_clock_offset_ms: Option<i64>,
@@ -146,6 +147,8 @@ impl Nodes {
             self.data_dir(node).display().to_string(),
             "--groups".into(),
             s.groups.to_string(),
+            "--snapshot-after-entries".into(),
+            s.snapshot_after_entries.to_string(),
             "--auth-secret-file".into(),
             s.secret_file.display().to_string(),
             "--propose-timeout-ms".into(),
