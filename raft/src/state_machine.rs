@@ -421,11 +421,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if meta.last_log_id.is_none() {
             return Ok(None);
         }
-        // openraft purges only behind the snapshots it takes or installs, but it keeps this
-        // one's metadata as its own at start: durable first, like every point it hears of.
-        // Not counted in `purgeable`, so that a copy packed here serves the followers after it
-        // until the next point passes it.
-        self.store.flush().await.map_err(error)?;
+        // Not flushed, and not counted in `purgeable`: openraft purges the log only behind the
+        // snapshots it takes or installs, never behind one it sends (at start it keeps this
+        // one's metadata, and purges nothing until it takes one). A flush here held the
+        // group's applies for seconds behind the other groups' flushes under load. Not
+        // counted, a copy packed here serves the followers after it until the next point.
         let packing = pack_copy(self.group, self.state.clone(), copy, meta.clone());
         Ok(Some(Snapshot {
             meta,
