@@ -238,12 +238,19 @@ impl StateMachine {
         }
     }
 
-    /// The snapshot the state is at, once what commits left unwritten is written: its applied
-    /// log id and membership. Only in the state machine task, where nothing applies meanwhile.
-    fn snapshot_point(&self) -> Result<SnapshotMeta, gavel_storage::StorageError> {
-        self.state.write_unwritten()?;
+    /// The last applied log id and membership (what commits left unwritten included).
+    fn applied_state_now(
+        &self,
+    ) -> Result<(Option<LogId>, StoredMembership), gavel_storage::StorageError> {
         let applied: Option<LogId> = self.stored::<Option<LogId>>(APPLIED)?.flatten();
         let membership: StoredMembership = self.stored(MEMBERSHIP)?.unwrap_or_default();
+        Ok((applied, membership))
+    }
+
+    /// The snapshot the state is at: its applied log id and membership. Only in the state
+    /// machine task, where nothing applies meanwhile.
+    fn snapshot_meta(&self) -> Result<SnapshotMeta, gavel_storage::StorageError> {
+        let (applied, membership) = self.applied_state_now()?;
         Ok(SnapshotMeta {
             last_log_id: applied,
             last_membership: membership,
@@ -254,11 +261,15 @@ impl StateMachine {
         })
     }
 
+    /// A value the state machine keeps in its meta records (the applied log id, the membership).
     fn stored<T: serde::de::DeserializeOwned>(
         &self,
         name: &str,
     ) -> Result<Option<T>, gavel_storage::StorageError> {
-        stored(&self.state, name)
+        self.state
+            .meta(name)?
+            .map(|bytes| decode(&bytes))
+            .transpose()
     }
 
     fn record_lateness(&self, deadline_ms: StampMs) {
@@ -278,14 +289,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn applied_state(
         &mut self,
     ) -> Result<(Option<LogId>, StoredMembership), RaftStorageError> {
-        let applied: Option<Option<LogId>> = self
-            .stored(APPLIED)
-            .map_err(|e| StorageIOError::read_state_machine(&e))?;
-        let applied = applied.flatten();
-        let membership = self
-            .stored(MEMBERSHIP)
-            .map_err(|e| StorageIOError::read_state_machine(&e))?;
-        Ok((applied, membership.unwrap_or_default()))
+        Ok(self
+            .applied_state_now()
+            .map_err(|e| StorageIOError::read_state_machine(&e))?)
     }
 
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, RaftStorageError>
@@ -350,7 +356,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder {
             group: self.group,
             store: self.store.clone(),
-            point: Some(self.snapshot_point()),
+            // The point must be in the tree, which the build flushes.
+            point: Some(
+                self.state
+                    .write_unwritten()
+                    .and_then(|()| self.snapshot_meta()),
+            ),
             purgeable: self.purgeable.clone(),
         }
     }
@@ -398,10 +409,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if !self.purgeable_since_start {
             // An earlier run may have purged up to its last snapshot point, whose state it
             // had flushed: not past what the state holds now.
-            let applied: Option<LogId> = self
-                .stored::<Option<LogId>>(APPLIED)
-                .map_err(error)?
-                .flatten();
+            let (applied, _) = self.applied_state_now().map_err(error)?;
             self.purgeable
                 .fetch_max(snapshot_position(applied), Ordering::Relaxed);
             self.purgeable_since_start = true;
@@ -417,7 +425,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         }
         let copy = self.state.begin_copy().map_err(error)?;
-        let meta = self.snapshot_point().map_err(error)?;
+        let meta = self.snapshot_meta().map_err(error)?;
         if meta.last_log_id.is_none() {
             return Ok(None);
         }
@@ -545,14 +553,6 @@ fn copied<T: serde::de::DeserializeOwned>(
 fn meta_pair(blob: &SnapshotBlob, name: &str) -> Result<usize, usize> {
     let key = gavel_storage::meta_key(name);
     blob.pairs.binary_search_by(|(k, _)| k.as_slice().cmp(&key))
-}
-
-/// A value the state machine keeps in its meta records (the applied log id, the membership).
-fn stored<T: serde::de::DeserializeOwned>(
-    state: &StateTree,
-    name: &str,
-) -> Result<Option<T>, gavel_storage::StorageError> {
-    state.meta(name)?.map(|bytes| decode(&bytes)).transpose()
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
