@@ -112,7 +112,8 @@ pub struct ReplicaStatus {
     pub last_log_index: u64,
     pub committed_index: u64,
     pub applied_index: u64,
-    pub digest: u64,
+    /// The state machine's digest, when asked for and computed (see `Node::cluster_status`).
+    pub digest: Option<u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

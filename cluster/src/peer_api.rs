@@ -83,7 +83,8 @@ pub struct GroupView {
     pub last_log_index: u64,
     pub committed_index: u64,
     pub applied_index: u64,
-    /// Digest of the state machine's contents at `applied_index`.
+    /// Digest of the state machine's contents at `applied_index`; 0 when not asked for or not
+    /// computed (kept a plain number on the wire, which older nodes send and read).
     pub digest: u64,
 }
 

@@ -15,7 +15,12 @@ use crate::node::Node;
 use crate::peer_api::{decode_answer, encode_call, AppAnswer, AppCall, GroupView};
 use crate::raft_ops::members;
 
+/// How long a peer has to answer a status call without digests; past it, it is unreachable.
 const STATUS_CALL_TIMEOUT: Duration = Duration::from_millis(1_500);
+/// How long a peer that answered has to compute its digests. They read its whole state: a
+/// node of three groups of about 150 MB each, under load, takes seconds (which had made a
+/// `/cluster` that asked with the short bound report a healthy node unreachable).
+const DIGESTS_CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl Node {
     /// This node's view of every group it hosts. Digests read the whole state: only on request,
@@ -59,11 +64,30 @@ impl Node {
             .collect()
     }
 
-    async fn remote_views(&self, node_id: u64) -> Option<Vec<GroupView>> {
-        let request = encode_call(&AppCall::Status { digests: true }).ok()?;
+    /// A peer's views, or `None` when it did not answer within `STATUS_CALL_TIMEOUT`. With
+    /// `digests`, a peer that answered is asked again for them; if it does not give them in
+    /// time, its views are kept without.
+    async fn remote_views(&self, node_id: u64, digests: bool) -> Option<Vec<GroupView>> {
+        let views = self
+            .status_call(node_id, false, STATUS_CALL_TIMEOUT)
+            .await?;
+        if !digests {
+            return Some(views);
+        }
+        let with_digests = self.status_call(node_id, true, DIGESTS_CALL_TIMEOUT).await;
+        Some(with_digests.unwrap_or(views))
+    }
+
+    async fn status_call(
+        &self,
+        node_id: u64,
+        digests: bool,
+        timeout: Duration,
+    ) -> Option<Vec<GroupView>> {
+        let request = encode_call(&AppCall::Status { digests }).ok()?;
         let response = self
             .transport
-            .call(node_id, 0, PeerRequest::App(request), STATUS_CALL_TIMEOUT)
+            .call(node_id, 0, PeerRequest::App(request), timeout)
             .await;
         match response {
             Ok(PeerResponse::App(bytes)) => match decode_answer(&bytes) {
@@ -145,17 +169,22 @@ impl Node {
             .collect()
     }
 
-    pub async fn cluster_status(&self) -> ClusterStatus {
+    /// The cluster as this node sees it. With `digests`, every reachable replica's state
+    /// digest, which reads its whole state (seconds for hundreds of MB): an operator's check,
+    /// not something to poll. This node's views and every peer's are read at the same time.
+    pub async fn cluster_status(&self, digests: bool) -> ClusterStatus {
         let mut nodes = self.known_nodes();
-        let local = self.local_views(true).await;
-        let mut views: BTreeMap<u64, Vec<GroupView>> =
-            BTreeMap::from([(self.node_id(), local.clone())]);
         let others: Vec<u64> = nodes
             .keys()
             .copied()
             .filter(|id| *id != self.node_id())
             .collect();
-        let answers = join_all(others.iter().map(|id| self.remote_views(*id))).await;
+        let (local, answers) = futures::join!(
+            self.local_views(digests),
+            join_all(others.iter().map(|id| self.remote_views(*id, digests)))
+        );
+        let mut views: BTreeMap<u64, Vec<GroupView>> =
+            BTreeMap::from([(self.node_id(), local.clone())]);
         for (id, answer) in others.into_iter().zip(answers) {
             if let Some(node) = nodes.get_mut(&id) {
                 node.reachable = answer.is_some();
@@ -181,7 +210,8 @@ impl Node {
                             last_log_index: view.last_log_index,
                             committed_index: view.committed_index,
                             applied_index: view.applied_index,
-                            digest: view.digest,
+                            // 0 on the wire: not asked for, or could not be computed.
+                            digest: (view.digest != 0).then_some(view.digest),
                         })
                     })
                     .collect(),

@@ -211,7 +211,7 @@ async fn a_restarted_leader_is_elected_again_in_a_new_term() {
 
 async fn all_groups_led(node: &Arc<Node>) -> gavel_cluster::ClusterStatus {
     eventually(|| async {
-        let status = node.cluster_status().await;
+        let status = node.cluster_status(false).await;
         if status.groups.iter().all(|g| g.leader == Some(1)) {
             Ok(status)
         } else {
@@ -223,13 +223,13 @@ async fn all_groups_led(node: &Arc<Node>) -> gavel_cluster::ClusterStatus {
 
 /// Each group's state digest in `/cluster`, for this node's replicas.
 async fn digests(node: &Arc<Node>) -> Vec<u64> {
-    let status = node.cluster_status().await;
+    let status = node.cluster_status(true).await;
     status
         .groups
         .iter()
         .map(|group| {
             let mine = group.replicas.iter().find(|r| r.node_id == 1).unwrap();
-            mine.digest
+            mine.digest.expect("a digest when asked for")
         })
         .collect()
 }

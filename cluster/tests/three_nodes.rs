@@ -134,7 +134,7 @@ async fn three_nodes_replicate_forward_and_rebalance() {
     // Leaders spread: no node leads every group once placement has run.
     let spread_by = tokio::time::Instant::now() + Duration::from_secs(40);
     loop {
-        let status = nodes[0].cluster_status().await;
+        let status = nodes[0].cluster_status(false).await;
         let leaders: BTreeSet<Option<u64>> = status.groups.iter().map(|g| g.leader).collect();
         if leaders.len() >= 3 {
             break;
@@ -173,7 +173,7 @@ async fn three_nodes_replicate_forward_and_rebalance() {
 
 /// The highest log index any replica of group 0 has, as `node` sees it.
 async fn last_log_index(node: &Node) -> u64 {
-    let status = node.cluster_status().await;
+    let status = node.cluster_status(false).await;
     status.groups[0]
         .replicas
         .iter()
@@ -209,7 +209,7 @@ async fn forwarded_write_spike_never_stalls_the_transport() {
         || nodes.iter().all(|n| n.readiness().is_ok()),
     )
     .await;
-    let status = nodes[0].cluster_status().await;
+    let status = nodes[0].cluster_status(false).await;
     let leader = status.groups[0].leader.expect("a leader");
     let followers: Vec<Arc<Node>> = nodes
         .iter()

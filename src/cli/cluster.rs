@@ -30,7 +30,12 @@ pub struct ClusterArgs {
 #[derive(Subcommand, Debug)]
 pub enum ClusterCommand {
     /// Show nodes and, per Raft group, leader, term, members and replica progress.
-    Status,
+    Status {
+        /// Also each replica's state digest (equal at equal applied indexes means identical
+        /// replicas). Every node reads its whole state for it: seconds on a big one.
+        #[arg(long)]
+        digests: bool,
+    },
     /// Add a node to every group: learner first, promoted to voter once caught up.
     Add {
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
@@ -74,8 +79,9 @@ async fn execute(args: &ClusterArgs, token: &str) -> anyhow::Result<()> {
         .build()
         .context("cannot build the HTTP client")?;
     match &args.command {
-        ClusterCommand::Status => {
-            let request = client.get(format!("{base}/cluster"));
+        ClusterCommand::Status { digests } => {
+            // Digests only when asked: they make every replica read its whole state.
+            let request = client.get(format!("{base}/cluster?digests={digests}"));
             print_status(&send(request, token, STATUS_TIMEOUT).await?);
         }
         ClusterCommand::Add {
@@ -157,7 +163,7 @@ fn print_status(status: &Value) {
         );
     }
     println!(
-        "{:<6} {:<7} {:<6} {:<10} {:<10} replicas (node:last/committed/applied)",
+        "{:<6} {:<7} {:<6} {:<10} {:<10} replicas (node:last/committed/applied[#digest])",
         "group", "leader", "term", "voters", "learners"
     );
     for group in status["groups"].as_array().into_iter().flatten() {
@@ -166,10 +172,14 @@ fn print_status(status: &Value) {
             .into_iter()
             .flatten()
             .map(|r| {
-                format!(
+                let progress = format!(
                     "{}:{}/{}/{}",
                     r["nodeId"], r["lastLogIndex"], r["committedIndex"], r["appliedIndex"]
-                )
+                );
+                match r["digest"].as_u64() {
+                    Some(digest) => format!("{progress}#{digest:016x}"),
+                    None => progress,
+                }
             })
             .collect();
         println!(

@@ -41,7 +41,8 @@ pub trait Engine: Send + Sync + 'static {
         consistency: Consistency,
     ) -> BoxFuture<'a, Result<Option<BidPage>, ReadError>>;
     fn readiness(&self) -> Result<(), String>;
-    fn cluster_status(&self) -> BoxFuture<'_, ClusterStatus>;
+    /// With `digests`, each reachable replica's state digest too (reads whole states).
+    fn cluster_status(&self, digests: bool) -> BoxFuture<'_, ClusterStatus>;
     /// The client `HOST:PORT` of every member (voters and learners), this node included, by
     /// node id, from this node's local view: no Raft round trip.
     fn member_client_addrs(&self) -> BTreeMap<u64, String>;
@@ -111,8 +112,8 @@ impl Engine for NodeEngine {
         self.0.readiness()
     }
 
-    fn cluster_status(&self) -> BoxFuture<'_, ClusterStatus> {
-        Box::pin(self.0.cluster_status())
+    fn cluster_status(&self, digests: bool) -> BoxFuture<'_, ClusterStatus> {
+        Box::pin(self.0.cluster_status(digests))
     }
 
     fn member_client_addrs(&self) -> BTreeMap<u64, String> {
@@ -385,7 +386,7 @@ pub mod fake {
         }
 
         /// The fake is a cluster of itself alone: node 1, leader of the one group 0.
-        fn cluster_status(&self) -> BoxFuture<'_, ClusterStatus> {
+        fn cluster_status(&self, digests: bool) -> BoxFuture<'_, ClusterStatus> {
             let applied = self.state.lock().unwrap().decisions.len() as u64;
             Box::pin(async move {
                 ClusterStatus {
@@ -407,7 +408,7 @@ pub mod fake {
                             last_log_index: applied,
                             committed_index: applied,
                             applied_index: applied,
-                            digest: 0,
+                            digest: digests.then_some(applied),
                         }],
                     }],
                 }

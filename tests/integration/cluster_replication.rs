@@ -213,11 +213,35 @@ async fn cluster_status_and_bad_input_to_the_cluster_endpoints() {
 
     bad_requests_are_problems(&cluster).await;
 
+    // Without digests: the same members and progress, every node reachable, no digest.
+    let light = cluster
+        .api(ids[0])
+        .get("/cluster?digests=false", cluster.admin())
+        .await
+        .expect_json(200)
+        .json();
+    assert_status_shape_without_digests(&light);
+    for node in light["nodes"].as_array().expect("nodes") {
+        assert_eq!(node["reachable"], true, "{node}");
+    }
+    for group in 0..cluster.config.groups {
+        assert_eq!(
+            group_view(&light, group)["replicas"]
+                .as_array()
+                .map(Vec::len),
+            Some(ids.len()),
+            "{light}"
+        );
+    }
+
     let stdout = cluster.cli_ok(ids[1], &["status"]).await;
-    assert_status_table(&stdout, &cluster, ids[1]).await;
+    assert_status_table(&stdout, &cluster, ids[1], false).await;
+    let stdout = cluster.cli_ok(ids[2], &["status", "--digests"]).await;
+    assert_status_table(&stdout, &cluster, ids[2], true).await;
 }
 
-async fn assert_status_table(stdout: &str, cluster: &Cluster, via: u64) {
+/// `digests`: every replica cell ends with `#` and its digest, 16 hex digits.
+async fn assert_status_table(stdout: &str, cluster: &Cluster, via: u64, digests: bool) {
     eprintln!("gavel cluster status:\n{stdout}");
     let lines: Vec<&str> = stdout.lines().collect();
     assert!(
@@ -273,6 +297,17 @@ async fn assert_status_table(stdout: &str, cluster: &Cluster, via: u64) {
         for cell in &cells[5..] {
             let (node, progress) = cell.split_once(':').expect("node:progress");
             assert!(node.parse::<u64>().is_ok(), "{cell}");
+            let progress = if digests {
+                let (progress, digest) = progress.split_once('#').expect("progress#digest");
+                assert!(
+                    digest.len() == 16 && u64::from_str_radix(digest, 16).is_ok(),
+                    "{cell}"
+                );
+                progress
+            } else {
+                assert!(!progress.contains('#'), "no digest unless asked: {cell}");
+                progress
+            };
             let parts: Vec<&str> = progress.split('/').collect();
             assert_eq!(parts.len(), 3, "{cell}");
             assert!(parts.iter().all(|p| p.parse::<u64>().is_ok()), "{cell}");
@@ -327,6 +362,16 @@ async fn bad_requests_are_problems(cluster: &Cluster) {
         .expect_problem(403);
     }
     api.get_anonymous("/cluster").await.expect_problem(401);
+    for query in [
+        "digests=maybe",
+        "digests=",
+        "digest=false",
+        "digests=true&digests=false",
+    ] {
+        api.get(&format!("/cluster?{query}"), &admin)
+            .await
+            .expect_problem(400);
+    }
 
     let bad_adds = [
         json!({}),

@@ -391,14 +391,21 @@ impl Api {
         Err(anyhow!("more than {PAGES_MAX} pages of bids"))
     }
 
-    /// `/cluster` as this node answers it.
+    /// `/cluster` as this node answers it; with `digests`, every replica's state digest too
+    /// (each replica reads its whole state for it).
     pub async fn cluster_status(
         &self,
         node: NodeId,
         admin: &str,
+        digests: bool,
     ) -> anyhow::Result<serde_json::Value> {
-        self.get_json(format!("{}/cluster", client_url(node)), admin, &[])
-            .await
+        let digests = if digests { "true" } else { "false" };
+        self.get_json(
+            format!("{}/cluster", client_url(node)),
+            admin,
+            &[("digests", digests)],
+        )
+        .await
     }
 }
 

@@ -361,7 +361,7 @@ async fn await_converged(api: &Api, admin: &str, members: &[NodeId]) -> anyhow::
     let deadline = Instant::now() + CONVERGE_WAIT;
     let mut last = String::from("no answer");
     while Instant::now() < deadline {
-        match api.cluster_status(members[0], admin).await {
+        match api.cluster_status(members[0], admin, false).await {
             Ok(status) => match applied_spread(&status, members) {
                 None => return Ok(()),
                 Some(why) => last = why,
@@ -436,7 +436,7 @@ async fn read_final(api: &Api, tokens: &Tokens, members: &[NodeId]) -> FinalStat
 
 async fn read_replica(api: &Api, tokens: &Tokens, node: NodeId) -> anyhow::Result<ReplicaState> {
     let mut replica = ReplicaState::default();
-    let status = api.cluster_status(node, &tokens.admin).await?;
+    let status = api.cluster_status(node, &tokens.admin, true).await?;
     for group in status["groups"].as_array().into_iter().flatten() {
         let id = group["id"].as_u64().and_then(|g| u32::try_from(g).ok());
         let mine = group["replicas"]

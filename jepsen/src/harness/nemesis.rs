@@ -132,7 +132,7 @@ impl Nemesis {
             if self.nodes.is_paused(node) {
                 continue;
             }
-            let Ok(status) = self.api.cluster_status(node, &self.admin).await else {
+            let Ok(status) = self.api.cluster_status(node, &self.admin, false).await else {
                 continue;
             };
             let leader = status["groups"].as_array().and_then(|groups| {

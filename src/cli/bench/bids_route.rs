@@ -58,7 +58,12 @@ pub async fn gavel_routes(
         members.push(id);
     }
     let base = &endpoints[0];
-    let status = get_json(http.get(format!("{base}/cluster")).bearer_auth(admin), base).await?;
+    let status = get_json(
+        http.get(format!("{base}/cluster?digests=false"))
+            .bearer_auth(admin),
+        base,
+    )
+    .await?;
     let groups = status["groups"].as_array().map_or(&[][..], Vec::as_slice);
     let count = u32::try_from(groups.len()).unwrap_or(u32::MAX).max(1);
     auction_ids

@@ -300,7 +300,7 @@ async fn settle_leaders(
     let deadline = Instant::now() + BALANCE_TIMEOUT;
     loop {
         let status: Value = match http
-            .get(format!("{base}/cluster"))
+            .get(format!("{base}/cluster?digests=false"))
             .bearer_auth(admin)
             .send()
             .await

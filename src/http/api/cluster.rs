@@ -8,7 +8,7 @@ use axum::Json;
 use gavel_cluster::{ClusterStatus, MembershipError};
 use serde::{Deserialize, Serialize};
 
-use super::{Admin, Authorized};
+use super::{Admin, Authorized, StrictQuery};
 use crate::cli::config::parse_advertised_addr;
 use crate::http::engine::NewMember;
 use crate::http::json::JsonBody;
@@ -50,7 +50,9 @@ struct ReplicaView {
     last_log_index: u64,
     committed_index: u64,
     applied_index: u64,
-    digest: u64,
+    /// Absent when not asked for (`?digests=false`) or not computed in time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    digest: Option<u64>,
 }
 
 impl From<ClusterStatus> for StatusView {
@@ -131,9 +133,31 @@ fn check_node_id(id: u64) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// `GET /cluster`
-pub async fn status(_: Authorized<Admin>, State(state): State<AppState>) -> Json<StatusView> {
-    Json(state.engine.cluster_status().await.into())
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusQuery {
+    /// Whether to compute every replica's state digest, which reads its whole state.
+    #[serde(default = "digests_by_default")]
+    digests: bool,
+}
+
+fn digests_by_default() -> bool {
+    true
+}
+
+/// `GET /cluster[?digests=false]`
+pub async fn status(
+    _: Authorized<Admin>,
+    State(state): State<AppState>,
+    StrictQuery(query): StrictQuery<StatusQuery>,
+) -> Json<StatusView> {
+    Json(state.engine.cluster_status(query.digests).await.into())
+}
+
+/// The status a membership change answers with: without digests, so that the answer does not
+/// wait for every replica to read its whole state.
+async fn status_after_change(state: &AppState) -> Json<StatusView> {
+    Json(state.engine.cluster_status(false).await.into())
 }
 
 /// `POST /cluster/nodes`
@@ -161,7 +185,7 @@ pub async fn add_node(
         .add_node(member)
         .await
         .map_err(membership_error)?;
-    Ok(Json(state.engine.cluster_status().await.into()))
+    Ok(status_after_change(&state).await)
 }
 
 /// `DELETE /cluster/nodes/{id}`
@@ -179,7 +203,7 @@ pub async fn remove_node(
         .remove_node(id)
         .await
         .map_err(membership_error)?;
-    Ok(Json(state.engine.cluster_status().await.into()))
+    Ok(status_after_change(&state).await)
 }
 
 /// `POST /cluster/groups/{group}/transfer-leader`
@@ -198,5 +222,5 @@ pub async fn transfer_leader(
         .transfer_leader(group, request.to)
         .await
         .map_err(membership_error)?;
-    Ok(Json(state.engine.cluster_status().await.into()))
+    Ok(status_after_change(&state).await)
 }

@@ -849,7 +849,18 @@ async fn operations(run: &mut Run) {
 async fn cluster(run: &mut Run) {
     let admin = Who::As("root", Role::Admin);
     let status = || req(Method::GET, "/cluster", "");
-    run.expect(status(), 200).await;
+    let (_, full) = run.expect(status(), 200).await;
+    assert!(
+        full["groups"][0]["replicas"][0]["digest"].is_u64(),
+        "{full}"
+    );
+    let (_, light) = run.expect(status().query("digests=false"), 200).await;
+    let replica = &light["groups"][0]["replicas"][0];
+    assert!(
+        replica["appliedIndex"].is_u64() && replica.get("digest").is_none(),
+        "{light}"
+    );
+    run.expect(status().query("digests=maybe"), 400).await;
     run.expect(status().who(Who::Nobody), 401).await;
     run.expect(status().who(Who::As("alice", Role::Creator)), 403)
         .await;
