@@ -113,6 +113,10 @@ fn a_closed_loop_run_reports_a_consistent_summary_and_a_plot() {
         plot_arg,
     ]);
     assert_sane(&summary);
+    assert!(
+        summary.get("send_lag_ms").is_none(),
+        "open loop only: {summary}"
+    );
     assert_eq!(summary["loop"], "closed");
     assert_eq!(summary["target"], "gavel");
     assert_eq!(summary["connections"], 4);
@@ -157,6 +161,21 @@ fn an_open_loop_run_on_a_hot_auction_holds_its_rate() {
     );
     // Every client races for the same auction with the last price seen: most lose.
     assert!(count(&summary, "accepted") > 0, "{summary}");
+    // How late the tool sent, which the latency from the due time includes.
+    let lag = &summary["send_lag_ms"];
+    let (lag_p50, lag_max) = (lag["p50"].as_f64(), lag["max"].as_f64());
+    assert!(
+        lag_p50
+            .zip(lag_max)
+            .is_some_and(|(p50, max)| 0.0 <= p50 && p50 <= max),
+        "{summary}"
+    );
+    if count(&summary, "shed") + count(&summary, "errors") == 0 {
+        assert!(
+            lag_max <= summary["latency_ms"]["max"].as_f64(),
+            "a request's lateness is part of its latency: {summary}"
+        );
+    }
 }
 
 #[test]

@@ -65,6 +65,10 @@ pub struct Summary {
     pub error_kinds: BTreeMap<String, u64>,
     /// Of decisions, from the send time (closed loop) or the due time (open loop).
     pub latency_ms: Percentiles,
+    /// Open loop: how late requests were sent after their due time (the tool's own timer and
+    /// scheduling, or no free connection); included in `latency_ms`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_lag_ms: Option<Percentiles>,
     /// What the watched server processes spent in the window (`--server-pids`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_cpu: Option<ServerCpu>,
@@ -145,6 +149,9 @@ impl Summary {
             rejected_reasons: tally.rejected.clone(),
             error_kinds: tally.errors.clone(),
             latency_ms: Percentiles::of(&tally.latency_us),
+            send_lag_ms: shape
+                .rate_per_s
+                .map(|_| Percentiles::of(&tally.send_lag_us)),
             server_cpu: None,
         }
     }
@@ -216,6 +223,12 @@ impl Summary {
             "  latency ms   p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}  ({from}, {})",
             l.p50, l.p90, l.p99, l.p999, l.max, self.unit
         );
+        if let Some(lag) = &self.send_lag_ms {
+            println!(
+                "  sent late ms p50 {:.2}  p99 {:.2}  max {:.2}  (after the due time, counted in the latency)",
+                lag.p50, lag.p99, lag.max
+            );
+        }
         if let Some(cpu) = &self.server_cpu {
             let unit = self.unit.trim_end_matches('s');
             println!(
