@@ -83,8 +83,9 @@ pub struct GroupView {
     pub last_log_index: u64,
     pub committed_index: u64,
     pub applied_index: u64,
-    /// Digest of the state machine's contents at `applied_index`; 0 when not asked for or not
-    /// computed (kept a plain number on the wire, which older nodes send and read).
+    /// Digest of the state machine's contents at `applied_index` (an empty state's is 0); 0
+    /// too when not asked for, or when it could not be computed. The asker knows which it
+    /// asked for; the field stays a plain number, which older nodes send and read.
     pub digest: u64,
 }
 

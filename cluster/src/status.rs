@@ -64,18 +64,20 @@ impl Node {
             .collect()
     }
 
-    /// A peer's views, or `None` when it did not answer within `STATUS_CALL_TIMEOUT`. With
-    /// `digests`, a peer that answered is asked again for them; if it does not give them in
-    /// time, its views are kept without.
-    async fn remote_views(&self, node_id: u64, digests: bool) -> Option<Vec<GroupView>> {
+    /// A peer's views and whether they carry digests, or `None` when it did not answer within
+    /// `STATUS_CALL_TIMEOUT`. With `digests`, a peer that answered is asked again for them; if
+    /// it does not give them in time, its views are kept without.
+    async fn remote_views(&self, node_id: u64, digests: bool) -> Option<(Vec<GroupView>, bool)> {
         let views = self
             .status_call(node_id, false, STATUS_CALL_TIMEOUT)
             .await?;
         if !digests {
-            return Some(views);
+            return Some((views, false));
         }
-        let with_digests = self.status_call(node_id, true, DIGESTS_CALL_TIMEOUT).await;
-        Some(with_digests.unwrap_or(views))
+        match self.status_call(node_id, true, DIGESTS_CALL_TIMEOUT).await {
+            Some(with_digests) => Some((with_digests, true)),
+            None => Some((views, false)),
+        }
     }
 
     async fn status_call(
@@ -183,8 +185,10 @@ impl Node {
             self.local_views(digests),
             join_all(others.iter().map(|id| self.remote_views(*id, digests)))
         );
-        let mut views: BTreeMap<u64, Vec<GroupView>> =
-            BTreeMap::from([(self.node_id(), local.clone())]);
+        // Per node: its views, and whether they carry digests (0 is a digest too: an empty
+        // state's).
+        let mut views: BTreeMap<u64, (Vec<GroupView>, bool)> =
+            BTreeMap::from([(self.node_id(), (local.clone(), digests))]);
         for (id, answer) in others.into_iter().zip(answers) {
             if let Some(node) = nodes.get_mut(&id) {
                 node.reachable = answer.is_some();
@@ -203,15 +207,14 @@ impl Node {
                 learners: mine.learners.clone(),
                 replicas: views
                     .iter()
-                    .filter_map(|(node_id, node_views)| {
+                    .filter_map(|(node_id, (node_views, with_digests))| {
                         let view = node_views.iter().find(|v| v.group == mine.group)?;
                         Some(ReplicaStatus {
                             node_id: *node_id,
                             last_log_index: view.last_log_index,
                             committed_index: view.committed_index,
                             applied_index: view.applied_index,
-                            // 0 on the wire: not asked for, or could not be computed.
-                            digest: (view.digest != 0).then_some(view.digest),
+                            digest: with_digests.then_some(view.digest),
                         })
                     })
                     .collect(),
