@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Gavel against etcd, the same shapes driven by one tool (`gavel bench bids`), on loopback:
-#   scripts/bench.sh            # about 9 minutes; prints a markdown table for the README
+#   scripts/bench.sh            # about 12 minutes; prints markdown tables for the README
 # It starts a three-node Gavel (release build, --bid-rate-per-bidder 0, --groups 3,
 # --worker-threads 1) and a
 # three-member etcd (fsync on, as by default), then runs each shape on Gavel and right after
@@ -13,8 +13,11 @@
 # otherwise where each system's elections landed would decide which of the two is measured);
 # open loop offered twice the best closed-loop rate (open-peak: what each system
 # decides when overloaded), then open loop at 80% of Gavel's open-peak, and etcd alone at 80%
-# of its own open-peak (Gavel's 80% overloads it). Knobs: BENCH_DURATION
-# (20s), BENCH_WARMUP (2s), BENCH_AUCTIONS (128), BENCH_GROUPS (3), BENCH_OUT (where the JSON
+# of its own open-peak (Gavel's 80% overloads it); last, the latency curve: the open loop on
+# both at 10%, 15%, 20%, 30%, 40% and 60% of Gavel's open-peak (BENCH_CURVE_DURATION each), up to
+# which offered rate each keeps the open-loop target's bounds (p50 <= 2 ms, p99 <= 10 ms).
+# Knobs: BENCH_DURATION (20s), BENCH_CURVE_DURATION (10s), BENCH_WARMUP (2s),
+# BENCH_AUCTIONS (128), BENCH_GROUPS (3), BENCH_OUT (where the JSON
 # summaries and PNG plots stay; default target/bench). Each run also reports the CPU the
 # servers (not the load generator) spent in its measured window per decision (`--server-pids`).
 # Why 3 groups and not the serve default (16): three nodes on two cores have no parallelism
@@ -30,6 +33,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${BENCH_DURATION:-20s}
+CURVE_DURATION=${BENCH_CURVE_DURATION:-10s}
 WARMUP=${BENCH_WARMUP:-2s}
 AUCTIONS=${BENCH_AUCTIONS:-128}
 GROUPS_AT_INIT=${BENCH_GROUPS:-3}
@@ -170,7 +174,7 @@ run() {
   fi
   echo "== $target $shape: gavel bench bids $*" >&2
   timeout "$RUN_TIMEOUT_S" "$BIN" bench bids --target "$target" "${extra[@]}" \
-    --duration "$DURATION" --json --plot "$OUT/$target-$shape.png" "$@" >"$OUT/$target-$shape.json" &
+    --duration "${RUN_DURATION:-$DURATION}" --json --plot "$OUT/$target-$shape.png" "$@" >"$OUT/$target-$shape.json" &
   RUNNING=$!
   local status=0
   wait "$RUNNING" || status=$?
@@ -237,6 +241,14 @@ if [ "$ETCD_RATE" -ge 1 ]; then
 else
   echo '{"failed": true}' >"$OUT/etcd-open-80-own.json"
 fi
+# The curve is the same open loop at lower rates, the same rate for both systems; shorter runs,
+# since it has six points on each.
+CURVE_PERCENTS=(10 15 20 30 40 60)
+RUN_DURATION=$CURVE_DURATION
+for percent in "${CURVE_PERCENTS[@]}"; do
+  pair "open-$percent" all --rate $((PEAK * percent / 100)) --connections 1024 --auctions "$AUCTIONS" --warmup "$WARMUP"
+done
+RUN_DURATION=
 stop_all
 
 cell() { # FILE: "rate | p50 / p99 / p99.9 ms", and how many requests failed
@@ -246,6 +258,13 @@ cell() { # FILE: "rate | p50 / p99 / p99.9 ms", and how many requests failed
 }
 cpu() { # FILE: the servers' CPU per decision in µs
   jq -r 'if .failed then "-" else .server_cpu.us_per_decision | round end' "$1"
+}
+# The open-loop target's latency bounds (issue 8), with nothing shed or failed.
+P50_BOUND_MS=2
+P99_BOUND_MS=10
+within() { # FILE: "yes" if the run kept the bounds
+  jq -r --argjson p50 "$P50_BOUND_MS" --argjson p99 "$P99_BOUND_MS" \
+    'if .failed then "-" elif .latency_ms.p50 <= $p50 and .latency_ms.p99 <= $p99 and (.shed + .errors + .unsent) == 0 then "yes" else "no" end' "$1"
 }
 ratio() { # GAVEL ETCD FIELD
   jq -rn --slurpfile g "$1" --slurpfile e "$2" \
@@ -262,6 +281,16 @@ for shape in 3x32 3x32-hot 3x400-spike 1x96 sequential-leader sequential-followe
 done
 echo
 echo "etcd at 80% of its own open-loop peak ($ETCD_RATE/s of $ETCD_PEAK/s): $(cell "$OUT/etcd-open-80-own.json" | sed 's/ | /\/s, p50 \/ p99 \/ p99.9 /') ms, server CPU $(cpu "$OUT/etcd-open-80-own.json") µs a put"
+echo
+echo "The open loop below the peak, the same offered rate on both ($CURVE_DURATION each, 80%: the table's open-80, $DURATION); \"within\": p50 <= $P50_BOUND_MS ms and p99 <= $P99_BOUND_MS ms, nothing failed:"
+echo
+echo "| offered /s | share of Gavel's open-peak | Gavel p50 / p99 / p99.9 ms | within | etcd p50 / p99 / p99.9 ms | within | server CPU µs per decision / put, Gavel vs etcd |"
+echo "| ---: | ---: | ---: | --- | ---: | --- | ---: |"
+for percent in "${CURVE_PERCENTS[@]}" 80; do
+  g="$OUT/gavel-open-$percent.json" e="$OUT/etcd-open-$percent.json"
+  echo "| $((PEAK * percent / 100)) | $percent% | $(cell "$g" | cut -d'|' -f2 | sed 's/^ //') | $(within "$g") | $(cell "$e" | cut -d'|' -f2 | sed 's/^ //') | $(within "$e") | $(cpu "$g") vs $(cpu "$e") |"
+done
+echo
 echo "Runtime stalls past 100 ms the nodes warned of (\`ran its ready tasks late\`, at most one per runtime per 10 s): $(for n in 1 2 3; do echo -n "node $n: $(grep -ac 'ran its ready tasks late' "$WORK/gavel$n.log" || true); "; done)"
 echo
 echo "JSON summaries and latency plots: $OUT; the nodes' warnings and snapshot copies: $OUT/gavel{1,2,3}-events.log"
