@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Gavel against etcd, the same shapes driven by one tool (`gavel bench bids`), on loopback:
-#   scripts/bench.sh            # about 12 minutes; prints markdown tables for the README
+#   scripts/bench.sh            # about 10 minutes; prints markdown tables for the README
 # It starts a three-node Gavel (release build, --bid-rate-per-bidder 0, --groups 3,
 # --worker-threads 1) and a
 # three-member etcd (fsync on, as by default), then runs each shape on Gavel and right after
