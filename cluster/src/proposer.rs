@@ -46,7 +46,7 @@ pub const QUEUED_WAIT_MS_MAX: u64 = 250;
 /// `lingers`). tokio's timers tick in whole milliseconds, so this is the shortest wait there is
 /// (1-2 ms). On the 2-core benchmark machine (`docs/PERFORMANCE.md`, 2026-12-05 14:53) it
 /// took a tenth or more off the CPU per decision with 96 clients and in the open loop at
-/// 3,000/s, and one client's latency did not move.
+/// 3,000/s, and one client's latency did not move; at a tenth of the peak p50 rose by 0.2-0.5 ms.
 pub const PROPOSE_LINGER: Duration = Duration::from_millis(1);
 /// Queued commands that make lingering pointless: the next entry is full enough without it.
 const LINGER_QUEUED_MAX: usize = 64;
