@@ -15,7 +15,8 @@
 //! Between proposals the proposer lingers a moment (`PROPOSE_LINGER`) when writes are
 //! concurrent, so that the next entry carries more of them: an entry costs every replica a round
 //! of messages, wake-ups and syscalls whatever it carries, and below the peak, proposing again
-//! at once spent the free CPU on entries of one or two bids. A lone client never waits.
+//! at once spent the free CPU on entries of one or two bids. A lone client never waits, nor do
+//! writes that arrive too slowly for a moment to gather more.
 //!
 //! Knows nothing of forwarding or HTTP: `write_path` queues commands it admitted.
 
@@ -46,10 +47,19 @@ pub const QUEUED_WAIT_MS_MAX: u64 = 250;
 /// `lingers`). tokio's timers tick in whole milliseconds, so this is the shortest wait there is
 /// (1-2 ms). On the 2-core benchmark machine (`docs/PERFORMANCE.md`, 2026-12-05 14:53) it
 /// took a tenth or more off the CPU per decision with 96 clients and in the open loop at
-/// 3,000/s, and one client's latency did not move; at a tenth of the peak p50 rose by 0.2-0.5 ms.
+/// 3,000/s, and one client's latency did not move; at a tenth of the peak p50 rose by 0.2-0.5
+/// ms, until slow arrivals stopped it (`LINGER_RATE_MIN_PER_S`).
 pub const PROPOSE_LINGER: Duration = Duration::from_millis(1);
 /// Queued commands that make lingering pointless: the next entry is full enough without it.
 const LINGER_QUEUED_MAX: usize = 64;
+/// Writes a second a group must receive before its proposer lingers: below it, a millisecond
+/// gathers on average under 0.6 more writes, so lingering only adds latency to save CPU that
+/// is idle anyway. On the benchmark machine (`docs/PERFORMANCE.md`, 2026-12-05 17:01): at
+/// 412 writes a second a group it took 0.2-0.4 ms off p50 (and 5% more CPU); from 823 on,
+/// where lingering saves CPU at no latency, nothing changed.
+const LINGER_RATE_MIN_PER_S: f64 = 600.0;
+/// How much of the arrival rate's memory each proposal keeps (see `ArrivalRate`).
+const ARRIVAL_RATE_KEEP: f64 = 0.8;
 const RETRY_AFTER_S: u32 = 1;
 
 /// One command waiting for its group's proposer.
@@ -73,9 +83,10 @@ pub(crate) async fn run_proposer(
 ) {
     let group = node.groups[group_id as usize].clone();
     let mut rounds = Rounds::default();
+    let mut arrivals = ArrivalRate::default();
     let mut last_batch_len = 0;
     loop {
-        if lingers(last_batch_len, queue.len()) {
+        if lingers(last_batch_len, queue.len(), arrivals.per_s()) {
             tokio::select! {
                 _ = tokio::time::sleep(PROPOSE_LINGER) => {}
                 _ = stop.changed() => break,
@@ -85,6 +96,7 @@ pub(crate) async fn run_proposer(
             break;
         };
         last_batch_len = batch.len();
+        arrivals.record(batch.len(), Instant::now());
         let (stale, batch) = rounds.split_stale(batch, Instant::now());
         shed(stale, group_id);
         if !batch.is_empty() {
@@ -100,13 +112,44 @@ pub(crate) async fn run_proposer(
 }
 
 /// Whether to wait `PROPOSE_LINGER` before the next proposal, given how many commands the last
-/// one carried and how many are queued now. Writes are concurrent when the last entry carried
-/// more than one, or when more arrived while it was in flight; a lone sequential client does
-/// neither, so its next bid is proposed at once. A queue that already fills an entry well
-/// goes out at once too.
-fn lingers(last_batch_len: usize, queued: usize) -> bool {
+/// one carried, how many are queued now and how fast they arrive. Writes are concurrent when
+/// the last entry carried more than one, or when more arrived while it was in flight; a lone
+/// sequential client does neither, so its next bid is proposed at once. Writes arriving too
+/// slowly for a linger to gather more (`LINGER_RATE_MIN_PER_S`) go at once too, as does a queue
+/// that already fills an entry well.
+fn lingers(last_batch_len: usize, queued: usize, arrivals_per_s: f64) -> bool {
     let concurrent = last_batch_len > 1 || queued > 0;
-    concurrent && queued < LINGER_QUEUED_MAX
+    concurrent && arrivals_per_s >= LINGER_RATE_MIN_PER_S && queued < LINGER_QUEUED_MAX
+}
+
+/// The rate at which commands reach a proposer: commands taken over the time they took to
+/// come, both summed with older proposals' weighing less each time (`ARRIVAL_RATE_KEEP`), so
+/// that one quick pair of writes does not make a quiet group look busy.
+#[derive(Default)]
+struct ArrivalRate {
+    commands: f64,
+    seconds: f64,
+    last_taken_at: Option<Instant>,
+}
+
+impl ArrivalRate {
+    /// Notes that `commands` were taken from the queue at `now`.
+    fn record(&mut self, commands: usize, now: Instant) {
+        if let Some(last) = self.last_taken_at {
+            let seconds = now.saturating_duration_since(last).as_secs_f64();
+            self.commands = self.commands * ARRIVAL_RATE_KEEP + commands as f64;
+            self.seconds = self.seconds * ARRIVAL_RATE_KEEP + seconds;
+        }
+        self.last_taken_at = Some(now);
+    }
+
+    fn per_s(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.commands / self.seconds
+        } else {
+            0.0
+        }
+    }
 }
 
 fn unavailable(reason: String) -> Attempt {
@@ -227,23 +270,57 @@ mod tests {
     }
 
     #[test]
-    fn a_proposer_lingers_only_while_writes_are_concurrent_and_few() {
-        assert!(!lingers(0, 0), "nothing proposed yet, nothing queued");
+    fn a_proposer_lingers_only_while_writes_are_concurrent_frequent_and_few() {
+        let busy = LINGER_RATE_MIN_PER_S;
+        assert!(!lingers(0, 0, busy), "nothing proposed yet, nothing queued");
         assert!(
-            !lingers(1, 0),
-            "a lone sequential client's next bid goes at once"
+            !lingers(1, 0, 10.0 * busy),
+            "a lone sequential client's next bid goes at once, however fast it is"
         );
         assert!(
-            lingers(1, 1),
+            lingers(1, 1, busy),
             "a write arrived while the last was in flight"
         );
-        assert!(lingers(2, 0), "the last entry carried two writes");
-        assert!(lingers(40, LINGER_QUEUED_MAX - 1));
+        assert!(lingers(2, 0, busy), "the last entry carried two writes");
         assert!(
-            !lingers(40, LINGER_QUEUED_MAX),
+            !lingers(2, 1, busy * 0.9),
+            "writes too rare for a linger to gather more"
+        );
+        assert!(lingers(40, LINGER_QUEUED_MAX - 1, busy));
+        assert!(
+            !lingers(40, LINGER_QUEUED_MAX, busy),
             "a queue that fills an entry well goes at once"
         );
-        assert!(!lingers(COMMANDS_PER_PROPOSAL_MAX, PROPOSER_QUEUE_MAX));
+        assert!(!lingers(
+            COMMANDS_PER_PROPOSAL_MAX,
+            PROPOSER_QUEUE_MAX,
+            100.0 * busy
+        ));
+    }
+
+    #[test]
+    fn the_arrival_rate_follows_the_recent_proposals_and_forgets_the_old_ones() {
+        let start = Instant::now();
+        let mut rate = ArrivalRate::default();
+        assert_eq!(rate.per_s(), 0.0, "nothing taken yet");
+        rate.record(5, start);
+        assert_eq!(rate.per_s(), 0.0, "one take has no interval");
+        // Two writes every millisecond: 2,000 a second.
+        let mut now = start;
+        for _ in 0..10 {
+            now += Duration::from_millis(1);
+            rate.record(2, now);
+        }
+        assert!((rate.per_s() - 2_000.0).abs() < 1.0, "{}", rate.per_s());
+        // Then one write every 10 ms: the rate falls towards 100 a second within a few takes.
+        for _ in 0..20 {
+            now += Duration::from_millis(10);
+            rate.record(1, now);
+        }
+        assert!(rate.per_s() < 120.0, "{}", rate.per_s());
+        // After a second of silence, one write does not make the group look busy.
+        rate.record(1, now + Duration::from_secs(1));
+        assert!(rate.per_s() < LINGER_RATE_MIN_PER_S, "{}", rate.per_s());
     }
 
     #[test]
