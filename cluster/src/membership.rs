@@ -76,13 +76,15 @@ pub struct Admitted<'a>(&'a Holds);
 
 /// The writes one group's leader takes on at once (queued in openraft, appending, replicating
 /// or applying); a client write beyond it is shed at once with 503 and `Retry-After`, never
-/// proposed. Why this number: one group alone decides 11,000-14,000 writes/s on this 2-core
-/// machine (the hot-auction benchmark), so a full queue drains in about 40 ms, an order of
-/// magnitude inside the 500 ms p99 bound. 128 was too few for a spike on few groups: 1,200
-/// bidders over 6 groups are about 200 a group, and the excess was shed as 503 while the
-/// group had room to take them into its next entries. A node's own bound on requests in flight
-/// (`--requests-in-flight-max`, 4,096) keeps all its groups together far below 16 full queues.
-pub const WRITES_QUEUED_PER_GROUP_MAX: usize = 512;
+/// proposed. Why this number: one group alone decides 13,000-17,000 writes/s on the 2-core
+/// benchmark machine (the hot auction), so a full queue drains in 120-160 ms, well inside the
+/// 500 ms p99 bound; a queue that stands longer is shed by the proposer's time rule
+/// (`QUEUED_WAIT_MS_MAX`). Smaller bounds shed a spike the group could take: 128 did with 1,200
+/// bidders over 6 groups (about 200 a group), and 512 did with 1,200 bidders on one auction, an
+/// auction's last seconds (12,772 bids shed in 8 s, at p99 121 ms; `docs/PERFORMANCE.md`,
+/// 2026-12-05 17:57). A node's own bound on requests in flight (`--requests-in-flight-max`,
+/// 4,096) keeps all its groups together far below 16 full queues.
+pub const WRITES_QUEUED_PER_GROUP_MAX: usize = 2_048;
 
 /// Who asks to write: client writes are shed when the group's queue is full; the leader's own
 /// deadline entries (at most 256 per group at once) are not, so ends are never delayed by load.

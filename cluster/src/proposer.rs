@@ -35,10 +35,10 @@ use crate::raft_ops::{propose_local, Attempt};
 /// Most commands in one Raft entry. A bid encodes to a few hundred bytes, so a full entry stays
 /// far below the peer frame limit (16 MiB) whatever the ids.
 pub const COMMANDS_PER_PROPOSAL_MAX: usize = 512;
-/// Commands waiting for one group's proposer. Admission (`WRITES_QUEUED_PER_GROUP_MAX` client
-/// writes) and the deadline loop (256 at once) keep the queue below it; a command finding it
-/// full anyway is refused, never waited for.
-pub const PROPOSER_QUEUE_MAX: usize = 1_024;
+/// Commands waiting for one group's proposer. Admission (`WRITES_QUEUED_PER_GROUP_MAX`, 2,048
+/// client writes) and the deadline loop (256 at once) keep the queue below it; a command finding
+/// it full anyway is refused, never waited for.
+pub const PROPOSER_QUEUE_MAX: usize = 4_096;
 /// The longest a command waits in the queue before it is answered "unavailable" instead of
 /// proposed, once the queue stands (see `Rounds`): past it, queueing alone would break the
 /// 500 ms p99 bound.

@@ -250,7 +250,7 @@ async fn forwarded_write_spike_never_stalls_the_transport() {
         "{} forwarded writes took {elapsed:?}",
         2 * FORWARDED_WRITES_PER_FOLLOWER
     );
-    // The leader takes on 512 writes per group at once (`WRITES_QUEUED_PER_GROUP_MAX`) and
+    // The leader takes on 2,048 writes per group at once (`WRITES_QUEUED_PER_GROUP_MAX`) and
     // sheds the rest with 503: more than the transport's 256 slots were decided.
     assert!(decided > 256, "{decided} decided, {unavailable} shed");
     // Every decided write is in the decision logs and no shed one is: shed means never proposed.
