@@ -8,7 +8,8 @@
 # sees the same machine, whose speed drifts by tens of percent over minutes. Gavel goes first
 # because the open-loop shape runs both at 80% of Gavel's measured open-loop peak. Shapes:
 # 3 x 32 clients (spread over all members), the same on one hot auction, 3 x 400 (a spike: no
-# warm-up), one member with 96 clients, one sequential client sending to the leader of its
+# warm-up), the same spike on one hot auction (an auction's last seconds), one member with 96
+# clients, one sequential client sending to the leader of its
 # auction (etcd: to its leader) and one sending to another member, which forwards (`--via`:
 # otherwise where each system's elections landed would decide which of the two is measured);
 # open loop offered twice the best closed-loop rate (open-peak: what each system
@@ -216,6 +217,7 @@ start_etcd
 pair 3x32 all --connections 96 --auctions "$AUCTIONS" --warmup "$WARMUP"
 pair 3x32-hot all --connections 96 --hot --warmup "$WARMUP"
 pair 3x400-spike all --connections 1200 --auctions "$AUCTIONS" --warmup 0s
+pair 3x400-hot-spike all --connections 1200 --hot --warmup 0s
 pair 1x96 one --connections 96 --auctions "$AUCTIONS" --warmup "$WARMUP"
 pair sequential-leader all --via leader --connections 1 --auctions 1 --warmup "$WARMUP"
 pair sequential-follower all --via follower --connections 1 --auctions 1 --warmup "$WARMUP"
@@ -275,7 +277,7 @@ echo "$(date -u +%Y-%m-%d), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinf
 echo
 echo "| shape | Gavel decisions/s | Gavel p50 / p99 / p99.9 ms | etcd puts/s | etcd p50 / p99 / p99.9 ms | throughput Gavel/etcd | p99 Gavel/etcd | server CPU µs per decision / put, Gavel vs etcd | CPU Gavel/etcd |"
 echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-for shape in 3x32 3x32-hot 3x400-spike 1x96 sequential-leader sequential-follower open-peak open-80; do
+for shape in 3x32 3x32-hot 3x400-spike 3x400-hot-spike 1x96 sequential-leader sequential-follower open-peak open-80; do
   g="$OUT/gavel-$shape.json" e="$OUT/etcd-$shape.json"
   echo "| $shape | $(cell "$g") | $(cell "$e") | $(ratio "$g" "$e" .decisions_per_s) | $(ratio "$g" "$e" .latency_ms.p99) | $(cpu "$g") vs $(cpu "$e") | $(ratio "$g" "$e" .server_cpu.us_per_decision) |"
 done
