@@ -54,8 +54,8 @@ pub const PROPOSE_LINGER: Duration = Duration::from_millis(1);
 const LINGER_QUEUED_MAX: usize = 64;
 /// Writes a second a group must receive before its proposer lingers: below it, a millisecond
 /// gathers on average under 0.6 more writes, so lingering only adds latency to save CPU that
-/// is idle anyway. On the benchmark machine (`docs/PERFORMANCE.md`, 2026-12-05 17:01): at
-/// 412 writes a second a group it took 0.2-0.4 ms off p50 (and 5% more CPU); from 823 on,
+/// is idle anyway. On the benchmark machine (`docs/PERFORMANCE.md`, 2026-12-05 16:40): at
+/// 412 writes a second a group it took 0.2-0.4 ms off p50 (for 4-8% more CPU); from 823 on,
 /// where lingering saves CPU at no latency, nothing changed.
 const LINGER_RATE_MIN_PER_S: f64 = 600.0;
 /// How much of the arrival rate's memory each proposal keeps (see `ArrivalRate`).
