@@ -9,8 +9,8 @@
 # because the open-loop shape runs both at 80% of Gavel's measured open-loop peak. Shapes:
 # 3 x 32 clients (spread over all members), the same on one hot auction, 3 x 400 (a spike: no
 # warm-up), the same spike on one hot auction (an auction's last seconds), one member with 96
-# clients, one sequential client sending to the leader of its
-# auction (etcd: to its leader) and one sending to another member, which forwards (`--via`:
+# clients, one sequential client sending to the leader of its auction (etcd: to its leader)
+# and one sending to another member, which forwards (`--via`:
 # otherwise where each system's elections landed would decide which of the two is measured);
 # open loop offered twice the best closed-loop rate (open-peak: what each system
 # decides when overloaded), then open loop at 80% of Gavel's open-peak, and etcd alone at 80%

@@ -20,7 +20,7 @@ use crate::node::Node;
 use gavel_raft::wall_clock_ms;
 
 /// Most deadline entries proposed concurrently by one group.
-const DEADLINE_PROPOSALS_IN_FLIGHT_MAX: usize = 256;
+pub(crate) const DEADLINE_PROPOSALS_IN_FLIGHT_MAX: usize = 256;
 /// Longest sleep between looks at the deadline index when nothing is due sooner.
 const IDLE_SLEEP_MS: i64 = 1_000;
 /// Pause after a failed proposal or read before trying again.

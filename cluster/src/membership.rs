@@ -77,8 +77,8 @@ pub struct Admitted<'a>(&'a Holds);
 /// The writes one group's leader takes on at once (queued in openraft, appending, replicating
 /// or applying); a client write beyond it is shed at once with 503 and `Retry-After`, never
 /// proposed. Why this number: one group alone decides 13,000-19,000 writes/s on the 2-core
-/// benchmark machine (the hot auction, spikes), so a full queue drains in 110-160 ms, well inside the
-/// 500 ms p99 bound; a queue that stands longer is shed by the proposer's time rule
+/// benchmark machine (the hot auction, spikes), so a full queue drains in 110-160 ms, well
+/// inside the 500 ms p99 bound; a queue that stands longer is shed by the proposer's time rule
 /// (`QUEUED_WAIT_MS_MAX`). Smaller bounds shed a spike the group could take: 128 did with 1,200
 /// bidders over 6 groups (about 200 a group), and 512 did with 1,200 bidders on one auction, an
 /// auction's last seconds (12,772 bids shed in 8 s, at p99 121 ms; `docs/PERFORMANCE.md`,

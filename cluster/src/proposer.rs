@@ -29,16 +29,22 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::api::ProposeError;
+use crate::deadlines::DEADLINE_PROPOSALS_IN_FLIGHT_MAX;
+use crate::membership::WRITES_QUEUED_PER_GROUP_MAX;
 use crate::node::Node;
 use crate::raft_ops::{propose_local, Attempt};
 
 /// Most commands in one Raft entry. A bid encodes to a few hundred bytes, so a full entry stays
 /// far below the peer frame limit (16 MiB) whatever the ids.
 pub const COMMANDS_PER_PROPOSAL_MAX: usize = 512;
-/// Commands waiting for one group's proposer. Admission (`WRITES_QUEUED_PER_GROUP_MAX`, 2,048
-/// client writes) and the deadline loop (256 at once) keep the queue below it; a command finding
-/// it full anyway is refused, never waited for.
+/// Commands waiting for one group's proposer. Admission (`WRITES_QUEUED_PER_GROUP_MAX` client
+/// writes) and the deadline loop (`DEADLINE_PROPOSALS_IN_FLIGHT_MAX` at once) keep the queue
+/// below it (checked below); a command finding it full anyway is refused, never waited for.
 pub const PROPOSER_QUEUE_MAX: usize = 4_096;
+const _: () = assert!(
+    PROPOSER_QUEUE_MAX >= WRITES_QUEUED_PER_GROUP_MAX + DEADLINE_PROPOSALS_IN_FLIGHT_MAX,
+    "the proposer's queue must hold every admitted write and every deadline in flight"
+);
 /// The longest a command waits in the queue before it is answered "unavailable" instead of
 /// proposed, once the queue stands (see `Rounds`): past it, queueing alone would break the
 /// 500 ms p99 bound.
@@ -95,9 +101,10 @@ pub(crate) async fn run_proposer(
         let Some(batch) = next_batch(&mut queue, &mut stop).await else {
             break;
         };
+        let now = Instant::now();
         last_batch_len = batch.len();
-        arrivals.record(batch.len(), Instant::now());
-        let (stale, batch) = rounds.split_stale(batch, Instant::now());
+        arrivals.record(batch.len(), now);
+        let (stale, batch) = rounds.split_stale(batch, now);
         shed(stale, group_id);
         if !batch.is_empty() {
             propose_batch(&node, &group, batch).await;
