@@ -247,6 +247,15 @@ impl Wal {
         })
     }
 
+    /// Holds the log's lock for `hold` (calling `held` once it has it), as a sync held up
+    /// behind the disk would hold its caller.
+    #[cfg(test)]
+    pub(crate) fn hold_lock_for(&self, hold: std::time::Duration, held: impl FnOnce()) {
+        let _state = self.lock_even_if_broken();
+        held();
+        std::thread::sleep(hold);
+    }
+
     fn lock(&self) -> Result<MutexGuard<'_, WalState>, StorageError> {
         let state = self.lock_even_if_broken();
         match &state.broken {
