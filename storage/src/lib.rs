@@ -288,8 +288,9 @@ impl LogSyncTimer {
 
     fn record(&self, took: std::time::Duration, ended: std::time::Instant) {
         if took > INLINE_LOG_SYNC_MAX {
-            self.slow_ended_micros.store(
-                self.micros_at(ended) + 1,
+            // The latest end wins: the flusher's and a vote's syncs may finish in either order.
+            self.slow_ended_micros.fetch_max(
+                self.micros_at(ended).saturating_add(1),
                 std::sync::atomic::Ordering::Relaxed,
             );
         }
@@ -446,6 +447,13 @@ mod tests {
             "the hold counts from the last slow sync"
         );
         assert!(timer.inline_at(at(10 + 2 * hold_ms + 5)));
+        let later = 10 + 3 * hold_ms;
+        timer.record(slow, at(later));
+        timer.record(slow, at(later - 5));
+        assert!(
+            !timer.inline_at(at(later + hold_ms - 1)),
+            "a slow sync that ended earlier but was recorded later does not shorten the hold"
+        );
     }
 
     /// After a slow sync, a sync held up (here behind the log's lock, as a real one is behind
