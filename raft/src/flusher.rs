@@ -21,9 +21,10 @@ pub const PENDING_FLUSHES_MAX: usize = 4096;
 /// Completions one flush may cover before it starts; bounds the latency of the first of them.
 ///
 /// The sync runs where `Store::sync_log` puts it (on the flusher's runtime thread while syncs
-/// are quick, on the blocking pool for a while after one was not), never on a thread of its own. Tried: a
-/// dedicated thread starts each flush the moment one append arrives, so flushes cover fewer
-/// appends, and on 3 nodes sharing 2 cores spread writes fell from 2,800 to 2,100 decisions/s.
+/// are quick, on the blocking pool for a while after one was not), never on a thread of its
+/// own. Tried: a dedicated thread starts each flush the moment one append arrives, so flushes
+/// cover fewer appends, and on 3 nodes sharing 2 cores spread writes fell from 2,800 to 2,100
+/// decisions/s.
 const FLUSH_BATCH_MAX: usize = 1024;
 
 #[derive(Clone)]

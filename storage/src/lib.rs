@@ -250,20 +250,10 @@ pub const INLINE_LOG_SYNC_MAX: std::time::Duration = std::time::Duration::from_m
 pub const LOG_SYNC_POOL_HOLD: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// When the Raft log's last slow sync ended, which decides where the next one runs.
+#[derive(Default)]
 struct LogSyncTimer {
-    epoch: std::time::Instant,
-    /// Microseconds from `epoch` to the end of the last sync slower than
-    /// `INLINE_LOG_SYNC_MAX`, plus one; 0 while none was.
-    slow_ended_micros: std::sync::atomic::AtomicU64,
-}
-
-impl Default for LogSyncTimer {
-    fn default() -> Self {
-        LogSyncTimer {
-            epoch: std::time::Instant::now(),
-            slow_ended_micros: std::sync::atomic::AtomicU64::new(0),
-        }
-    }
+    /// The end of the last sync slower than `INLINE_LOG_SYNC_MAX`, if one was.
+    slow_ended: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl LogSyncTimer {
@@ -272,10 +262,8 @@ impl LogSyncTimer {
     }
 
     fn inline_at(&self, now: std::time::Instant) -> bool {
-        let slow_ended = self
-            .slow_ended_micros
-            .load(std::sync::atomic::Ordering::Relaxed);
-        slow_ended == 0 || self.micros_at(now) >= slow_ended - 1 + self.micros(LOG_SYNC_POOL_HOLD)
+        self.slow_ended()
+            .is_none_or(|ended| now >= ended + LOG_SYNC_POOL_HOLD)
     }
 
     fn timed<T>(&self, sync: impl FnOnce() -> T) -> T {
@@ -288,20 +276,14 @@ impl LogSyncTimer {
 
     fn record(&self, took: std::time::Duration, ended: std::time::Instant) {
         if took > INLINE_LOG_SYNC_MAX {
+            let mut slow_ended = self.slow_ended.lock().unwrap_or_else(|e| e.into_inner());
             // The latest end wins: the flusher's and a vote's syncs may finish in either order.
-            self.slow_ended_micros.fetch_max(
-                self.micros_at(ended).saturating_add(1),
-                std::sync::atomic::Ordering::Relaxed,
-            );
+            *slow_ended = Some(slow_ended.map_or(ended, |earlier| earlier.max(ended)));
         }
     }
 
-    fn micros_at(&self, at: std::time::Instant) -> u64 {
-        self.micros(at.saturating_duration_since(self.epoch))
-    }
-
-    fn micros(&self, span: std::time::Duration) -> u64 {
-        u64::try_from(span.as_micros()).unwrap_or(u64::MAX)
+    fn slow_ended(&self) -> Option<std::time::Instant> {
+        *self.slow_ended.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -422,7 +404,7 @@ mod tests {
     #[test]
     fn a_slow_log_sync_sends_the_next_ones_to_the_pool_for_a_while_however_quick() {
         let timer = LogSyncTimer::default();
-        let start = timer.epoch;
+        let start = std::time::Instant::now();
         let at = |ms: u64| start + std::time::Duration::from_millis(ms);
         assert!(
             timer.inline_at(start),
