@@ -8,9 +8,9 @@
 //!
 //! What it must not change: outcomes. A batch is proposed exactly as one write was
 //! (`raft_ops::propose_local`), and every waiter gets its own reply or the batch's outcome
-//! (unavailable: never proposed; unknown: maybe decided). A command that waited in the queue
-//! longer than `QUEUED_WAIT_MS_MAX` while the queue stands (the round before was late too) is
-//! answered "unavailable" and never proposed.
+//! (unavailable: never proposed; unknown: maybe decided). A client write that waited in the
+//! queue longer than `QUEUED_WAIT_MS_MAX` while the queue stands (the round before was late
+//! too) is answered "unavailable" and never proposed; an auction's end always is proposed.
 //!
 //! Between proposals the proposer lingers a moment (`PROPOSE_LINGER`) when writes are
 //! concurrent, so that the next entry carries more of them: an entry costs every replica a round
@@ -187,17 +187,27 @@ impl Rounds {
         if !standing {
             return (Vec::new(), batch);
         }
-        batch.into_iter().partition(waited_too_long)
+        batch
+            .into_iter()
+            .partition(|q| q.may_be_shed() && waited_too_long(q))
     }
 }
 
 trait QueuedAt {
     fn queued_at(&self) -> Instant;
+    /// Whether the time rule may answer it "unavailable" instead of proposing it.
+    fn may_be_shed(&self) -> bool;
 }
 
 impl QueuedAt for Queued {
     fn queued_at(&self) -> Instant {
         self.queued_at
+    }
+
+    /// An auction's end is never shed: shedding it would make the end late by the deadline
+    /// loop's retry, and the loop bounds how many wait (`DEADLINE_PROPOSALS_IN_FLIGHT_MAX`).
+    fn may_be_shed(&self) -> bool {
+        !matches!(self.command, Command::Deadline { .. })
     }
 }
 
@@ -270,10 +280,51 @@ pub(crate) async fn next_batch<T>(
 mod tests {
     use super::*;
 
+    /// A client write queued at this instant.
     impl QueuedAt for Instant {
         fn queued_at(&self) -> Instant {
             *self
         }
+
+        fn may_be_shed(&self) -> bool {
+            true
+        }
+    }
+
+    /// An auction's end queued at this instant.
+    #[derive(Debug, PartialEq)]
+    struct DeadlineAt(Instant);
+
+    impl QueuedAt for DeadlineAt {
+        fn queued_at(&self) -> Instant {
+            self.0
+        }
+
+        fn may_be_shed(&self) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn a_standing_queue_never_sheds_an_auctions_end() {
+        let start = Instant::now();
+        let mut rounds = Rounds::default();
+        let late = start + Duration::from_millis(QUEUED_WAIT_MS_MAX + 50);
+        let _ = rounds.split_stale(vec![DeadlineAt(start)], late);
+        let later = late + Duration::from_millis(QUEUED_WAIT_MS_MAX + 50);
+        let (shed, proposed) = rounds.split_stale(vec![DeadlineAt(start)], later);
+        assert!(
+            shed.is_empty(),
+            "a deadline is proposed however long it waited"
+        );
+        assert_eq!(proposed, vec![DeadlineAt(start)]);
+        let stale_write = late;
+        let (shed, _) = rounds.split_stale(vec![stale_write], later + Duration::from_millis(1));
+        assert_eq!(
+            shed,
+            vec![stale_write],
+            "the queue still stands for client writes"
+        );
     }
 
     #[test]
