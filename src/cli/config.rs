@@ -66,7 +66,8 @@ pub struct ServeArgs {
     /// How long shutdown waits for in-flight requests before closing them, in milliseconds.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub shutdown_grace_ms: u64,
-    /// Threads that run the node's async work (HTTP, Raft, fan-out). Default: one per CPU core.
+    /// Threads of the HTTP runtime (requests and SSE viewers; Raft has `--consensus-threads`,
+    /// WebSocket viewers `--fanout-threads`). Default: one per CPU core.
     /// Nodes sharing a machine with others (a cluster on one box) do better with fewer: every
     /// hand-off between threads costs a wake-up, and idle threads steal work from busy ones.
     #[arg(long, env = "GAVEL_WORKER_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]

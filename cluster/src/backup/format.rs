@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! magic            8 bytes   "GAVELBAK"
-//! format version   u16       3 (versions 1 and 2 are still read)
+//! format version   u16       6 (versions 1 to 5 are still read)
 //! groups           u32       how many group records follow (the cluster's --groups)
 //! node count       u32       voters of the backed-up cluster
 //! created at       i64       ms since the Unix epoch, the saving node's clock

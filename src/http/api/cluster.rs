@@ -3,12 +3,12 @@
 //! cluster status JSON shape. Every change answers once it is committed, with the cluster as
 //! the answering node then sees it.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use gavel_cluster::{ClusterStatus, MembershipError};
 use serde::{Deserialize, Serialize};
 
-use super::{Admin, Authorized, StrictQuery};
+use super::{Admin, Authorized, PathText, StrictQuery};
 use crate::cli::config::parse_advertised_addr;
 use crate::http::engine::NewMember;
 use crate::http::json::JsonBody;
@@ -192,7 +192,7 @@ pub async fn add_node(
 pub async fn remove_node(
     _: Authorized<Admin>,
     State(state): State<AppState>,
-    Path(id): Path<String>,
+    PathText(id): PathText,
 ) -> Result<Json<StatusView>, ApiError> {
     let id: u64 = id
         .parse()
@@ -210,7 +210,7 @@ pub async fn remove_node(
 pub async fn transfer_leader(
     _: Authorized<Admin>,
     State(state): State<AppState>,
-    Path(group): Path<String>,
+    PathText(group): PathText,
     JsonBody(request): JsonBody<TransferLeaderRequest>,
 ) -> Result<Json<StatusView>, ApiError> {
     let group: u32 = group

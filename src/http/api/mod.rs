@@ -123,6 +123,22 @@ where
     }
 }
 
+/// A path's one `{param}`, percent-decoded. axum's own `Path` answers a segment that is not
+/// UTF-8 once decoded (`%FF`) with a plain-text 400; no resource has such a name, so this is a
+/// problem-JSON 404 like any other unknown name.
+pub struct PathText(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for PathText {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(text) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::NotFound("nothing here has that name".into()))?;
+        Ok(PathText(text))
+    }
+}
+
 /// The `{id}` of an auction path, checked: an id no auction can have is a 404.
 pub struct AuctionId(pub String);
 
@@ -131,7 +147,7 @@ impl<S: Send + Sync> FromRequestParts<S> for AuctionId {
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let not_found = || ApiError::NotFound("no such auction".into());
-        let Path(id) = Path::<String>::from_request_parts(parts, state)
+        let PathText(id) = PathText::from_request_parts(parts, state)
             .await
             .map_err(|_| not_found())?;
         if is_valid_id(&id) {

@@ -7,14 +7,13 @@
 //! own dies. This module knows only how to serve the files, and which nodes the page may
 //! connect to (its `Content-Security-Policy`); what the page does is in `app.js`.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, MethodRouter};
 
 use crate::http::api::endpoints::client_urls;
-use crate::http::api::is_valid_id;
-use crate::http::problem::ApiError;
+use crate::http::api::AuctionId;
 use crate::http::server::AppState;
 
 const INDEX_HTML: &str = include_str!("index.html");
@@ -43,14 +42,8 @@ async fn index(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /a/{id}`: the same page; its script reads the id from the path.
-async fn auction(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Response, ApiError> {
-    if !is_valid_id(&id) {
-        return Err(ApiError::NotFound("no such auction".into()));
-    }
-    Ok(page(&state))
+async fn auction(State(state): State<AppState>, _: AuctionId) -> Response {
+    page(&state)
 }
 
 /// `GET /assets/app.js`

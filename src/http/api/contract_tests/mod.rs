@@ -888,6 +888,19 @@ async fn cluster(run: &mut Run) {
         .json(json!({ "to": 2 }));
     let bad_transfer = transfer.clone().json(json!({ "to": "two" }));
     membership_change(run, transfer, bad_transfer, &[200, 404, 409, 503]).await;
+    // Names that are not UTF-8 once decoded name nothing: a problem 404, never axum's text.
+    run.expect(req(Method::DELETE, "/cluster/nodes/{id}", "%FF"), 404)
+        .await;
+    let transfer_from = |group| {
+        req(
+            Method::POST,
+            "/cluster/groups/{group}/transfer-leader",
+            group,
+        )
+        .json(json!({ "to": 2 }))
+    };
+    run.expect(transfer_from("%FF"), 404).await;
+    run.expect(transfer_from("two"), 404).await;
 }
 
 /// One membership or leadership change through its statuses; the engine's answer is injected.
@@ -930,6 +943,9 @@ async fn page(run: &mut Run, id: &str) {
             .await;
     }
     run.expect(req(Method::GET, "/a/{id}", "bad$id").who(Who::Nobody), 404)
+        .await;
+    // Not UTF-8 once decoded: still a problem, not axum's plain-text 400.
+    run.expect(req(Method::GET, "/a/{id}", "%FF").who(Who::Nobody), 404)
         .await;
 }
 
