@@ -77,10 +77,11 @@ stop_all() {
 cleanup() {
   stop_all
   # What the nodes logged that explains a slow stretch outlives the temp dir: warnings and
-  # errors (stalls: `ran its ready tasks late`; sheds, timeouts) and snapshot copies packed or installed.
+  # errors (stalls: `ran its ready tasks late`; sheds, timeouts), snapshot points (each flushes
+  # sled, a burst of writes on the disk every node shares here) and copies packed or installed.
   if [ -d "$OUT" ]; then
     for n in 1 2 3; do
-      [ -f "$WORK/gavel$n.log" ] && grep -a 'WARN\|ERROR\|packed snapshot\|installed snapshot' "$WORK/gavel$n.log" >"$OUT/gavel$n-events.log" || true
+      [ -f "$WORK/gavel$n.log" ] && grep -a 'WARN\|ERROR\|took snapshot\|packed snapshot\|installed snapshot' "$WORK/gavel$n.log" >"$OUT/gavel$n-events.log" || true
     done
   fi
   rm -rf "$WORK"
@@ -295,4 +296,4 @@ done
 echo
 echo "Runtime stalls past 100 ms the nodes warned of (\`ran its ready tasks late\`, at most one per runtime per 10 s): $(for n in 1 2 3; do echo -n "node $n: $(grep -ac 'ran its ready tasks late' "$WORK/gavel$n.log" || true); "; done)"
 echo
-echo "JSON summaries and latency plots: $OUT; the nodes' warnings and snapshot copies: $OUT/gavel{1,2,3}-events.log"
+echo "JSON summaries and latency plots: $OUT; the nodes' warnings, snapshots and snapshot copies: $OUT/gavel{1,2,3}-events.log"
