@@ -10,7 +10,8 @@
 //! (`raft_ops::propose_local`), and every waiter gets its own reply or the batch's outcome
 //! (unavailable: never proposed; unknown: maybe decided). A client write that waited in the
 //! queue longer than `QUEUED_WAIT_MS_MAX` while the queue stands (the round before was late
-//! too) is answered "unavailable" and never proposed; an auction's end always is proposed.
+//! too) is answered "unavailable" and never proposed; the time rule never sheds a deadline
+//! entry (an auction's start or end).
 //!
 //! Between proposals the proposer lingers a moment (`PROPOSE_LINGER`) when writes are
 //! concurrent, so that the next entry carries more of them: an entry costs every replica a round
@@ -45,7 +46,7 @@ const _: () = assert!(
     PROPOSER_QUEUE_MAX >= WRITES_QUEUED_PER_GROUP_MAX + DEADLINE_PROPOSALS_IN_FLIGHT_MAX,
     "the proposer's queue must hold every admitted write and every deadline in flight"
 );
-/// The longest a command waits in the queue before it is answered "unavailable" instead of
+/// The longest a client write waits in the queue before it is answered "unavailable" instead of
 /// proposed, once the queue stands (see `Rounds`): past it, queueing alone would break the
 /// 500 ms p99 bound.
 pub const QUEUED_WAIT_MS_MAX: u64 = 250;

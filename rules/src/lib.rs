@@ -339,7 +339,7 @@ impl CreateAuction {
     /// Checks every rule a create request must meet at `stamp` (the leader's time).
     pub fn validate(&self, stamp: StampMs) -> Result<(), String> {
         if self.post_id.is_empty() || self.post_id.len() > POST_ID_LEN_MAX {
-            return Err(format!("postId must be 1-{POST_ID_LEN_MAX} characters"));
+            return Err(format!("postId must be 1-{POST_ID_LEN_MAX} bytes of UTF-8"));
         }
         if self.end_at_ms <= self.start_at_ms {
             return Err("endAt must be after startAt".into());

@@ -18,7 +18,8 @@
 //!   applied index  u64       and index
 //!   state length   u64       at most GROUP_STATE_BYTES_MAX
 //!   state          the group's state machine exactly as a Raft snapshot carries it (the
-//!                  storage crate's record: its own format byte, then the key/value pairs)
+//!                  storage crate's record: its own format byte, then the key/value pairs,
+//!                  compressed with zstd from format 6)
 //! end magic        8 bytes   "GAVELEND"
 //! checksum         32 bytes  SHA-256 of every byte before it
 //! ```

@@ -209,7 +209,7 @@ fn validate_accepts_the_fixture() {
 
 #[test]
 fn validate_post_id_is_1_to_255_bytes() {
-    let rule = Err("postId must be 1-255 characters".to_owned());
+    let rule = Err("postId must be 1-255 bytes of UTF-8".to_owned());
     assert_eq!(validate_with(|r| r.post_id.clear()), rule);
     assert_eq!(validate_with(|r| r.post_id = "p".repeat(256)), rule);
     assert_eq!(validate_with(|r| r.post_id = "p".repeat(255)), Ok(()));
