@@ -205,8 +205,9 @@ impl QueuedAt for Queued {
         self.queued_at
     }
 
-    /// An auction's end is never shed: shedding it would make the end late by the deadline
-    /// loop's retry, and the loop bounds how many wait (`DEADLINE_PROPOSALS_IN_FLIGHT_MAX`).
+    /// A deadline entry (an auction's start or end) is never shed: shedding it would make the
+    /// start or end late by the deadline loop's retry, and the loop bounds how many wait
+    /// (`DEADLINE_PROPOSALS_IN_FLIGHT_MAX`).
     fn may_be_shed(&self) -> bool {
         !matches!(self.command, Command::Deadline { .. })
     }
@@ -292,7 +293,7 @@ mod tests {
         }
     }
 
-    /// An auction's end queued at this instant.
+    /// A deadline entry (an auction's start or end) queued at this instant.
     #[derive(Debug, PartialEq)]
     struct DeadlineAt(Instant);
 
