@@ -27,18 +27,24 @@ impl Node {
     /// and on a blocking thread. Read on the runtime that asked (HTTP for `/cluster`, consensus
     /// for a peer's status call), a hot group's 130 MB took that runtime's thread for 0.2-0.4
     /// s, and every node computes its digests for one `/cluster`: every group of the cluster
-    /// stopped at once, heartbeats and bids.
+    /// stopped at once, heartbeats and bids. A group with a digest reports the applied index
+    /// the digest is exact for, so that the pair can be compared with another replica's.
     pub(crate) async fn local_views(&self, digests: bool) -> Vec<GroupView> {
         let digests = if digests {
             let groups = self.groups.clone();
             let computed = tokio::task::spawn_blocking(move || {
                 groups
                     .iter()
-                    .map(|group| group.state_digest().unwrap_or(0))
-                    .collect::<Vec<u64>>()
+                    .map(|group| match group.state_digest() {
+                        Ok(digest) => Some(digest),
+                        Err(e) => {
+                            tracing::warn!(group = group.id, error = %e, "state digest failed");
+                            None
+                        }
+                    })
+                    .collect::<Vec<_>>()
             })
             .await;
-            // A digest that could not be computed reads as 0, as one that failed always did.
             computed.unwrap_or_default()
         } else {
             Vec::new()
@@ -49,6 +55,11 @@ impl Node {
             .map(|(i, group)| {
                 let metrics = group.raft.metrics().borrow().clone();
                 let (voters, learners) = members(group);
+                let digest = digests.get(i).copied().flatten();
+                let applied_index = match digest {
+                    Some(digest) => digest.applied_index,
+                    None => metrics.last_applied.map_or(0, |id| id.index),
+                };
                 GroupView {
                     group: group.id,
                     leader: metrics.current_leader,
@@ -57,8 +68,9 @@ impl Node {
                     learners,
                     last_log_index: metrics.last_log_index.unwrap_or(0),
                     committed_index: group.committed_index.load(Ordering::Relaxed),
-                    applied_index: metrics.last_applied.map_or(0, |id| id.index),
-                    digest: digests.get(i).copied().unwrap_or(0),
+                    applied_index,
+                    // One that could not be computed reads as 0, as a failed one always did.
+                    digest: digest.map_or(0, |digest| digest.digest),
                 }
             })
             .collect()

@@ -205,6 +205,21 @@ fn check_file(path: &PathBuf) -> anyhow::Result<bool> {
     Ok(valid)
 }
 
+/// Resolves with the signal's name once the run is asked to stop: Ctrl-C, a `kill` or
+/// `timeout` (SIGTERM), or the terminal going away (SIGHUP). Each ends the run as Ctrl-C does,
+/// through `CleanupGuard`; a SIGTERM left to its default action used to leave every node
+/// running in its namespace.
+async fn interrupted() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot catch SIGTERM")?;
+    let mut hangup = signal(SignalKind::hangup()).context("cannot catch SIGHUP")?;
+    Ok(tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+        _ = hangup.recv() => "SIGHUP",
+    })
+}
+
 /// Removes every namespace and process of the suite when dropped, also on panic.
 struct CleanupGuard;
 
@@ -267,14 +282,17 @@ fn run_all(
     };
     let reports = runtime.block_on(async {
         tokio::select! {
-            reports = run_each(scenarios, &options, net) => Some(reports),
-            _ = tokio::signal::ctrl_c() => None,
+            reports = run_each(scenarios, &options, net) => Ok(reports),
+            signal = interrupted() => Err(signal),
         }
     });
     drop(runtime);
-    let Some(reports) = reports else {
-        eprintln!("interrupted: cleaning up");
-        return Ok(false);
+    let reports = match reports {
+        Ok(reports) => reports,
+        Err(signal) => {
+            eprintln!("interrupted ({}): cleaning up", signal?);
+            return Ok(false);
+        }
     };
     let mut valid = true;
     println!("\n==== results ====");

@@ -4,7 +4,7 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
-use gavel_storage::{StateTree, Store};
+use gavel_storage::{decode, StateTree, Store};
 use openraft::{Config, SnapshotPolicy};
 
 use crate::flusher::Flusher;
@@ -12,7 +12,7 @@ use crate::log_store::LogStore;
 use crate::network::Network;
 use crate::state_machine::{AppliedChannel, GroupObserver, StateMachine, APPLIED};
 use crate::transport::Transport;
-use crate::types::{NodeId, Raft};
+use crate::types::{LogId, NodeId, Raft};
 
 /// Raft timing and log-retention settings shared by every group of a node.
 #[derive(Clone, Debug)]
@@ -91,7 +91,15 @@ pub struct Group {
     digest_memo: Mutex<Option<DigestMemo>>,
 }
 
+/// A digest of a group's state and the applied log index of the state it was read from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateDigest {
+    pub applied_index: u64,
+    pub digest: u64,
+}
+
 /// A state digest and the applied log id (as stored) of the state it was read from.
+#[derive(Clone)]
 struct DigestMemo {
     applied: Option<Vec<u8>>,
     digest: u64,
@@ -147,25 +155,31 @@ impl Group {
         })
     }
 
-    /// The digest of the group's state (`StateTree::digest`), which reads all of it: a second
-    /// of a core for a few hundred MB. Blocking; call it off the runtimes. Remembered with the
-    /// applied log id it was read at: only an applied entry (or an installed snapshot, which
-    /// moves the applied id too) changes the state, so while that id stands the digest does
-    /// too, and a quiet group's digest is read once, not at every `/cluster`.
-    pub fn state_digest(&self) -> Result<u64, gavel_storage::StorageError> {
+    /// The digest of the group's state and the applied log index it is exact for
+    /// (`StateTree::digest_with_meta`). It reads all of the state: a second of a core for a
+    /// few hundred MB. Blocking; call it off the runtimes. Remembered with that applied log id:
+    /// only an applied entry (or an installed snapshot, which moves the applied id too) changes
+    /// the state, so while that id stands the digest does too, and a quiet group's digest is
+    /// read once, not at every `/cluster`.
+    pub fn state_digest(&self) -> Result<StateDigest, gavel_storage::StorageError> {
         let applied = self.state.meta(APPLIED)?;
-        if let Some(memo) = self.digest_memo().as_ref() {
-            if memo.applied == applied {
-                return Ok(memo.digest);
+        let memo = self.digest_memo().clone();
+        let (digest, applied) = match memo {
+            Some(memo) if memo.applied == applied => (memo.digest, applied),
+            _ => {
+                let (digest, applied) = self.state.digest_with_meta(APPLIED)?;
+                *self.digest_memo() = Some(DigestMemo {
+                    applied: applied.clone(),
+                    digest,
+                });
+                (digest, applied)
             }
-        }
-        let digest = self.state.digest()?;
-        // Applies go on while the state is read: only a digest of a state that stood still is
-        // known to belong to that applied id.
-        if self.state.meta(APPLIED)? == applied {
-            *self.digest_memo() = Some(DigestMemo { applied, digest });
-        }
-        Ok(digest)
+        };
+        let applied: Option<Option<LogId>> = applied.map(|raw| decode(&raw)).transpose()?;
+        Ok(StateDigest {
+            applied_index: applied.flatten().map_or(0, |id| id.index),
+            digest,
+        })
     }
 
     fn digest_memo(&self) -> std::sync::MutexGuard<'_, Option<DigestMemo>> {

@@ -35,7 +35,7 @@ pub use clock::{wall_clock_ms, ClockSample};
 pub use flusher::{Flusher, PENDING_FLUSHES_MAX};
 pub use gather::gather_ready;
 pub use gavel_rules::Reply;
-pub use group::{Group, GroupError, RaftSettings};
+pub use group::{Group, GroupError, RaftSettings, StateDigest};
 pub use log_store::LogStore;
 pub use network::Network;
 pub use restore::{restore_group, restored_log_id};

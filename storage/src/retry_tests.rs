@@ -10,11 +10,11 @@ use std::collections::HashMap;
 
 use gavel_rules::{Actor, Auction, BidDecision, Command, ControlAction, Reply, StampMs};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed, TestRunner};
+use proptest::test_runner::TestRunner;
 
 use crate::codec::{decode, encode};
 use crate::idempotency::IdempotencyIndex;
-use crate::state::tests::{bid, create, T0};
+use crate::state::tests::{bid, create, proptest_config, T0};
 use crate::state::StateTree;
 use crate::{keys, SnapshotBlob, StorageError, Store, StoreConfig, SNAPSHOT_FORMAT};
 
@@ -190,30 +190,12 @@ fn assert_auctions_read_as_modelled(state: &StateTree, model: &Model) -> Result<
     Ok(())
 }
 
-fn config() -> Config {
-    let mut config = Config::default();
-    if std::env::var_os("PROPTEST_CASES").is_none() {
-        config.cases = 64;
-    }
-    if config.rng_seed == RngSeed::Random {
-        use std::hash::{BuildHasher, RandomState};
-        config.rng_seed = RngSeed::Fixed(RandomState::new().hash_one(0x0072_6574_7279_u64));
-    }
-    // Cases run from a unit test: no regressions file next to a source file of the library.
-    config.failure_persistence = None;
-    eprintln!(
-        "gavel-storage retries: PROPTEST_RNG_SEED={} PROPTEST_CASES={}",
-        config.rng_seed, config.cases
-    );
-    config
-}
-
 /// Retries decide as the model does: with a roomy index, with one so small that every batch
 /// drops auctions, and with fingerprints of one bit or none (every key of an auction shares
 /// one), so that answers rest on the confirming read.
 #[test]
 fn retries_are_answered_as_the_decision_log_says() {
-    let mut runner = TestRunner::new(config());
+    let mut runner = TestRunner::new(proptest_config("retries", 64));
     let case = (
         prop::collection::vec(step(), 1..120),
         prop_oneof![Just(1_000_000usize), Just(6), Just(2)],

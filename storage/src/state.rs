@@ -457,7 +457,7 @@ const UNWRITTEN_DECISIONS_MAX: usize = 1_024;
 /// What commits applied but left out of the tree: bids' decisions, the meta records (stamp,
 /// applied log id, membership), and each auction with unwritten decisions as the newest commit
 /// left it. Readers look here first. Only the state machine's commits change it.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Unwritten {
     /// Per auction, its decisions the tree does not hold, in `seq` order; it holds every
     /// earlier one.
@@ -848,15 +848,21 @@ impl StateTree {
     /// megabytes) while applies waited stopped the group's bids for up to 2-3 s.
     pub fn begin_copy(&self) -> Result<TreeCopy, StorageError> {
         self.write_unwritten()?;
-        let _committed = self.committed();
+        let committed = self.committed();
+        Ok(self.copy_from_now(&committed))
+    }
+
+    /// Starts collecting what commits write over the tree, for a copy of it as it is now.
+    /// Taking the `committed` lock is what makes "now" a point between two commits.
+    fn copy_from_now(&self, _no_commit_half_done: &MutexGuard<'_, Committed>) -> TreeCopy {
         let mut copies = self.copies();
         let id = copies.next_id;
         copies.next_id += 1;
         copies.logs.insert(id, CopyLog::default());
-        Ok(TreeCopy {
+        TreeCopy {
             state: self.clone(),
             id,
-        })
+        }
     }
 
     /// Writes what commits left unwritten (see the top of this file), journaled like any
@@ -1144,54 +1150,57 @@ impl StateTree {
         Ok(())
     }
 
-    /// A digest of the state machine's contents: equal on replicas with equal applied state.
-    /// Replicas write the same decisions in different runs (what each left unwritten differs),
-    /// so it digests what the records say, not their bytes: every auction as read, every
-    /// decision, every meta record as read, every other record as stored. Each is hashed alone
-    /// and the hashes summed, so the order they are met in does not matter.
+    /// A digest of the state machine's contents, and the meta record `meta_name` (the raft
+    /// layer's applied log id) of the very state it digests: equal digests at equal applied ids
+    /// mean equal replicas. Replicas write the same decisions in different runs (what each left
+    /// unwritten differs), so it digests what the records say, not their bytes (`digest_of`).
+    ///
+    /// A point-in-time read that never holds up the applies: between two commits it takes what
+    /// commits left unwritten and begins a copy of the tree, as a snapshot does (`TreeCopy`),
+    /// then reads the tree while commits go on. Read as it stood instead, a busy group's digest
+    /// mixed states of several applied ids, and could differ between two equal replicas.
+    pub fn digest_with_meta(
+        &self,
+        meta_name: &str,
+    ) -> Result<(u64, Option<Vec<u8>>), StorageError> {
+        self.point_in_time_digest(Some(meta_name))
+    }
+
+    /// The digest alone (`digest_with_meta`).
     pub fn digest(&self) -> Result<u64, StorageError> {
-        let (unwritten_decisions, unwritten_meta) = {
-            let unwritten = self.unwritten();
-            (unwritten.decisions.clone(), unwritten.meta.clone())
+        Ok(self.point_in_time_digest(None)?.0)
+    }
+
+    fn point_in_time_digest(
+        &self,
+        meta_name: Option<&str>,
+    ) -> Result<(u64, Option<Vec<u8>>), StorageError> {
+        let mut replaced_reads = 0;
+        loop {
+            match self.begin_digest(meta_name)?.finish() {
+                // A snapshot installed over the state while it was read: read the new one.
+                Err(StorageError::Replaced) if replaced_reads < DIGEST_READS_REPLACED_MAX => {
+                    replaced_reads += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// Takes, between two commits, what the digest needs at once: what commits left
+    /// unwritten, the meta record, and the beginning of a copy of the tree.
+    fn begin_digest(&self, meta_name: Option<&str>) -> Result<DigestRead, StorageError> {
+        let committed = self.committed();
+        let unwritten = self.unwritten().clone();
+        let meta = match meta_name {
+            Some(name) => self.meta(name)?,
+            None => None,
         };
-        let mut sum = 0u64;
-        let mut add = |key: &[u8], value: &[u8]| sum = sum.wrapping_add(Fnv64::of(key, value));
-        for item in self.tree.iter() {
-            let (key, value) = item?;
-            match key.first().copied() {
-                Some(keys::AUCTION) => {
-                    let id = keys::auction_id(&key)
-                        .ok_or_else(|| StorageError::Corrupt("short auction key".into()))?;
-                    if let Some(auction) = self.auction(&id)? {
-                        add(&key, &encode(&auction)?);
-                    }
-                }
-                Some(keys::DECISION) => {
-                    for decision in decode_decisions(&value)? {
-                        let first_unwritten = unwritten_decisions
-                            .get(&decision.auction_id)
-                            .and_then(|decisions| decisions.first())
-                            .map(|decision| decision.seq);
-                        if first_unwritten.is_none_or(|first| decision.seq < first) {
-                            let key = keys::decision(&decision.auction_id, decision.seq);
-                            add(&key, &encode(&decision)?);
-                        }
-                    }
-                }
-                Some(keys::META) if unwritten_meta.contains_key(key.as_ref()) => {}
-                _ => add(&key, &value),
-            }
-        }
-        for decision in unwritten_decisions.values().flatten() {
-            let key = keys::decision(&decision.auction_id, decision.seq);
-            add(&key, &encode(&decision)?);
-        }
-        for (key, value) in &unwritten_meta {
-            if let Some(value) = value {
-                add(key, value);
-            }
-        }
-        Ok(sum)
+        Ok(DigestRead {
+            tree: self.copy_from_now(&committed),
+            unwritten,
+            meta,
+        })
     }
 
     /// Saves `bytes` as the group's snapshot unless the stored one reaches at least as far:
@@ -1259,6 +1268,92 @@ fn snapshot_position(raw: &[u8]) -> Result<u64, StorageError> {
         StorageError::Corrupt(format!("snapshot position has {} bytes, not 8", raw.len()))
     })?;
     Ok(u64::from_be_bytes(bytes))
+}
+
+/// A digest begun between two commits (`StateTree::begin_digest`): the tree is read when it
+/// finishes, while commits may go on.
+struct DigestRead {
+    tree: TreeCopy,
+    unwritten: Unwritten,
+    meta: Option<Vec<u8>>,
+}
+
+impl DigestRead {
+    /// The digest of the state as it was when the read began, and the meta record of that state.
+    fn finish(self) -> Result<(u64, Option<Vec<u8>>), StorageError> {
+        let tree = self.tree.finish()?;
+        Ok((digest_of(&tree.pairs, &self.unwritten)?, self.meta))
+    }
+}
+
+/// How many times a digest reads the tree again after a snapshot was installed over it while
+/// it read. Installs come seconds apart at the most, so a second read nearly always does.
+const DIGEST_READS_REPLACED_MAX: u32 = 3;
+
+/// The digest of a tree's records (`pairs`, in key order) with what commits left unwritten
+/// over them: every auction as read, every decision, every meta record as read, every other
+/// record as stored. Each is hashed alone and the hashes summed, so the order they are met in
+/// does not matter.
+fn digest_of(pairs: &[KeyValue], unwritten: &Unwritten) -> Result<u64, StorageError> {
+    let mut sum = 0u64;
+    let mut add = |key: &[u8], value: &[u8]| sum = sum.wrapping_add(Fnv64::of(key, value));
+    for (key, value) in pairs {
+        match key.first().copied() {
+            Some(keys::AUCTION) => {
+                let id = keys::auction_id(key)
+                    .ok_or_else(|| StorageError::Corrupt("short auction key".into()))?;
+                let auction = match unwritten.auctions.get(&id) {
+                    Some(auction) => auction.clone(),
+                    None => {
+                        let record = decode(value)?;
+                        match last_decision_record(pairs, &id).map(decode_carried) {
+                            Some(carried) => match carried? {
+                                Some(carried) => carried.newer_than(Some(record))?,
+                                None => record,
+                            },
+                            None => record,
+                        }
+                    }
+                };
+                add(key, &encode(&auction)?);
+            }
+            Some(keys::DECISION) => {
+                for decision in decode_decisions(value)? {
+                    let first_unwritten = unwritten
+                        .decisions
+                        .get(&decision.auction_id)
+                        .and_then(|decisions| decisions.first())
+                        .map(|decision| decision.seq);
+                    if first_unwritten.is_none_or(|first| decision.seq < first) {
+                        let key = keys::decision(&decision.auction_id, decision.seq);
+                        add(&key, &encode(&decision)?);
+                    }
+                }
+            }
+            Some(keys::META) if unwritten.meta.contains_key(key) => {}
+            _ => add(key, value),
+        }
+    }
+    for decision in unwritten.decisions.values().flatten() {
+        let key = keys::decision(&decision.auction_id, decision.seq);
+        add(&key, &encode(&decision)?);
+    }
+    for (key, value) in &unwritten.meta {
+        if let Some(value) = value {
+            add(key, value);
+        }
+    }
+    Ok(sum)
+}
+
+/// The value of the auction's last decision-log record in `pairs` (in key order), which
+/// carries the auction's progress.
+fn last_decision_record<'a>(pairs: &'a [KeyValue], auction_id: &str) -> Option<&'a [u8]> {
+    let prefix = keys::decision_prefix(auction_id);
+    let end = prefix_end(&prefix);
+    let past_last = pairs.partition_point(|(key, _)| key.as_slice() < end.as_slice());
+    let (key, value) = pairs.get(past_last.checked_sub(1)?)?;
+    key.starts_with(&prefix).then_some(value.as_slice())
 }
 
 /// The smallest key greater than every key that starts with `prefix`.
@@ -1626,3 +1721,7 @@ impl StateWriter<'_> {
 #[cfg(test)]
 #[path = "state_tests.rs"]
 pub(crate) mod tests;
+
+#[cfg(test)]
+#[path = "digest_tests.rs"]
+mod digest_tests;

@@ -16,6 +16,28 @@ pub(crate) fn store() -> (tempfile::TempDir, StateTree) {
     (dir, state)
 }
 
+/// A property test's runner settings: `cases` cases unless `PROPTEST_CASES` says otherwise, and
+/// a seed of its own unless `PROPTEST_RNG_SEED` gives one, printed with the test's name so that
+/// a failure can be replayed.
+pub(crate) fn proptest_config(test: &str, cases: u32) -> proptest::test_runner::Config {
+    use proptest::test_runner::{Config, RngSeed};
+    let mut config = Config::default();
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        config.cases = cases;
+    }
+    if config.rng_seed == RngSeed::Random {
+        use std::hash::{BuildHasher, RandomState};
+        config.rng_seed = RngSeed::Fixed(RandomState::new().hash_one(test));
+    }
+    // Cases run from a unit test: no regressions file next to a source file of the library.
+    config.failure_persistence = None;
+    eprintln!(
+        "gavel-storage {test}: PROPTEST_RNG_SEED={} PROPTEST_CASES={}",
+        config.rng_seed, config.cases
+    );
+    config
+}
+
 pub(crate) fn create(id: &str, creator: &str, start: StampMs, end: StampMs) -> Command {
     Command::Create {
         auction_id: id.into(),
