@@ -57,6 +57,9 @@ impl Node {
                 .groups
                 .iter()
                 .filter(|g| is_leader(g, self.node_id()) && members(g).0.len() > 1)
+                // A core that stopped on an error can transfer nothing (and its metrics still
+                // name this node the leader).
+                .filter(|g| g.failure().is_none())
                 .filter(|g| !report.kept.contains(&g.id))
                 .cloned()
                 .collect();

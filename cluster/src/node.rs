@@ -383,6 +383,9 @@ impl Node {
             return Err(problem);
         }
         for group in &self.groups {
+            if let Some(failure) = group.failure() {
+                return Err(format!("group {} stopped: {failure}", group.id));
+            }
             let metrics = group.raft.metrics().borrow().clone();
             if metrics.current_leader.is_none() {
                 return Err(format!("group {} has no leader", group.id));
@@ -399,6 +402,21 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// Resolves once any group's Raft core stopped on an error (a log or state write that
+    /// failed: a full disk, an I/O error), with the group and why. Such a group never runs again
+    /// in this process, so the node should stop (`gavel serve` does): its replica would
+    /// otherwise sit in every quorum count while it neither votes nor appends, and look healthy.
+    pub async fn group_failure(&self) -> (u32, String) {
+        if self.groups.is_empty() {
+            return std::future::pending().await;
+        }
+        let failures = self
+            .groups
+            .iter()
+            .map(|group| Box::pin(async move { (group.id, group.failed().await) }));
+        futures::future::select_all(failures).await.0
     }
 
     /// Stops timers, shuts every group and the transport down, makes the last writes durable.

@@ -5,6 +5,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use gavel_storage::{decode, StateTree, Store};
+use openraft::error::Fatal;
 use openraft::{Config, SnapshotPolicy};
 
 use crate::flusher::Flusher;
@@ -12,7 +13,7 @@ use crate::log_store::LogStore;
 use crate::network::Network;
 use crate::state_machine::{AppliedChannel, GroupObserver, StateMachine, APPLIED};
 use crate::transport::Transport;
-use crate::types::{LogId, NodeId, Raft};
+use crate::types::{LogId, NodeId, Raft, RaftMetrics};
 
 /// Raft timing and log-retention settings shared by every group of a node.
 #[derive(Clone, Debug)]
@@ -182,9 +183,40 @@ impl Group {
         })
     }
 
+    /// Why the group's Raft core stopped, if it stopped on an error (a log or state write that
+    /// failed, a panic) rather than because the node asked it to. It never runs again in this
+    /// process: openraft's core stops for good on a storage error.
+    pub fn failure(&self) -> Option<String> {
+        failure_of(&self.raft.metrics().borrow())
+    }
+
+    /// Resolves once the group's Raft core stopped on an error, with why (see `failure`).
+    pub async fn failed(&self) -> String {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Some(failure) = failure_of(&metrics.borrow_and_update()) {
+                return failure;
+            }
+            if metrics.changed().await.is_err() {
+                // The core is gone: what it said last is all there will be.
+                return match failure_of(&metrics.borrow()) {
+                    Some(failure) => failure,
+                    None => std::future::pending().await,
+                };
+            }
+        }
+    }
+
     fn digest_memo(&self) -> std::sync::MutexGuard<'_, Option<DigestMemo>> {
         self.digest_memo
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn failure_of(metrics: &RaftMetrics) -> Option<String> {
+    match &metrics.running_state {
+        Ok(()) | Err(Fatal::Stopped) => None,
+        Err(fatal) => Some(fatal.to_string()),
     }
 }

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -33,7 +33,7 @@ pub async fn bound_in_flight(
     match in_flight.0.clone().try_acquire_owned() {
         Ok(_permit) => next.run(request).await,
         Err(_) => {
-            tracing::warn!("shedding a request: too many requests in flight");
+            log_shed(&SHED_LOG, Instant::now());
             ApiError::Unavailable {
                 detail: "this node is overloaded; retry shortly".into(),
                 retry_after_s: OVERLOAD_RETRY_AFTER_S,
@@ -41,6 +41,46 @@ pub async fn bound_in_flight(
             .into_response()
         }
     }
+}
+
+/// How often at most the in-flight bound's shedding is logged. A line per shed request made an
+/// overload a flood of log lines as well (formatted and written while the node was short of
+/// CPU); each line says how many were shed since the last one, and
+/// `gavel_http_requests_total{status="503"}` counts them all.
+const SHED_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// When the in-flight bound's shedding was last logged, and how many requests it shed since.
+#[derive(Default)]
+struct ShedLog {
+    last_logged: Option<Instant>,
+    shed_since: u64,
+}
+
+static SHED_LOG: Mutex<ShedLog> = Mutex::new(ShedLog {
+    last_logged: None,
+    shed_since: 0,
+});
+
+/// Counts one shed request; logs the count when `SHED_LOG_INTERVAL` passed since the last line
+/// (the first shed of a quiet spell is logged at once). Returns whether it logged.
+fn log_shed(log: &Mutex<ShedLog>, now: Instant) -> bool {
+    let mut log = log.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    log.shed_since += 1;
+    if log
+        .last_logged
+        .is_some_and(|at| now.duration_since(at) < SHED_LOG_INTERVAL)
+    {
+        return false;
+    }
+    tracing::warn!(
+        requests = log.shed_since,
+        "shedding requests: too many requests in flight"
+    );
+    *log = ShedLog {
+        last_logged: Some(now),
+        shed_since: 0,
+    };
+    true
 }
 
 /// A token bucket per bidder: `rate_per_s` bids per second on average, bursts of `burst`.
@@ -128,6 +168,19 @@ mod tests {
         assert!(limiter
             .check("alice", start + Duration::from_millis(500))
             .is_err());
+    }
+
+    #[test]
+    fn shedding_is_logged_once_an_interval_with_the_count_since() {
+        let log = Mutex::new(ShedLog::default());
+        let start = Instant::now();
+        assert!(log_shed(&log, start), "the first shed of a quiet spell");
+        for i in 1..=99 {
+            assert!(!log_shed(&log, start + Duration::from_millis(i * 10)));
+        }
+        assert_eq!(log.lock().unwrap().shed_since, 99);
+        assert!(log_shed(&log, start + SHED_LOG_INTERVAL));
+        assert_eq!(log.lock().unwrap().shed_since, 0);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! `gavel serve`: builds the axum application (routes, limits, metrics, tracing), starts the
-//! node and serves until SIGTERM or Ctrl-C.
+//! node and serves until SIGTERM or Ctrl-C, or until a Raft group stops on a storage failure
+//! (a full disk): then it stops the same way and exits non-zero.
 //!
 //! Shutdown is one mechanism: on the first signal the node first hands the leadership of every
 //! group it leads to another voter (`Node::hand_off_leadership`, within the smaller of
@@ -76,7 +77,15 @@ pub fn app(state: AppState, limits: HttpLimits) -> Router {
         .layer(DefaultBodyLimit::max(limits.body_limit_bytes))
         .layer(from_fn(crate::http::cors::allow_cross_origin_reads))
         .layer(from_fn(crate::http::metrics::track_requests))
-        .layer(TraceLayer::new_for_http().make_span_with(crate::live::request_span))
+        // No event per failed request: a 503 or 504 is the node's answer to load or to a
+        // group without a leader, counted by `gavel_http_requests_total`, and at ERROR level
+        // every shed request was a line of its own (150,000 in 40 s of a full disk); a 500
+        // logs its cause where it happens (`ApiError::Internal`).
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(crate::live::request_span)
+                .on_failure(()),
+        )
         .with_state(state)
 }
 
@@ -255,8 +264,9 @@ fn announce(args: &ServeArgs, listen: &str, source: Option<&SecretSource>) {
     }
 }
 
-/// Serves until a shutdown signal, hands the node's leaderships off, then gives in-flight
-/// requests `grace_ms` to finish.
+/// Serves until a shutdown signal or a Raft group's storage failure, hands the node's
+/// leaderships off, then gives in-flight requests `grace_ms` to finish. After a failure it
+/// returns it as an error, so that the process exits non-zero and a supervisor sees it.
 async fn serve_until_signal<L>(
     listener: L,
     app: Router,
@@ -274,12 +284,21 @@ where
         let _ = stop_rx.wait_for(|stop| *stop).await;
     });
     let mut server = tokio::spawn(async move { server.await });
-    tokio::select! {
+    let failure = tokio::select! {
         finished = &mut server => {
             return finished.context("the HTTP server task failed")?.context("the HTTP server failed");
         }
-        () = shutdown_signal() => {}
-    }
+        () = shutdown_signal() => None,
+        (group, failure) = node.group_failure() => {
+            tracing::error!(
+                group,
+                error = %failure,
+                "a Raft group stopped on a storage failure: stopping this node (nothing \
+                 acknowledged is lost; fix the cause, such as a full disk, and start it again)"
+            );
+            Some(anyhow::anyhow!("Raft group {group} stopped: {failure}"))
+        }
+    };
     // Still serving: a write for a group in transfer waits for it and is then forwarded to the
     // new leader, instead of this node's exit leaving the group to an election timeout.
     let handoff_budget = Duration::from_millis(grace_ms.min(HANDOFF_MS_MAX));
@@ -293,15 +312,18 @@ where
     match tokio::time::timeout(Duration::from_millis(grace_ms), &mut server).await {
         Ok(finished) => finished
             .context("the HTTP server task failed")?
-            .context("the HTTP server failed"),
+            .context("the HTTP server failed")?,
         Err(_) => {
             tracing::warn!(
                 grace_ms,
                 "in-flight requests did not finish in time; dropping them"
             );
             server.abort();
-            Ok(())
         }
+    }
+    match failure {
+        Some(failure) => Err(failure),
+        None => Ok(()),
     }
 }
 

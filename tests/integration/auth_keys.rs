@@ -123,6 +123,7 @@ async fn start_node(args: &[&str], secret_env: bool) -> Server {
     let options = ServerOptions {
         args: args.iter().map(|a| a.to_string()).collect(),
         secret_env,
+        ..ServerOptions::default()
     };
     Server::start_with(None, options).await
 }

@@ -172,15 +172,7 @@ async fn sigkill_loses_no_acknowledged_bid() {
         acks.len()
     );
     for ack in &acks {
-        let reply = ack.reply();
-        let entry = history
-            .iter()
-            .find(|h| h["bidId"] == reply["bidId"])
-            .unwrap_or_else(|| panic!("acknowledged bid lost in the crash: {reply}"));
-        assert_eq!(entry["bidderId"], ack.bidder.as_str());
-        for field in ["amount", "status", "reason", "version"] {
-            assert_eq!(entry[field], reply[field], "{field} of {reply}");
-        }
+        assert_kept(&history, &ack.reply(), &ack.bidder);
     }
     let state = server.get_auction(&carol, &id).await;
     assert_state_matches(&auction, &state, &history);

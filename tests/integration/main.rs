@@ -31,6 +31,7 @@ mod cluster_restart;
 mod concurrency;
 mod control;
 mod deadlines;
+mod disk_full;
 mod durability;
 mod harness;
 mod idempotency;

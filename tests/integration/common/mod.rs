@@ -111,6 +111,9 @@ pub struct ServerOptions {
     pub args: Vec<String>,
     /// Whether `GAVEL_AUTH_SECRET` is [`SECRET`] (else unset: no HS256 secret given).
     pub secret_env: bool,
+    /// The data dir is a tmpfs of this many bytes, so that a test can fill it (needs root, as
+    /// the fault suite does); unmounted when the server is dropped.
+    pub disk_bytes: Option<u64>,
 }
 
 impl Default for ServerOptions {
@@ -118,6 +121,7 @@ impl Default for ServerOptions {
         ServerOptions {
             args: Vec::new(),
             secret_env: true,
+            disk_bytes: None,
         }
     }
 }
@@ -186,6 +190,10 @@ impl Server {
             _machine: share_machine(),
         };
         server.pick_ports();
+        if let Some(bytes) = server.options.disk_bytes {
+            std::fs::create_dir_all(server.data_dir()).expect("create the data dir");
+            server.mount_disk(&format!("size={bytes}"));
+        }
         if let Some((client_port, peer_port)) = ports {
             server.client_port = client_port;
             server.peer_port = peer_port;
@@ -197,6 +205,29 @@ impl Server {
 
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// Mounts the data dir's tmpfs (`disk_bytes`), or changes it with `options`.
+    fn mount_disk(&self, options: &str) {
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(self.data_dir())
+            .output()
+            .expect("run mount");
+        assert!(
+            output.status.success(),
+            "mount -o {options} a tmpfs on the data dir (this test needs root): {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    /// Gives the data dir's tmpfs a new size (`disk_bytes`), keeping what it holds.
+    pub fn resize_disk(&self, bytes: u64) {
+        assert!(
+            self.options.disk_bytes.is_some(),
+            "the data dir is no tmpfs"
+        );
+        self.mount_disk(&format!("remount,size={bytes}"));
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -332,7 +363,7 @@ impl Server {
     /// SIGTERM, then waits up to `timeout` for the process to exit and returns its status.
     /// Panics (after SIGKILL) if it does not exit in time.
     pub async fn terminate(&mut self, timeout: Duration) -> ExitStatus {
-        let mut child = self.child.take().expect("the server is running");
+        let child = self.child.take().expect("the server is running");
         let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
         // SAFETY: plain syscall on our own child's pid, which we have not reaped yet.
         let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
@@ -342,19 +373,30 @@ impl Server {
             "kill -TERM {pid}: {}",
             std::io::Error::last_os_error()
         );
+        self.reap_within(child, timeout, "after SIGTERM").await
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself and returns its status.
+    /// Panics (after SIGKILL) if it does not.
+    pub async fn await_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self.child.take().expect("the server is running");
+        self.reap_within(child, timeout, "by itself").await
+    }
+
+    /// Waits up to `timeout` for `child` to exit (`how`: why it would) and returns its status;
+    /// past it, kills it and panics.
+    async fn reap_within(&self, mut child: Child, timeout: Duration, how: &str) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = child.try_wait().expect("poll the server process") {
-                self.append_to_log(&format!(
-                    "\n=== harness: exited after SIGTERM: {status} ===\n"
-                ));
+                self.append_to_log(&format!("\n=== harness: exited {how}: {status} ===\n"));
                 return status;
             }
             if Instant::now() >= deadline {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "gavel serve did not exit within {timeout:?} of SIGTERM; log:\n{}",
+                    "gavel serve did not exit {how} within {timeout:?}; log:\n{}",
                     self.log_tail()
                 );
             }
@@ -590,6 +632,13 @@ impl Drop for Server {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if self.options.disk_bytes.is_some() {
+            // Lazily: the temporary dir goes next, whatever still holds the mount.
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.data_dir())
+                .status();
         }
         if std::thread::panicking() {
             eprintln!(
@@ -1096,6 +1145,19 @@ pub fn auction_body(post_id: &str, start_in_ms: i64, end_in_ms: i64) -> Value {
 /// An auction that is active at once and ends in an hour.
 pub fn active_auction_body(post_id: &str) -> Value {
     auction_body(post_id, -60_000, 3_600_000)
+}
+
+/// Asserts that `history` holds the decision `reply` answered `bidder`, as it was answered.
+#[track_caller]
+pub fn assert_kept(history: &[Value], reply: &Value, bidder: &str) {
+    let entry = history
+        .iter()
+        .find(|h| h["bidId"] == reply["bidId"])
+        .unwrap_or_else(|| panic!("acknowledged bid lost: {reply}"));
+    assert_eq!(entry["bidderId"], bidder);
+    for field in ["amount", "status", "reason", "version"] {
+        assert_eq!(entry[field], reply[field], "{field} of {reply}");
+    }
 }
 
 /// Replays a decision log through a model of the rules, for an auction that stayed active with
