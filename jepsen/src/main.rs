@@ -94,7 +94,7 @@ enum Command {
     },
     /// Runs several scenarios one after the other, each with the same seed.
     Suite {
-        /// The short suite for CI: partitions, skew, kill and membership.
+        /// The short suite for CI: partitions, skew, kill, membership and a full disk.
         #[arg(long, conflicts_with = "scenarios")]
         ci: bool,
         /// Comma-separated scenario names (default: all).

@@ -200,6 +200,7 @@ async fn run_inner(
                 .pass_offset_flag
                 .then_some(options.max_clock_offset_ms),
             propose_timeout_ms: 2_000,
+            disk_bytes: scenario.disk_bytes,
         })?;
         Ok((nodes, tokens))
     };

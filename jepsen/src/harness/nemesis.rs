@@ -6,7 +6,9 @@
 //! random majority/minority, a bridge, a majorities ring), kill -9 (one, a majority, all) and
 //! restart, SIGSTOP/SIGCONT (a node or a leader), clock skew through libfaketime (ahead, behind,
 //! the leader, a jump while running; each applied by restarting the node under its new offset),
-//! and membership (remove a node, possibly a leader, then wipe it and add it back).
+//! membership (remove a node, possibly a leader, then wipe it and add it back), and a full disk
+//! (a node's, or a leader's: a file takes its data dir's free space, so its next write fails
+//! and it stops; undone by freeing the space and starting it again).
 
 use std::time::Duration;
 
@@ -44,6 +46,8 @@ pub enum FaultKind {
     SkewJump,
     RemoveNode,
     RemoveLeader,
+    FillDisk,
+    FillLeaderDisk,
 }
 
 impl FaultKind {
@@ -65,6 +69,8 @@ impl FaultKind {
             FaultKind::SkewJump => "skew-jump",
             FaultKind::RemoveNode => "membership-remove",
             FaultKind::RemoveLeader => "membership-remove-leader",
+            FaultKind::FillDisk => "disk-full",
+            FaultKind::FillLeaderDisk => "disk-full-leader",
         }
     }
 }
@@ -77,6 +83,7 @@ enum Undo {
     Resume(Vec<NodeId>),
     Unskew(Vec<NodeId>),
     Rejoin(NodeId),
+    FreeDisk(NodeId),
 }
 
 struct Active {
@@ -298,6 +305,19 @@ impl Nemesis {
                     format!("node {node} clock {first:+} ms then {second:+} ms"),
                 ))
             }
+            FaultKind::FillDisk | FaultKind::FillLeaderDisk => {
+                let node = if kind == FaultKind::FillLeaderDisk {
+                    self.some_leader(rng).await?
+                } else {
+                    self.pick(rng)
+                };
+                let bytes = self.nodes.fill_disk(node)?;
+                Ok((
+                    vec![node],
+                    Undo::FreeDisk(node),
+                    format!("node {node}'s disk filled ({bytes} bytes taken)"),
+                ))
+            }
             FaultKind::RemoveNode | FaultKind::RemoveLeader => {
                 let node = if kind == FaultKind::RemoveLeader {
                     self.some_leader(rng).await?
@@ -394,6 +414,11 @@ impl Nemesis {
                 }
             }
             Undo::Rejoin(node) => self.add_member(*node).await?,
+            Undo::FreeDisk(node) => {
+                self.nodes.free_disk(*node)?;
+                // It stopped when a write failed, or it will not now.
+                self.nodes.restart(*node).await?;
+            }
         }
         self.recorder.nemesis(
             NemesisPhase::Stop,
@@ -409,6 +434,7 @@ impl Nemesis {
         self.stop().await?;
         self.net.heal()?;
         for node in self.members.clone() {
+            self.nodes.free_disk(node)?;
             self.nodes.resume(node);
             if self.nodes.skew_ms(node) != 0 {
                 self.nodes.restart_skewed(node, 0).await?;

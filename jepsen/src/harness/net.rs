@@ -82,6 +82,12 @@ fn namespace_prefix() -> &'static str {
     NAMESPACE_PREFIX.get_or_init(|| DEFAULT_NAMESPACE_PREFIX.to_owned())
 }
 
+/// The source name of the tmpfs that holds a node's data dir in a scenario with a disk to fill
+/// (`Nodes`), so that a later run finds and unmounts what a killed one left mounted.
+pub fn disk_mount_source() -> String {
+    format!("{}disk", namespace_prefix())
+}
+
 pub fn node_namespace(node: NodeId) -> String {
     format!("{}n{node}", namespace_prefix())
 }
@@ -110,7 +116,8 @@ pub fn node_ip(node: NodeId) -> String {
     format!("{SUBNET}.{node}")
 }
 
-/// Kills every process left in a namespace of an earlier run, then deletes the namespaces.
+/// Kills every process left in a namespace of an earlier run, then deletes the namespaces and
+/// unmounts its nodes' data-dir disks.
 pub fn cleanup_stale() -> anyhow::Result<usize> {
     let listing = run("ip", &["netns", "list"])?;
     let mut removed = 0;
@@ -125,7 +132,25 @@ pub fn cleanup_stale() -> anyhow::Result<usize> {
         run("ip", &["netns", "del", name])?;
         removed += 1;
     }
+    unmount_stale_disks()?;
     Ok(removed)
+}
+
+/// Unmounts every data-dir disk (`disk_mount_source`) still mounted, lazily: a node of the run
+/// that mounted it may still be on its way out.
+fn unmount_stale_disks() -> anyhow::Result<()> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").context("read /proc/self/mounts")?;
+    let source = disk_mount_source();
+    for line in mounts.lines() {
+        let mut fields = line.split_whitespace();
+        if let (Some(from), Some(target)) = (fields.next(), fields.next()) {
+            if from == source {
+                // /proc/self/mounts writes a space in a path as \040.
+                run("umount", &["-l", &target.replace("\\040", " ")])?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// SIGCONT then SIGKILL to every process in `ns` (a stopped process must not outlive the run),

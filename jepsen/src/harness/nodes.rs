@@ -4,7 +4,12 @@
 //! node with `FAKETIME_DONT_FAKE_MONOTONIC=1` (wall clock shifted, timers untouched); changing a
 //! node's offset restarts it, the only way libfaketime's offset changes for a running process.
 //!
-//! Dropping `Nodes` kills every process it started (SIGCONT first, so a paused node dies too).
+//! In a scenario with a disk to fill, each node's data dir is a tmpfs of its own
+//! (`NodeSettings::disk_bytes`): the nemesis fills it with a file that takes every free byte,
+//! and frees it again.
+//!
+//! Dropping `Nodes` kills every process it started (SIGCONT first, so a paused node dies too)
+//! and unmounts the disks it mounted.
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -14,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use crate::harness::net::{node_ip, node_namespace};
+use crate::harness::net::{disk_mount_source, node_ip, node_namespace, run};
 use crate::harness::NodeId;
 
 const CLIENT_PORT: u16 = 8080;
@@ -22,6 +27,11 @@ const PEER_PORT: u16 = 9080;
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 /// How long a (re)started node may take before its `/healthz` answers.
 const START_WAIT: Duration = Duration::from_secs(20);
+/// The file that takes a node's free disk space while its disk is full.
+const DISK_FILLER: &str = "disk-filler";
+/// The largest and smallest pieces the filler grows by (see `Nodes::fill_disk`).
+const FILL_CHUNK_MAX: libc::off_t = 64 * 1024 * 1024;
+const FILL_CHUNK_MIN: libc::off_t = 4096;
 
 pub fn client_url(node: NodeId) -> String {
     format!("http://{}:{CLIENT_PORT}", node_ip(node))
@@ -47,6 +57,8 @@ pub struct NodeSettings {
     /// Passed as `--max-clock-offset-ms` when the binary knows the flag.
     pub max_clock_offset_ms: Option<i64>,
     pub propose_timeout_ms: u64,
+    /// Each node's data dir is a tmpfs of this many bytes, for a nemesis that fills it.
+    pub disk_bytes: Option<u64>,
 }
 
 struct NodeProc {
@@ -59,6 +71,8 @@ pub struct Nodes {
     settings: NodeSettings,
     procs: BTreeMap<NodeId, NodeProc>,
     http: reqwest::Client,
+    /// The data dirs this run mounted a disk on (`NodeSettings::disk_bytes`).
+    disks: Vec<PathBuf>,
 }
 
 impl Nodes {
@@ -73,6 +87,7 @@ impl Nodes {
             settings,
             procs: BTreeMap::new(),
             http,
+            disks: Vec::new(),
         })
     }
 
@@ -99,7 +114,66 @@ impl Nodes {
         Ok(())
     }
 
+    /// Mounts `node`'s disk on its data dir the first time it starts, when the scenario has
+    /// disks (`disk_bytes`).
+    fn ensure_disk(&mut self, node: NodeId) -> anyhow::Result<()> {
+        let Some(bytes) = self.settings.disk_bytes else {
+            return Ok(());
+        };
+        let dir = self.data_dir(node);
+        if self.disks.contains(&dir) {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&dir).context("create the data dir")?;
+        let size = format!("size={bytes}");
+        let target = dir.display().to_string();
+        run(
+            "mount",
+            &["-t", "tmpfs", "-o", &size, &disk_mount_source(), &target],
+        )?;
+        self.disks.push(dir);
+        Ok(())
+    }
+
+    /// Fills `node`'s disk: a file takes every byte left free (all but less than a page).
+    /// Returns how many it took. The node writes meanwhile, so the free space is taken in
+    /// chunks that halve whenever one no longer fits.
+    pub fn fill_disk(&self, node: NodeId) -> anyhow::Result<u64> {
+        use std::os::fd::AsRawFd;
+        let dir = self.data_dir(node);
+        if !self.disks.contains(&dir) {
+            bail!("node {node}'s data dir is no disk of the run's");
+        }
+        let filler = std::fs::File::create(dir.join(DISK_FILLER)).context("create the filler")?;
+        let mut taken: libc::off_t = 0;
+        let mut chunk: libc::off_t = FILL_CHUNK_MAX;
+        while chunk >= FILL_CHUNK_MIN {
+            // SAFETY: fallocate on a file descriptor we own, with plain integer arguments.
+            if unsafe { libc::fallocate(filler.as_raw_fd(), 0, taken, chunk) } == 0 {
+                taken += chunk;
+                continue;
+            }
+            let error = std::io::Error::last_os_error();
+            if error.raw_os_error() != Some(libc::ENOSPC) {
+                bail!("fallocate on node {node}'s disk: {error}");
+            }
+            chunk /= 2;
+        }
+        Ok(taken as u64)
+    }
+
+    /// Gives `node`'s disk its free space back (removes the filler, if any).
+    pub fn free_disk(&self, node: NodeId) -> anyhow::Result<()> {
+        match std::fs::remove_file(self.data_dir(node).join(DISK_FILLER)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).context("remove the disk filler")
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn spawn(&mut self, node: NodeId, join: bool) -> anyhow::Result<()> {
+        self.ensure_disk(node)?;
         let skew_ms = self.procs.get(&node).map_or(0, |p| p.skew_ms);
         let log = OpenOptions::new()
             .create(true)
@@ -249,8 +323,19 @@ impl Nodes {
         }
     }
 
-    /// Starts a killed node again on its data dir (with its current clock offset).
+    /// Starts a killed node, or one that stopped by itself (a full disk), again on its data
+    /// dir (with its current clock offset).
     pub async fn restart(&mut self, node: NodeId) -> anyhow::Result<()> {
+        if let Some(proc_) = self.procs.get_mut(&node) {
+            let exited = match proc_.child.as_mut() {
+                Some(child) => child.try_wait().context("poll the node")?.is_some(),
+                None => false,
+            };
+            if exited {
+                proc_.child = None;
+                proc_.paused = false;
+            }
+        }
         if self.is_running(node) {
             return Ok(());
         }
@@ -275,7 +360,18 @@ impl Nodes {
     pub async fn rejoin_empty(&mut self, node: NodeId) -> anyhow::Result<()> {
         self.kill(node);
         let dir = self.data_dir(node);
-        if dir.exists() {
+        if self.disks.contains(&dir) {
+            // A mount point stays; what it holds goes.
+            for entry in std::fs::read_dir(&dir).context("list the data dir")? {
+                let path = entry?.path();
+                if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                }
+                .context("wipe data dir")?;
+            }
+        } else if dir.exists() {
             std::fs::remove_dir_all(&dir).context("wipe data dir")?;
         }
         self.spawn(node, true)?;
@@ -294,6 +390,11 @@ impl Nodes {
 impl Drop for Nodes {
     fn drop(&mut self) {
         self.kill_all();
+        for dir in &self.disks {
+            if let Err(e) = run("umount", &["-l", &dir.display().to_string()]) {
+                eprintln!("gavel-jepsen: {e:#}");
+            }
+        }
     }
 }
 

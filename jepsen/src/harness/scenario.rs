@@ -7,9 +7,16 @@ pub struct Scenario {
     pub nodes: usize,
     pub faults: &'static [FaultKind],
     pub about: &'static str,
+    /// Each node's data dir is a tmpfs of this many bytes (for faults that fill it).
+    pub disk_bytes: Option<u64>,
 }
 
 use FaultKind::*;
+
+/// Each node's disk in `disk-full`: room for a minute of the workload's log and state many
+/// times over (segments go once snapshots cover them), so only the nemesis fills it. A tmpfs
+/// takes memory only for what is written.
+const DISK_BYTES: u64 = 1024 * 1024 * 1024;
 
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
@@ -17,60 +24,78 @@ pub const SCENARIOS: &[Scenario] = &[
         nodes: 3,
         faults: &[IsolateNode],
         about: "isolate one node at a time",
+        disk_bytes: None,
     },
     Scenario {
         name: "partition-leader",
         nodes: 3,
         faults: &[IsolateLeader],
         about: "isolate the leader of a random group",
+        disk_bytes: None,
     },
     Scenario {
         name: "partition-majority",
         nodes: 5,
         faults: &[MajorityMinority],
         about: "a random majority and minority",
+        disk_bytes: None,
     },
     Scenario {
         name: "partition-bridge",
         nodes: 5,
         faults: &[Bridge],
         about: "two halves that cannot talk and one node that reaches both",
+        disk_bytes: None,
     },
     Scenario {
         name: "partition-ring",
         nodes: 5,
         faults: &[Ring],
         about: "a majorities ring: every node sees a different majority",
+        disk_bytes: None,
     },
     Scenario {
         name: "partitions",
         nodes: 5,
         faults: &[IsolateNode, IsolateLeader, MajorityMinority, Bridge, Ring],
         about: "every kind of partition",
+        disk_bytes: None,
     },
     Scenario {
         name: "kill",
         nodes: 3,
         faults: &[KillOne, KillMajority, KillAll],
         about: "kill -9 one node, a majority, all of them, and restart",
+        disk_bytes: None,
     },
     Scenario {
         name: "pause",
         nodes: 3,
         faults: &[PauseNode, PauseLeader],
         about: "SIGSTOP a node or a leader, then SIGCONT",
+        disk_bytes: None,
     },
     Scenario {
         name: "clock-skew",
         nodes: 3,
         faults: &[SkewAhead, SkewBehind, SkewLeader, SkewJump],
         about: "a node's wall clock ahead, behind, on a leader, or jumping (libfaketime)",
+        disk_bytes: None,
     },
     Scenario {
         name: "membership",
         nodes: 3,
         faults: &[RemoveNode, RemoveLeader],
         about: "remove a node (or a leader) while bids flow, then add it back empty",
+        disk_bytes: None,
+    },
+    Scenario {
+        name: "disk-full",
+        nodes: 3,
+        faults: &[FillDisk, FillLeaderDisk],
+        about:
+            "fill a node's (or a leader's) disk until it stops, then free it and restart the node",
+        disk_bytes: Some(DISK_BYTES),
     },
     Scenario {
         name: "mixed",
@@ -93,12 +118,19 @@ pub const SCENARIOS: &[Scenario] = &[
             RemoveLeader,
         ],
         about: "everything above, drawn at random",
+        disk_bytes: None,
     },
 ];
 
-/// The scenarios `suite --ci` runs: a minute each, covering partitions, skew, kill and
-/// membership.
-pub const CI_SUITE: &[&str] = &["partition-leader", "clock-skew", "kill", "membership"];
+/// The scenarios `suite --ci` runs: a minute each, covering partitions, skew, kill,
+/// membership and a full disk.
+pub const CI_SUITE: &[&str] = &[
+    "partition-leader",
+    "clock-skew",
+    "kill",
+    "membership",
+    "disk-full",
+];
 
 pub fn find(name: &str) -> Option<&'static Scenario> {
     SCENARIOS.iter().find(|s| s.name == name)
