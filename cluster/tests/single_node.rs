@@ -1,9 +1,9 @@
-//! A real single-node `Node` on a temp dir: proposals, reads, deadlines by timer, and a restart
-//! that resumes exactly where it stopped.
+//! A real single-node `Node` on a temp dir: proposals, reads, deadlines by timer, a restart
+//! that resumes exactly where it stopped, and a data dir that fills up.
 
 #![allow(clippy::result_large_err)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -273,4 +273,107 @@ async fn a_state_digest_stands_while_nothing_is_applied_and_moves_with_what_is()
         }
     }
     node.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A full disk: the data dir is a small tmpfs (mounting it needs root, as the fault suite does).
+// Once a write fails for want of space, the group that made it stops for good, and the node
+// says so: `group_failure` resolves with that group and why, and `readiness` names it. A node
+// stopped on purpose has no failed group.
+
+/// Room for the node's first files and a few thousand bids.
+const DISK_BYTES: u64 = 8 * 1024 * 1024;
+const DISK_WRITERS: usize = 16;
+/// Most bids one writer sends before the disk must have filled.
+const BIDS_PER_WRITER_MAX: usize = 20_000;
+/// How long a failed write may take to show as the group's failure.
+const FAILURE_WAIT: Duration = Duration::from_secs(10);
+
+/// A tmpfs of `bytes` on a fresh dir, unmounted when dropped.
+struct SmallDisk {
+    _dir: tempfile::TempDir,
+    mount_point: PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(bytes: u64) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let mount_point = dir.path().join("data");
+        std::fs::create_dir(&mount_point).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(&mount_point)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount a tmpfs (this test needs root)");
+        SmallDisk {
+            _dir: dir,
+            mount_point,
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.mount_point)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_a_group_and_the_node_says_which() {
+    let disk = SmallDisk::mount(DISK_BYTES);
+    let node = Node::start(config(&disk.mount_point)).await.unwrap();
+    eventually(|| async { node.readiness() }).await;
+    let auctions = ["a1", "a2", "a3", "a4"];
+    for id in auctions {
+        node.propose(create(id, -1_000, 600_000)).await.unwrap();
+    }
+    let writers: Vec<_> = (0..DISK_WRITERS)
+        .map(|w| {
+            let node: Arc<Node> = node.clone();
+            let auction = auctions[w % auctions.len()];
+            tokio::spawn(async move {
+                for n in 0..BIDS_PER_WRITER_MAX {
+                    let command = bid(auction, &format!("w{w}"), &format!("k{n}"), n as i64 + 1);
+                    if node.propose(command).await.is_err() {
+                        return true;
+                    }
+                }
+                false
+            })
+        })
+        .collect();
+    let mut refused = false;
+    for writer in writers {
+        refused |= writer.await.unwrap();
+    }
+    assert!(refused, "the disk never filled");
+
+    let (group, why) = tokio::time::timeout(FAILURE_WAIT, node.group_failure())
+        .await
+        .expect("a write failed, but no group reports a failure");
+    assert!(why.contains("No space left on device"), "{why}");
+    let not_ready = node.readiness().expect_err("ready with a failed group");
+    assert!(
+        not_ready.contains(&format!("group {group} stopped")),
+        "{not_ready}"
+    );
+    node.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_on_purpose_has_no_failed_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(config(dir.path())).await.unwrap();
+    eventually(|| async { node.readiness() }).await;
+    node.propose(create("a1", -1_000, 600_000)).await.unwrap();
+    node.shutdown().await;
+    let failure = tokio::time::timeout(Duration::from_millis(500), node.group_failure()).await;
+    assert!(
+        failure.is_err(),
+        "a shutdown read as a failure: {failure:?}"
+    );
 }
