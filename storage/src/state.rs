@@ -889,19 +889,12 @@ impl StateTree {
         if let Some(auction) = self.committed_auctions().get(id) {
             return Ok(Some(auction.clone()));
         }
-        let record = self
-            .tree
-            .get(keys::auction(id))?
-            .map(|b| decode(&b))
-            .transpose()?;
-        let carried = match self.tree.scan_prefix(keys::decision_prefix(id)).next_back() {
-            Some(item) => decode_carried(&item?.1)?,
+        let record = self.tree.get(keys::auction(id))?;
+        let last_run = match self.tree.scan_prefix(keys::decision_prefix(id)).next_back() {
+            Some(item) => Some(item?.1),
             None => None,
         };
-        match carried {
-            Some(carried) => carried.newer_than(record).map(Some),
-            None => Ok(record),
-        }
+        auction_as_stored(record.as_deref(), last_run.as_deref())
     }
 
     /// Decision `seq` of the auction's log.
@@ -1302,20 +1295,15 @@ fn digest_of(pairs: &[KeyValue], unwritten: &Unwritten) -> Result<u64, StorageEr
             Some(keys::AUCTION) => {
                 let id = keys::auction_id(key)
                     .ok_or_else(|| StorageError::Corrupt("short auction key".into()))?;
-                let auction = match unwritten.auctions.get(&id) {
-                    Some(auction) => auction.clone(),
-                    None => {
-                        let record = decode(value)?;
-                        match last_decision_record(pairs, &id).map(decode_carried) {
-                            Some(carried) => match carried? {
-                                Some(carried) => carried.newer_than(Some(record))?,
-                                None => record,
-                            },
-                            None => record,
-                        }
-                    }
+                let encoded = match unwritten.auctions.get(&id) {
+                    Some(auction) => encode(auction)?,
+                    None => match auction_as_stored(Some(value), last_decision_record(pairs, &id))?
+                    {
+                        Some(auction) => encode(&auction)?,
+                        None => continue,
+                    },
                 };
-                add(key, &encode(&auction)?);
+                add(key, &encoded);
             }
             Some(keys::DECISION) => {
                 for decision in decode_decisions(value)? {
@@ -1344,6 +1332,19 @@ fn digest_of(pairs: &[KeyValue], unwritten: &Unwritten) -> Result<u64, StorageEr
         }
     }
     Ok(sum)
+}
+
+/// An auction as the tree holds it: the newer of its record and the progress its decision
+/// log's last record carries (see the top of this file).
+fn auction_as_stored(
+    record: Option<&[u8]>,
+    last_run: Option<&[u8]>,
+) -> Result<Option<Auction>, StorageError> {
+    let record = record.map(decode).transpose()?;
+    match last_run.map(decode_carried).transpose()?.flatten() {
+        Some(carried) => carried.newer_than(record).map(Some),
+        None => Ok(record),
+    }
 }
 
 /// The value of the auction's last decision-log record in `pairs` (in key order), which
