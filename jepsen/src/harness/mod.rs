@@ -7,6 +7,7 @@
 //! replica's final state; check; write the history, the summary and the timeline.
 
 pub mod client;
+pub mod lazyfs;
 pub mod nemesis;
 pub mod net;
 pub mod nodes;
@@ -200,7 +201,7 @@ async fn run_inner(
                 .pass_offset_flag
                 .then_some(options.max_clock_offset_ms),
             propose_timeout_ms: 2_000,
-            disk_bytes: scenario.disk_bytes,
+            disk: scenario.disk,
         })?;
         Ok((nodes, tokens))
     };

@@ -8,7 +8,9 @@
 //! the leader, a jump while running; each applied by restarting the node under its new offset),
 //! membership (remove a node, possibly a leader, then wipe it and add it back), and a full disk
 //! (a node's, or a leader's: a file takes its data dir's free space, so its next write fails
-//! and it stops; undone by freeing the space and starting it again).
+//! and it stops; undone by freeing the space and starting it again), and power cuts (a node,
+//! a leader or every node at once: kill -9, and each one's lazy disk loses what it had not
+//! synced; undone by a restart).
 
 use std::time::Duration;
 
@@ -48,6 +50,9 @@ pub enum FaultKind {
     RemoveLeader,
     FillDisk,
     FillLeaderDisk,
+    PowerOffNode,
+    PowerOffLeader,
+    PowerOffAll,
 }
 
 impl FaultKind {
@@ -71,6 +76,9 @@ impl FaultKind {
             FaultKind::RemoveLeader => "membership-remove-leader",
             FaultKind::FillDisk => "disk-full",
             FaultKind::FillLeaderDisk => "disk-full-leader",
+            FaultKind::PowerOffNode => "power-off-node",
+            FaultKind::PowerOffLeader => "power-off-leader",
+            FaultKind::PowerOffAll => "power-off-all",
         }
     }
 }
@@ -316,6 +324,27 @@ impl Nemesis {
                     vec![node],
                     Undo::FreeDisk(node),
                     format!("node {node}'s disk filled ({bytes} bytes taken)"),
+                ))
+            }
+            FaultKind::PowerOffNode | FaultKind::PowerOffLeader | FaultKind::PowerOffAll => {
+                let victims = match kind {
+                    FaultKind::PowerOffNode => vec![self.pick(rng)],
+                    FaultKind::PowerOffLeader => vec![self.some_leader(rng).await?],
+                    _ => members.clone(),
+                };
+                // Every victim goes down before any disk forgets: one cut, not a sequence.
+                for &node in &victims {
+                    self.nodes.kill(node);
+                }
+                let mut lost = Vec::new();
+                for &node in &victims {
+                    let gone = self.nodes.power_off(node)?;
+                    lost.push(format!("node {node} lost {gone}"));
+                }
+                Ok((
+                    victims.clone(),
+                    Undo::Restart(victims),
+                    format!("power cut: {}", lost.join(", ")),
                 ))
             }
             FaultKind::RemoveNode | FaultKind::RemoveLeader => {

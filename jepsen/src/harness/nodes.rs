@@ -4,9 +4,10 @@
 //! node with `FAKETIME_DONT_FAKE_MONOTONIC=1` (wall clock shifted, timers untouched); changing a
 //! node's offset restarts it, the only way libfaketime's offset changes for a running process.
 //!
-//! In a scenario with a disk to fill, each node's data dir is a tmpfs of its own
-//! (`NodeSettings::disk_bytes`): the nemesis fills it with a file that takes every free byte,
-//! and frees it again.
+//! A scenario may put each node's data dir on a disk of its own (`DataDisk`): a tmpfs the
+//! nemesis fills with a file that takes every free byte, and frees again; or a lazy disk
+//! (`lazyfs`) that keeps writes in memory until they are synced, so that a power cut
+//! (`Nodes::power_off`) loses what a node had not synced.
 //!
 //! Dropping `Nodes` kills every process it started (SIGCONT first, so a paused node dies too)
 //! and unmounts the disks it mounted.
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
+use crate::harness::lazyfs::{LazyDisk, Lost};
 use crate::harness::net::{disk_mount_source, node_ip, node_namespace, run};
 use crate::harness::NodeId;
 
@@ -57,8 +59,19 @@ pub struct NodeSettings {
     /// Passed as `--max-clock-offset-ms` when the binary knows the flag.
     pub max_clock_offset_ms: Option<i64>,
     pub propose_timeout_ms: u64,
-    /// Each node's data dir is a tmpfs of this many bytes, for a nemesis that fills it.
-    pub disk_bytes: Option<u64>,
+    pub disk: DataDisk,
+}
+
+/// What each node's data dir is on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataDisk {
+    /// A directory of the run's.
+    Plain,
+    /// A tmpfs of this many bytes, for a nemesis that fills it.
+    Tmpfs { bytes: u64 },
+    /// A lazy disk over `n<id>.synced` (what it holds as synced), for a nemesis that cuts the
+    /// power.
+    Lazy,
 }
 
 struct NodeProc {
@@ -71,8 +84,10 @@ pub struct Nodes {
     settings: NodeSettings,
     procs: BTreeMap<NodeId, NodeProc>,
     http: reqwest::Client,
-    /// The data dirs this run mounted a disk on (`NodeSettings::disk_bytes`).
+    /// The data dirs this run mounted a tmpfs on (`DataDisk::Tmpfs`).
     disks: Vec<PathBuf>,
+    /// The nodes' lazy disks (`DataDisk::Lazy`), mounted on their data dirs.
+    lazy_disks: BTreeMap<NodeId, LazyDisk>,
 }
 
 impl Nodes {
@@ -88,6 +103,7 @@ impl Nodes {
             procs: BTreeMap::new(),
             http,
             disks: Vec::new(),
+            lazy_disks: BTreeMap::new(),
         })
     }
 
@@ -115,10 +131,12 @@ impl Nodes {
     }
 
     /// Mounts `node`'s disk on its data dir the first time it starts, when the scenario has
-    /// disks (`disk_bytes`).
+    /// disks (`NodeSettings::disk`).
     fn ensure_disk(&mut self, node: NodeId) -> anyhow::Result<()> {
-        let Some(bytes) = self.settings.disk_bytes else {
-            return Ok(());
+        let bytes = match self.settings.disk {
+            DataDisk::Plain => return Ok(()),
+            DataDisk::Lazy => return self.ensure_lazy_disk(node),
+            DataDisk::Tmpfs { bytes } => bytes,
         };
         let dir = self.data_dir(node);
         if self.disks.contains(&dir) {
@@ -133,6 +151,29 @@ impl Nodes {
         )?;
         self.disks.push(dir);
         Ok(())
+    }
+
+    fn ensure_lazy_disk(&mut self, node: NodeId) -> anyhow::Result<()> {
+        if self.lazy_disks.contains_key(&node) {
+            return Ok(());
+        }
+        let dir = self.data_dir(node);
+        let synced = self.settings.run_dir.join(format!("n{node}.synced"));
+        std::fs::create_dir_all(&dir).context("create the data dir")?;
+        std::fs::create_dir_all(&synced).context("create the lazy disk's backing dir")?;
+        let disk = LazyDisk::mount(&synced, &dir, &disk_mount_source())?;
+        self.lazy_disks.insert(node, disk);
+        Ok(())
+    }
+
+    /// Cuts `node`'s power: kill -9, then its lazy disk loses every write the node had not
+    /// synced. Returns what was lost.
+    pub fn power_off(&mut self, node: NodeId) -> anyhow::Result<Lost> {
+        self.kill(node);
+        match self.lazy_disks.get(&node) {
+            Some(disk) => Ok(disk.lose_unsynced()),
+            None => bail!("node {node}'s data dir is no lazy disk"),
+        }
     }
 
     /// Fills `node`'s disk: a file takes every byte left free (all but less than a page).
@@ -360,7 +401,7 @@ impl Nodes {
     pub async fn rejoin_empty(&mut self, node: NodeId) -> anyhow::Result<()> {
         self.kill(node);
         let dir = self.data_dir(node);
-        if self.disks.contains(&dir) {
+        if self.disks.contains(&dir) || self.lazy_disks.contains_key(&node) {
             // A mount point stays; what it holds goes.
             for entry in std::fs::read_dir(&dir).context("list the data dir")? {
                 let path = entry?.path();
@@ -390,6 +431,8 @@ impl Nodes {
 impl Drop for Nodes {
     fn drop(&mut self) {
         self.kill_all();
+        // Each unmounts as it goes, now that no node uses it.
+        self.lazy_disks.clear();
         for dir in &self.disks {
             if let Err(e) = run("umount", &["-l", &dir.display().to_string()]) {
                 eprintln!("gavel-jepsen: {e:#}");

@@ -1,14 +1,15 @@
 //! Named scenarios: which faults the nemesis draws from and how many nodes the cluster has.
 
 use crate::harness::nemesis::FaultKind;
+use crate::harness::nodes::DataDisk;
 
 pub struct Scenario {
     pub name: &'static str,
     pub nodes: usize,
     pub faults: &'static [FaultKind],
     pub about: &'static str,
-    /// Each node's data dir is a tmpfs of this many bytes (for faults that fill it).
-    pub disk_bytes: Option<u64>,
+    /// What each node's data dir is on.
+    pub disk: DataDisk,
 }
 
 use FaultKind::*;
@@ -24,70 +25,70 @@ pub const SCENARIOS: &[Scenario] = &[
         nodes: 3,
         faults: &[IsolateNode],
         about: "isolate one node at a time",
-        disk_bytes: None,
+        disk: DataDisk::Plain,
     },
     Scenario {
         name: "partition-leader",
         nodes: 3,
         faults: &[IsolateLeader],
         about: "isolate the leader of a random group",
-        disk_bytes: None,
+        disk: DataDisk::Plain,
     },
     Scenario {
         name: "partition-majority",
         nodes: 5,
         faults: &[MajorityMinority],
         about: "a random majority and minority",
-        disk_bytes: None,
+        disk: DataDisk::Plain,
     },
     Scenario {
         name: "partition-bridge",
         nodes: 5,
         faults: &[Bridge],
         about: "two halves that cannot talk and one node that reaches both",
-        disk_bytes: None,
+        disk: DataDisk::Plain,
     },
     Scenario {
         name: "partition-ring",
         nodes: 5,
         faults: &[Ring],
         about: "a majorities ring: every node sees a different majority",
-        disk_bytes: None,
+        disk: DataDisk::Plain,
     },
     Scenario {
         name: "partitions",
         nodes: 5,
         faults: &[IsolateNode, IsolateLeader, MajorityMinority, Bridge, Ring],
         about: "every kind of partition",
-        disk_bytes: None,
+        disk: DataDisk::Plain,
     },
     Scenario {
         name: "kill",
         nodes: 3,
         faults: &[KillOne, KillMajority, KillAll],
         about: "kill -9 one node, a majority, all of them, and restart",
-        disk_bytes: None,
+        disk: DataDisk::Plain,
     },
     Scenario {
         name: "pause",
         nodes: 3,
         faults: &[PauseNode, PauseLeader],
         about: "SIGSTOP a node or a leader, then SIGCONT",
-        disk_bytes: None,
+        disk: DataDisk::Plain,
     },
     Scenario {
         name: "clock-skew",
         nodes: 3,
         faults: &[SkewAhead, SkewBehind, SkewLeader, SkewJump],
         about: "a node's wall clock ahead, behind, on a leader, or jumping (libfaketime)",
-        disk_bytes: None,
+        disk: DataDisk::Plain,
     },
     Scenario {
         name: "membership",
         nodes: 3,
         faults: &[RemoveNode, RemoveLeader],
         about: "remove a node (or a leader) while bids flow, then add it back empty",
-        disk_bytes: None,
+        disk: DataDisk::Plain,
     },
     Scenario {
         name: "disk-full",
@@ -95,7 +96,15 @@ pub const SCENARIOS: &[Scenario] = &[
         faults: &[FillDisk, FillLeaderDisk],
         about:
             "fill a node's (or a leader's) disk until it stops, then free it and restart the node",
-        disk_bytes: Some(DISK_BYTES),
+        disk: DataDisk::Tmpfs { bytes: DISK_BYTES },
+    },
+    Scenario {
+        name: "power-off",
+        nodes: 3,
+        faults: &[PowerOffNode, PowerOffLeader, PowerOffAll],
+        about: "cut a node's (a leader's, every node's) power: kill -9 and lose every write \
+                not yet synced, then restart",
+        disk: DataDisk::Lazy,
     },
     Scenario {
         name: "mixed",
@@ -118,18 +127,19 @@ pub const SCENARIOS: &[Scenario] = &[
             RemoveLeader,
         ],
         about: "everything above, drawn at random",
-        disk_bytes: None,
+        disk: DataDisk::Plain,
     },
 ];
 
 /// The scenarios `suite --ci` runs: a minute each, covering partitions, skew, kill,
-/// membership and a full disk.
+/// membership, a full disk and power cuts.
 pub const CI_SUITE: &[&str] = &[
     "partition-leader",
     "clock-skew",
     "kill",
     "membership",
     "disk-full",
+    "power-off",
 ];
 
 pub fn find(name: &str) -> Option<&'static Scenario> {

@@ -1,0 +1,207 @@
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::{LazyDisk, Lost, Unsynced, PAGE};
+
+/// The seed from `LAZYFS_TEST_SEED`, else a fresh one; printed either way for replay.
+fn seed(test: &str) -> u64 {
+    let seed = std::env::var("LAZYFS_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("{test}: seed {seed} (replay with LAZYFS_TEST_SEED={seed})");
+    seed
+}
+
+fn read_all(pending: &Unsynced, backing: &File) -> Vec<u8> {
+    pending.read(backing, 0, u64::MAX).unwrap()
+}
+
+/// Random writes, truncations and syncs on one file, against two plain byte vectors: what
+/// its writers see, and what a loss would leave (the content at the last sync).
+#[test]
+fn unsynced_pages_read_as_written_and_a_loss_leaves_the_last_sync() {
+    let seed = seed("unsynced_pages");
+    let mut rng = StdRng::seed_from_u64(seed);
+    for round in 0..200 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let initial: Vec<u8> = (0..rng.gen_range(0..3 * PAGE + 7))
+            .map(|_| rng.gen())
+            .collect();
+        fs::write(&path, &initial).unwrap();
+        let backing = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let mut seen = initial.clone();
+        let mut synced = initial;
+        let mut pending = Unsynced::over(&backing).unwrap();
+        for step in 0..40 {
+            match rng.gen_range(0..10) {
+                0..=5 => {
+                    let offset = rng.gen_range(0..5 * PAGE) as usize;
+                    let data: Vec<u8> = (0..rng.gen_range(0..2 * PAGE + 3))
+                        .map(|_| rng.gen())
+                        .collect();
+                    pending.write(&backing, offset as u64, &data).unwrap();
+                    if seen.len() < offset + data.len() {
+                        seen.resize(offset + data.len(), 0);
+                    }
+                    seen[offset..offset + data.len()].copy_from_slice(&data);
+                }
+                6 | 7 => {
+                    let size = rng.gen_range(0..5 * PAGE) as usize;
+                    pending.truncate(size as u64);
+                    seen.resize(size, 0);
+                }
+                8 => {
+                    pending.write_back(&backing).unwrap();
+                    synced = seen.clone();
+                    pending = Unsynced::over(&backing).unwrap();
+                }
+                _ => {
+                    let offset = rng.gen_range(0..6 * PAGE);
+                    let len = rng.gen_range(0..2 * PAGE);
+                    let read = pending.read(&backing, offset, len).unwrap();
+                    let from = (offset as usize).min(seen.len());
+                    let to = ((offset + len) as usize).min(seen.len());
+                    assert_eq!(read, seen[from..to], "round {round} step {step}: a read");
+                }
+            }
+            assert_eq!(pending.size, seen.len() as u64, "round {round} step {step}");
+        }
+        assert_eq!(
+            read_all(&pending, &backing),
+            seen,
+            "round {round}: the file"
+        );
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            synced,
+            "round {round}: the backing file"
+        );
+    }
+}
+
+fn mounted() -> (tempfile::TempDir, LazyDisk, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let backing = dir.path().join("backing");
+    let mount = dir.path().join("mount");
+    fs::create_dir(&backing).unwrap();
+    fs::create_dir(&mount).unwrap();
+    let disk = LazyDisk::mount(&backing, &mount, "gavel-lazy-test")
+        .expect("a FUSE mount (needs root and /dev/fuse, like the fault suite)");
+    (dir, disk, mount)
+}
+
+/// Through a real mount (root, /dev/fuse): what a program wrote reads back before the loss,
+/// and after it only what was synced is there, while names stay.
+#[test]
+fn a_mounted_disk_loses_only_what_was_not_synced() {
+    let (_dir, disk, mount) = mounted();
+    fs::create_dir(mount.join("sub")).unwrap();
+
+    let mut synced = File::create(mount.join("sub/synced")).unwrap();
+    synced.write_all(b"kept").unwrap();
+    synced.sync_data().unwrap();
+    synced.write_all(b" and lost").unwrap();
+
+    let mut unsynced = File::create(mount.join("unsynced")).unwrap();
+    unsynced.write_all(&vec![7u8; 3 * PAGE as usize]).unwrap();
+
+    let mut cut = File::create(mount.join("cut")).unwrap();
+    cut.write_all(&[1u8; 10_000]).unwrap();
+    cut.sync_all().unwrap();
+    cut.set_len(100).unwrap();
+    cut.write_all_at(b"x", 5_000).unwrap();
+
+    // A file written and renamed into place without a sync: the rename stays, the data goes.
+    let mut temp = File::create(mount.join("temp")).unwrap();
+    temp.write_all(b"renamed").unwrap();
+    fs::rename(mount.join("temp"), mount.join("sub/renamed")).unwrap();
+
+    assert_eq!(
+        fs::read(mount.join("sub/synced")).unwrap(),
+        b"kept and lost"
+    );
+    assert_eq!(
+        fs::read(mount.join("unsynced")).unwrap().len(),
+        3 * PAGE as usize
+    );
+    let cut_now = fs::read(mount.join("cut")).unwrap();
+    assert_eq!(cut_now.len(), 5_001);
+    assert!(cut_now[..100].iter().all(|&b| b == 1));
+    assert!(cut_now[100..5_000].iter().all(|&b| b == 0));
+    assert_eq!(fs::read(mount.join("sub/renamed")).unwrap(), b"renamed");
+    assert_eq!(fs::metadata(mount.join("cut")).unwrap().len(), 5_001);
+    drop((synced, unsynced, cut, temp));
+
+    let lost = disk.lose_unsynced();
+    let files: Vec<&str> = lost
+        .files
+        .iter()
+        .map(|(p, _)| p.to_str().unwrap())
+        .collect();
+    assert_eq!(
+        files,
+        ["cut", "sub/renamed", "sub/synced", "unsynced"],
+        "{lost}"
+    );
+    assert_eq!(lost.bytes(), 6 * PAGE, "{lost}");
+
+    assert_eq!(fs::read(mount.join("sub/synced")).unwrap(), b"kept");
+    assert_eq!(fs::read(mount.join("unsynced")).unwrap(), b"");
+    assert_eq!(fs::read(mount.join("cut")).unwrap(), vec![1u8; 10_000]);
+    assert_eq!(fs::read(mount.join("sub/renamed")).unwrap(), b"");
+    let mut names: Vec<String> = fs::read_dir(&mount)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["cut", "sub", "unsynced"]);
+    assert_eq!(
+        disk.lose_unsynced(),
+        Lost::default(),
+        "nothing left to lose"
+    );
+}
+
+/// What sled and the Raft log do on a data dir: reopen, read back, overwrite in place, remove.
+#[test]
+fn a_mounted_disk_serves_reopens_overwrites_and_removals() {
+    let (_dir, disk, mount) = mounted();
+    let path = mount.join("log");
+    let file = OpenOptions::new()
+        .create(true)
+        .read(true)
+        .write(true)
+        .truncate(false)
+        .open(&path)
+        .unwrap();
+    file.write_all_at(&vec![9u8; 2 * PAGE as usize + 10], 0)
+        .unwrap();
+    file.sync_data().unwrap();
+    file.write_all_at(b"over", PAGE - 2).unwrap();
+    drop(file);
+
+    let mut again = File::open(&path).unwrap();
+    let mut content = Vec::new();
+    again.read_to_end(&mut content).unwrap();
+    assert_eq!(&content[PAGE as usize - 2..PAGE as usize + 2], b"over");
+    assert_eq!(content.len(), 2 * PAGE as usize + 10);
+
+    fs::remove_file(&path).unwrap();
+    assert!(!path.exists());
+    assert_eq!(
+        disk.lose_unsynced(),
+        Lost::default(),
+        "a removed file's writes are gone"
+    );
+    assert!(fs::read_dir(&mount).unwrap().next().is_none());
+}
