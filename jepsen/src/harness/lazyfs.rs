@@ -3,11 +3,14 @@
 //! kernel's page cache outlives the process, so a missing `fsync` goes unseen until a machine
 //! loses power. Here a FUSE filesystem over a backing directory keeps every file's writes in
 //! memory until that file is synced (`fsync` or `fdatasync`) and only then writes them to the
-//! backing file; `LazyDisk::lose_unsynced` forgets them all, as a power cut forgets the page
-//! cache.
+//! backing file; `LazyDisk::cut_power` forgets them, as a power cut forgets the page cache.
 //!
 //! The model, kept simple and on the strict side for data:
 //! - file contents and sizes (writes, truncations) are durable only once their file is synced;
+//! - but a cut may find some unsynced pages already written back, as the kernel writes dirty
+//!   pages back whenever it likes: for each file none, the first few, or any of them, each
+//!   page as it stood (the file grows to hold it; truncations since the sync are lost). A
+//!   log's unsynced tail may so come back torn, with holes, or whole;
 //! - namespace operations (create, mkdir, rename, unlink) are durable at once, as on a journaled
 //!   filesystem that commits them before returning (lazyfs does the same), so a missing
 //!   directory `fsync` goes unseen;
@@ -17,7 +20,7 @@
 //! The kernel caches nothing of it: files open with `FOPEN_DIRECT_IO` and every attribute and
 //! name lives for 0 s, so what a restarted node reads after a loss is what the filesystem
 //! says. One thread serves the mount (fuser's session loop); the harness reaches the state
-//! through a mutex to drop the unsynced writes.
+//! through a mutex to cut the power.
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -34,6 +37,8 @@ use fuser::{
     FileAttr, FileType, Filesystem, MountOption, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
     ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
 };
+use rand::rngs::StdRng;
+use rand::Rng;
 
 /// Unsynced data is kept in pages of this size.
 const PAGE: u64 = 4096;
@@ -146,35 +151,58 @@ impl Unsynced {
         backing.set_len(self.size)
     }
 
-    fn bytes(&self) -> u64 {
-        self.pages.len() as u64 * PAGE
+    /// Writes these of its pages to the backing file as they stand (what the kernel wrote
+    /// back before a power cut): the file grows to hold them, and nothing else changes.
+    fn write_back_pages(&self, backing: &File, indexes: &[u64]) -> io::Result<()> {
+        for index in indexes {
+            let start = index * PAGE;
+            let len = (self.size.saturating_sub(start)).min(PAGE) as usize;
+            backing.write_all_at(&self.pages[index][..len], start)?;
+        }
+        Ok(())
     }
 }
 
-/// What a loss took: each file that lost writes (its path on the disk) and how many bytes, in
-/// whole pages (a page written at all counts whole).
+/// Which of a file's unsynced pages the kernel wrote back before the power went: none, the
+/// first few (written back in order), or any of them (in any order). The cut keeps those.
+fn written_back_before_cut(pages: &[u64], rng: &mut StdRng) -> Vec<u64> {
+    match rng.gen_range(0..3) {
+        0 => Vec::new(),
+        1 => pages[..rng.gen_range(0..=pages.len())].to_vec(),
+        _ => pages
+            .iter()
+            .copied()
+            .filter(|_| rng.gen_bool(0.5))
+            .collect(),
+    }
+}
+
+/// What a power cut did to one file: of its unsynced pages, how many reached the disk anyway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CutFile {
+    /// Its path on the disk.
+    pub path: PathBuf,
+    pub pages: usize,
+    pub kept: usize,
+}
+
+/// What a power cut did, file by file. Shown as `path kept/pages`, comma-separated.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Lost {
-    pub files: Vec<(PathBuf, u64)>,
+pub struct Cut {
+    pub files: Vec<CutFile>,
 }
 
-impl Lost {
-    pub fn bytes(&self) -> u64 {
-        self.files.iter().map(|(_, bytes)| bytes).sum()
-    }
-}
-
-impl std::fmt::Display for Lost {
+impl std::fmt::Display for Cut {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.files.is_empty() {
             return f.write_str("nothing unsynced");
         }
-        write!(f, "{} unsynced bytes (", self.bytes())?;
-        for (i, (path, bytes)) in self.files.iter().enumerate() {
+        for (i, file) in self.files.iter().enumerate() {
             let separator = if i == 0 { "" } else { ", " };
-            write!(f, "{separator}{} {bytes}", path.display())?;
+            let CutFile { path, pages, kept } = file;
+            write!(f, "{separator}{} {kept}/{pages}", path.display())?;
         }
-        f.write_str(")")
+        Ok(())
     }
 }
 
@@ -787,25 +815,54 @@ impl LazyDisk {
         })
     }
 
-    /// Forgets every write not synced since it was written, as a power cut forgets the page
-    /// cache. The processes using the disk should be dead by then, as after a power cut.
-    pub fn lose_unsynced(&self) -> Lost {
+    /// Cuts the power: every write not synced is lost, except the pages the kernel may have
+    /// written back before (none, the first few or any, drawn from `rng` for each file). The
+    /// processes using the disk should be dead by then, as after a power cut.
+    pub fn cut_power(&self, rng: &mut StdRng) -> io::Result<Cut> {
+        self.cut(|pages| written_back_before_cut(pages, rng))
+    }
+
+    /// Cuts the power with nothing written back: every write not synced is lost.
+    #[cfg(test)]
+    pub fn lose_unsynced(&self) -> io::Result<Cut> {
+        self.cut(|_| Vec::new())
+    }
+
+    fn cut(&self, mut written_back: impl FnMut(&[u64]) -> Vec<u64>) -> io::Result<Cut> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let root = state.paths[&fuser::FUSE_ROOT_ID].clone();
-        let mut files: Vec<(PathBuf, u64)> = state
-            .unsynced
-            .iter()
-            .map(|(ino, unsynced)| {
-                let path = state.paths.get(ino).map_or_else(
+        // In inode order, so that a seed draws the same pages for the same files.
+        let mut inodes: Vec<u64> = state.unsynced.keys().copied().collect();
+        inodes.sort_unstable();
+        let mut files = Vec::new();
+        for ino in inodes {
+            let unsynced = &state.unsynced[&ino];
+            let pages: Vec<u64> = unsynced.pages.keys().copied().collect();
+            let path = state.paths.get(&ino);
+            let kept = match path {
+                Some(path) => {
+                    let kept = written_back(&pages);
+                    if !kept.is_empty() {
+                        let backing = open_backing(path, None, false)?;
+                        unsynced.write_back_pages(&backing, &kept)?;
+                    }
+                    kept
+                }
+                // Unlinked while open: nothing on the disk to keep them in.
+                None => Vec::new(),
+            };
+            files.push(CutFile {
+                path: path.map_or_else(
                     || PathBuf::from(format!("(inode {ino})")),
                     |path| path.strip_prefix(&root).unwrap_or(path).to_path_buf(),
-                );
-                (path, unsynced.bytes())
-            })
-            .collect();
-        files.sort();
+                ),
+                pages: pages.len(),
+                kept: kept.len(),
+            });
+        }
+        files.sort_by(|a, b| a.path.cmp(&b.path));
         state.unsynced.clear();
-        Lost { files }
+        Ok(Cut { files })
     }
 }
 

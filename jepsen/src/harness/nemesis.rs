@@ -338,13 +338,16 @@ impl Nemesis {
                 }
                 let mut lost = Vec::new();
                 for &node in &victims {
-                    let gone = self.nodes.power_off(node)?;
-                    lost.push(format!("node {node} lost {gone}"));
+                    let cut = self.nodes.power_off(node, rng)?;
+                    lost.push(format!("node {node}: {cut}"));
                 }
                 Ok((
                     victims.clone(),
                     Undo::Restart(victims),
-                    format!("power cut: {}", lost.join(", ")),
+                    format!(
+                        "power cut (unsynced pages kept/written): {}",
+                        lost.join("; ")
+                    ),
                 ))
             }
             FaultKind::RemoveNode | FaultKind::RemoveLeader => {

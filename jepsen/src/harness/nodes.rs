@@ -19,8 +19,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use rand::rngs::StdRng;
 
-use crate::harness::lazyfs::{LazyDisk, Lost};
+use crate::harness::lazyfs::{Cut, LazyDisk};
 use crate::harness::net::{disk_mount_source, node_ip, node_namespace, run};
 use crate::harness::NodeId;
 
@@ -166,12 +167,14 @@ impl Nodes {
         Ok(())
     }
 
-    /// Cuts `node`'s power: kill -9, then its lazy disk loses every write the node had not
-    /// synced. Returns what was lost.
-    pub fn power_off(&mut self, node: NodeId) -> anyhow::Result<Lost> {
+    /// Cuts `node`'s power: kill -9, then its lazy disk loses the writes the node had not
+    /// synced, but for pages written back before (`LazyDisk::cut_power`).
+    pub fn power_off(&mut self, node: NodeId, rng: &mut StdRng) -> anyhow::Result<Cut> {
         self.kill(node);
         match self.lazy_disks.get(&node) {
-            Some(disk) => Ok(disk.lose_unsynced()),
+            Some(disk) => disk
+                .cut_power(rng)
+                .with_context(|| format!("cut node {node}'s power")),
             None => bail!("node {node}'s data dir is no lazy disk"),
         }
     }

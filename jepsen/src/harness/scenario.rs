@@ -102,7 +102,7 @@ pub const SCENARIOS: &[Scenario] = &[
         name: "power-off",
         nodes: 3,
         faults: &[PowerOffNode, PowerOffLeader, PowerOffAll],
-        about: "cut a node's (a leader's, every node's) power: kill -9 and lose every write \
+        about: "cut a node's (a leader's, every node's) power: kill -9 and lose the writes \
                 not yet synced, then restart",
         disk: DataDisk::Lazy,
     },
