@@ -7,10 +7,10 @@
 //!
 //! The model, kept simple and on the strict side for data:
 //! - file contents and sizes (writes, truncations) are durable only once their file is synced;
-//! - but a cut may find some unsynced pages already written back, as the kernel writes dirty
-//!   pages back whenever it likes: for each file none, the first few, or any of them, each
-//!   page as it stood (the file grows to hold it; truncations since the sync are lost). A
-//!   log's unsynced tail may so come back torn, with holes, or whole;
+//! - on a torn disk, a cut may find some unsynced pages already written back, as the kernel
+//!   writes dirty pages back whenever it likes: for each file none, the first few, or any of
+//!   them, each page as it stood (the file grows to hold it; truncations since the sync are
+//!   lost). A log's unsynced tail may so come back torn, with holes, or whole;
 //! - namespace operations (create, mkdir, rename, unlink) are durable at once, as on a journaled
 //!   filesystem that commits them before returning (lazyfs does the same), so a missing
 //!   directory `fsync` goes unseen;
@@ -776,6 +776,9 @@ fn nix_statvfs(path: &Path) -> io::Result<libc::statvfs> {
 /// A mounted lazy data dir. Dropping it unmounts it.
 pub struct LazyDisk {
     state: Arc<Mutex<State>>,
+    /// Whether a cut may find unsynced pages written back (`written_back_before_cut`), or
+    /// loses them all.
+    torn: bool,
     /// Dropping it unmounts (fuser's mount guard); its thread ends when the kernel says so.
     _session: fuser::BackgroundSession,
 }
@@ -783,7 +786,12 @@ pub struct LazyDisk {
 impl LazyDisk {
     /// Mounts `backing` on `mount` (both directories), with `source` as the mount's source
     /// name (what `/proc/mounts` shows, and what a cleanup looks for).
-    pub fn mount(backing: &Path, mount: &Path, source: &str) -> anyhow::Result<LazyDisk> {
+    pub fn mount(
+        backing: &Path,
+        mount: &Path,
+        source: &str,
+        torn: bool,
+    ) -> anyhow::Result<LazyDisk> {
         let backing = backing
             .canonicalize()
             .with_context(|| format!("the backing dir {}", backing.display()))?;
@@ -811,21 +819,20 @@ impl LazyDisk {
             .with_context(|| format!("mount a lazy disk on {} (FUSE)", mount.display()))?;
         Ok(LazyDisk {
             state,
+            torn,
             _session: session,
         })
     }
 
-    /// Cuts the power: every write not synced is lost, except the pages the kernel may have
-    /// written back before (none, the first few or any, drawn from `rng` for each file). The
-    /// processes using the disk should be dead by then, as after a power cut.
+    /// Cuts the power: every write not synced is lost; on a torn disk, except the pages the
+    /// kernel may have written back before (none, the first few or any, drawn from `rng` for
+    /// each file). The processes using the disk should be dead by then, as after a power cut.
     pub fn cut_power(&self, rng: &mut StdRng) -> io::Result<Cut> {
-        self.cut(|pages| written_back_before_cut(pages, rng))
-    }
-
-    /// Cuts the power with nothing written back: every write not synced is lost.
-    #[cfg(test)]
-    pub fn lose_unsynced(&self) -> io::Result<Cut> {
-        self.cut(|_| Vec::new())
+        if self.torn {
+            self.cut(|pages| written_back_before_cut(pages, rng))
+        } else {
+            self.cut(|_| Vec::new())
+        }
     }
 
     fn cut(&self, mut written_back: impl FnMut(&[u64]) -> Vec<u64>) -> io::Result<Cut> {

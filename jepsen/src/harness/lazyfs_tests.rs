@@ -110,12 +110,16 @@ fn unsynced_pages_read_as_written_and_a_loss_leaves_the_last_sync() {
 }
 
 fn mounted() -> (tempfile::TempDir, LazyDisk, std::path::PathBuf) {
+    mounted_with(false)
+}
+
+fn mounted_with(torn: bool) -> (tempfile::TempDir, LazyDisk, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let backing = dir.path().join("backing");
     let mount = dir.path().join("mount");
     fs::create_dir(&backing).unwrap();
     fs::create_dir(&mount).unwrap();
-    let disk = LazyDisk::mount(&backing, &mount, "gavel-lazy-test")
+    let disk = LazyDisk::mount(&backing, &mount, "gavel-lazy-test", torn)
         .expect("a FUSE mount (needs root and /dev/fuse, like the fault suite)");
     (dir, disk, mount)
 }
@@ -162,7 +166,7 @@ fn a_mounted_disk_loses_only_what_was_not_synced() {
     assert_eq!(fs::metadata(mount.join("cut")).unwrap().len(), 5_001);
     drop((synced, unsynced, cut, temp));
 
-    let lost = disk.lose_unsynced().unwrap();
+    let lost = disk.cut_power(&mut StdRng::seed_from_u64(0)).unwrap();
     let files: Vec<(&str, usize, usize)> = lost
         .files
         .iter()
@@ -187,7 +191,7 @@ fn a_mounted_disk_loses_only_what_was_not_synced() {
     names.sort();
     assert_eq!(names, ["cut", "sub", "unsynced"]);
     assert_eq!(
-        disk.lose_unsynced().unwrap(),
+        disk.cut_power(&mut StdRng::seed_from_u64(0)).unwrap(),
         Cut::default(),
         "nothing left to lose"
     );
@@ -220,9 +224,49 @@ fn a_mounted_disk_serves_reopens_overwrites_and_removals() {
     fs::remove_file(&path).unwrap();
     assert!(!path.exists());
     assert_eq!(
-        disk.lose_unsynced().unwrap(),
+        disk.cut_power(&mut StdRng::seed_from_u64(0)).unwrap(),
         Cut::default(),
         "a removed file's writes are gone"
     );
     assert!(fs::read_dir(&mount).unwrap().next().is_none());
+}
+
+/// On a torn disk a cut keeps the pages it reports kept, each whole as written, and no others.
+#[test]
+fn a_torn_disk_keeps_exactly_the_pages_a_cut_reports() {
+    let seed = seed("torn_disk");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (_dir, disk, mount) = mounted_with(true);
+    let path = mount.join("log");
+    let mut file = File::create(&path).unwrap();
+    file.write_all(&vec![1u8; 2 * PAGE as usize]).unwrap();
+    file.sync_data().unwrap();
+    // Eight unsynced pages, each with its own byte: two over synced ones, six past the end.
+    for page in 0..8u8 {
+        file.write_all_at(&[page + 10; PAGE as usize], u64::from(page) * PAGE)
+            .unwrap();
+    }
+    drop(file);
+    let cut = disk.cut_power(&mut rng).unwrap();
+    let [report] = cut.files.as_slice() else {
+        panic!("one file had unsynced pages: {cut}");
+    };
+    assert_eq!(report.pages, 8, "{cut}");
+
+    let kept = fs::read(&path).unwrap();
+    assert_eq!(kept.len() % PAGE as usize, 0);
+    let mut kept_pages = 0;
+    for (index, page) in kept.chunks(PAGE as usize).enumerate() {
+        let written = index as u8 + 10;
+        if page.iter().all(|&b| b == written) {
+            kept_pages += 1;
+        } else {
+            let before = if index < 2 { 1 } else { 0 };
+            assert!(
+                page.iter().all(|&b| b == before),
+                "page {index} is neither as synced nor as written (seed {seed})"
+            );
+        }
+    }
+    assert_eq!(kept_pages, report.kept, "{cut} (seed {seed})");
 }

@@ -71,8 +71,8 @@ pub enum DataDisk {
     /// A tmpfs of this many bytes, for a nemesis that fills it.
     Tmpfs { bytes: u64 },
     /// A lazy disk over `n<id>.synced` (what it holds as synced), for a nemesis that cuts the
-    /// power.
-    Lazy,
+    /// power; `torn`: a cut may find unsynced pages written back (`lazyfs`).
+    Lazy { torn: bool },
 }
 
 struct NodeProc {
@@ -136,7 +136,7 @@ impl Nodes {
     fn ensure_disk(&mut self, node: NodeId) -> anyhow::Result<()> {
         let bytes = match self.settings.disk {
             DataDisk::Plain => return Ok(()),
-            DataDisk::Lazy => return self.ensure_lazy_disk(node),
+            DataDisk::Lazy { torn } => return self.ensure_lazy_disk(node, torn),
             DataDisk::Tmpfs { bytes } => bytes,
         };
         let dir = self.data_dir(node);
@@ -154,7 +154,7 @@ impl Nodes {
         Ok(())
     }
 
-    fn ensure_lazy_disk(&mut self, node: NodeId) -> anyhow::Result<()> {
+    fn ensure_lazy_disk(&mut self, node: NodeId, torn: bool) -> anyhow::Result<()> {
         if self.lazy_disks.contains_key(&node) {
             return Ok(());
         }
@@ -162,13 +162,13 @@ impl Nodes {
         let synced = self.settings.run_dir.join(format!("n{node}.synced"));
         std::fs::create_dir_all(&dir).context("create the data dir")?;
         std::fs::create_dir_all(&synced).context("create the lazy disk's backing dir")?;
-        let disk = LazyDisk::mount(&synced, &dir, &disk_mount_source())?;
+        let disk = LazyDisk::mount(&synced, &dir, &disk_mount_source(), torn)?;
         self.lazy_disks.insert(node, disk);
         Ok(())
     }
 
     /// Cuts `node`'s power: kill -9, then its lazy disk loses the writes the node had not
-    /// synced, but for pages written back before (`LazyDisk::cut_power`).
+    /// synced (a torn one keeps pages written back before: `LazyDisk::cut_power`).
     pub fn power_off(&mut self, node: NodeId, rng: &mut StdRng) -> anyhow::Result<Cut> {
         self.kill(node);
         match self.lazy_disks.get(&node) {
