@@ -113,6 +113,15 @@ pub(crate) async fn serve_local(node: &Node, group: &Arc<Group>, call: AppCall) 
             AppAnswer::Done(campaign_here(node, group, Duration::from_millis(window_ms), pin).await)
         }
         AppCall::Status { digests } => AppAnswer::Status(node.local_views(digests).await),
+        AppCall::StateCopy {
+            at_least,
+            copy,
+            offset,
+        } => AppAnswer::StateCopy(
+            node.copies_served
+                .serve(group, at_least, copy, offset)
+                .await,
+        ),
     }
 }
 

@@ -17,6 +17,9 @@
 //! - `observe`: Raft lag gauges;
 //! - `clock_guard`, `clock_offsets`: probing peers' clocks and keeping a node with a skewed
 //!   clock from leading;
+//! - `recovery`: a node whose state machines were lost (its storage engine would not open
+//!   after a crash) brings them back from copies before its groups start, and sends copies to
+//!   peers that lost theirs;
 //! - `backup`: a linearizable copy of every group as a backup file; verifying one; building a
 //!   new cluster member's data dir from it.
 //!
@@ -44,6 +47,7 @@ mod proposer;
 mod raft_ops;
 mod read_path;
 mod read_rounds;
+mod recovery;
 mod routing;
 mod status;
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use gavel_raft::transport::{Transport, TransportConfig};
 use gavel_raft::{AppliedChannel, AppliedEvents, Flusher, GavelNode, Group, RaftSettings, Watched};
 use gavel_rules::Auction;
-use gavel_storage::{Store, StoreConfig};
+use gavel_storage::Store;
 use openraft::error::{InitializeError, RaftError};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
@@ -25,6 +25,7 @@ use crate::observe::run_metrics;
 use crate::placement::run_placement;
 use crate::proposer::{self, run_proposer, Queued};
 use crate::read_rounds::{self, run_read_rounds, ReadWaiter};
+use crate::recovery;
 use crate::routing::group_of;
 
 /// The most groups a node may host.
@@ -63,6 +64,8 @@ pub struct Node {
     pub(crate) leaving: Arc<std::sync::atomic::AtomicBool>,
     stop: watch::Sender<bool>,
     applied: AppliedChannel,
+    /// Copies of groups' states this node sends to peers that lost theirs (`recovery`).
+    pub(crate) copies_served: Arc<recovery::CopiesServed>,
     tasks: tokio::sync::Mutex<JoinSet<()>>,
 }
 
@@ -74,7 +77,7 @@ impl Node {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             NodeError::Config(format!("cannot create {}: {e}", config.data_dir.display()))
         })?;
-        let store = Store::open(&config.data_dir.join(DB_DIR), &StoreConfig::default())?;
+        let store = recovery::open_store(&config.data_dir.join(DB_DIR), &config)?;
         config.groups = settle_identity(&store, &config)?;
         let mut transport_config = TransportConfig::new(
             config.node_id,
@@ -111,6 +114,7 @@ impl Node {
         for (id, addr) in &config.initial_cluster {
             transport.set_peer_addr(*id, addr);
         }
+        recovery::recover_lost_states(&store, &transport, &config).await?;
         // One channel for the whole node: every group's apply path publishes into it.
         let applied = AppliedChannel::default();
         let groups = open_groups(&config, &store, &transport, &applied).await?;
@@ -141,6 +145,7 @@ impl Node {
             transport,
             stop,
             applied,
+            copies_served: Arc::default(),
             tasks: tokio::sync::Mutex::new(JoinSet::new()),
         });
         node.transport.set_handler(Arc::new(Inbound::new(&node)));

@@ -1,10 +1,11 @@
 //! Node-to-node application requests, carried by the peer transport as opaque `AppRequest`s:
-//! forwarded writes, read indexes, membership changes, leadership transfer and status.
+//! forwarded writes, read indexes, membership changes, leadership transfer, status, and copies
+//! of a group's state for a node that lost its own.
 //!
 //! The Raft group a request concerns travels in the transport envelope, not in these bodies.
 
 use gavel_raft::transport::AppRequest;
-use gavel_raft::GavelNode;
+use gavel_raft::{GavelNode, SnapshotMeta};
 use gavel_rules::{Command, Reply};
 use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
@@ -49,6 +50,15 @@ pub enum AppCall {
     /// Propose each of these commands in the group, as `Propose` would one by one; answered
     /// with one outcome per command, in order. At most `COMMANDS_PER_PROPOSAL_MAX`.
     ProposeBatch(Vec<Command>),
+    /// A piece of a copy of the group's state machine at a committed point at or past log
+    /// index `at_least`, for a node whose own state was lost (`recovery`): bytes from
+    /// `offset` on of copy `copy`, the snapshot id an earlier piece named; `None` asks for a
+    /// new copy (and its first piece).
+    StateCopy {
+        at_least: u64,
+        copy: Option<String>,
+        offset: u64,
+    },
 }
 
 /// Why a request failed on the node that received it.
@@ -96,6 +106,22 @@ pub enum AppAnswer {
     Done(Result<(), RemoteFailure>),
     Status(Vec<GroupView>),
     ProposedBatch(Vec<Result<Box<Reply>, RemoteFailure>>),
+    StateCopy(Result<StateCopyPiece, RemoteFailure>),
+}
+
+/// Part of a copy of a group's state machine (a Raft snapshot's data), as `AppCall::StateCopy`
+/// asked for it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StateCopyPiece {
+    /// What the copy holds: the log id it reaches and the membership there. Its `snapshot_id`
+    /// names the copy for the next pieces.
+    pub meta: SnapshotMeta,
+    /// The whole copy's length.
+    pub total_bytes: u64,
+    /// Where in the copy `bytes` start.
+    pub offset: u64,
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
 }
 
 pub fn encode_call(call: &AppCall) -> Result<AppRequest, String> {

@@ -11,7 +11,8 @@
 //! - `network`: outbound RPCs;
 //! - `group`: opening a group with explicit settings;
 //! - `clock`: the wall clock and clock-probe offset samples;
-//! - `restore`: seeding a group of a new cluster from a backed-up state copy.
+//! - `restore`: seeding a group of a new cluster from a backed-up state copy;
+//! - `recover`: a replica whose state machine was lost, brought back from a copy.
 //!
 //! Architecture invariant: this crate and `cluster/` are the only ones that know openraft; it
 //! knows nothing of HTTP.
@@ -25,6 +26,7 @@ mod gather;
 mod group;
 mod log_store;
 mod network;
+mod recover;
 mod restore;
 mod snapshot_data;
 mod state_machine;
@@ -38,6 +40,7 @@ pub use gavel_rules::Reply;
 pub use group::{Group, GroupError, RaftSettings, StateDigest};
 pub use log_store::LogStore;
 pub use network::Network;
+pub use recover::{adopt_copy, state_behind_log, stored_copy_reaching};
 pub use restore::{restore_group, restored_log_id};
 pub use snapshot_data::SnapshotData;
 pub use state_machine::{

@@ -26,7 +26,7 @@ use crate::types::{
 
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
-const PURGED: &str = "purged";
+pub(crate) const PURGED: &str = "purged";
 
 #[derive(Clone)]
 pub struct LogStore {
@@ -208,7 +208,7 @@ impl LogStore {
 
 /// Decodes a log entry of any format this build reads: today's, or format 1 (one command per
 /// entry), which data dirs written before batching still hold.
-fn decode_entry(bytes: &[u8]) -> Result<Entry, gavel_storage::StorageError> {
+pub(crate) fn decode_entry(bytes: &[u8]) -> Result<Entry, gavel_storage::StorageError> {
     match format_of(bytes)? {
         1 => decode_as::<openraft::Entry<TypeConfigV1>>(1, bytes).map(upgrade_entry),
         _ => decode_as(ENTRY_FORMAT_VERSION, bytes),

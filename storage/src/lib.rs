@@ -19,6 +19,7 @@
 
 mod codec;
 mod compressed;
+mod damaged;
 mod durable;
 mod idempotency;
 mod keys;
@@ -33,6 +34,7 @@ mod wal;
 use std::path::Path;
 
 pub use codec::{decode, decode_as, encode, encode_as, format_of, FORMAT_VERSION};
+pub use damaged::set_aside_engine_files;
 pub use state::{
     Applied, AuctionCursor, AuctionFilter, AuctionPage, BidFilter, BidPage, SnapshotBlob,
     StateTree, StateWriter, TreeCopy, LIST_SCAN_ROWS_MAX, SNAPSHOT_FORMAT,
@@ -67,6 +69,9 @@ pub enum StorageError {
     },
     #[error("the state was replaced (a snapshot installed) while it was copied")]
     Replaced,
+    /// sled panicked while it opened its files (its recovery does, on some torn files).
+    #[error("storage engine panicked while opening its files: {0}")]
+    EnginePanicked(String),
 }
 
 /// How the database is opened; every sled option we rely on is set explicitly.
@@ -128,7 +133,12 @@ impl Store {
             .use_compression(false);
         let give_up_at = std::time::Instant::now() + LOCK_WAIT;
         let db = loop {
-            match sled_config.open() {
+            // sled's recovery panics on some files a power cut left (see `damaged.rs`); the
+            // panic is its answer to those files, so it becomes an error the node can act on.
+            let opened =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sled_config.open()))
+                    .map_err(|payload| damaged::panicked(payload.as_ref()))?;
+            match opened {
                 Err(sled::Error::Io(e))
                     if e.to_string().contains("could not acquire lock")
                         && std::time::Instant::now() < give_up_at =>
@@ -210,6 +220,11 @@ impl Store {
         let wal = self.wal.clone();
         let log_sync = self.log_sync.clone();
         on_blocking_thread("log sync", move || log_sync.timed(|| wal.sync())).await
+    }
+
+    /// The groups the Raft log holds anything of (entries or records such as a vote).
+    pub fn log_groups(&self) -> Vec<u32> {
+        self.wal.groups()
     }
 
     /// How many segment files the Raft log keeps (see `wal/`).

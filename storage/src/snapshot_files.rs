@@ -23,7 +23,7 @@ use crate::StorageError;
 const SNAPSHOT_EXTENSION: &str = "snap";
 const PARTIAL_SUFFIX: &str = ".snap.partial";
 /// The directory, inside sled's, that holds one directory per group.
-const SNAPSHOTS_DIR: &str = "raft-snapshots";
+pub(crate) const SNAPSHOTS_DIR: &str = "raft-snapshots";
 
 /// Saves run one at a time in the process: the check for a newer snapshot and the rename must not
 /// interleave with another save of the same group (an install racing a build), and one snapshot

@@ -134,28 +134,7 @@ async fn send(sender: &Sender, piece: Vec<u8>) -> Result<u64, BackupError> {
 
 /// The group's snapshot copy, once its snapshot reaches `read_index`, as a backup record.
 async fn capture_group(group: &Group, read_index: u64) -> Result<GroupRecord, BackupError> {
-    let stopped = |e: &dyn std::fmt::Display| {
-        BackupError::Unavailable(format!("group {} stopped: {e}", group.id))
-    };
-    await_snapshot_reaching(group, read_index).await?;
-    let snapshot = group
-        .raft
-        .get_snapshot()
-        .await
-        .map_err(|e| stopped(&e))?
-        .ok_or_else(|| BackupError::Unavailable(format!("group {} has no snapshot", group.id)))?;
-    let last = snapshot
-        .meta
-        .last_log_id
-        .filter(|id| id.index >= read_index);
-    let Some(last) = last else {
-        // Stored snapshots only ever move forward, so this would be a broken invariant of
-        // the snapshot store; refuse rather than send an older state.
-        return Err(BackupError::Unavailable(format!(
-            "group {}'s stored snapshot is older than read index {read_index}",
-            group.id
-        )));
-    };
+    let (snapshot, last) = snapshot_reaching(group, read_index).await?;
     Ok(GroupRecord {
         group: group.id,
         applied: AppliedAt {
@@ -169,6 +148,31 @@ async fn capture_group(group: &Group, read_index: u64) -> Result<GroupRecord, Ba
             .await
             .map_err(|e| BackupError::Unavailable(format!("group {}'s copy: {e}", group.id)))?,
     })
+}
+
+/// The group's snapshot (its metadata and its copy of the state, packed when first read), once
+/// one reaches `index`, and the log id it reaches. Any replica's: a snapshot holds applied,
+/// so committed, state.
+pub(crate) async fn snapshot_reaching(
+    group: &Group,
+    index: u64,
+) -> Result<(gavel_raft::Snapshot, gavel_raft::LogId), BackupError> {
+    await_snapshot_reaching(group, index).await?;
+    let snapshot = group
+        .raft
+        .get_snapshot()
+        .await
+        .map_err(|e| BackupError::Unavailable(format!("group {} stopped: {e}", group.id)))?
+        .ok_or_else(|| BackupError::Unavailable(format!("group {} has no snapshot", group.id)))?;
+    match snapshot.meta.last_log_id.filter(|id| id.index >= index) {
+        Some(last) => Ok((snapshot, last)),
+        // Stored snapshots only ever move forward, so this would be a broken invariant of
+        // the snapshot store; refuse rather than send an older state.
+        None => Err(BackupError::Unavailable(format!(
+            "group {}'s stored snapshot is older than index {index}",
+            group.id
+        ))),
+    }
 }
 
 /// Waits (bounded) until the group's latest snapshot reaches `index`, asking for a build when

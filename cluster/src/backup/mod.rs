@@ -20,6 +20,7 @@ use std::path::Path;
 
 use gavel_storage::{SnapshotBlob, StateSummary};
 
+pub(crate) use capture::snapshot_reaching;
 pub use capture::{BackupStream, BACKUP_PIECES_QUEUED_MAX};
 pub use format::{
     AppliedAt, BackupHeader, Decoder, Encoder, GroupRecord, BACKUP_FORMAT_OLDEST_READ,

@@ -41,7 +41,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-pub(crate) use migrate::open_with_sled_log;
+pub(crate) use migrate::{open_with_sled_log, WAL_DIR};
 use record::{Frame, Record, ENTRY_PREFIX_LEN, FRAME_LEN, SEGMENT_HEADER_LEN};
 
 use crate::durable::{sync_dir, sync_error};
@@ -221,6 +221,11 @@ impl Wal {
             state: Arc::new(Mutex::new(state)),
             _locked_by: locked_by,
         })
+    }
+
+    /// The groups the log holds anything of.
+    pub fn groups(&self) -> Vec<u32> {
+        self.lock_even_if_broken().groups.keys().copied().collect()
     }
 
     /// One group's part of the log.
