@@ -45,7 +45,7 @@ const COPY_WAIT: Duration = Duration::from_secs(180);
 /// How long a node that knows no peer waits for one to connect (a member added to a cluster
 /// with `--join`, or the first node of a cluster that grew, learns of its peers when their
 /// leaders reach out) before it concludes it has none.
-const PEER_WAIT: Duration = Duration::from_secs(20);
+const PEER_WAIT: Duration = Duration::from_secs(10);
 /// How long a copy stays held for its next piece after the last one was asked for.
 const COPY_HELD_IDLE: Duration = Duration::from_secs(60);
 

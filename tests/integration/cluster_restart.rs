@@ -147,13 +147,3 @@ async fn assert_acknowledged_present(
         }
     }
 }
-
-/// Waits (bounded) until the ledger holds `count` decisions.
-async fn await_decisions(ledger: &Ledger, count: usize) {
-    poll_until(
-        &format!("{count} decided bids"),
-        Duration::from_secs(60),
-        || async { (ledger.len() >= count).then_some(()) },
-    )
-    .await;
-}

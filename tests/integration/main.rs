@@ -44,3 +44,4 @@ mod live_streams;
 mod ops;
 mod rolling_restart;
 mod security_tls;
+mod state_recovery;

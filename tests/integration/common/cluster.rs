@@ -184,7 +184,7 @@ impl Member {
         self.paused
     }
 
-    fn data_dir(&self) -> PathBuf {
+    pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
     }
 
@@ -1170,6 +1170,16 @@ pub struct BiddersConfig {
     pub auctions: Vec<Value>,
     /// How long one bid may take to be decided, retries included.
     pub bid_within: Duration,
+}
+
+/// Waits (bounded) until the ledger holds `count` decisions.
+pub async fn await_decisions(ledger: &Ledger, count: usize) {
+    poll_until(
+        &format!("{count} decided bids"),
+        Duration::from_secs(60),
+        || async { (ledger.len() >= count).then_some(()) },
+    )
+    .await;
 }
 
 impl Bidders {

@@ -404,6 +404,13 @@ impl Server {
         }
     }
 
+    /// Starts the server again on the same data dir without waiting for it to be ready, for a
+    /// start expected to fail (`await_exit` reaps it).
+    pub fn spawn_again(&mut self) {
+        assert!(self.child.is_none(), "stop the server before restarting it");
+        self.spawn();
+    }
+
     /// Starts the server again on the same data dir (and the same ports when still free).
     pub async fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the server before restarting it");
