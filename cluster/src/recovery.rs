@@ -314,6 +314,15 @@ impl CopiesServed {
         at_least: u64,
     ) -> Result<(SnapshotMeta, Arc<Vec<u8>>), RemoteFailure> {
         let unavailable = |e: &dyn std::fmt::Display| RemoteFailure::Unavailable(e.to_string());
+        // A replica whose log has not reached the index cannot take a snapshot there soon:
+        // say so at once rather than after a round of snapshot builds.
+        let last_log = group.raft.metrics().borrow().last_log_index.unwrap_or(0);
+        if at_least > last_log {
+            return Err(RemoteFailure::Unavailable(format!(
+                "this replica's log of group {} ends at index {last_log}, before {at_least}",
+                group.id
+            )));
+        }
         let (snapshot, _) = snapshot_reaching(group, at_least)
             .await
             .map_err(|e| unavailable(&e))?;
@@ -380,5 +389,69 @@ impl CopiesServed {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, HeldCopy>> {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::CommittedLeaderId;
+
+    fn piece(index: u64, offset: u64, len: usize, total: u64) -> StateCopyPiece {
+        StateCopyPiece {
+            meta: SnapshotMeta {
+                last_log_id: Some(gavel_raft::LogId::new(CommittedLeaderId::new(2, 1), index)),
+                snapshot_id: format!("2-{index}"),
+                ..SnapshotMeta::default()
+            },
+            total_bytes: total,
+            offset,
+            bytes: vec![7; len],
+        }
+    }
+
+    #[test]
+    fn a_piece_must_continue_the_copy_asked_for() {
+        let first = piece(40, 0, 10, 25);
+        assert_eq!(check_piece(&first, None, 0, 40), Ok(()));
+        let next = piece(40, 10, 15, 25);
+        assert_eq!(check_piece(&next, Some(&first.meta), 10, 40), Ok(()));
+
+        let refusals = [
+            (
+                check_piece(&piece(39, 0, 10, 25), None, 0, 40),
+                "short of index 40",
+            ),
+            (
+                check_piece(&piece(41, 10, 15, 25), Some(&first.meta), 10, 40),
+                "another copy",
+            ),
+            (
+                check_piece(&piece(40, 12, 13, 25), Some(&first.meta), 10, 40),
+                "when 10 were received",
+            ),
+            (
+                check_piece(&piece(40, 10, 16, 25), Some(&first.meta), 10, 40),
+                "bytes 10..26 of 25",
+            ),
+            (
+                check_piece(&piece(40, 10, 0, 25), Some(&first.meta), 10, 40),
+                "empty piece",
+            ),
+            (
+                check_piece(&piece(40, 0, 0, GROUP_STATE_BYTES_MAX + 1), None, 0, 40),
+                "more than a group's state",
+            ),
+        ];
+        for (checked, why) in refusals {
+            let refused = checked.expect_err(why);
+            assert!(refused.contains(why), "{refused:?} should say {why:?}");
+        }
+        let empty_state = piece(40, 0, 0, 0);
+        assert_eq!(
+            check_piece(&empty_state, None, 0, 40),
+            Ok(()),
+            "an empty copy is whole"
+        );
     }
 }

@@ -76,3 +76,82 @@ pub fn set_aside_engine_files(db_dir: &Path) -> Result<PathBuf, StorageError> {
     }
     Ok(aside)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Store, StoreConfig};
+
+    /// A database whose sled settings file was overwritten: sled refuses it as damaged, and
+    /// once its files are set aside a fresh database opens with the Raft log as it was.
+    #[test]
+    fn a_database_sled_refuses_is_set_aside_and_the_log_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let db_dir = dir.path().join("db");
+        {
+            let store = Store::open(&db_dir, &StoreConfig::default()).unwrap();
+            let log = store.log(3).unwrap();
+            log.append([(1, b"one".to_vec()), (2, b"two".to_vec())])
+                .unwrap();
+            log.set_record("vote", b"mine".to_vec()).unwrap();
+            store.set_node_meta("node_id", &7u64).unwrap();
+            store
+                .state(3)
+                .unwrap()
+                .save_snapshot_if_newer(1, b"a snapshot")
+                .unwrap();
+            store.wal.sync().unwrap();
+            store.db.flush().unwrap();
+        }
+        fs::write(db_dir.join("conf"), [0xFF; 64]).unwrap();
+
+        let refused = Store::open(&db_dir, &StoreConfig::default())
+            .err()
+            .expect("sled refuses a settings file it cannot read");
+        assert!(refused.is_damaged_engine(), "{refused}");
+
+        let aside = set_aside_engine_files(&db_dir).unwrap();
+        assert!(aside.starts_with(dir.path()));
+        assert!(aside
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("db.damaged-"));
+        assert!(aside.join("conf").exists() && aside.join("db").exists());
+        let mut kept: Vec<String> = fs::read_dir(&db_dir)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        kept.sort();
+        assert_eq!(kept, [SNAPSHOTS_DIR, WAL_DIR]);
+
+        let store = Store::open(&db_dir, &StoreConfig::default()).unwrap();
+        assert_eq!(
+            store.node_meta::<u64>("node_id").unwrap(),
+            None,
+            "a fresh engine"
+        );
+        assert_eq!(store.log_groups(), [3]);
+        let log = store.log(3).unwrap();
+        let entries: Vec<u64> = log.range(..).unwrap().into_iter().map(|(i, _)| i).collect();
+        assert_eq!(entries, [1, 2]);
+        assert_eq!(log.record("vote").unwrap().as_deref(), Some(&b"mine"[..]));
+        assert_eq!(
+            store.state(3).unwrap().load_snapshot().unwrap().as_deref(),
+            Some(&b"a snapshot"[..])
+        );
+    }
+
+    #[test]
+    fn only_what_the_files_hold_counts_as_damage() {
+        assert!(
+            StorageError::EnginePanicked("tried to serialize Uninitialized".into())
+                .is_damaged_engine()
+        );
+        assert!(StorageError::Engine(sled::Error::Unsupported("old".into())).is_damaged_engine());
+        let held = std::io::Error::other("could not acquire lock");
+        assert!(!StorageError::Engine(sled::Error::Io(held)).is_damaged_engine());
+        let full = std::io::Error::from_raw_os_error(28);
+        assert!(!StorageError::File(full).is_damaged_engine());
+    }
+}
