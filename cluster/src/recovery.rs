@@ -35,7 +35,7 @@ use crate::peer_api::{
 };
 
 /// Bytes of a state copy per peer frame (frames are at most 16 MiB).
-pub const STATE_COPY_PIECE_BYTES: usize = 4 << 20;
+const STATE_COPY_PIECE_BYTES: usize = 4 << 20;
 /// How long the first piece may take: the peer may build a snapshot first (the backup's bound
 /// on builds, `SNAPSHOT_BUILDS_MAX` of `SNAPSHOT_BUILD_WAIT`) and then pack the copy.
 const FIRST_PIECE_WAIT: Duration = Duration::from_secs(60);
@@ -50,8 +50,9 @@ const PEER_WAIT: Duration = Duration::from_secs(10);
 const COPY_HELD_IDLE: Duration = Duration::from_secs(60);
 
 /// Opens the database in `db_dir`. One whose engine will not open because of what its files
-/// hold has them set aside, and a fresh engine opens beside the Raft log it kept. The group count is then the log's (its groups' votes are there)
-/// rather than the flag's, which may differ from what the cluster was formed with.
+/// hold has them set aside, and a fresh engine opens beside the Raft log it kept. The group
+/// count is then the log's (its groups' votes are there) rather than the flag's, which may
+/// differ from what the cluster was formed with.
 pub(crate) fn open_store(db_dir: &Path, config: &NodeConfig) -> Result<Store, NodeError> {
     let damage = match Store::open(db_dir, &StoreConfig::default()) {
         Ok(store) => return Ok(store),
@@ -66,11 +67,11 @@ pub(crate) fn open_store(db_dir: &Path, config: &NodeConfig) -> Result<Store, No
          nothing in them is wanted), and the state machines will come back from copies"
     );
     let store = Store::open(db_dir, &StoreConfig::default())?;
-    if let Some(last) = store.log_groups().last() {
-        store.set_node_meta(META_GROUPS, &(last + 1))?;
-    } else {
-        store.set_node_meta(META_GROUPS, &config.groups)?;
-    }
+    let groups = store
+        .log_groups()
+        .last()
+        .map_or(config.groups, |last| last + 1);
+    store.set_node_meta(META_GROUPS, &groups)?;
     Ok(store)
 }
 
@@ -197,7 +198,7 @@ async fn fetch_copy(
         let answer = match transport.call(peer, group, request, wait).await {
             Ok(PeerResponse::App(answer)) => decode_answer(&answer)?,
             Ok(PeerResponse::Refused(why)) => return Err(why),
-            Ok(other) => return Err(format!("unexpected answer {}", other_name(&other))),
+            Ok(other) => return Err(format!("unexpected answer {}", other.name())),
             Err(e) => return Err(e.to_string()),
         };
         let piece = match answer {
@@ -254,14 +255,6 @@ fn check_piece(
         return Err("an empty piece before the copy's end".into());
     }
     Ok(())
-}
-
-fn other_name(response: &PeerResponse) -> &'static str {
-    match response {
-        PeerResponse::Busy { .. } => "busy",
-        PeerResponse::ClockProbe { .. } => "clock probe",
-        _ => "raft response",
-    }
 }
 
 /// The state copies this node sends to peers that lost theirs, one per group at most, held

@@ -12,7 +12,7 @@
 use gavel_storage::{decode, GroupLog, SnapshotBlob, StorageError, Store};
 
 use crate::log_store::{decode_entry, record_purged, PURGED};
-use crate::state_machine::{install_blob, APPLIED};
+use crate::state_machine::{install_blob, stored_snapshot, APPLIED};
 use crate::types::{LogId, SnapshotMeta};
 
 /// Where group `group`'s log was purged through, when its state machine holds less than
@@ -45,10 +45,9 @@ pub fn stored_copy_reaching(
     group: u32,
     index: u64,
 ) -> Result<Option<(SnapshotMeta, SnapshotBlob)>, StorageError> {
-    let Some(stored) = store.state(group)?.load_snapshot()? else {
+    let Some((meta, data)) = stored_snapshot(&store.state(group)?)? else {
         return Ok(None);
     };
-    let (meta, data): (SnapshotMeta, serde_bytes::ByteBuf) = decode(&stored)?;
     if meta.last_log_id.is_none_or(|id| id.index < index) {
         return Ok(None);
     }
@@ -90,7 +89,7 @@ pub async fn adopt_copy(
     } else {
         log.truncate_from(0)?;
     }
-    store.flush().await?;
+    store.sync_log().await?;
     tracing::info!(group, snapshot = %meta.snapshot_id, kept_log_after_it = holds_last, "the group's state is a copy now");
     Ok(())
 }

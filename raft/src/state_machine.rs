@@ -414,9 +414,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .fetch_max(snapshot_position(applied), Ordering::Relaxed);
             self.purgeable_since_start = true;
         }
-        if let Some(stored) = self.state.load_snapshot().map_err(error)? {
-            let (meta, data): (SnapshotMeta, serde_bytes::ByteBuf) =
-                decode(&stored).map_err(error)?;
+        if let Some((meta, data)) = stored_snapshot(&self.state).map_err(error)? {
             if snapshot_position(meta.last_log_id) >= self.purgeable.load(Ordering::Relaxed) {
                 return Ok(Some(Snapshot {
                     meta,
@@ -440,6 +438,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             snapshot: Box::new(SnapshotData::packed_by(packing)),
         }))
     }
+}
+
+/// The group's stored snapshot (the file beside sled), as `install_blob` and `pack_copy` store
+/// it: its metadata and its packed state.
+pub(crate) fn stored_snapshot(
+    state: &StateTree,
+) -> Result<Option<(SnapshotMeta, serde_bytes::ByteBuf)>, gavel_storage::StorageError> {
+    state
+        .load_snapshot()?
+        .map(|stored| decode(&stored))
+        .transpose()
 }
 
 /// How far into the log a snapshot reaches, for `save_snapshot_if_newer`. A snapshot holds only

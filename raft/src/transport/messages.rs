@@ -63,3 +63,18 @@ pub enum PeerResponse {
         in_flight_max: u32,
     },
 }
+
+impl PeerResponse {
+    /// What kind of response this is, for errors (its body may be large).
+    pub fn name(&self) -> &'static str {
+        match self {
+            PeerResponse::AppendEntries(_) => "append_entries",
+            PeerResponse::Vote(_) => "vote",
+            PeerResponse::InstallSnapshot(_) => "install_snapshot",
+            PeerResponse::App(_) => "app",
+            PeerResponse::Refused(_) => "refused",
+            PeerResponse::ClockProbe { .. } => "clock_probe",
+            PeerResponse::Busy { .. } => "busy",
+        }
+    }
+}

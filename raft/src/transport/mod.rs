@@ -50,19 +50,6 @@ pub use tls::{PeerTls, TlsError, PEER_TLS_HANDSHAKES_FAILED_TOTAL, PEER_TLS_HAND
 use crate::clock::{wall_clock_ms, ClockSample};
 use crate::types::NodeId;
 
-/// What kind of response `response` is, for errors (its body may be large).
-fn response_name(response: &PeerResponse) -> &'static str {
-    match response {
-        PeerResponse::AppendEntries(_) => "append_entries",
-        PeerResponse::Vote(_) => "vote",
-        PeerResponse::InstallSnapshot(_) => "install_snapshot",
-        PeerResponse::App(_) => "app",
-        PeerResponse::Refused(_) => "refused",
-        PeerResponse::ClockProbe { .. } => "clock_probe",
-        PeerResponse::Busy { .. } => "busy",
-    }
-}
-
 /// Answers requests that arrive from peers.
 pub trait InboundHandler: Send + Sync + 'static {
     fn handle(
@@ -313,7 +300,7 @@ impl Transport {
             )),
             other => Err(CallError::Unexpected {
                 peer,
-                reason: format!("a clock probe answered with {}", response_name(&other)),
+                reason: format!("a clock probe answered with {}", other.name()),
             }),
         }
     }
