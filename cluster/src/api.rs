@@ -32,6 +32,9 @@ pub struct NodeConfig {
     pub max_clock_offset_ms: u64,
     /// Mutual TLS on the peer transport (`--peer-cert-file` and friends); `None` is plain TCP.
     pub peer_tls: Option<gavel_raft::transport::PeerTls>,
+    /// Replicas compare their states every this many milliseconds of a group's clock
+    /// (`consistency`); 0: never. The same on every node.
+    pub consistency_check_interval_ms: u64,
 }
 
 /// How fresh a read must be.

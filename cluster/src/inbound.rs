@@ -122,6 +122,9 @@ pub(crate) async fn serve_local(node: &Node, group: &Arc<Group>, call: AppCall) 
                 .serve(group, at_least, copy, offset)
                 .await,
         ),
+        AppCall::CheckpointDigest { index } => {
+            AppAnswer::CheckpointDigest(crate::consistency::local_digest(group, index))
+        }
     }
 }
 

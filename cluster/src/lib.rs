@@ -17,6 +17,8 @@
 //! - `observe`: Raft lag gauges;
 //! - `clock_guard`, `clock_offsets`: probing peers' clocks and keeping a node with a skewed
 //!   clock from leading;
+//! - `consistency`: replicas compare their states at checkpoints; one that differs from the
+//!   majority stops, and gets the group's state back from a copy when it starts again;
 //! - `recovery`: a node whose state machines were lost (its storage engine would not open
 //!   after a crash) brings them back from copies before its groups start, and sends copies to
 //!   peers that lost theirs;
@@ -33,6 +35,7 @@ mod api;
 pub mod backup;
 mod clock_guard;
 mod clock_offsets;
+mod consistency;
 mod deadlines;
 mod forwarder;
 mod handoff;

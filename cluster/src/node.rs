@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 
 use crate::api::*;
 use crate::clock_guard::{run_clock_guard, ClockGuard};
+use crate::consistency::{run_consistency_checks, META_DIVERGED};
 use crate::deadlines::run_deadlines;
 use crate::forwarder::Forwarders;
 use crate::inbound::Inbound;
@@ -66,6 +67,9 @@ pub struct Node {
     applied: AppliedChannel,
     /// Copies of groups' states this node sends to peers that lost theirs (`recovery`).
     pub(crate) copies_served: Arc<recovery::CopiesServed>,
+    /// A group whose state this node found to differ from the majority's, and how
+    /// (`consistency`): the node must stop.
+    diverged: watch::Sender<Option<(u32, String)>>,
     tasks: tokio::sync::Mutex<JoinSet<()>>,
 }
 
@@ -146,6 +150,7 @@ impl Node {
             stop,
             applied,
             copies_served: Arc::default(),
+            diverged: watch::channel(None).0,
             tasks: tokio::sync::Mutex::new(JoinSet::new()),
         });
         node.transport.set_handler(Arc::new(Inbound::new(&node)));
@@ -283,6 +288,11 @@ impl Node {
         }
         tasks.spawn(run_metrics(self.groups.clone(), self.stop.subscribe()));
         tasks.spawn(run_placement(Arc::downgrade(self), self.stop.subscribe()));
+        tasks.spawn(run_consistency_checks(
+            Arc::downgrade(self),
+            self.config.consistency_check_interval_ms,
+            self.stop.subscribe(),
+        ));
     }
 
     pub fn node_id(&self) -> u64 {
@@ -424,6 +434,53 @@ impl Node {
         futures::future::select_all(failures).await.0
     }
 
+    /// Resolves once this node found a group's state to differ from what a majority of its
+    /// voters hold (`consistency`), with the group and how. The node must stop (`gavel serve`
+    /// does); its next start brings the group's state back from a peer.
+    pub async fn state_diverged(&self) -> (u32, String) {
+        let mut diverged = self.diverged.subscribe();
+        let found = match diverged.wait_for(Option::is_some).await {
+            Ok(found) => found.clone(),
+            // The sender lives as long as the node.
+            Err(_) => None,
+        };
+        match found {
+            Some(found) => found,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Records that group `group`'s state differs from the majority's, durably, for the next
+    /// start to replace it, then tells whoever runs the node to stop it (`state_diverged`).
+    pub(crate) async fn stop_diverged(&self, group: u32, detail: String) {
+        tracing::error!(
+            group,
+            detail = %detail,
+            "this replica's state differs from the majority's: stopping the node; its next \
+             start brings the group's state back from a peer"
+        );
+        let recorded = self
+            .store
+            .node_meta::<BTreeSet<u32>>(META_DIVERGED)
+            .and_then(|groups| {
+                let mut groups = groups.unwrap_or_default();
+                groups.insert(group);
+                self.store.set_node_meta(META_DIVERGED, &groups)
+            });
+        let recorded = match recorded {
+            Ok(()) => self.store.flush().await,
+            Err(e) => Err(e),
+        };
+        let detail = match recorded {
+            Ok(()) => detail,
+            Err(e) => format!(
+                "{detail}; recording it failed ({e}): empty this node's data dir and add it \
+                 back (docs/OPERATIONS.md)"
+            ),
+        };
+        self.diverged.send_replace(Some((group, detail)));
+    }
+
     /// Stops timers, shuts every group and the transport down, makes the last writes durable.
     pub async fn shutdown(&self) {
         let _ = self.stop.send(true);
@@ -476,7 +533,10 @@ async fn open_groups(
     applied: &AppliedChannel,
 ) -> Result<Vec<Arc<Group>>, NodeError> {
     let flusher = Flusher::start(store.clone());
-    let settings = raft_settings(config.snapshot_after_entries);
+    let settings = raft_settings(
+        config.snapshot_after_entries,
+        config.consistency_check_interval_ms,
+    );
     let mut groups = Vec::with_capacity(config.groups as usize);
     for id in 0..config.groups {
         let group = Group::open(
@@ -497,7 +557,7 @@ async fn open_groups(
 
 /// Log retention follows the snapshot interval: keep a tenth of it behind each snapshot for
 /// followers that lag briefly, and purge in batches no larger than that.
-fn raft_settings(snapshot_after_entries: u64) -> RaftSettings {
+fn raft_settings(snapshot_after_entries: u64, checkpoint_interval_ms: u64) -> RaftSettings {
     let snapshot_after_entries = snapshot_after_entries.max(10);
     let kept =
         (snapshot_after_entries / 10).min(RaftSettings::default().log_entries_kept_after_snapshot);
@@ -507,6 +567,7 @@ fn raft_settings(snapshot_after_entries: u64) -> RaftSettings {
         purge_batch_entries: (snapshot_after_entries / 4).clamp(1, 256),
         // The clock guard turns elections on once this node's clock is known to be healthy.
         elect_at_start: false,
+        checkpoint_interval_ms,
         ..RaftSettings::default()
     }
 }

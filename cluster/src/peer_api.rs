@@ -1,11 +1,11 @@
 //! Node-to-node application requests, carried by the peer transport as opaque `AppRequest`s:
-//! forwarded writes, read indexes, membership changes, leadership transfer, status, and copies
-//! of a group's state for a node that lost its own.
+//! forwarded writes, read indexes, membership changes, leadership transfer, status, copies of a
+//! group's state for a node that lost its own, and digests at consistency checkpoints.
 //!
 //! The Raft group a request concerns travels in the transport envelope, not in these bodies.
 
 use gavel_raft::transport::AppRequest;
-use gavel_raft::{GavelNode, SnapshotMeta};
+use gavel_raft::{CheckpointDigest, GavelNode, SnapshotMeta};
 use gavel_rules::{Command, Reply};
 use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
@@ -59,6 +59,11 @@ pub enum AppCall {
         copy: Option<String>,
         offset: u64,
     },
+    /// This replica's digest of the group's state at the consistency checkpoint at log index
+    /// `index` (`consistency`).
+    CheckpointDigest {
+        index: u64,
+    },
 }
 
 /// Why a request failed on the node that received it.
@@ -107,6 +112,7 @@ pub enum AppAnswer {
     Status(Vec<GroupView>),
     ProposedBatch(Vec<Result<Box<Reply>, RemoteFailure>>),
     StateCopy(Result<StateCopyPiece, RemoteFailure>),
+    CheckpointDigest(CheckpointDigest),
 }
 
 /// Part of a copy of a group's state machine (a Raft snapshot's data), as `AppCall::StateCopy`

@@ -29,6 +29,7 @@ use gavel_storage::{set_aside_engine_files, SnapshotBlob, Store, StoreConfig};
 
 use crate::api::{NodeConfig, NodeError};
 use crate::backup::{snapshot_reaching, GROUP_STATE_BYTES_MAX};
+use crate::consistency::META_DIVERGED;
 use crate::node::META_GROUPS;
 use crate::peer_api::{
     decode_answer, encode_call, AppAnswer, AppCall, RemoteFailure, StateCopyPiece,
@@ -76,38 +77,67 @@ pub(crate) fn open_store(db_dir: &Path, config: &NodeConfig) -> Result<Store, No
 }
 
 /// Brings back every group whose state was lost (its log purged past it), from its stored
-/// snapshot or from a peer; returns once each is adopted and durable. `transport` must be
+/// snapshot or from a peer, and every group whose state was found to differ from its peers'
+/// (`consistency`), from a peer; returns once each is adopted and durable. `transport` must be
 /// started and know the initial cluster's addresses; no handler needs to be set.
 pub(crate) async fn recover_lost_states(
     store: &Store,
     transport: &Transport,
     config: &NodeConfig,
 ) -> Result<(), NodeError> {
+    let mut diverged: BTreeSet<u32> = store.node_meta(META_DIVERGED)?.unwrap_or_default();
     let mut lost = Vec::new();
     for group in 0..config.groups {
-        if let Some(purged) = gavel_raft::state_behind_log(store, group)? {
-            lost.push((group, purged.index));
+        if diverged.contains(&group) {
+            // Its own stored snapshot may hold the same difference: only a peer's copy, at
+            // least as far as the state claimed to be.
+            let applied = gavel_raft::applied_index(store, group)?;
+            let purged = gavel_raft::state_behind_log(store, group)?.map(|id| id.index);
+            lost.push((group, applied.max(purged).unwrap_or(0), true));
+        } else if let Some(purged) = gavel_raft::state_behind_log(store, group)? {
+            lost.push((group, purged.index, false));
         }
     }
     if lost.is_empty() {
         return Ok(());
     }
     tracing::warn!(
-        groups = ?lost.iter().map(|(group, _)| group).collect::<Vec<_>>(),
-        "state machines lost: their logs were purged past what they hold; bringing them back \
-         from copies"
+        groups = ?lost.iter().map(|(group, _, _)| group).collect::<Vec<_>>(),
+        found_to_differ = ?diverged,
+        "state machines lost (their logs were purged past what they hold) or found to differ \
+         from their peers': bringing them back from copies"
     );
-    for (group, purged_index) in lost {
+    for (group, at_least, differed) in lost {
         let started = Instant::now();
-        let (meta, blob, source) = match stored_copy(store, group, purged_index) {
+        let stored = match differed {
+            true => {
+                store.state(group)?.discard_snapshot()?;
+                None
+            }
+            false => stored_copy(store, group, at_least),
+        };
+        let (meta, blob, source) = match stored {
             Some((meta, blob)) => (meta, blob, "its stored snapshot".to_string()),
             None => {
+                let why = match differed {
+                    true => format!(
+                        "was found to differ from its peers' (applied through index {at_least})"
+                    ),
+                    false => format!(
+                        "was lost (its log was purged through index {at_least}, past what it \
+                         holds)"
+                    ),
+                };
                 let (meta, blob, peer) =
-                    copy_from_peers(transport, config, group, purged_index).await?;
+                    copy_from_peers(transport, config, group, at_least, &why).await?;
                 (meta, blob, format!("node {peer}"))
             }
         };
         gavel_raft::adopt_copy(store, group, &meta, blob).await?;
+        if diverged.remove(&group) {
+            store.set_node_meta(META_DIVERGED, &diverged)?;
+            store.flush().await?;
+        }
         tracing::warn!(
             group,
             from = %source,
@@ -130,12 +160,14 @@ fn stored_copy(store: &Store, group: u32, index: u64) -> Option<(SnapshotMeta, S
     }
 }
 
-/// A copy of the group's state reaching `at_least`, from the first peer that sends one whole.
+/// A copy of the group's state reaching `at_least`, from the first peer that sends one whole;
+/// `why` says what happened to the node's own, for the error when none comes.
 async fn copy_from_peers(
     transport: &Transport,
     config: &NodeConfig,
     group: u32,
     at_least: u64,
+    why: &str,
 ) -> Result<(SnapshotMeta, SnapshotBlob, u64), NodeError> {
     let started = Instant::now();
     let mut last_failure = String::from("no peer known");
@@ -153,8 +185,7 @@ async fn copy_from_peers(
         let waited = started.elapsed();
         if waited >= COPY_WAIT || (peers.is_empty() && waited >= PEER_WAIT) {
             return Err(NodeError::Config(format!(
-                "group {group}'s state machine was lost (its log was purged through index \
-                 {at_least}, past what it holds) and no peer sent a copy in {} s (last: \
+                "group {group}'s state machine {why} and no peer sent a copy in {} s (last: \
                  {last_failure}). In a cluster, start the other members, or remove this one, \
                  empty its data dir and add it back (docs/OPERATIONS.md, \"A node that will not \
                  start after a power loss\"); a single node is restored from its backup \

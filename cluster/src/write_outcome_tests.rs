@@ -353,6 +353,7 @@ fn node_config(dir: &std::path::Path, id: u64, peers: &[(u64, String)]) -> NodeC
         snapshot_after_entries: 20_000,
         max_clock_offset_ms: 500,
         peer_tls: None,
+        consistency_check_interval_ms: 0,
     }
 }
 

@@ -24,6 +24,7 @@ fn config(dir: &Path) -> NodeConfig {
         snapshot_after_entries: 20_000,
         max_clock_offset_ms: 500,
         peer_tls: None,
+        consistency_check_interval_ms: 0,
     }
 }
 

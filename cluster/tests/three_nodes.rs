@@ -37,6 +37,7 @@ fn config(
         snapshot_after_entries: 20_000,
         max_clock_offset_ms: 500,
         peer_tls: None,
+        consistency_check_interval_ms: 1_000,
     }
 }
 

@@ -8,6 +8,7 @@ use gavel_storage::{decode, StateTree, Store};
 use openraft::error::Fatal;
 use openraft::{Config, SnapshotPolicy};
 
+use crate::checkpoint::CheckpointRule;
 use crate::flusher::Flusher;
 use crate::log_store::LogStore;
 use crate::network::Network;
@@ -37,6 +38,9 @@ pub struct RaftSettings {
     /// nodes open with it off and turn it on once their clock is known to be healthy
     /// (`runtime_config().elect`).
     pub elect_at_start: bool,
+    /// Consistency checkpoints every this many milliseconds of the group's clock
+    /// (`checkpoint`); 0: none. The same on every replica of a group.
+    pub checkpoint_interval_ms: u64,
 }
 
 impl Default for RaftSettings {
@@ -52,6 +56,7 @@ impl Default for RaftSettings {
             snapshot_chunk_bytes: 1024 * 1024,
             install_snapshot_timeout_ms: 10_000,
             elect_at_start: true,
+            checkpoint_interval_ms: 0,
         }
     }
 }
@@ -138,7 +143,8 @@ impl Group {
         let committed_index = log_store.committed_index();
         let state = store.state(id)?;
         let observer = Arc::new(GroupObserver::new(applied.clone()));
-        let state_machine = StateMachine::new(id, store.clone(), state.clone(), observer.clone());
+        let state_machine = StateMachine::new(id, store.clone(), state.clone(), observer.clone())
+            .with_checkpoints(CheckpointRule::new(settings.checkpoint_interval_ms, id));
         let network = Network {
             transport: transport.clone(),
             group: id,

@@ -12,7 +12,8 @@
 //! - `group`: opening a group with explicit settings;
 //! - `clock`: the wall clock and clock-probe offset samples;
 //! - `restore`: seeding a group of a new cluster from a backed-up state copy;
-//! - `recover`: a replica whose state machine was lost, brought back from a copy.
+//! - `recover`: a replica whose state machine was lost, brought back from a copy;
+//! - `checkpoint`: the entries at which replicas digest their states, to compare them.
 //!
 //! Architecture invariant: this crate and `cluster/` are the only ones that know openraft; it
 //! knows nothing of HTTP.
@@ -20,6 +21,7 @@
 // openraft's error types are large by design and its traits dictate our signatures.
 #![allow(clippy::result_large_err)]
 
+mod checkpoint;
 mod clock;
 mod flusher;
 mod gather;
@@ -33,6 +35,7 @@ mod state_machine;
 pub mod transport;
 mod types;
 
+pub use checkpoint::{CheckpointDigest, CheckpointRule, Checkpoints};
 pub use clock::{wall_clock_ms, ClockSample};
 pub use flusher::{Flusher, PENDING_FLUSHES_MAX};
 pub use gather::gather_ready;
@@ -40,7 +43,7 @@ pub use gavel_rules::Reply;
 pub use group::{Group, GroupError, RaftSettings, StateDigest};
 pub use log_store::LogStore;
 pub use network::Network;
-pub use recover::{adopt_copy, state_behind_log, stored_copy_reaching};
+pub use recover::{adopt_copy, applied_index, state_behind_log, stored_copy_reaching};
 pub use restore::{restore_group, restored_log_id};
 pub use snapshot_data::SnapshotData;
 pub use state_machine::{

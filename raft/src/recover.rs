@@ -22,14 +22,18 @@ pub fn state_behind_log(store: &Store, group: u32) -> Result<Option<LogId>, Stor
     let Some(purged) = purged_through(&store.log(group)?)? else {
         return Ok(None);
     };
+    Ok((applied_index(store, group)? < Some(purged.index)).then_some(purged))
+}
+
+/// The log index group `group`'s stored state was applied through, if any.
+pub fn applied_index(store: &Store, group: u32) -> Result<Option<u64>, StorageError> {
     let applied: Option<LogId> = store
         .state(group)?
         .meta(APPLIED)?
         .map(|bytes| decode::<Option<LogId>>(&bytes))
         .transpose()?
         .flatten();
-    let applied_index = applied.map(|id| id.index);
-    Ok((applied_index < Some(purged.index)).then_some(purged))
+    Ok(applied.map(|id| id.index))
 }
 
 /// The log id the log was last purged through, if it ever was.

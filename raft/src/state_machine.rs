@@ -29,6 +29,7 @@ use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use tokio::sync::{broadcast, Notify};
 
+use crate::checkpoint::{CheckpointRule, Checkpoints};
 use crate::clock::wall_clock_ms;
 use crate::snapshot_data::SnapshotData;
 use crate::types::{
@@ -140,6 +141,8 @@ pub struct GroupObserver {
     /// Every applied change of every group of the node to a watched auction, a batch at a
     /// time, for live fan-out.
     pub applied: AppliedChannel,
+    /// The digests of the state at the group's recent consistency checkpoints.
+    pub checkpoints: Checkpoints,
 }
 
 impl GroupObserver {
@@ -147,6 +150,7 @@ impl GroupObserver {
         GroupObserver {
             deadlines_changed: Notify::new(),
             applied,
+            checkpoints: Checkpoints::default(),
         }
     }
 }
@@ -219,6 +223,7 @@ pub struct StateMachine {
     purgeable: Arc<AtomicU64>,
     /// Whether `purgeable` counts what an earlier run of the node may have purged.
     purgeable_since_start: bool,
+    checkpoint_rule: CheckpointRule,
 }
 
 impl StateMachine {
@@ -235,7 +240,42 @@ impl StateMachine {
             observer,
             purgeable: Arc::default(),
             purgeable_since_start: false,
+            checkpoint_rule: CheckpointRule::new(0, group),
         }
+    }
+
+    /// Digests the state at the group's consistency checkpoints (`checkpoint`), into
+    /// `GroupObserver::checkpoints`.
+    pub fn with_checkpoints(mut self, rule: CheckpointRule) -> StateMachine {
+        self.checkpoint_rule = rule;
+        self
+    }
+
+    /// Begins the digest of the state the last commit left, at checkpoint `index`, and reads it
+    /// on a blocking thread: it reads the whole state, and the applies go on meanwhile.
+    fn begin_checkpoint(&self, index: u64) {
+        let read = match self.state.begin_digest(None) {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::warn!(group = self.group, index, error = %e, "could not begin a checkpoint's digest");
+                return;
+            }
+        };
+        let observer = self.observer.clone();
+        let group = self.group;
+        observer.checkpoints.begin(index);
+        tokio::task::spawn_blocking(move || {
+            let digest = match read.finish() {
+                Ok((digest, _)) => Some(digest),
+                // A snapshot replaced the state meanwhile: what was read is not that state.
+                Err(gavel_storage::StorageError::Replaced) => None,
+                Err(e) => {
+                    tracing::warn!(group, index, error = %e, "could not read a checkpoint's digest");
+                    None
+                }
+            };
+            observer.checkpoints.finish(index, digest);
+        });
     }
 
     /// The last applied log id and membership (what commits left unwritten included).
@@ -300,7 +340,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let sm_error = |e: gavel_storage::StorageError| StorageIOError::write_state_machine(&e);
-        let mut writer = self.state.writer().map_err(sm_error)?;
+        let state = self.state.clone();
+        let mut writer = state.writer().map_err(sm_error)?;
         let mut responses = Vec::new();
         let mut ended_at_deadlines = Vec::new();
         let mut deadlines_moved = false;
@@ -308,9 +349,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut last_applied = None;
         for entry in entries {
             last_applied = Some(entry.log_id);
+            let mut checkpoint = false;
             let response = match entry.payload {
                 EntryPayload::Blank => Response::default(),
                 EntryPayload::Normal(proposal) => {
+                    let stamp_before = writer.last_stamp();
                     // In order, each with the entry's stamp, exactly as if alone in its entry.
                     let mut replies = Vec::with_capacity(proposal.commands.len());
                     for command in proposal.commands.iter() {
@@ -324,6 +367,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         ended_at_deadlines.extend(applied.effects.ended_at_deadline_ms);
                         replies.push(applied.effects.reply);
                     }
+                    checkpoint = self
+                        .checkpoint_rule
+                        .is_checkpoint(stamp_before, writer.last_stamp());
                     Response(replies)
                 }
                 EntryPayload::Membership(membership) => {
@@ -333,6 +379,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 }
             };
             responses.push(response);
+            if checkpoint {
+                // The checkpoint's digest is of the state this very entry left, so the entries
+                // before it commit alone (once per checkpoint interval).
+                writer.set_meta(APPLIED, encode(&Some(entry.log_id)).map_err(sm_error)?);
+                writer.commit().map_err(sm_error)?;
+                last_applied = None;
+                self.begin_checkpoint(entry.log_id.index);
+                writer = state.writer().map_err(sm_error)?;
+            }
         }
         if let Some(applied) = last_applied {
             writer.set_meta(APPLIED, encode(&Some(applied)).map_err(sm_error)?);

@@ -63,6 +63,13 @@ pub struct ServeArgs {
     /// the whole state instead.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(10..=100_000_000))]
     pub snapshot_after_entries: u64,
+    /// Every this many milliseconds of a group's time, each replica digests the group's state
+    /// at the same log entry and compares it with the other voters'; a node whose state
+    /// differs from the majority's stops, and its next start brings that group's state back
+    /// from a peer. 0: never. The same on every node: nodes with different intervals never
+    /// find a common entry to compare.
+    #[arg(long, env = "GAVEL_CONSISTENCY_CHECK_INTERVAL_MS", default_value_t = 600_000, value_parser = parse_check_interval_ms)]
+    pub consistency_check_interval_ms: u64,
     /// How long shutdown waits for in-flight requests before closing them, in milliseconds.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub shutdown_grace_ms: u64,
@@ -179,6 +186,25 @@ pub struct TokenArgs {
 /// `(node id, peer address)` of every initial voter, ids unique.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InitialCluster(pub Vec<(u64, String)>);
+
+/// The shortest consistency check interval: each check commits its entry alone and reads a
+/// group's whole state on every replica.
+const CHECK_INTERVAL_MS_MIN: u64 = 1_000;
+const CHECK_INTERVAL_MS_MAX: u64 = 7 * 24 * 3_600_000;
+
+/// `--consistency-check-interval-ms`: 0 (never), or 1 s to a week.
+fn parse_check_interval_ms(text: &str) -> Result<u64, String> {
+    let ms: u64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number of milliseconds"))?;
+    match ms {
+        0 | CHECK_INTERVAL_MS_MIN..=CHECK_INTERVAL_MS_MAX => Ok(ms),
+        _ => Err(format!(
+            "{ms} ms: give 0 (no checks) or {CHECK_INTERVAL_MS_MIN} to {CHECK_INTERVAL_MS_MAX} \
+             (a week)"
+        )),
+    }
+}
 
 fn parse_sub(text: &str) -> Result<String, String> {
     crate::http::auth::check_sub(text).map(|()| text.to_owned())
@@ -397,6 +423,7 @@ impl ServeArgs {
             snapshot_after_entries: self.snapshot_after_entries,
             max_clock_offset_ms: self.max_clock_offset_ms,
             peer_tls,
+            consistency_check_interval_ms: self.consistency_check_interval_ms,
         }
     }
 }
@@ -499,6 +526,16 @@ impl JwtArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn check_intervals() {
+        assert_eq!(parse_check_interval_ms("0"), Ok(0));
+        assert_eq!(parse_check_interval_ms("1000"), Ok(1_000));
+        assert_eq!(parse_check_interval_ms("604800000"), Ok(604_800_000));
+        for bad in ["", "-1", "1.5", "999", "1", "604800001", "ten"] {
+            assert!(parse_check_interval_ms(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn host_ports() {

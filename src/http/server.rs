@@ -264,7 +264,8 @@ fn announce(args: &ServeArgs, listen: &str, source: Option<&SecretSource>) {
     }
 }
 
-/// Serves until a shutdown signal or a Raft group's storage failure, hands the node's
+/// Serves until a shutdown signal, a Raft group's storage failure or a state found to differ
+/// from the other replicas' (`Node::state_diverged`), hands the node's
 /// leaderships off, then gives in-flight requests `grace_ms` to finish. After a failure it
 /// returns it as an error, so that the process exits non-zero and a supervisor sees it.
 async fn serve_until_signal<L>(
@@ -297,6 +298,13 @@ where
                  acknowledged is lost; fix the cause, such as a full disk, and start it again)"
             );
             Some(anyhow::anyhow!("Raft group {group} stopped: {failure}"))
+        }
+        (group, detail) = node.state_diverged() => {
+            Some(anyhow::anyhow!(
+                "{detail}. This node stopped rather than serve or decide from a state the other \
+                 replicas do not hold; start it again and it brings group {group}'s state back \
+                 from a peer (docs/OPERATIONS.md, \"A replica whose state differs\")"
+            ))
         }
     };
     // Still serving: a write for a group in transfer waits for it and is then forwarded to the

@@ -36,8 +36,8 @@ use std::path::Path;
 pub use codec::{decode, decode_as, encode, encode_as, format_of, FORMAT_VERSION};
 pub use damaged::set_aside_engine_files;
 pub use state::{
-    Applied, AuctionCursor, AuctionFilter, AuctionPage, BidFilter, BidPage, SnapshotBlob,
-    StateTree, StateWriter, TreeCopy, LIST_SCAN_ROWS_MAX, SNAPSHOT_FORMAT,
+    Applied, AuctionCursor, AuctionFilter, AuctionPage, BidFilter, BidPage, DigestRead,
+    SnapshotBlob, StateTree, StateWriter, TreeCopy, LIST_SCAN_ROWS_MAX, SNAPSHOT_FORMAT,
 };
 pub use summary::StateSummary;
 use wal::Wal;

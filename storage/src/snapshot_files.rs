@@ -78,6 +78,23 @@ impl SnapshotFiles {
         Ok(true)
     }
 
+    /// Removes every snapshot file of the group, durably.
+    pub(crate) fn discard(&self) -> Result<(), StorageError> {
+        let _one_at_a_time = SAVING
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        for entry in entries {
+            fs::remove_file(entry?.path())?;
+        }
+        sync_dir(&self.dir)?;
+        Ok(())
+    }
+
     /// The stored snapshot's bytes, if any.
     pub(crate) fn load(&self) -> Result<Option<Vec<u8>>, StorageError> {
         match self.newest()? {
@@ -143,6 +160,18 @@ mod tests {
         assert_eq!(left, vec![format!("{:020}.snap", 8)], "older files removed");
         let other_group = SnapshotFiles::new(dir.path(), 4);
         assert_eq!(other_group.load().unwrap(), None, "groups are apart");
+    }
+
+    #[test]
+    fn a_discarded_snapshot_is_gone_and_any_position_saves_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = SnapshotFiles::new(dir.path(), 1);
+        files.discard().unwrap();
+        assert!(files.save_if_newer(9, b"nine").unwrap());
+        files.discard().unwrap();
+        assert_eq!(files.load().unwrap(), None);
+        assert!(files.save_if_newer(9, b"nine, from a peer").unwrap());
+        assert_eq!(files.load().unwrap(), Some(b"nine, from a peer".to_vec()));
     }
 
     #[test]

@@ -1181,8 +1181,10 @@ impl StateTree {
     }
 
     /// Takes, between two commits, what the digest needs at once: what commits left
-    /// unwritten, the meta record, and the beginning of a copy of the tree.
-    fn begin_digest(&self, meta_name: Option<&str>) -> Result<DigestRead, StorageError> {
+    /// unwritten, the meta record, and the beginning of a copy of the tree. Called where no
+    /// commit runs meanwhile (the state machine's task), the digest is of exactly the state
+    /// the last commit left; it is read when it finishes, on any thread.
+    pub fn begin_digest(&self, meta_name: Option<&str>) -> Result<DigestRead, StorageError> {
         let committed = self.committed();
         let unwritten = self.unwritten().clone();
         let meta = match meta_name {
@@ -1213,6 +1215,12 @@ impl StateTree {
 
     pub fn load_snapshot(&self) -> Result<Option<Vec<u8>>, StorageError> {
         self.snapshots.load()
+    }
+
+    /// Removes the stored snapshot, durably: for a state found to differ from its peers', whose
+    /// snapshot may hold the same difference and must not be sent or adopted.
+    pub fn discard_snapshot(&self) -> Result<(), StorageError> {
+        self.snapshots.discard()
     }
 }
 
@@ -1265,15 +1273,16 @@ fn snapshot_position(raw: &[u8]) -> Result<u64, StorageError> {
 
 /// A digest begun between two commits (`StateTree::begin_digest`): the tree is read when it
 /// finishes, while commits may go on.
-struct DigestRead {
+pub struct DigestRead {
     tree: TreeCopy,
     unwritten: Unwritten,
     meta: Option<Vec<u8>>,
 }
 
 impl DigestRead {
-    /// The digest of the state as it was when the read began, and the meta record of that state.
-    fn finish(self) -> Result<(u64, Option<Vec<u8>>), StorageError> {
+    /// The digest of the state as it was when the read began, and the meta record of that
+    /// state; `StorageError::Replaced` if a snapshot was installed over the state meanwhile.
+    pub fn finish(self) -> Result<(u64, Option<Vec<u8>>), StorageError> {
         let tree = self.tree.finish()?;
         Ok((digest_of(&tree.pairs, &self.unwritten)?, self.meta))
     }
@@ -1477,6 +1486,11 @@ struct JournaledCommit {
 }
 
 impl StateWriter<'_> {
+    /// The group's clock: the stamp of the newest command applied, which never goes back.
+    pub fn last_stamp(&self) -> StampMs {
+        self.last_stamp
+    }
+
     /// Decides `command` with the rules and stages its effects. The stamp is clamped so it never
     /// goes below the previous entry's: time is monotonic per group, across leader changes too.
     pub fn apply(&mut self, stamp: StampMs, command: &Command) -> Result<Applied, StorageError> {

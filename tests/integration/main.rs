@@ -44,4 +44,5 @@ mod live_streams;
 mod ops;
 mod rolling_restart;
 mod security_tls;
+mod state_divergence;
 mod state_recovery;

@@ -533,6 +533,33 @@ impl Cluster {
         self.member_mut(id).kill9();
     }
 
+    /// Starts a stopped node again on its data dir and ports, without waiting for it: for a
+    /// node the test expects to stop by itself ([`Cluster::await_exit`]).
+    pub fn spawn_again(&mut self, id: u64) {
+        let config = self.config.clone();
+        let initial = self.initial_cluster.clone();
+        let member = self.member_mut(id);
+        assert!(!member.is_running(), "stop node {id} before starting it");
+        member.spawn(&config, &initial);
+    }
+
+    /// Waits (bounded) for node `id` to exit by itself; returns its exit status.
+    pub async fn await_exit(&mut self, id: u64, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.member_mut(id).exited() {
+                return status;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "node {id} did not exit within {timeout:?}; logs:\n{}",
+                    self.all_logs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
+        }
+    }
+
     /// SIGTERM, then waits (bounded) for the process to exit; returns its exit status.
     pub async fn terminate(&mut self, id: u64, timeout: Duration) -> std::process::ExitStatus {
         let member = self.member_mut(id);
