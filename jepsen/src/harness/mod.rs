@@ -304,7 +304,8 @@ async fn drive(
     };
     std::fs::write(dir.join("history.jsonl"), history.to_json_lines())?;
     let checked = Instant::now();
-    let verdicts = check_all(&history);
+    let mut verdicts = check_all(&history);
+    verdicts.push(replica_checks(&nemesis.nodes));
     let check_time = checked.elapsed();
     let mut notes = faults_failed;
     if let Err(e) = converged {
@@ -314,6 +315,44 @@ async fn drive(
     std::fs::write(dir.join("summary.txt"), &summary)?;
     std::fs::write(dir.join("timeline.html"), report::timeline(&history))?;
     Ok((verdicts, summary))
+}
+
+/// What the nodes' own consistency checks found (they compare the replicas' state digests at
+/// checkpoints every `CHECK_INTERVAL_MS`, `--consistency-check-interval-ms`): no fault of the
+/// suite damages synced data, so a replica whose state differs from the majority's is a
+/// finding, as is a check with no majority, even though the node stops and gets the group's
+/// state back at its next start.
+fn replica_checks(nodes: &nodes::Nodes) -> gavel_jepsen::checker::Verdict {
+    use gavel_jepsen::checker::{Validity, Verdict};
+    let mut problems = Vec::new();
+    let mut agreed = 0;
+    for node in 1..=crate::NODES_MAX {
+        let Ok(log) = std::fs::read_to_string(nodes.log_path(node)) else {
+            continue;
+        };
+        agreed += log.matches("replicas agree at the checkpoint").count();
+        for line in log.lines().filter(|line| {
+            line.contains("this replica's state differs")
+                || line.contains("replicas' states differ")
+        }) {
+            if problems.len() < 20 {
+                problems.push(format!("n{node}: {line}"));
+            }
+        }
+    }
+    Verdict {
+        checker: "replica_checks",
+        validity: match problems.is_empty() {
+            true => Validity::Valid,
+            false => Validity::Invalid,
+        },
+        problems,
+        notes: vec![format!(
+            "{agreed} checkpoint comparisons agreed (each node compares its digest of a group's \
+             state with the other voters' at entries every {} ms of the group's time)",
+            nodes::CHECK_INTERVAL_MS
+        )],
+    }
 }
 
 async fn schedule(

@@ -30,6 +30,9 @@ const PEER_PORT: u16 = 9080;
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 /// How long a (re)started node may take before its `/healthz` answers.
 const START_WAIT: Duration = Duration::from_secs(20);
+/// The nodes' `--consistency-check-interval-ms`: short, so that a minute's run compares the
+/// replicas' states dozens of times, across every fault.
+pub const CHECK_INTERVAL_MS: u64 = 2_000;
 /// The file that takes a node's free disk space while its disk is full.
 const DISK_FILLER: &str = "disk-filler";
 /// The largest and smallest pieces the filler grows by (see `Nodes::fill_disk`).
@@ -229,7 +232,8 @@ impl Nodes {
             .args(["netns", "exec", &node_namespace(node)])
             .arg(&self.settings.bin)
             .args(self.serve_args(node, join))
-            .env("RUST_LOG", "info")
+            // The consistency checks' agreements too, which `replica_checks` counts.
+            .env("RUST_LOG", "info,gavel_cluster::consistency=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -274,6 +278,8 @@ impl Nodes {
             // The workload's bidders are few and fast; rate limiting would only add noise.
             "--bid-rate-per-bidder".into(),
             "0".into(),
+            "--consistency-check-interval-ms".into(),
+            CHECK_INTERVAL_MS.to_string(),
         ];
         if join {
             args.push("--join".into());
