@@ -171,7 +171,7 @@ async fn a_replica_whose_state_differs_stops_and_gets_the_groups_state_back() {
 
 #[test]
 fn a_check_interval_out_of_range_is_refused_before_the_node_starts() {
-    let cases: [(Vec<&str>, Vec<(&str, &str)>, &str); 3] = [
+    let cases = [
         (
             vec!["--consistency-check-interval-ms", "500"],
             vec![],
