@@ -1,7 +1,7 @@
 //! Replicas compare their states at consistency checkpoints (`gavel_raft`'s `checkpoint`): each
-//! node asks the other voters of each group for their digest of the state at the group's
-//! newest checkpoint, and a node whose digest differs from one a majority of the voters holds
-//! stops (its state differs from the group's; as leader it would decide bids its own way, and
+//! node asks the (other) voters of each group it is a member of, a learner too, for their
+//! digest of the state at the group's newest checkpoint, and a node whose digest differs from
+//! one a majority of the voters holds stops (its state differs from the group's; as leader it would decide bids its own way, and
 //! it serves wrong reads). It records the group first, so that its next start brings the
 //! group's state back from a peer's copy (`recovery`) before the group runs again.
 //!
@@ -45,9 +45,11 @@ pub(crate) enum Verdict {
 }
 
 /// Judges this node's digest `mine` against the other voters' answers (`None`: no answer),
-/// among `voters` voters in all (this node included).
+/// among `voters` voters in all, this node one of them if `voting` (a learner's digest counts
+/// for nothing, but it must hold the voters' majority's too).
 pub(crate) fn judge(
     mine: u64,
+    voting: bool,
     voters: usize,
     answers: &[(u64, Option<CheckpointDigest>)],
 ) -> Verdict {
@@ -66,7 +68,8 @@ pub(crate) fn judge(
             _ => None,
         })
         .collect();
-    if 1 + holding(mine).len() >= majority {
+    let own_vote = usize::from(voting);
+    if own_vote + holding(mine).len() >= majority {
         let differing: Vec<u64> = others.iter().flat_map(|digest| holding(*digest)).collect();
         return match differing.is_empty() {
             true => Verdict::Agree,
@@ -82,7 +85,7 @@ pub(crate) fn judge(
             };
         }
     }
-    let all_answered = answers.len() + 1 >= voters
+    let all_answered = answers.len() + own_vote >= voters
         && answers
             .iter()
             .all(|(_, answer)| matches!(answer, Some(CheckpointDigest::Digest(_))));
@@ -129,10 +132,11 @@ async fn check_group(node: &Arc<Node>, group: &Arc<Group>, judged: &mut u64) {
     if index <= *judged {
         return;
     }
-    let (voters, _) = members(group);
+    let (voters, learners) = members(group);
     let me = node.node_id();
-    if voters.len() < 2 || !voters.contains(&me) {
-        // Nothing to compare with, or not this node's to judge (a learner catching up).
+    let voting = voters.contains(&me);
+    if (voting && voters.len() < 2) || !(voting || learners.contains(&me)) {
+        // Nothing to compare with (a single voter), or no longer a member.
         *judged = index;
         return;
     }
@@ -141,7 +145,7 @@ async fn check_group(node: &Arc<Node>, group: &Arc<Group>, judged: &mut u64) {
         peers.map(|peer| async move { (peer, ask_digest(node, peer, group.id, index).await) }),
     )
     .await;
-    let verdict = judge(mine, voters.len(), &answers);
+    let verdict = judge(mine, voting, voters.len(), &answers);
     let outcome = match &verdict {
         Verdict::Wait => return,
         Verdict::Agree => "agree",
@@ -219,39 +223,42 @@ mod tests {
     fn a_majority_decides_whose_state_differs() {
         // Three voters.
         assert_eq!(
-            judge(7, 3, &[(2, Some(Digest(7))), (3, Some(Digest(7)))]),
+            judge(7, true, 3, &[(2, Some(Digest(7))), (3, Some(Digest(7)))]),
             Verdict::Agree
         );
         assert_eq!(
-            judge(7, 3, &[(2, Some(Digest(7))), (3, Some(Pending))]),
+            judge(7, true, 3, &[(2, Some(Digest(7))), (3, Some(Pending))]),
             Verdict::Agree,
             "a majority agrees; the third checks itself"
         );
         assert_eq!(
-            judge(7, 3, &[(2, Some(Digest(7))), (3, Some(Digest(9)))]),
+            judge(7, true, 3, &[(2, Some(Digest(7))), (3, Some(Digest(9)))]),
             Verdict::OthersDiffer(vec![3])
         );
         assert_eq!(
-            judge(9, 3, &[(2, Some(Digest(7))), (3, Some(Digest(7)))]),
+            judge(9, true, 3, &[(2, Some(Digest(7))), (3, Some(Digest(7)))]),
             Verdict::Diverged {
                 majority: 7,
                 holders: vec![2, 3]
             }
         );
         assert_eq!(
-            judge(9, 3, &[(2, Some(Digest(7))), (3, Some(Digest(8)))]),
+            judge(9, true, 3, &[(2, Some(Digest(7))), (3, Some(Digest(8)))]),
             Verdict::NoMajority
         );
         for unsure in [Some(Pending), Some(Unknown), None] {
             assert_eq!(
-                judge(9, 3, &[(2, Some(Digest(7))), (3, unsure)]),
+                judge(9, true, 3, &[(2, Some(Digest(7))), (3, unsure)]),
                 Verdict::Wait,
                 "one against one: {unsure:?}"
             );
         }
         // Two voters: each alone is no majority, so a difference is never acted on.
-        assert_eq!(judge(9, 2, &[(2, Some(Digest(7)))]), Verdict::NoMajority);
-        assert_eq!(judge(7, 2, &[(2, Some(Digest(7)))]), Verdict::Agree);
+        assert_eq!(
+            judge(9, true, 2, &[(2, Some(Digest(7)))]),
+            Verdict::NoMajority
+        );
+        assert_eq!(judge(7, true, 2, &[(2, Some(Digest(7)))]), Verdict::Agree);
         // Five voters: two differing replicas are still the minority.
         let answers = [
             (2, Some(Digest(7))),
@@ -260,7 +267,7 @@ mod tests {
             (5, None),
         ];
         assert_eq!(
-            judge(9, 5, &answers),
+            judge(9, true, 5, &answers),
             Verdict::Wait,
             "two against two, one unknown"
         );
@@ -271,12 +278,36 @@ mod tests {
             (5, Some(Digest(7))),
         ];
         assert_eq!(
-            judge(9, 5, &answers),
+            judge(9, true, 5, &answers),
             Verdict::Diverged {
                 majority: 7,
                 holders: vec![2, 3, 5]
             }
         );
-        assert_eq!(judge(7, 5, &answers), Verdict::OthersDiffer(vec![4]));
+        assert_eq!(judge(7, true, 5, &answers), Verdict::OthersDiffer(vec![4]));
+    }
+
+    #[test]
+    fn a_learner_must_hold_what_a_majority_of_the_voters_holds() {
+        let three_voters = [
+            (1, Some(Digest(7))),
+            (2, Some(Digest(7))),
+            (3, Some(Digest(9))),
+        ];
+        assert_eq!(
+            judge(7, false, 3, &three_voters),
+            Verdict::OthersDiffer(vec![3])
+        );
+        assert_eq!(
+            judge(9, false, 3, &three_voters),
+            Verdict::Diverged {
+                majority: 7,
+                holders: vec![1, 2]
+            },
+            "its own digest is no vote: one voter with it is no majority"
+        );
+        let undecided = [(1, Some(Digest(7))), (2, None), (3, Some(Digest(9)))];
+        assert_eq!(judge(9, false, 3, &undecided), Verdict::Wait);
+        assert_eq!(judge(7, false, 3, &undecided), Verdict::Wait);
     }
 }

@@ -79,13 +79,24 @@ pub struct Checkpoints {
 }
 
 impl Checkpoints {
-    /// The checkpoint at log index `index` is being digested.
-    pub(crate) fn begin(&self, index: u64) {
+    /// The checkpoint at log index `index` is being digested, unless another one still is:
+    /// then it is skipped (returns false). A replica catching up applies many checkpoints in a
+    /// burst, and only the newest is compared; reading them all at once would take a core each.
+    pub(crate) fn begin(&self, index: u64) -> bool {
+        if self.reading() {
+            return false;
+        }
         let mut recent = self.recent();
         recent.push_back((index, None));
         while recent.len() > CHECKPOINTS_KEPT {
             recent.pop_front();
         }
+        true
+    }
+
+    /// Whether a checkpoint's digest is being read.
+    pub fn reading(&self) -> bool {
+        self.recent().iter().any(|(_, digest)| digest.is_none())
     }
 
     /// The checkpoint at `index` has its digest (`None`: it could not be read, so forget it).
@@ -167,18 +178,20 @@ mod tests {
         let checkpoints = Checkpoints::default();
         assert_eq!(checkpoints.digest_at(10, 5), CheckpointDigest::Pending);
         assert_eq!(checkpoints.digest_at(10, 12), CheckpointDigest::Unknown);
-        checkpoints.begin(10);
+        assert!(checkpoints.begin(10));
         assert_eq!(checkpoints.digest_at(10, 12), CheckpointDigest::Pending);
         assert_eq!(checkpoints.latest(), None);
+        assert!(!checkpoints.begin(11), "one read at a time");
+        assert_eq!(checkpoints.digest_at(11, 12), CheckpointDigest::Unknown);
         checkpoints.finish(10, Some(77));
         assert_eq!(checkpoints.digest_at(10, 12), CheckpointDigest::Digest(77));
         assert_eq!(checkpoints.latest(), Some((10, 77)));
-        checkpoints.begin(20);
+        assert!(checkpoints.begin(20));
         checkpoints.finish(20, None);
         assert_eq!(checkpoints.digest_at(20, 25), CheckpointDigest::Unknown);
         assert_eq!(checkpoints.latest(), Some((10, 77)));
         for index in [30, 40, 50, 60] {
-            checkpoints.begin(index);
+            assert!(checkpoints.begin(index));
             checkpoints.finish(index, Some(index));
         }
         assert_eq!(

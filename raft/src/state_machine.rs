@@ -252,20 +252,24 @@ impl StateMachine {
     }
 
     /// Begins the digest of the state the last commit left, at checkpoint `index`, and reads it
-    /// on a blocking thread: it reads the whole state, and the applies go on meanwhile.
+    /// on a background thread while the applies go on: it reads the whole state, paced as a
+    /// snapshot is (every replica reads at once, and a burst of it shows in the bids' latency).
     fn begin_checkpoint(&self, index: u64) {
+        let observer = self.observer.clone();
+        if !observer.checkpoints.begin(index) {
+            return;
+        }
         let read = match self.state.begin_digest(None) {
             Ok(read) => read,
             Err(e) => {
                 tracing::warn!(group = self.group, index, error = %e, "could not begin a checkpoint's digest");
+                observer.checkpoints.finish(index, None);
                 return;
             }
         };
-        let observer = self.observer.clone();
         let group = self.group;
-        observer.checkpoints.begin(index);
-        tokio::task::spawn_blocking(move || {
-            let digest = match read.finish() {
+        tokio::spawn(async move {
+            let digest = match on_background_thread("checkpoint", move || read.finish()).await {
                 Ok((digest, _)) => Some(digest),
                 // A snapshot replaced the state meanwhile: what was read is not that state.
                 Err(gavel_storage::StorageError::Replaced) => None,
@@ -380,8 +384,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             };
             responses.push(response);
             if checkpoint {
-                // The checkpoint's digest is of the state this very entry left, so the entries
-                // before it commit alone (once per checkpoint interval).
+                // The checkpoint's digest is of the state this very entry left: what was
+                // applied up to it commits first, and the rest of the call after it (once per
+                // checkpoint interval).
                 writer.set_meta(APPLIED, encode(&Some(entry.log_id)).map_err(sm_error)?);
                 writer.commit().map_err(sm_error)?;
                 last_applied = None;

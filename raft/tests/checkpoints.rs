@@ -31,6 +31,10 @@ fn bid(n: u64) -> Command {
     }
 }
 
+fn stamp(index: u64) -> i64 {
+    START_MS + 150 * index as i64
+}
+
 fn entry(index: u64) -> Entry {
     let leader: NodeId = 1;
     let commands = if index == 1 {
@@ -41,7 +45,7 @@ fn entry(index: u64) -> Entry {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, leader), index),
         payload: EntryPayload::Normal(Proposal {
-            stamp_ms: START_MS + 150 * index as i64,
+            stamp_ms: stamp(index),
             commands: commands.into(),
         }),
     }
@@ -76,10 +80,15 @@ async fn reopen_after_crash(replica: Replica, dir: &std::path::Path) -> (Replica
     (replica, applied.map_or(1, |id| id.index + 1))
 }
 
-/// Applies entries `from..=to` in calls of `per_call` entries.
+/// Applies entries `from..=to` in calls of `per_call` entries, each once the replica's last
+/// checkpoint is read (one it applies meanwhile would be skipped, as a replica catching up
+/// skips them; here every replica must take the same ones).
 async fn apply(replica: &mut Replica, from: u64, to: u64, per_call: usize) {
     let entries: Vec<Entry> = (from..=to).map(entry).collect();
     for call in entries.chunks(per_call) {
+        while replica.observer.checkpoints.reading() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         replica.machine.apply(call.to_vec()).await.unwrap();
     }
 }
@@ -109,20 +118,42 @@ async fn replicas_digest_the_same_entries_alike_however_they_apply_them() {
     let mut first = open(one.path());
     let mut second = open(two.path());
     apply(&mut first, 1, ENTRIES, 1).await;
-    // The second replica applies in bigger calls, and restarts halfway.
-    apply(&mut second, 1, 29, 7).await;
+    // The second replica applies in bigger calls (no two checkpoints in one), and restarts
+    // halfway.
+    apply(&mut second, 1, 29, 5).await;
     let (mut second, next) = reopen_after_crash(second, two.path()).await;
     assert!(next <= 30);
-    apply(&mut second, next, ENTRIES, 13).await;
+    apply(&mut second, next, ENTRIES, 6).await;
+
+    // One that catches up in one call reads one checkpoint's digest at a time: it skips those
+    // it applies meanwhile.
+    let four = tempfile::tempdir().unwrap();
+    let mut catching_up = open(four.path());
+    apply(&mut catching_up, 1, ENTRIES, ENTRIES as usize).await;
 
     let first_digests = digests(&first, ENTRIES).await;
     let kept_by_second = digests(&second, ENTRIES).await;
-    assert!(
-        first_digests.len() >= 4,
-        "a checkpoint each second of stamps, the last 4 kept: {first_digests:?}"
+    let taken_catching_up = digests(&catching_up, ENTRIES).await;
+    let rule = CheckpointRule::new(INTERVAL_MS, GROUP);
+    let expected: Vec<u64> = (2..=ENTRIES)
+        .filter(|&index| rule.is_checkpoint(stamp(index - 1), stamp(index)))
+        .collect();
+    assert_eq!(
+        taken_catching_up
+            .iter()
+            .map(|(index, _)| *index)
+            .collect::<Vec<_>>(),
+        vec![expected[0]],
+        "only the first of the call's checkpoints"
     );
     assert_eq!(first_digests, kept_by_second, "same entries, same digests");
     let indexes: Vec<u64> = first_digests.iter().map(|(index, _)| *index).collect();
+    assert_eq!(
+        indexes,
+        expected[expected.len() - 4..],
+        "the entries that move the clock into another second (shifted for the group), the \
+         last 4 kept"
+    );
     let distinct: std::collections::BTreeSet<u64> =
         first_digests.iter().map(|(_, digest)| *digest).collect();
     assert_eq!(distinct.len(), indexes.len(), "each checkpoint's own state");
