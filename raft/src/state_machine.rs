@@ -23,7 +23,8 @@ use std::time::Instant;
 
 use gavel_rules::{Auction, Change, StampMs};
 use gavel_storage::{
-    decode, encode, on_background_thread, SnapshotBlob, StateTree, Store, TreeCopy,
+    decode, encode, on_background_thread, on_idle_background_thread, SnapshotBlob, StateTree,
+    Store, TreeCopy,
 };
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
@@ -252,8 +253,9 @@ impl StateMachine {
     }
 
     /// Begins the digest of the state the last commit left, at checkpoint `index`, and reads it
-    /// on a background thread while the applies go on: it reads the whole state, paced as a
-    /// snapshot is (every replica reads at once, and a burst of it shows in the bids' latency).
+    /// on a background thread while the applies go on: it reads the whole state, paced to a
+    /// sixteenth of a core (every replica reads at once, and a burst of it shows in the bids'
+    /// latency; nothing waits for it).
     fn begin_checkpoint(&self, index: u64) {
         let observer = self.observer.clone();
         if !observer.checkpoints.begin(index) {
@@ -269,8 +271,18 @@ impl StateMachine {
         };
         let group = self.group;
         tokio::spawn(async move {
-            let digest = match on_background_thread("checkpoint", move || read.finish()).await {
-                Ok((digest, _)) => Some(digest),
+            let began = Instant::now();
+            let digest = match on_idle_background_thread("checkpoint", move || read.finish()).await
+            {
+                Ok((digest, _)) => {
+                    tracing::debug!(
+                        group,
+                        index,
+                        elapsed_ms = began.elapsed().as_millis() as u64,
+                        "read a checkpoint's digest"
+                    );
+                    Some(digest)
+                }
                 // A snapshot replaced the state meanwhile: what was read is not that state.
                 Err(gavel_storage::StorageError::Replaced) => None,
                 Err(e) => {

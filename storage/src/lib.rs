@@ -358,12 +358,35 @@ pub async fn on_background_thread<T: Send + 'static>(
     what: &'static str,
     work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
 ) -> Result<T, StorageError> {
+    on_paced_thread(what, pace::REST_PER_WORK, work).await
+}
+
+/// Like [`on_background_thread`], for work that is in no hurry at all: it takes at most a
+/// sixteenth of a core. A consistency checkpoint's digest reads a group's whole state on every
+/// replica at the same moment: with a checkpoint every 30 s, an open loop at 10,000 bids/s on
+/// two shared cores had p99 116-148 ms at a quarter of a core, 58 ms at a sixteenth, 37-40 ms
+/// without checks (`docs/PERFORMANCE.md`, 2026-12-06).
+pub async fn on_idle_background_thread<T: Send + 'static>(
+    what: &'static str,
+    work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
+    on_paced_thread(what, IDLE_REST_PER_WORK, work).await
+}
+
+/// How long an idle background thread rests per unit of CPU it used: a sixteenth of a core.
+const IDLE_REST_PER_WORK: u32 = 15;
+
+async fn on_paced_thread<T: Send + 'static>(
+    what: &'static str,
+    rest_per_work: u32,
+    work: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, StorageError> {
     let (done, result) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name(format!("gavel-{what}"))
         .spawn(move || {
             lower_this_threads_priority(BACKGROUND_NICENESS);
-            pace::pace_this_thread();
+            pace::pace_this_thread(rest_per_work);
             let _ = done.send(work());
         })
         .map_err(|source| StorageError::Io {

@@ -18,12 +18,14 @@ use std::time::{Duration, Instant};
 
 /// CPU a paced thread uses before it rests.
 const SLICE: Duration = Duration::from_millis(2);
-/// How long a paced thread rests per unit of CPU it used: at 3, it takes at most a quarter of
-/// a core on average.
-const REST_PER_WORK: u32 = 3;
+/// How long a paced thread rests per unit of CPU it used, by default: at 3, it takes at most a
+/// quarter of a core on average.
+pub(crate) const REST_PER_WORK: u32 = 3;
 
 #[derive(Clone, Copy)]
 struct Pace {
+    /// How long this thread rests per unit of CPU it used.
+    rest_per_work: u32,
     /// The thread's CPU time when it last rested.
     cpu_at_rest: Duration,
     /// No `SLICE` of CPU can have been used before this instant, so `pace` does not read the
@@ -35,10 +37,12 @@ thread_local! {
     static PACE: Cell<Option<Pace>> = const { Cell::new(None) };
 }
 
-/// From now on, the calling thread's `pace` calls rest as described above.
-pub(crate) fn pace_this_thread() {
+/// From now on, the calling thread's `pace` calls rest as described above, `rest_per_work`
+/// times as long as it worked (it then takes at most `1 / (1 + rest_per_work)` of a core).
+pub(crate) fn pace_this_thread(rest_per_work: u32) {
     PACE.with(|pace| {
         pace.set(Some(Pace {
+            rest_per_work,
             cpu_at_rest: thread_cpu_time(),
             next_look: Instant::now() + SLICE,
         }))
@@ -59,7 +63,7 @@ pub(crate) fn pace() {
         if worked < SLICE {
             pace.next_look = now + (SLICE - worked);
         } else {
-            std::thread::sleep(worked * REST_PER_WORK);
+            std::thread::sleep(worked * pace.rest_per_work);
             pace.cpu_at_rest = thread_cpu_time();
             pace.next_look = Instant::now() + SLICE;
         }
@@ -113,22 +117,24 @@ mod tests {
     }
 
     #[test]
-    fn a_paced_thread_rests_three_times_what_it_works() {
-        let cpu = Duration::from_millis(40);
-        let elapsed = std::thread::spawn(move || {
-            pace_this_thread();
-            let began = Instant::now();
-            work_for(cpu);
-            began.elapsed()
-        })
-        .join()
-        .unwrap();
-        // Every slice of CPU but the last one's was followed by its rest; a slow or busy
-        // machine only makes the work itself take longer.
-        let rested_at_least = (cpu - 2 * SLICE) * REST_PER_WORK;
-        assert!(
-            elapsed >= cpu + rested_at_least,
-            "{elapsed:?} for {cpu:?} of work"
-        );
+    fn a_paced_thread_rests_as_many_times_what_it_works_as_it_was_told() {
+        for rest_per_work in [REST_PER_WORK, 15] {
+            let cpu = Duration::from_millis(40);
+            let elapsed = std::thread::spawn(move || {
+                pace_this_thread(rest_per_work);
+                let began = Instant::now();
+                work_for(cpu);
+                began.elapsed()
+            })
+            .join()
+            .unwrap();
+            // Every slice of CPU but the last one's was followed by its rest; a slow or busy
+            // machine only makes the work itself take longer.
+            let rested_at_least = (cpu - 2 * SLICE) * rest_per_work;
+            assert!(
+                elapsed >= cpu + rested_at_least,
+                "{elapsed:?} for {cpu:?} of work, resting {rest_per_work} times as long"
+            );
+        }
     }
 }

@@ -1300,6 +1300,8 @@ fn digest_of(pairs: &[KeyValue], unwritten: &Unwritten) -> Result<u64, StorageEr
     let mut sum = 0u64;
     let mut add = |key: &[u8], value: &[u8]| sum = sum.wrapping_add(Fnv64::of(key, value));
     for (key, value) in pairs {
+        // On a paced thread (a checkpoint's), a record at a time like the read before it.
+        crate::pace::pace();
         match key.first().copied() {
             Some(keys::AUCTION) => {
                 let id = keys::auction_id(key)

@@ -631,7 +631,7 @@ impl WalState {
                 // the bids' threads on a machine with no core to spare (see `zero_filled`).
                 // Paced, not niced: at a lower priority under full load it could starve past
                 // the roll, and the segment after would grow as it is written.
-                crate::pace::pace_this_thread();
+                crate::pace::pace_this_thread(crate::pace::REST_PER_WORK);
                 let filled = zero_filled(&path, bytes, &spare.closed);
                 let mut ready = spare.ready();
                 match filled {
