@@ -14,8 +14,6 @@ use crate::common::*;
 const BID_WITHIN: Duration = Duration::from_secs(30);
 /// How long the survivors may take to elect a new leader after the old one is killed.
 const FAILOVER_WITHIN: Duration = Duration::from_secs(15);
-/// How long `gavel serve` may take to refuse its flags.
-const REFUSAL_WITHIN: Duration = Duration::from_secs(10);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nodes_on_every_interface_form_forward_and_fail_over_on_their_advertised_addresses() {
@@ -119,7 +117,6 @@ async fn advertised_addresses_may_come_from_the_environment() {
 }
 
 /// Flags, environment, and what the refusal must say.
-type Refusal<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
 
 #[test]
 fn every_interface_without_an_advertised_address_or_a_malformed_one_is_refused() {
@@ -205,28 +202,7 @@ fn every_interface_without_an_advertised_address_or_a_malformed_one_is_refused()
             "http or https",
         ),
     ];
-    let dir = tempfile::tempdir().expect("temp dir");
-    for (flags, env, message) in cases {
-        let data_dir = dir.path().join("data");
-        let data = data_dir.to_str().expect("utf-8 path");
-        let mut args = vec!["serve", "--data-dir", data];
-        args.extend(&flags);
-        let output = run_gavel_to_exit(&args, &env, REFUSAL_WITHIN);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(
-            output.status.code(),
-            Some(2),
-            "gavel {args:?} with {env:?} must exit with a usage error; stderr: {stderr}"
-        );
-        assert!(
-            stderr.contains(message),
-            "gavel {args:?} with {env:?} must say {message:?}; stderr: {stderr}"
-        );
-        assert!(
-            !data_dir.exists(),
-            "a refused node must not touch its data dir ({args:?})"
-        );
-    }
+    assert_serve_refused(cases);
 }
 
 /// `/cluster` names every node by the addresses it announces, never by a wildcard.

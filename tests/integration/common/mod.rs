@@ -871,6 +871,39 @@ pub fn run_gavel_bounded(args: &[&str], timeout: Duration) -> Output {
     }
 }
 
+/// How long `gavel serve` may take to refuse its flags.
+const SERVE_REFUSAL_WITHIN: Duration = Duration::from_secs(10);
+
+/// `gavel serve` with extra flags and environment, and what its refusal must say.
+pub type Refusal<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+
+/// Asserts that `gavel serve` refuses each case at once: it exits 2 with a message that says
+/// the case's words, and never creates its data dir.
+pub fn assert_serve_refused(cases: Vec<Refusal>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (flags, env, message) in cases {
+        let data_dir = dir.path().join("data");
+        let data = data_dir.to_str().expect("utf-8 path");
+        let mut args = vec!["serve", "--data-dir", data];
+        args.extend(&flags);
+        let output = run_gavel_to_exit(&args, &env, SERVE_REFUSAL_WITHIN);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "gavel {args:?} with {env:?} must exit with a usage error; stderr: {stderr}"
+        );
+        assert!(
+            stderr.contains(message),
+            "gavel {args:?} with {env:?} must say {message:?}; stderr: {stderr}"
+        );
+        assert!(
+            !data_dir.exists(),
+            "a refused node must not touch its data dir ({args:?})"
+        );
+    }
+}
+
 /// Runs `gavel <args>` with `env` added, for a command expected to end by itself (a
 /// `gavel serve` refusing its flags); kills it and panics if it still runs after `within`.
 pub fn run_gavel_to_exit(args: &[&str], env: &[(&str, &str)], within: Duration) -> Output {
