@@ -356,8 +356,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I::IntoIter: OptionalSend,
     {
         let sm_error = |e: gavel_storage::StorageError| StorageIOError::write_state_machine(&e);
-        let state = self.state.clone();
-        let mut writer = state.writer().map_err(sm_error)?;
+        let mut writer = self.state.writer().map_err(sm_error)?;
         let mut responses = Vec::new();
         let mut ended_at_deadlines = Vec::new();
         let mut deadlines_moved = false;
@@ -403,7 +402,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 writer.commit().map_err(sm_error)?;
                 last_applied = None;
                 self.begin_checkpoint(entry.log_id.index);
-                writer = state.writer().map_err(sm_error)?;
+                writer = self.state.writer().map_err(sm_error)?;
             }
         }
         if let Some(applied) = last_applied {
