@@ -15,12 +15,11 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use futures::future::join_all;
-use gavel_raft::transport::{PeerRequest, PeerResponse};
 use gavel_raft::{CheckpointDigest, Group};
 use tokio::sync::watch;
 
 use crate::node::Node;
-use crate::peer_api::{decode_answer, encode_call, AppAnswer, AppCall};
+use crate::peer_api::{AppAnswer, AppCall};
 use crate::raft_ops::members;
 
 /// The node meta record of the groups whose state was found to differ from their peers', to
@@ -142,7 +141,7 @@ async fn check_group(node: &Arc<Node>, group: &Arc<Group>, judged: &mut u64) {
     }
     let peers = voters.iter().copied().filter(|peer| *peer != me);
     let answers: Vec<(u64, Option<CheckpointDigest>)> = join_all(
-        peers.map(|peer| async move { (peer, ask_digest(node, peer, group.id, index).await) }),
+        peers.map(|peer| async move { (peer, ask_digest(node, peer, group, index).await) }),
     )
     .await;
     let verdict = judge(mine, voting, voters.len(), &answers);
@@ -188,17 +187,15 @@ async fn check_group(node: &Arc<Node>, group: &Arc<Group>, judged: &mut u64) {
 
 /// `peer`'s digest of the group's state at checkpoint `index`; `None` if it did not answer (an
 /// older version does not know the call).
-async fn ask_digest(node: &Node, peer: u64, group: u32, index: u64) -> Option<CheckpointDigest> {
-    let request = encode_call(&AppCall::CheckpointDigest { index }).ok()?;
-    let response = node
-        .transport
-        .call(peer, group, PeerRequest::App(request), DIGEST_CALL_TIMEOUT)
-        .await;
-    match response {
-        Ok(PeerResponse::App(bytes)) => match decode_answer(&bytes) {
-            Ok(AppAnswer::CheckpointDigest(digest)) => Some(digest),
-            _ => None,
-        },
+async fn ask_digest(
+    node: &Node,
+    peer: u64,
+    group: &Arc<Group>,
+    index: u64,
+) -> Option<CheckpointDigest> {
+    let call = AppCall::CheckpointDigest { index };
+    match node.call_node(peer, group, call, DIGEST_CALL_TIMEOUT).await {
+        Ok(AppAnswer::CheckpointDigest(digest)) => Some(digest),
         _ => None,
     }
 }
