@@ -228,7 +228,8 @@ impl Link {
                 )))
             }
             Ok(other) => Err(unknown(format!(
-                "unexpected response from node {leader}: {other:?}"
+                "unexpected response from node {leader}: {}",
+                other.name()
             ))),
             // Never sent: safe to try another leader.
             Err(e @ CallError::Unreachable { .. }) => Err(Attempt::Retry(e.to_string())),

@@ -390,7 +390,7 @@ impl Node {
             Ok(PeerResponse::Busy { in_flight_max }) => {
                 Err(format!("peer busy: {in_flight_max} requests in flight"))
             }
-            Ok(other) => Err(format!("unexpected response {other:?}")),
+            Ok(other) => Err(format!("unexpected response {}", other.name())),
             Err(e) => Err(e.to_string()),
         }
     }

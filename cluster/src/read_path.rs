@@ -86,7 +86,8 @@ impl Node {
                 "node {leader} has {in_flight_max} requests in flight"
             ))),
             Ok(other) => Err(RemoteFailure::Refused(format!(
-                "unexpected response {other:?}"
+                "unexpected response {}",
+                other.name()
             ))),
             // The leader we know may be gone: look for a new one.
             Err(CallError::Unreachable { .. }) => Err(RemoteFailure::NotLeader),
