@@ -116,8 +116,6 @@ async fn advertised_addresses_may_come_from_the_environment() {
     assert_advertised(&cluster, &cluster.status(ids[0]).await, &ids);
 }
 
-/// Flags, environment, and what the refusal must say.
-
 #[test]
 fn every_interface_without_an_advertised_address_or_a_malformed_one_is_refused() {
     let (client, peer) = (free_port(), free_port());
